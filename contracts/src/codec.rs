@@ -1,0 +1,289 @@
+//! Encode and decode events on the Confluent wire format.
+//!
+//! A [`Codec`] is bound to one event type and one topic (subject `<topic>-value`). Encoding
+//! writes the id under which [`Codec::register`] registered the contract's schema. Decoding
+//! reads the writer's schema id from the header, fetches that schema from the registry once
+//! (cached), and resolves it against the contract's schema, so producers on an older or newer
+//! compatible schema keep working. When the writer's schema is the reader's, the body is
+//! deserialized straight from the bytes, without an intermediate `Value`.
+
+mod error;
+mod wire;
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::writer::datum::GenericDatumWriter;
+use apache_avro::Schema;
+use schema_registry_converter::async_impl::schema_registry::{get_schema_by_id, post_schema, SrSettings};
+use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
+
+pub use error::{DecodeError, EncodeError, RegistryError};
+pub use wire::{WireHeader, HEADER_LEN, MAGIC_BYTE, SCHEMA_ID_LEN};
+
+use crate::events::Event;
+use crate::topics::value_subject;
+
+/// Largest allocation a decoded body may ask for. Protects against garbage lengths.
+pub const MAX_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
+/// How long an id the registry does not know is remembered as unknown.
+const UNKNOWN_ID_TTL: Duration = Duration::from_secs(30);
+
+/// A decoded value and the schema id it was written with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded<T> {
+    pub value: T,
+    pub schema_id: u32,
+}
+
+/// Parsed schemas live for the whole process: the contract's few schemas and the writer schemas
+/// seen on the wire (one per registered version). Leaking them lets readers hold `'static`
+/// resolved schemas instead of re-resolving names on every record.
+fn leak(schema: Schema) -> &'static Schema {
+    Box::leak(Box::new(schema))
+}
+
+fn reader_schema_of<T: Event>() -> &'static Schema {
+    static READERS: OnceLock<Mutex<HashMap<&'static str, &'static Schema>>> = OnceLock::new();
+    let mut map = READERS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    map.entry(T::SCHEMA.file).or_insert_with(|| leak(T::SCHEMA.parse()))
+}
+
+enum Writer {
+    /// Written with the reader's schema: deserialize directly.
+    Same(GenericDatumReader<'static>),
+    /// Written with another compatible schema: decode, then resolve to the reader's.
+    Resolving(GenericDatumReader<'static>),
+    /// Cannot be read as the contract type.
+    Incompatible(String),
+}
+
+/// Encoder and decoder of one event type on one topic.
+pub struct Codec<T: Event> {
+    subject: String,
+    registry: SrSettings,
+    reader: &'static Schema,
+    writer: GenericDatumWriter<'static>,
+    schema_id: OnceLock<u32>,
+    writers: RwLock<HashMap<u32, Arc<Writer>>>,
+    unknown: Mutex<HashMap<u32, Instant>>,
+    _event: PhantomData<fn() -> T>,
+}
+
+impl<T: Event> std::fmt::Debug for Codec<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field("subject", &self.subject)
+            .field("schema", &T::SCHEMA.full_name)
+            .field("schema_id", &self.schema_id.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Event> Codec<T> {
+    /// A codec for `T` on `topic`, resolving schemas through `registry`.
+    ///
+    /// # Panics
+    /// Never: the embedded schemas are valid (tested).
+    #[allow(clippy::expect_used)]
+    pub fn new(registry: SrSettings, topic: &str) -> Self {
+        apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
+        let reader = reader_schema_of::<T>();
+        let writer = GenericDatumWriter::builder(reader)
+            .build()
+            .expect("the contract schema resolves (tested)");
+        Self {
+            subject: value_subject(topic),
+            registry,
+            reader,
+            writer,
+            schema_id: OnceLock::new(),
+            writers: RwLock::default(),
+            unknown: Mutex::default(),
+            _event: PhantomData,
+        }
+    }
+
+    /// A codec whose registry is at `url` (e.g. `http://127.0.0.1:8081`).
+    pub fn with_url(url: &str, topic: &str) -> Self {
+        Self::new(SrSettings::new(url.to_owned()), topic)
+    }
+
+    /// Uses `id` for the contract's schema without asking the registry, and caches it for
+    /// decoding: for offline use (benchmarks, fixtures) where the id is known.
+    #[must_use]
+    pub fn with_known_id(self, id: u32) -> Self {
+        let _ = self.schema_id.set(id);
+        let writer = Arc::new(self.writer_for(T::SCHEMA.text));
+        self.writers.write().unwrap_or_else(PoisonError::into_inner).insert(id, writer);
+        self
+    }
+
+    /// The registry subject (`<topic>-value`).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The contract's schema.
+    pub fn schema(&self) -> &'static Schema {
+        self.reader
+    }
+
+    /// The id encoding uses, once registered.
+    pub fn schema_id(&self) -> Option<u32> {
+        self.schema_id.get().copied()
+    }
+
+    /// Registers the contract's schema under the subject (idempotent: the registry returns the
+    /// existing id) and uses that id from now on. Returns the id.
+    pub async fn register(&self) -> Result<u32, RegistryError> {
+        let supplied = SuppliedSchema::new(
+            Some(T::SCHEMA.full_name.to_owned()),
+            SchemaType::Avro,
+            T::SCHEMA.text.to_owned(),
+        );
+        let registered = post_schema(&self.registry, self.subject.clone(), supplied)
+            .await
+            .map_err(|e| RegistryError::from_src(&e))?;
+        let id = *self.schema_id.get_or_init(|| registered.id);
+        Ok(id)
+    }
+
+    /// Encodes `value` as a Confluent-framed record.
+    pub fn encode(&self, value: &T) -> Result<Vec<u8>, EncodeError> {
+        let mut out = Vec::with_capacity(256);
+        self.encode_into(value, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends the Confluent-framed encoding of `value` to `out`.
+    pub fn encode_into(&self, value: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
+        let schema_id = self
+            .schema_id()
+            .ok_or_else(|| EncodeError::NotRegistered { subject: self.subject.clone() })?;
+        let start = out.len();
+        WireHeader { schema_id }.write(out);
+        self.writer.write_ser(out, value).map_err(|e| {
+            out.truncate(start);
+            EncodeError::Invalid { schema: T::SCHEMA.full_name, reason: e.to_string() }
+        })?;
+        Ok(())
+    }
+
+    /// Decodes a Confluent-framed record, fetching the writer's schema on first sight.
+    pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded<T>, DecodeError> {
+        let (header, body) = WireHeader::parse(bytes)?;
+        let writer = match self.cached_writer(header.schema_id) {
+            Some(writer) => writer,
+            None => self.fetch_writer(header.schema_id).await?,
+        };
+        self.decode_body(header.schema_id, &writer, body)
+    }
+
+    /// Decodes with the writer schemas already cached; an id never seen gives
+    /// [`DecodeError::Registry`] (retryable) rather than a network call.
+    pub fn decode_cached(&self, bytes: &[u8]) -> Result<Decoded<T>, DecodeError> {
+        let (header, body) = WireHeader::parse(bytes)?;
+        let id = header.schema_id;
+        let writer = self.cached_writer(id).ok_or_else(|| DecodeError::Registry {
+            id,
+            source: RegistryError {
+                error_code: None,
+                message: "schema not fetched yet".to_owned(),
+                retryable: true,
+            },
+        })?;
+        self.decode_body(id, &writer, body)
+    }
+
+    fn cached_writer(&self, id: u32) -> Option<Arc<Writer>> {
+        self.writers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    async fn fetch_writer(&self, id: u32) -> Result<Arc<Writer>, DecodeError> {
+        {
+            let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+            match unknown.get(&id) {
+                Some(at) if at.elapsed() < UNKNOWN_ID_TTL => return Err(DecodeError::UnknownSchema { id }),
+                Some(_) => {
+                    unknown.remove(&id);
+                }
+                None => {}
+            }
+        }
+        let registered = match get_schema_by_id(id, &self.registry).await {
+            Ok(registered) => registered,
+            Err(e) => {
+                let err = RegistryError::from_src(&e);
+                if matches!(err.error_code, Some(40403 | 40401)) {
+                    self.unknown
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(id, Instant::now());
+                    return Err(DecodeError::UnknownSchema { id });
+                }
+                return Err(DecodeError::Registry { id, source: err });
+            }
+        };
+        let writer = Arc::new(self.writer_for(&registered.schema));
+        self.writers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::clone(&writer));
+        Ok(writer)
+    }
+
+    fn writer_for(&self, text: &str) -> Writer {
+        let schema = match Schema::parse_str(text) {
+            Ok(schema) => schema,
+            Err(e) => return Writer::Incompatible(format!("registry schema does not parse: {e}")),
+        };
+        if schema.canonical_form() == self.reader.canonical_form() {
+            return match GenericDatumReader::builder(leak(schema)).build() {
+                Ok(reader) => Writer::Same(reader),
+                Err(e) => Writer::Incompatible(e.to_string()),
+            };
+        }
+        if let Err(e) = SchemaCompatibility::can_read(&schema, self.reader) {
+            return Writer::Incompatible(e.to_string());
+        }
+        match GenericDatumReader::builder(leak(schema)).reader_schema(self.reader).build() {
+            Ok(reader) => Writer::Resolving(reader),
+            Err(e) => Writer::Incompatible(e.to_string()),
+        }
+    }
+
+    fn decode_body(&self, id: u32, writer: &Writer, body: &[u8]) -> Result<Decoded<T>, DecodeError> {
+        let mut rest = body;
+        let body_error = |e: apache_avro::Error| DecodeError::Body { id, reason: e.to_string() };
+        let value = match writer {
+            Writer::Same(reader) => reader.read_deser::<T>(&mut rest).map_err(body_error)?,
+            Writer::Resolving(reader) => {
+                let value = reader.read_value(&mut rest).map_err(body_error)?;
+                apache_avro::from_value::<T>(&value).map_err(body_error)?
+            }
+            Writer::Incompatible(reason) => {
+                return Err(DecodeError::Incompatible {
+                    id,
+                    reader: T::SCHEMA.full_name,
+                    reason: reason.clone(),
+                })
+            }
+        };
+        if !rest.is_empty() {
+            return Err(DecodeError::TrailingBytes { id, extra: rest.len() });
+        }
+        Ok(Decoded { value, schema_id: id })
+    }
+}

@@ -1,0 +1,100 @@
+//! Typed codec errors.
+
+use thiserror::Error;
+
+use crate::events::DeadLetterReason;
+
+/// Why a record could not be decoded. Never a panic.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum DecodeError {
+    #[error("empty record: expected a Confluent-framed Avro value")]
+    Empty,
+    #[error("record of {len} bytes is shorter than the 5-byte Confluent header")]
+    ShortHeader { len: usize },
+    #[error("magic byte {found:#04x} is not the Confluent magic byte 0x00")]
+    BadMagic { found: u8 },
+    #[error("schema id {id} is not in the schema registry")]
+    UnknownSchema { id: u32 },
+    #[error("schema id {id} cannot be read as {reader}: {reason}")]
+    Incompatible { id: u32, reader: &'static str, reason: String },
+    #[error("Avro body does not decode with schema id {id}: {reason}")]
+    Body { id: u32, reason: String },
+    #[error("{extra} bytes left after the Avro body of schema id {id}")]
+    TrailingBytes { id: u32, extra: usize },
+    #[error("schema registry unavailable while resolving schema id {id}: {source}")]
+    Registry { id: u32, source: RegistryError },
+}
+
+impl DecodeError {
+    /// Whether trying the same bytes again later may succeed (the registry was unreachable).
+    /// Retryable errors must not dead-letter the record.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DecodeError::Registry { source, .. } if source.retryable)
+    }
+
+    /// The dead-letter reason for this error.
+    pub fn reason(&self) -> DeadLetterReason {
+        match self {
+            DecodeError::UnknownSchema { .. } => DeadLetterReason::UnknownSchema,
+            DecodeError::Incompatible { .. } => DeadLetterReason::SchemaInvalid,
+            DecodeError::Registry { .. } => DeadLetterReason::Other,
+            DecodeError::Empty
+            | DecodeError::ShortHeader { .. }
+            | DecodeError::BadMagic { .. }
+            | DecodeError::Body { .. }
+            | DecodeError::TrailingBytes { .. } => DeadLetterReason::Undecodable,
+        }
+    }
+
+    /// The writer schema id, when the header could be read.
+    pub fn schema_id(&self) -> Option<u32> {
+        match self {
+            DecodeError::UnknownSchema { id }
+            | DecodeError::Incompatible { id, .. }
+            | DecodeError::Body { id, .. }
+            | DecodeError::TrailingBytes { id, .. }
+            | DecodeError::Registry { id, .. } => Some(*id),
+            DecodeError::Empty | DecodeError::ShortHeader { .. } | DecodeError::BadMagic { .. } => None,
+        }
+    }
+}
+
+/// Why a value could not be encoded.
+#[derive(Debug, Clone, Error, PartialEq)]
+pub enum EncodeError {
+    #[error("schema for subject {subject} is not registered yet: call Codec::register first")]
+    NotRegistered { subject: String },
+    #[error("value does not match schema {schema}: {reason}")]
+    Invalid { schema: &'static str, reason: String },
+}
+
+/// A failed call to the schema registry.
+#[derive(Debug, Clone, Error, PartialEq)]
+#[error("{message}")]
+pub struct RegistryError {
+    /// Confluent error code from the response body, when there was one (e.g. 40403, 409).
+    pub error_code: Option<u32>,
+    pub message: String,
+    /// Whether the same call may succeed later (network error, 5xx).
+    pub retryable: bool,
+}
+
+impl RegistryError {
+    pub(crate) fn from_src(err: &schema_registry_converter::error::SRCError) -> Self {
+        use std::error::Error as _;
+        let raw = err
+            .source()
+            .and_then(|s| s.downcast_ref::<schema_registry_converter::schema_registry_common::RawError>());
+        let error_code = raw.map(|r| r.error_code);
+        Self {
+            error_code,
+            message: match raw {
+                Some(r) => format!("error_code {}: {}", r.error_code, r.message),
+                None => err.to_string(),
+            },
+            // A response with a Confluent error body is an answer, not an outage (except 5xx,
+            // which schema_registry_converter marks retriable).
+            retryable: err.retriable || raw.is_none(),
+        }
+    }
+}

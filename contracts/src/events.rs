@@ -1,0 +1,234 @@
+//! Rust types of the event contracts, one per file of `schemas/`.
+//!
+//! Field names, order and types match the `.avsc` files; `tests/contracts.rs` proves it by
+//! comparing the Parsing Canonical Form of each derived schema with its file's.
+
+use std::collections::HashMap;
+
+use apache_avro::AvroSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::lineage::Lineage;
+use crate::schemas::{self, SchemaFile};
+
+/// An event type of the contracts: a Rust type bound to its schema file.
+pub trait Event: Serialize + DeserializeOwned + AvroSchema + Send + Sync + 'static {
+    /// The schema file this type matches.
+    const SCHEMA: SchemaFile;
+}
+
+/// `io.streamscore.v1.InferenceRequest`: a scoring request, the source of truth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct InferenceRequest {
+    pub request_id: String,
+    pub tenant: String,
+    pub model: String,
+    /// `None`: the tenant's pinned version, else the model's default.
+    pub model_version: Option<String>,
+    pub features: HashMap<String, f64>,
+    /// Event time: when the client created the request, µs since the epoch.
+    #[avro(with = crate::lineage::timestamp_micros)]
+    pub created_at: i64,
+    pub reply_to: Option<String>,
+    #[serde(default)]
+    pub attributes: HashMap<String, String>,
+}
+
+/// `io.streamscore.v1.ValidatedRequest`: a request that passed ingest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct ValidatedRequest {
+    pub lineage: Lineage,
+    pub request: InferenceRequest,
+    pub writer_schema_id: i32,
+}
+
+/// `io.streamscore.v1.OutcomeStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OutcomeStatus {
+    Scored,
+    Rejected,
+    Failed,
+}
+
+/// `io.streamscore.v1.PredictionOutcome`: the answer to one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct PredictionOutcome {
+    pub lineage: Lineage,
+    pub status: OutcomeStatus,
+    pub shadow: bool,
+    pub model: String,
+    pub model_version: Option<String>,
+    pub model_sha256: Option<String>,
+    pub backend: Option<String>,
+    pub score: Option<f64>,
+    pub label: Option<String>,
+    pub reason: Option<String>,
+    pub detail: Option<String>,
+    pub retry_after_ms: Option<i64>,
+    pub features: HashMap<String, f64>,
+    pub batch_size: i32,
+    pub queue_wait_us: i64,
+    pub inference_us: i64,
+    #[avro(with = crate::lineage::timestamp_micros)]
+    pub request_created_at: i64,
+    pub reply_to: Option<String>,
+}
+
+/// `io.streamscore.v1.DeadLetterReason`: why a record could not become a valid request.
+///
+/// `UNDECODABLE`: not Confluent-framed Avro, or a body that does not decode;
+/// `UNKNOWN_SCHEMA`: the header's schema id is not in the registry; `SCHEMA_INVALID`: the
+/// writer's schema cannot be resolved to the request schema; the rest name the failed check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeadLetterReason {
+    Undecodable,
+    UnknownSchema,
+    SchemaInvalid,
+    MissingRequestId,
+    MalformedRequestId,
+    UnknownTenant,
+    UnknownModel,
+    UnknownModelVersion,
+    FeatureMissing,
+    FeatureUnexpected,
+    FeatureType,
+    FeatureOutOfRange,
+    NonFinite,
+    TooLarge,
+    Other,
+}
+
+impl DeadLetterReason {
+    /// The reason code as written on the wire.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Undecodable => "UNDECODABLE",
+            Self::UnknownSchema => "UNKNOWN_SCHEMA",
+            Self::SchemaInvalid => "SCHEMA_INVALID",
+            Self::MissingRequestId => "MISSING_REQUEST_ID",
+            Self::MalformedRequestId => "MALFORMED_REQUEST_ID",
+            Self::UnknownTenant => "UNKNOWN_TENANT",
+            Self::UnknownModel => "UNKNOWN_MODEL",
+            Self::UnknownModelVersion => "UNKNOWN_MODEL_VERSION",
+            Self::FeatureMissing => "FEATURE_MISSING",
+            Self::FeatureUnexpected => "FEATURE_UNEXPECTED",
+            Self::FeatureType => "FEATURE_TYPE",
+            Self::FeatureOutOfRange => "FEATURE_OUT_OF_RANGE",
+            Self::NonFinite => "NON_FINITE",
+            Self::TooLarge => "TOO_LARGE",
+            Self::Other => "OTHER",
+        }
+    }
+}
+
+/// `io.streamscore.v1.DeadLetter`: a bad record with its reason and original bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct DeadLetter {
+    pub lineage: Lineage,
+    pub reason: DeadLetterReason,
+    pub detail: String,
+    #[avro(with)]
+    #[serde(with = "apache_avro::serde::bytes_opt")]
+    pub original_key: Option<Vec<u8>>,
+    #[avro(with)]
+    #[serde(with = "apache_avro::serde::bytes_opt")]
+    pub original_value: Option<Vec<u8>>,
+    pub writer_schema_id: Option<i32>,
+    pub original_timestamp_ms: Option<i64>,
+}
+
+/// `io.streamscore.v1.AuditRecord`: one entry of the hash-chained audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct AuditRecord {
+    pub audit_id: String,
+    pub seq: i64,
+    pub stage: String,
+    pub instance: String,
+    pub kind: String,
+    pub subject: String,
+    pub lineage: Option<Lineage>,
+    pub details: HashMap<String, String>,
+    #[avro(with = crate::lineage::timestamp_micros)]
+    pub occurred_at: i64,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// `io.streamscore.v1.DriftMethod`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DriftMethod {
+    Psi,
+    JensenShannon,
+    KolmogorovSmirnov,
+    Wasserstein,
+    MissingRatio,
+    Other,
+}
+
+/// `io.streamscore.v1.Severity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Severity {
+    Warn,
+    Alert,
+    Resolved,
+}
+
+/// `io.streamscore.v1.DriftAlert`: a feature of a model version drifted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct DriftAlert {
+    pub alert_id: String,
+    pub model: String,
+    pub model_version: String,
+    pub feature: String,
+    pub method: DriftMethod,
+    pub statistic: f64,
+    pub warn_threshold: f64,
+    pub alert_threshold: f64,
+    pub severity: Severity,
+    #[avro(with = crate::lineage::timestamp_micros)]
+    pub window_start: i64,
+    #[avro(with = crate::lineage::timestamp_micros)]
+    pub window_end: i64,
+    pub bin_edges: Vec<f64>,
+    pub current_counts: Vec<i64>,
+    pub reference_shares: Vec<f64>,
+    pub consecutive_windows: i32,
+    #[avro(with = crate::lineage::timestamp_micros)]
+    pub detected_at: i64,
+    pub stage: String,
+    pub instance: String,
+}
+
+impl Event for InferenceRequest {
+    const SCHEMA: SchemaFile = schemas::INFERENCE_REQUEST;
+}
+impl Event for ValidatedRequest {
+    const SCHEMA: SchemaFile = schemas::VALIDATED_REQUEST;
+}
+impl Event for PredictionOutcome {
+    const SCHEMA: SchemaFile = schemas::PREDICTION_OUTCOME;
+}
+impl Event for DeadLetter {
+    const SCHEMA: SchemaFile = schemas::DEAD_LETTER;
+}
+impl Event for AuditRecord {
+    const SCHEMA: SchemaFile = schemas::AUDIT_RECORD;
+}
+impl Event for DriftAlert {
+    const SCHEMA: SchemaFile = schemas::DRIFT_ALERT;
+}

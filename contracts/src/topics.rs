@@ -1,0 +1,34 @@
+//! Topic names and the event each one carries.
+//!
+//! Subjects follow Confluent's TopicNameStrategy: the value schema of topic `t` is
+//! registered under `t-value`.
+
+use crate::schemas::{self, SchemaFile};
+
+/// Requests from producers; the source of truth. Keyed by tenant.
+pub const REQUESTS: &str = "inference.requests";
+/// Validated requests, when ingest and infer run as separate processes. Keyed by tenant.
+pub const VALIDATED: &str = "inference.validated";
+/// Prediction outcomes (scored, rejected, failed). Keyed by tenant.
+pub const PREDICTIONS: &str = "inference.predictions";
+/// Records that could not become valid requests, with a typed reason.
+pub const DEAD_LETTER: &str = "inference.dead-letter";
+/// The hash-chained audit log.
+pub const AUDIT: &str = "audit.log";
+/// Drift alerts from the monitor.
+pub const ALERTS: &str = "monitor.alerts";
+
+/// Every event topic with the schema of its values.
+pub const EVENT_TOPICS: [(&str, SchemaFile); 6] = [
+    (REQUESTS, schemas::INFERENCE_REQUEST),
+    (VALIDATED, schemas::VALIDATED_REQUEST),
+    (PREDICTIONS, schemas::PREDICTION_OUTCOME),
+    (DEAD_LETTER, schemas::DEAD_LETTER),
+    (AUDIT, schemas::AUDIT_RECORD),
+    (ALERTS, schemas::DRIFT_ALERT),
+];
+
+/// The registry subject of a topic's values (TopicNameStrategy).
+pub fn value_subject(topic: &str) -> String {
+    format!("{topic}-value")
+}

@@ -1,0 +1,78 @@
+//! Prediction outcomes.
+
+use streamscore_contracts::{Lineage, OutcomeStatus, PredictionOutcome, Stage, ValidatedRequest};
+
+/// The rejected outcome for `request`: `reason` is a typed code (e.g. `QUOTA_EXCEEDED`,
+/// `UNKNOWN_MODEL_VERSION`), `detail` says what to do about it.
+pub fn rejected(
+    request: &ValidatedRequest,
+    instance: &str,
+    reason: &str,
+    detail: impl Into<String>,
+    retry_after_ms: Option<i64>,
+) -> PredictionOutcome {
+    let lineage = Lineage::derive(
+        request.lineage.source.clone(),
+        Stage::Infer,
+        "prediction",
+        instance,
+        Some(request.request.request_id.clone()),
+        Some(request.request.tenant.clone()),
+    );
+    PredictionOutcome {
+        lineage,
+        status: OutcomeStatus::Rejected,
+        shadow: false,
+        model: request.request.model.clone(),
+        model_version: request.request.model_version.clone(),
+        model_sha256: None,
+        backend: None,
+        score: None,
+        label: None,
+        reason: Some(reason.to_owned()),
+        detail: Some(detail.into()),
+        retry_after_ms,
+        features: request.request.features.clone(),
+        batch_size: 0,
+        queue_wait_us: 0,
+        inference_us: 0,
+        request_created_at: request.request.created_at,
+        reply_to: request.request.reply_to.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use streamscore_contracts::{InferenceRequest, SourceOffset};
+
+    use super::*;
+
+    #[test]
+    fn rejection_points_back_to_the_request_offset_with_a_stable_id() {
+        let source = SourceOffset::new("inference.requests", 3, 99);
+        let validated = ValidatedRequest {
+            lineage: Lineage::derive(source.clone(), Stage::Ingest, "validated", "i-1", None, None),
+            request: InferenceRequest {
+                request_id: "r-1".to_owned(),
+                tenant: "acme".to_owned(),
+                model: "fraud".to_owned(),
+                model_version: Some("9".to_owned()),
+                features: HashMap::from([("amount".to_owned(), 12.5)]),
+                created_at: 1_000,
+                reply_to: Some("bridge-1".to_owned()),
+                attributes: HashMap::new(),
+            },
+            writer_schema_id: 1,
+        };
+        let a = rejected(&validated, "i-2", "UNKNOWN_MODEL_VERSION", "no version 9", None);
+        let b = rejected(&validated, "i-3", "UNKNOWN_MODEL_VERSION", "no version 9", None);
+        assert_eq!(a.status, OutcomeStatus::Rejected);
+        assert_eq!(a.lineage.source, source);
+        assert_eq!(a.lineage.event_id, b.lineage.event_id, "redelivery gives the same id");
+        assert_ne!(a.lineage.event_id, validated.lineage.event_id);
+        assert_eq!(a.reply_to.as_deref(), Some("bridge-1"));
+        assert_eq!(a.features, validated.request.features);
+    }
+}

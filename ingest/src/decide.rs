@@ -1,0 +1,205 @@
+//! The decision for one record: validated request, dead letter, or retry later.
+
+use std::sync::Arc;
+
+use streamscore_contracts::codec::DecodeError;
+use streamscore_contracts::{
+    Codec, DeadLetter, DeadLetterReason, InferenceRequest, Lineage, SourceOffset, Stage, ValidatedRequest,
+};
+use uuid::Uuid;
+
+/// Default largest record value accepted, in bytes.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// A record as consumed, borrowed from the consumer.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub timestamp_ms: Option<i64>,
+}
+
+impl RawRecord<'_> {
+    fn source(&self) -> SourceOffset {
+        SourceOffset::new(self.topic, self.partition, self.offset)
+    }
+}
+
+/// What to do with one record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Hand to infer.
+    Valid(Box<ValidatedRequest>),
+    /// Write to the dead-letter topic.
+    DeadLetter(Box<DeadLetter>),
+    /// The registry could not be reached: try this record again, do not skip it.
+    Retry(DecodeError),
+}
+
+/// Decides records of the request topic.
+#[derive(Debug)]
+pub struct RequestDecider {
+    codec: Arc<Codec<InferenceRequest>>,
+    instance: String,
+    max_record_bytes: usize,
+}
+
+impl RequestDecider {
+    pub fn new(codec: Arc<Codec<InferenceRequest>>, instance: impl Into<String>) -> Self {
+        Self { codec, instance: instance.into(), max_record_bytes: DEFAULT_MAX_RECORD_BYTES }
+    }
+
+    #[must_use]
+    pub fn with_max_record_bytes(mut self, max: usize) -> Self {
+        self.max_record_bytes = max;
+        self
+    }
+
+    /// Decides one record.
+    pub async fn decide(&self, record: RawRecord<'_>) -> Decision {
+        let value = record.value.unwrap_or_default();
+        if value.len() > self.max_record_bytes {
+            let detail = format!("record of {} bytes exceeds the limit of {} bytes", value.len(), self.max_record_bytes);
+            return self.dead_letter(record, DeadLetterReason::TooLarge, detail, None, None);
+        }
+        let decoded = match self.codec.decode(value).await {
+            Ok(decoded) => decoded,
+            Err(e) if e.is_retryable() => return Decision::Retry(e),
+            Err(e) => {
+                let schema_id = e.schema_id();
+                return self.dead_letter(record, e.reason(), e.to_string(), schema_id, None);
+            }
+        };
+        let request = decoded.value;
+        if let Some((reason, detail)) = check(&request) {
+            return self.dead_letter(record, reason, detail, Some(decoded.schema_id), Some(&request));
+        }
+        let lineage = Lineage::derive(
+            record.source(),
+            Stage::Ingest,
+            "validated",
+            &self.instance,
+            Some(request.request_id.clone()),
+            Some(request.tenant.clone()),
+        );
+        Decision::Valid(Box::new(ValidatedRequest {
+            lineage,
+            request,
+            writer_schema_id: i32::try_from(decoded.schema_id).unwrap_or(i32::MAX),
+        }))
+    }
+
+    fn dead_letter(
+        &self,
+        record: RawRecord<'_>,
+        reason: DeadLetterReason,
+        detail: String,
+        schema_id: Option<u32>,
+        request: Option<&InferenceRequest>,
+    ) -> Decision {
+        let lineage = Lineage::derive(
+            record.source(),
+            Stage::Ingest,
+            "dead-letter",
+            &self.instance,
+            request.map(|r| r.request_id.clone()).filter(|id| !id.is_empty()),
+            request.map(|r| r.tenant.clone()),
+        );
+        Decision::DeadLetter(Box::new(DeadLetter {
+            lineage,
+            reason,
+            detail,
+            original_key: record.key.map(<[u8]>::to_vec),
+            original_value: record.value.map(<[u8]>::to_vec),
+            writer_schema_id: schema_id.and_then(|id| i32::try_from(id).ok()),
+            original_timestamp_ms: record.timestamp_ms,
+        }))
+    }
+}
+
+/// Checks a decoded request's own content (no policy or model store needed).
+fn check(request: &InferenceRequest) -> Option<(DeadLetterReason, String)> {
+    if request.request_id.trim().is_empty() {
+        return Some((DeadLetterReason::MissingRequestId, "request_id is empty".to_owned()));
+    }
+    if Uuid::try_parse(&request.request_id).is_err() {
+        return Some((
+            DeadLetterReason::MalformedRequestId,
+            format!("request_id {:?} is not a UUID in canonical form", request.request_id),
+        ));
+    }
+    let mut non_finite: Vec<&str> = request
+        .features
+        .iter()
+        .filter(|(_, v)| !v.is_finite())
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !non_finite.is_empty() {
+        non_finite.sort_unstable();
+        return Some((DeadLetterReason::NonFinite, format!("non-finite values in features {non_finite:?}")));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn request(id: &str, value: f64) -> InferenceRequest {
+        InferenceRequest {
+            request_id: id.to_owned(),
+            tenant: "acme".to_owned(),
+            model: "fraud".to_owned(),
+            model_version: None,
+            features: HashMap::from([("amount".to_owned(), value)]),
+            created_at: 0,
+            reply_to: None,
+            attributes: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn content_checks_give_typed_reasons() {
+        let good = "2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b";
+        assert_eq!(check(&request(good, 1.0)), None);
+        assert_eq!(check(&request("", 1.0)).map(|c| c.0), Some(DeadLetterReason::MissingRequestId));
+        assert_eq!(check(&request("not-a-uuid", 1.0)).map(|c| c.0), Some(DeadLetterReason::MalformedRequestId));
+        assert_eq!(check(&request(good, f64::NAN)).map(|c| c.0), Some(DeadLetterReason::NonFinite));
+        assert_eq!(check(&request(good, f64::INFINITY)).map(|c| c.0), Some(DeadLetterReason::NonFinite));
+    }
+
+    #[tokio::test]
+    async fn oversized_and_unframed_records_are_dead_lettered_without_the_registry() {
+        // The registry URL is never called: these records fail before a schema is needed.
+        let codec = Arc::new(Codec::<InferenceRequest>::with_url("http://127.0.0.1:9", "inference.requests"));
+        let decider = RequestDecider::new(codec, "test").with_max_record_bytes(8);
+        let record = |value: &'static [u8]| RawRecord {
+            topic: "inference.requests",
+            partition: 0,
+            offset: 7,
+            key: Some(b"acme"),
+            value: Some(value),
+            timestamp_ms: Some(1),
+        };
+        for (bytes, reason) in [
+            (&b"0123456789"[..], DeadLetterReason::TooLarge),
+            (&b""[..], DeadLetterReason::Undecodable),
+            (&b"\x01\x00\x00\x00\x01"[..], DeadLetterReason::Undecodable),
+        ] {
+            match decider.decide(record(bytes)).await {
+                Decision::DeadLetter(dl) => {
+                    assert_eq!(dl.reason, reason);
+                    assert_eq!(dl.original_value.as_deref(), Some(bytes), "original bytes kept");
+                    assert_eq!(dl.original_key.as_deref(), Some(&b"acme"[..]));
+                    assert_eq!(dl.lineage.source, SourceOffset::new("inference.requests", 0, 7));
+                }
+                other => panic!("expected a dead letter for {bytes:?}, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The topics streamscore needs and their idempotent creation.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+use streamscore_contracts::topics;
+
+use crate::config::{KafkaConfig, KafkaError};
+
+/// A topic to create: name, partitions and topic-level configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    pub replication: i32,
+    /// Topic configs, e.g. `retention.ms = -1`.
+    pub configs: Vec<(String, String)>,
+}
+
+impl TopicSpec {
+    /// An event topic: kept forever (`retention.ms=-1`, `retention.bytes=-1`).
+    pub fn event(name: &str, partitions: i32) -> Self {
+        Self {
+            name: name.to_owned(),
+            partitions,
+            replication: 1,
+            configs: vec![
+                ("retention.ms".to_owned(), "-1".to_owned()),
+                ("retention.bytes".to_owned(), "-1".to_owned()),
+            ],
+        }
+    }
+
+    /// A compacted single-partition state topic, like the registry's `_schemas`.
+    pub fn state(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            partitions: 1,
+            replication: 1,
+            configs: vec![
+                ("cleanup.policy".to_owned(), "compact".to_owned()),
+                ("retention.ms".to_owned(), "-1".to_owned()),
+            ],
+        }
+    }
+}
+
+/// The event topics with their partition counts. Requests, validated requests and predictions
+/// are keyed by tenant and share a partition count so a tenant stays on "the same" partition
+/// number across them. The audit log has one partition: its hash chain needs a total order.
+pub fn event_topics() -> Vec<TopicSpec> {
+    vec![
+        TopicSpec::event(topics::REQUESTS, 6),
+        TopicSpec::event(topics::VALIDATED, 6),
+        TopicSpec::event(topics::PREDICTIONS, 6),
+        TopicSpec::event(topics::DEAD_LETTER, 3),
+        TopicSpec::event(topics::AUDIT, 1),
+        TopicSpec::event(topics::ALERTS, 1),
+    ]
+}
+
+/// What [`ensure_topics`] did for one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopicOutcome {
+    Created { name: String, partitions: i32 },
+    Existed { name: String, partitions: i32 },
+}
+
+impl std::fmt::Display for TopicOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TopicOutcome::Created { name, partitions } => write!(f, "created {name} ({partitions} partitions)"),
+            TopicOutcome::Existed { name, partitions } => write!(f, "exists  {name} ({partitions} partitions)"),
+        }
+    }
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they are.
+pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> Result<Vec<TopicOutcome>, KafkaError> {
+    let admin = config.admin()?;
+    let new_topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .map(|spec| {
+            spec.configs.iter().fold(
+                NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication)),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(new_topics.iter(), &options)
+        .await
+        .map_err(|e| KafkaError::CreateTopic { topic: "*".to_owned(), reason: e.to_string() })?;
+    let mut outcomes = Vec::with_capacity(specs.len());
+    for (spec, result) in specs.iter().zip(results) {
+        match result {
+            Ok(_) => outcomes.push(TopicOutcome::Created { name: spec.name.clone(), partitions: spec.partitions }),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => outcomes.push(TopicOutcome::Existed {
+                name: spec.name.clone(),
+                partitions: partition_count(config, &spec.name)?,
+            }),
+            Err((topic, code)) => return Err(KafkaError::CreateTopic { topic, reason: code.to_string() }),
+        }
+    }
+    Ok(outcomes)
+}
+
+/// The number of partitions of `topic` (0 if the broker does not know it).
+pub fn partition_count(config: &KafkaConfig, topic: &str) -> Result<i32, KafkaError> {
+    let consumer: BaseConsumer = config.client_config().create().map_err(|source| KafkaError::Client {
+        bootstrap: config.bootstrap.clone(),
+        source,
+    })?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .map_err(|source| KafkaError::Metadata { topic: topic.to_owned(), source })?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)))
+}

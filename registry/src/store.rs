@@ -1,0 +1,186 @@
+//! The registry's durable state: an append-only Kafka topic (like Confluent's `_schemas`),
+//! read from the beginning at start-up and tailed while serving.
+//!
+//! A write appends records, then waits until the tailing reader has applied them, so a
+//! client that got a reply reads its own write, and the state is always what the topic says.
+//! Writes of one instance are serialized by [`Store::write_lock`]. Run one registry instance
+//! per topic: instances do not elect a leader, so two writers could allocate the same id.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use streamscore_kafka::{ensure_topics, KafkaConfig, KafkaError, TopicSpec};
+use tokio::sync::{watch, Mutex, MutexGuard};
+
+use crate::error::ApiError;
+use crate::state::{LogRecord, State};
+
+/// How long a write waits for its records to be acknowledged and applied.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long start-up waits to read the topic to its end.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Errors opening the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error("registry topic {topic}: {source}")]
+    Topic { topic: String, source: rdkafka::error::KafkaError },
+    #[error("registry topic {topic} was not read to its end (offset {high}) within {CATCH_UP_TIMEOUT:?}; reached {reached}")]
+    CatchUp { topic: String, high: i64, reached: i64 },
+}
+
+/// Registry state backed by a Kafka topic.
+pub struct Store {
+    topic: String,
+    state: Arc<RwLock<State>>,
+    producer: FutureProducer,
+    applied: watch::Receiver<i64>,
+    write_lock: Mutex<()>,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Store {
+    /// Opens the store on `topic` (created if missing), reading it to its end before returning.
+    pub async fn open(kafka: &KafkaConfig, topic: &str) -> Result<Self, StoreError> {
+        ensure_topics(kafka, &[TopicSpec::state(topic)]).await?;
+        let consumer: BaseConsumer = kafka
+            .client_config()
+            .set("group.id", format!("streamscore-registry-reader-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(|source| StoreError::Topic { topic: topic.to_owned(), source })?;
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, 0, Offset::Beginning)
+            .map_err(|source| StoreError::Topic { topic: topic.to_owned(), source })?;
+        consumer
+            .assign(&assignment)
+            .map_err(|source| StoreError::Topic { topic: topic.to_owned(), source })?;
+        let (_, high) = consumer
+            .fetch_watermarks(topic, 0, Duration::from_secs(10))
+            .map_err(|source| StoreError::Topic { topic: topic.to_owned(), source })?;
+
+        let state = Arc::new(RwLock::new(State::default()));
+        let (applied_tx, applied) = watch::channel(0_i64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let state = Arc::clone(&state);
+            let stop = Arc::clone(&stop);
+            let topic = topic.to_owned();
+            std::thread::Builder::new()
+                .name("registry-reader".to_owned())
+                .spawn(move || tail(&consumer, &topic, &state, &applied_tx, &stop))
+                .map_err(|e| StoreError::Kafka(KafkaError::CreateTopic { topic: "reader thread".to_owned(), reason: e.to_string() }))?
+        };
+        let mut store = Self {
+            topic: topic.to_owned(),
+            state,
+            producer: kafka.producer()?,
+            applied,
+            write_lock: Mutex::new(()),
+            stop,
+            reader: Some(reader),
+        };
+        if let Err(reached) = store.wait_applied(high, CATCH_UP_TIMEOUT).await {
+            store.shutdown();
+            return Err(StoreError::CatchUp { topic: topic.to_owned(), high, reached });
+        }
+        tracing::info!(topic, records = high, "registry state loaded");
+        Ok(store)
+    }
+
+    /// The current state, for reads and for planning writes.
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Serializes writers: plan under this guard, then [`Store::append`].
+    pub async fn write_lock(&self) -> MutexGuard<'_, ()> {
+        self.write_lock.lock().await
+    }
+
+    /// Appends records and waits until they are applied to the state.
+    pub async fn append(&self, records: &[LogRecord]) -> Result<(), ApiError> {
+        let mut last = None;
+        for record in records {
+            let key = serde_json::to_vec(&record.key).map_err(ApiError::store)?;
+            let mut message = FutureRecord::<Vec<u8>, str>::to(&self.topic).key(&key).partition(0);
+            if let Some(value) = &record.value {
+                message = message.payload(value.as_str());
+            }
+            let delivery = self
+                .producer
+                .send(message, WRITE_TIMEOUT)
+                .await
+                .map_err(|(e, _)| ApiError::store(e))?;
+            last = Some(delivery.offset);
+        }
+        if let Some(offset) = last {
+            self.wait_applied(offset + 1, WRITE_TIMEOUT)
+                .await
+                .map_err(|reached| ApiError::timeout(format!("record at offset {offset} not applied yet (at {reached})")))?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every record before `next` is applied; on timeout returns how far it got.
+    async fn wait_applied(&self, next: i64, timeout: Duration) -> Result<(), i64> {
+        let mut applied = self.applied.clone();
+        let reached = tokio::time::timeout(timeout, applied.wait_for(|&a| a >= next)).await;
+        match reached {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(*self.applied.borrow()),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("topic", &self.topic).field("applied", &*self.applied.borrow()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Applies every record of the topic, in order, until told to stop.
+fn tail(consumer: &BaseConsumer, topic: &str, state: &RwLock<State>, applied: &watch::Sender<i64>, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => {
+                let key = message.key().unwrap_or_default();
+                state
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .apply(key, message.payload());
+                applied.send_replace(message.offset() + 1);
+            }
+            Some(Err(e)) => {
+                tracing::warn!(topic, error = %e, "reading the registry topic");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The local stack: a tansu broker with sqlite storage and the built-in schema registry,
+//! started as background processes under a data directory, topics created, schemas registered.
+//!
+//! Layout of the data directory:
+//! ```text
+//! tansu/tansu.db   broker storage (sqlite; durable across restarts)
+//! tansu.pid, tansu.log, registry.pid, registry.log
+//! stack.env        STREAMSCORE_BOOTSTRAP and STREAMSCORE_REGISTRY_URL, for shells and tests
+//! ```
+//! `up` is idempotent: running parts are reused, missing ones started. `down` stops both.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use streamscore_kafka::{ensure_topics, event_topics, KafkaConfig};
+
+/// The tansu version the project is tested with.
+pub const TANSU_VERSION: &str = "0.6.0";
+
+/// Where and how the stack runs.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    pub data_dir: PathBuf,
+    /// Broker port on 127.0.0.1; 0 picks a free one.
+    pub broker_port: u16,
+    /// Registry port on 127.0.0.1; 0 picks a free one.
+    pub registry_port: u16,
+}
+
+/// Addresses of a running stack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackAddrs {
+    pub bootstrap: String,
+    pub registry_url: String,
+}
+
+impl StackAddrs {
+    fn env_file(&self) -> String {
+        format!(
+            "STREAMSCORE_BOOTSTRAP={}\nSTREAMSCORE_REGISTRY_URL={}\n",
+            self.bootstrap, self.registry_url
+        )
+    }
+
+    fn parse_env_file(text: &str) -> Option<Self> {
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+                .map(str::to_owned)
+        };
+        Some(Self { bootstrap: get("STREAMSCORE_BOOTSTRAP")?, registry_url: get("STREAMSCORE_REGISTRY_URL")? })
+    }
+}
+
+/// The tansu binary: `$STREAMSCORE_TANSU`, then cargo's bin directory, then `PATH`.
+pub fn find_tansu() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("STREAMSCORE_TANSU").map(PathBuf::from) {
+        return path.is_file().then_some(path);
+    }
+    cargo_bin_dir()
+        .map(|dir| dir.join("tansu"))
+        .filter(|p| p.is_file())
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths).map(|d| d.join("tansu")).find(|p| p.is_file())
+            })
+        })
+}
+
+fn cargo_bin_dir() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin"))
+}
+
+/// Returns the tansu binary, installing it from crates.io first if it is missing.
+pub fn ensure_tansu() -> Result<PathBuf> {
+    if let Some(path) = find_tansu() {
+        return Ok(path);
+    }
+    eprintln!(
+        "tansu {TANSU_VERSION} is not installed; installing it from crates.io once \
+         (cargo install tansu --version {TANSU_VERSION} --locked --features libsql; about 9 minutes on 2 cores)"
+    );
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["install", "tansu", "--version", TANSU_VERSION, "--locked", "--features", "libsql"])
+        .status()
+        .context("running cargo install tansu (is cargo on PATH?)")?;
+    if !status.success() {
+        bail!("cargo install tansu failed ({status}); see its output above");
+    }
+    find_tansu().context("tansu was installed but is not in cargo's bin directory; set STREAMSCORE_TANSU to its path")
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Whether `pid` is a live process whose command line mentions `name`.
+fn alive(pid: u32, name: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmd| String::from_utf8_lossy(&cmd).contains(name))
+        .unwrap_or(false)
+        && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+fn read_pid(path: &Path) -> Option<u32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Spawns a detached background process with output to `log`, recording its pid in `pid_file`.
+fn spawn_daemon(mut command: Command, log: &Path, pid_file: &Path) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {:?}", command.get_program()))?;
+    fs::write(pid_file, child.id().to_string())?;
+    Ok(child.id())
+}
+
+/// The command line of a tansu broker on `port` storing `tansu.db` in `data_dir`.
+///
+/// tansu resolves a sqlite URL's path against its working directory, so the broker runs in
+/// `data_dir` with a relative URL.
+pub fn tansu_command(tansu: &Path, data_dir: &Path, port: u16) -> Command {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut command = Command::new(tansu);
+    command
+        .current_dir(data_dir)
+        .arg("broker")
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "sqlite://tansu.db"]);
+    command.env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".to_owned()));
+    command
+}
+
+async fn wait_http_ok(url: &str, timeout: Duration) -> Result<()> {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    loop {
+        match client.get(url).timeout(Duration::from_secs(2)).send().await {
+            Ok(r) if r.status().is_success() => return Ok(()),
+            _ if started.elapsed() > timeout => bail!("{url} did not answer within {timeout:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Brings the stack up (idempotent) and returns its addresses.
+pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
+    let dir = &config.data_dir;
+    fs::create_dir_all(dir.join("tansu")).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let previous = fs::read_to_string(dir.join("stack.env")).ok().and_then(|t| StackAddrs::parse_env_file(&t));
+
+    // Broker.
+    let tansu_pid = read_pid(&dir.join("tansu.pid")).filter(|&pid| alive(pid, "tansu"));
+    let bootstrap = match (tansu_pid, &previous) {
+        (Some(pid), Some(prev)) => {
+            println!("broker    running   tansu pid {pid} on {}", prev.bootstrap);
+            prev.bootstrap.clone()
+        }
+        _ => {
+            let tansu = ensure_tansu()?;
+            let port = if config.broker_port == 0 { free_port()? } else { config.broker_port };
+            let pid = spawn_daemon(tansu_command(&tansu, &dir.join("tansu"), port), &dir.join("tansu.log"), &dir.join("tansu.pid"))?;
+            println!("broker    started   tansu pid {pid} on 127.0.0.1:{port} (sqlite storage in {})", dir.join("tansu").display());
+            format!("127.0.0.1:{port}")
+        }
+    };
+    let kafka = KafkaConfig::new(&bootstrap);
+    let probe = kafka.clone();
+    tokio::task::spawn_blocking(move || probe.wait_until_reachable(Duration::from_secs(30)))
+        .await?
+        .with_context(|| format!("broker log: {}", dir.join("tansu.log").display()))?;
+
+    // Topics.
+    for outcome in ensure_topics(&kafka, &event_topics()).await? {
+        println!("topic     {outcome}");
+    }
+
+    // Registry.
+    let registry_pid = read_pid(&dir.join("registry.pid")).filter(|&pid| alive(pid, "registry"));
+    let registry_url = match (registry_pid, &previous) {
+        (Some(pid), Some(prev)) => {
+            println!("registry  running   pid {pid} on {}", prev.registry_url);
+            prev.registry_url.clone()
+        }
+        _ => {
+            let port = if config.registry_port == 0 { free_port()? } else { config.registry_port };
+            let mut command = Command::new(std::env::current_exe()?);
+            command.args(["registry", "--bootstrap", &bootstrap, "--listen", &format!("127.0.0.1:{port}")]);
+            let pid = spawn_daemon(command, &dir.join("registry.log"), &dir.join("registry.pid"))?;
+            println!("registry  started   pid {pid} on http://127.0.0.1:{port} (state in topic _schemas)");
+            format!("http://127.0.0.1:{port}")
+        }
+    };
+    wait_http_ok(&format!("{registry_url}/subjects"), Duration::from_secs(60))
+        .await
+        .with_context(|| format!("registry log: {}", dir.join("registry.log").display()))?;
+
+    // Schemas.
+    for (subject, id) in crate::demo::register_contracts(&registry_url).await? {
+        println!("schema    {subject:<32} id {id}");
+    }
+
+    let addrs = StackAddrs { bootstrap, registry_url };
+    fs::write(dir.join("stack.env"), addrs.env_file())?;
+    println!("stack up: export $(cat {})", dir.join("stack.env").display());
+    Ok(addrs)
+}
+
+/// Stops the registry and the broker, if running.
+pub fn down(data_dir: &Path) -> Result<()> {
+    for (name, needle) in [("registry", "registry"), ("tansu", "tansu")] {
+        let pid_file = data_dir.join(format!("{name}.pid"));
+        match read_pid(&pid_file).filter(|&pid| alive(pid, needle)) {
+            Some(pid) => {
+                stop(pid, needle)?;
+                println!("{name:<9} stopped   pid {pid}");
+            }
+            None => println!("{name:<9} not running"),
+        }
+        let _ = fs::remove_file(pid_file);
+    }
+    Ok(())
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+fn stop(pid: u32, needle: &str) -> Result<()> {
+    let signal = |sig: &str| Command::new("kill").args([sig, &pid.to_string()]).status();
+    signal("-TERM").context("running kill")?;
+    let started = Instant::now();
+    while alive(pid, needle) {
+        if started.elapsed() > Duration::from_secs(10) {
+            signal("-KILL")?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Prints what is running.
+pub fn status(data_dir: &Path) -> Result<bool> {
+    let addrs = fs::read_to_string(data_dir.join("stack.env")).ok().and_then(|t| StackAddrs::parse_env_file(&t));
+    let mut all = true;
+    for (name, needle) in [("tansu", "tansu"), ("registry", "registry")] {
+        match read_pid(&data_dir.join(format!("{name}.pid"))).filter(|&pid| alive(pid, needle)) {
+            Some(pid) => println!("{name:<9} running   pid {pid}"),
+            None => {
+                all = false;
+                println!("{name:<9} not running");
+            }
+        }
+    }
+    if let Some(addrs) = addrs {
+        println!("bootstrap {}\nregistry  {}", addrs.bootstrap, addrs.registry_url);
+    }
+    Ok(all)
+}

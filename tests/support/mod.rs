@@ -1,0 +1,111 @@
+//! Shared test support: a real broker and a real registry server.
+//!
+//! The broker is the one named by `STREAMSCORE_BOOTSTRAP` (the README's test command starts
+//! the local stack and sets it); without it, one tansu broker is started for this test binary
+//! on a free port with sqlite storage in a temporary directory, and dies with the binary.
+//! Registries are started per test on port 0 over a topic of their own.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod samples;
+
+use std::sync::{mpsc, Arc, OnceLock};
+use std::time::Duration;
+
+use streamscore_kafka::KafkaConfig;
+use streamscore_registry::Store;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The bootstrap address of the test broker.
+pub fn bootstrap() -> String {
+    static BOOTSTRAP: OnceLock<String> = OnceLock::new();
+    BOOTSTRAP
+        .get_or_init(|| match std::env::var("STREAMSCORE_BOOTSTRAP") {
+            Ok(bootstrap) => bootstrap,
+            Err(_) => spawn_private_broker(),
+        })
+        .clone()
+}
+
+pub fn kafka() -> KafkaConfig {
+    KafkaConfig::new(bootstrap())
+}
+
+/// Starts tansu from a thread that lives as long as the test binary, with a parent-death
+/// signal so the broker stops by itself when the binary exits.
+fn spawn_private_broker() -> String {
+    let tansu = streamscore::stack::find_tansu().expect(
+        "no broker: set STREAMSCORE_BOOTSTRAP or install tansu (scripts/test.sh does both; see README)",
+    );
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = streamscore::stack::free_port().expect("free port");
+        let inner = streamscore::stack::tansu_command(&tansu, dir.path(), port);
+        let mut command = std::process::Command::new("setpriv");
+        command.arg("--pdeathsig").arg("KILL").arg(inner.get_program()).args(inner.get_args());
+        command.current_dir(dir.path());
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let _child = command.spawn().expect("starting tansu");
+        tx.send(format!("127.0.0.1:{port}")).expect("send address");
+        loop {
+            std::thread::park();
+        }
+    });
+    let bootstrap = rx.recv().expect("broker address");
+    KafkaConfig::new(&bootstrap)
+        .wait_until_reachable(Duration::from_secs(30))
+        .expect("private tansu broker did not start");
+    bootstrap
+}
+
+/// A name no other test uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A registry server on 127.0.0.1:0 over its own topic.
+pub struct TestRegistry {
+    pub url: String,
+    pub topic: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestRegistry {
+    /// A registry over a fresh topic.
+    pub async fn start() -> Self {
+        Self::start_on(&unique("_schemas-test")).await
+    }
+
+    /// A registry over `topic` (existing state is loaded).
+    pub async fn start_on(topic: &str) -> Self {
+        let store = Store::open(&kafka(), topic).await.expect("registry store opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(streamscore_registry::serve(Arc::new(store), listener, async {
+            let _ = rx.await;
+        }));
+        Self { url, topic: topic.to_owned(), shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Stops the server and waits for it (and its store) to be gone.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("registry task");
+        }
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

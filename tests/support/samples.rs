@@ -1,0 +1,109 @@
+#![allow(dead_code)]
+
+//! One filled-in value of every event type.
+
+use std::collections::HashMap;
+
+use streamscore_contracts::*;
+
+pub fn lineage(stage: Stage, kind: &str) -> Lineage {
+    Lineage::derive(
+        SourceOffset::new(topics::REQUESTS, 2, 1234),
+        stage,
+        kind,
+        "test-host:42",
+        Some("6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f".to_owned()),
+        Some("acme".to_owned()),
+    )
+}
+
+pub fn request() -> InferenceRequest {
+    InferenceRequest {
+        request_id: "6f1c2d3e-4b5a-4c6d-8e7f-9a0b1c2d3e4f".to_owned(),
+        tenant: "acme".to_owned(),
+        model: "fraud".to_owned(),
+        model_version: Some("2".to_owned()),
+        features: (0..16).map(|i| (format!("f{i:02}"), f64::from(i) * 1.5 - 3.0)).collect(),
+        created_at: 1_764_000_000_000_000,
+        reply_to: Some("bridge-7".to_owned()),
+        attributes: HashMap::from([("channel".to_owned(), "web".to_owned())]),
+    }
+}
+
+pub fn validated() -> ValidatedRequest {
+    ValidatedRequest { lineage: lineage(Stage::Ingest, "validated"), request: request(), writer_schema_id: 1 }
+}
+
+pub fn prediction() -> PredictionOutcome {
+    PredictionOutcome {
+        lineage: lineage(Stage::Infer, "prediction"),
+        status: OutcomeStatus::Scored,
+        shadow: false,
+        model: "fraud".to_owned(),
+        model_version: Some("2".to_owned()),
+        model_sha256: Some("ab".repeat(32)),
+        backend: Some("cpu".to_owned()),
+        score: Some(0.125),
+        label: Some("legit".to_owned()),
+        reason: None,
+        detail: None,
+        retry_after_ms: None,
+        features: request().features,
+        batch_size: 64,
+        queue_wait_us: 350,
+        inference_us: 90,
+        request_created_at: 1_764_000_000_000_000,
+        reply_to: None,
+    }
+}
+
+pub fn dead_letter() -> DeadLetter {
+    DeadLetter {
+        lineage: lineage(Stage::Ingest, "dead-letter"),
+        reason: DeadLetterReason::FeatureOutOfRange,
+        detail: "amount 1e12 is above 1e6".to_owned(),
+        original_key: Some(b"acme".to_vec()),
+        original_value: Some(vec![0, 0, 0, 0, 1, 0xff, 0x00, 0x7f]),
+        writer_schema_id: Some(1),
+        original_timestamp_ms: Some(1_764_000_000_000),
+    }
+}
+
+pub fn audit() -> AuditRecord {
+    AuditRecord {
+        audit_id: "a-1".to_owned(),
+        seq: 7,
+        stage: "infer".to_owned(),
+        instance: "test-host:42".to_owned(),
+        kind: "MODEL_LOADED".to_owned(),
+        subject: "fraud/2".to_owned(),
+        lineage: Some(lineage(Stage::Infer, "audit")),
+        details: HashMap::from([("sha256".to_owned(), "ab".repeat(32))]),
+        occurred_at: 1_764_000_000_000_000,
+        prev_hash: "0".repeat(64),
+        hash: "f".repeat(64),
+    }
+}
+
+pub fn alert() -> DriftAlert {
+    DriftAlert {
+        alert_id: "d-1".to_owned(),
+        model: "fraud".to_owned(),
+        model_version: "2".to_owned(),
+        feature: "amount".to_owned(),
+        method: DriftMethod::Psi,
+        statistic: 0.31,
+        warn_threshold: 0.1,
+        alert_threshold: 0.25,
+        severity: Severity::Alert,
+        window_start: 1_764_000_000_000_000,
+        window_end: 1_764_000_060_000_000,
+        bin_edges: vec![0.0, 10.0, 100.0],
+        current_counts: vec![5, 90, 5],
+        reference_shares: vec![0.3, 0.6, 0.1],
+        consecutive_windows: 3,
+        detected_at: 1_764_000_061_000_000,
+        stage: "monitor".to_owned(),
+        instance: "test-host:42".to_owned(),
+    }
+}
