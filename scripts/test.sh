@@ -17,6 +17,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+echo "== Confluent's Python client, for the interoperability test"
+venv=target/interop-venv
+if ! "$venv/bin/python" -c "import confluent_kafka.schema_registry.avro" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "confluent-kafka[avro,schemaregistry]==2.16.1"
+fi
+export STREAMSCORE_PYTHON="$PWD/$venv/bin/python"
+
 echo "== local stack for the tests"
 target/debug/streamscore stack up --data-dir "$data" --broker-port 0 --registry-port 0
 set -a
@@ -25,4 +33,12 @@ set -a
 set +a
 
 echo "== tests (broker $STREAMSCORE_BOOTSTRAP, registry $STREAMSCORE_REGISTRY_URL)"
-cargo test --workspace --locked "$@"
+log="$data/test.log"
+status=0
+cargo test --workspace --all-targets --locked "$@" 2>&1 | tee "$log" || status=$?
+read -r passed failed < <(awk '/^test result:/ {
+  for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
+} END { print p + 0, f + 0 }' "$log")
+echo
+echo "tests: $passed passed, $failed failed"
+exit "$status"

@@ -23,7 +23,11 @@ struct Endpoints {
     #[arg(long, env = "STREAMSCORE_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     bootstrap: String,
     /// Schema registry URL.
-    #[arg(long, env = "STREAMSCORE_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    #[arg(
+        long,
+        env = "STREAMSCORE_REGISTRY_URL",
+        default_value = "http://127.0.0.1:8081"
+    )]
     registry_url: String,
 }
 
@@ -34,7 +38,12 @@ enum Command {
         #[command(subcommand)]
         action: StackAction,
         /// Directory for broker storage, logs and pid files.
-        #[arg(long, env = "STREAMSCORE_DATA_DIR", default_value = ".streamscore", global = true)]
+        #[arg(
+            long,
+            env = "STREAMSCORE_DATA_DIR",
+            default_value = ".streamscore",
+            global = true
+        )]
         data_dir: PathBuf,
     },
     /// Serve the Confluent-compatible schema registry, its state in a Kafka topic.
@@ -98,8 +107,16 @@ fn main() -> Result<()> {
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Stack { action, data_dir } => match action {
-            StackAction::Up { broker_port, registry_port } => {
-                stack::up(&StackConfig { data_dir, broker_port, registry_port }).await?;
+            StackAction::Up {
+                broker_port,
+                registry_port,
+            } => {
+                stack::up(&StackConfig {
+                    data_dir,
+                    broker_port,
+                    registry_port,
+                })
+                .await?;
             }
             StackAction::Down => stack::down(&data_dir)?,
             StackAction::Status => {
@@ -108,7 +125,11 @@ async fn run(command: Command) -> Result<()> {
                 }
             }
         },
-        Command::Registry { bootstrap, listen, topic } => {
+        Command::Registry {
+            bootstrap,
+            listen,
+            topic,
+        } => {
             let kafka = KafkaConfig::new(bootstrap);
             let store = streamscore_registry::Store::open(&kafka, &topic)
                 .await
@@ -117,7 +138,16 @@ async fn run(command: Command) -> Result<()> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             tracing::info!(%listen, topic, "schema registry serving");
-            streamscore_registry::serve(Arc::new(store), listener, shutdown_signal()).await;
+            let prometheus = streamscore_monitor::install_recorder();
+            let metrics: streamscore_registry::api::MetricsRender =
+                Arc::new(move || prometheus.render());
+            streamscore_registry::serve(
+                Arc::new(store),
+                Some(metrics),
+                listener,
+                shutdown_signal(),
+            )
+            .await;
             tracing::info!("schema registry stopped");
         }
         Command::Topics { bootstrap } => {

@@ -52,7 +52,10 @@ impl StackAddrs {
                 .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
                 .map(str::to_owned)
         };
-        Some(Self { bootstrap: get("STREAMSCORE_BOOTSTRAP")?, registry_url: get("STREAMSCORE_REGISTRY_URL")? })
+        Some(Self {
+            bootstrap: get("STREAMSCORE_BOOTSTRAP")?,
+            registry_url: get("STREAMSCORE_REGISTRY_URL")?,
+        })
     }
 }
 
@@ -66,7 +69,9 @@ pub fn find_tansu() -> Option<PathBuf> {
         .filter(|p| p.is_file())
         .or_else(|| {
             std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths).map(|d| d.join("tansu")).find(|p| p.is_file())
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("tansu"))
+                    .find(|p| p.is_file())
             })
         })
 }
@@ -88,7 +93,15 @@ pub fn ensure_tansu() -> Result<PathBuf> {
          (cargo install tansu --version {TANSU_VERSION} --locked --features libsql; about 9 minutes on 2 cores)"
     );
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["install", "tansu", "--version", TANSU_VERSION, "--locked", "--features", "libsql"])
+        .args([
+            "install",
+            "tansu",
+            "--version",
+            TANSU_VERSION,
+            "--locked",
+            "--features",
+            "libsql",
+        ])
         .status()
         .context("running cargo install tansu (is cargo on PATH?)")?;
     if !status.success() {
@@ -141,7 +154,10 @@ pub fn tansu_command(tansu: &Path, data_dir: &Path, port: u16) -> Command {
         .arg("broker")
         .args(["--listener-url", &url, "--advertised-listener-url", &url])
         .args(["--storage-engine", "sqlite://tansu.db"]);
-    command.env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".to_owned()));
+    command.env(
+        "RUST_LOG",
+        std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".to_owned()),
+    );
     command
 }
 
@@ -162,7 +178,9 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
     let dir = &config.data_dir;
     fs::create_dir_all(dir.join("tansu")).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let previous = fs::read_to_string(dir.join("stack.env")).ok().and_then(|t| StackAddrs::parse_env_file(&t));
+    let previous = fs::read_to_string(dir.join("stack.env"))
+        .ok()
+        .and_then(|t| StackAddrs::parse_env_file(&t));
 
     // Broker.
     let tansu_pid = read_pid(&dir.join("tansu.pid")).filter(|&pid| alive(pid, "tansu"));
@@ -173,9 +191,20 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
         }
         _ => {
             let tansu = ensure_tansu()?;
-            let port = if config.broker_port == 0 { free_port()? } else { config.broker_port };
-            let pid = spawn_daemon(tansu_command(&tansu, &dir.join("tansu"), port), &dir.join("tansu.log"), &dir.join("tansu.pid"))?;
-            println!("broker    started   tansu pid {pid} on 127.0.0.1:{port} (sqlite storage in {})", dir.join("tansu").display());
+            let port = if config.broker_port == 0 {
+                free_port()?
+            } else {
+                config.broker_port
+            };
+            let pid = spawn_daemon(
+                tansu_command(&tansu, &dir.join("tansu"), port),
+                &dir.join("tansu.log"),
+                &dir.join("tansu.pid"),
+            )?;
+            println!(
+                "broker    started   tansu pid {pid} on 127.0.0.1:{port} (sqlite storage in {})",
+                dir.join("tansu").display()
+            );
             format!("127.0.0.1:{port}")
         }
     };
@@ -198,10 +227,24 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
             prev.registry_url.clone()
         }
         _ => {
-            let port = if config.registry_port == 0 { free_port()? } else { config.registry_port };
+            let port = if config.registry_port == 0 {
+                free_port()?
+            } else {
+                config.registry_port
+            };
             let mut command = Command::new(std::env::current_exe()?);
-            command.args(["registry", "--bootstrap", &bootstrap, "--listen", &format!("127.0.0.1:{port}")]);
-            let pid = spawn_daemon(command, &dir.join("registry.log"), &dir.join("registry.pid"))?;
+            command.args([
+                "registry",
+                "--bootstrap",
+                &bootstrap,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ]);
+            let pid = spawn_daemon(
+                command,
+                &dir.join("registry.log"),
+                &dir.join("registry.pid"),
+            )?;
             println!("registry  started   pid {pid} on http://127.0.0.1:{port} (state in topic _schemas)");
             format!("http://127.0.0.1:{port}")
         }
@@ -215,9 +258,15 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
         println!("schema    {subject:<32} id {id}");
     }
 
-    let addrs = StackAddrs { bootstrap, registry_url };
+    let addrs = StackAddrs {
+        bootstrap,
+        registry_url,
+    };
     fs::write(dir.join("stack.env"), addrs.env_file())?;
-    println!("stack up: export $(cat {})", dir.join("stack.env").display());
+    println!(
+        "stack up: export $(cat {})",
+        dir.join("stack.env").display()
+    );
     Ok(addrs)
 }
 
@@ -253,7 +302,9 @@ fn stop(pid: u32, needle: &str) -> Result<()> {
 
 /// Prints what is running.
 pub fn status(data_dir: &Path) -> Result<bool> {
-    let addrs = fs::read_to_string(data_dir.join("stack.env")).ok().and_then(|t| StackAddrs::parse_env_file(&t));
+    let addrs = fs::read_to_string(data_dir.join("stack.env"))
+        .ok()
+        .and_then(|t| StackAddrs::parse_env_file(&t));
     let mut all = true;
     for (name, needle) in [("tansu", "tansu"), ("registry", "registry")] {
         match read_pid(&data_dir.join(format!("{name}.pid"))).filter(|&pid| alive(pid, needle)) {
@@ -265,7 +316,10 @@ pub fn status(data_dir: &Path) -> Result<bool> {
         }
     }
     if let Some(addrs) = addrs {
-        println!("bootstrap {}\nregistry  {}", addrs.bootstrap, addrs.registry_url);
+        println!(
+            "bootstrap {}\nregistry  {}",
+            addrs.bootstrap, addrs.registry_url
+        );
     }
     Ok(all)
 }

@@ -15,11 +15,13 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::reader::datum::GenericDatumReader;
+use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
-use schema_registry_converter::async_impl::schema_registry::{get_schema_by_id, post_schema, SrSettings};
+use schema_registry_converter::async_impl::schema_registry::{
+    get_schema_by_id, post_schema, SrSettings,
+};
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 
 pub use error::{DecodeError, EncodeError, RegistryError};
@@ -53,7 +55,8 @@ fn reader_schema_of<T: Event>() -> &'static Schema {
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    map.entry(T::SCHEMA.file).or_insert_with(|| leak(T::SCHEMA.parse()))
+    map.entry(T::SCHEMA.file)
+        .or_insert_with(|| leak(T::SCHEMA.parse()))
 }
 
 enum Writer {
@@ -122,7 +125,10 @@ impl<T: Event> Codec<T> {
     pub fn with_known_id(self, id: u32) -> Self {
         let _ = self.schema_id.set(id);
         let writer = Arc::new(self.writer_for(T::SCHEMA.text));
-        self.writers.write().unwrap_or_else(PoisonError::into_inner).insert(id, writer);
+        self.writers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, writer);
         self
     }
 
@@ -165,14 +171,17 @@ impl<T: Event> Codec<T> {
 
     /// Appends the Confluent-framed encoding of `value` to `out`.
     pub fn encode_into(&self, value: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        let schema_id = self
-            .schema_id()
-            .ok_or_else(|| EncodeError::NotRegistered { subject: self.subject.clone() })?;
+        let schema_id = self.schema_id().ok_or_else(|| EncodeError::NotRegistered {
+            subject: self.subject.clone(),
+        })?;
         let start = out.len();
         WireHeader { schema_id }.write(out);
         self.writer.write_ser(out, value).map_err(|e| {
             out.truncate(start);
-            EncodeError::Invalid { schema: T::SCHEMA.full_name, reason: e.to_string() }
+            EncodeError::Invalid {
+                schema: T::SCHEMA.full_name,
+                reason: e.to_string(),
+            }
         })?;
         Ok(())
     }
@@ -192,14 +201,16 @@ impl<T: Event> Codec<T> {
     pub fn decode_cached(&self, bytes: &[u8]) -> Result<Decoded<T>, DecodeError> {
         let (header, body) = WireHeader::parse(bytes)?;
         let id = header.schema_id;
-        let writer = self.cached_writer(id).ok_or_else(|| DecodeError::Registry {
-            id,
-            source: RegistryError {
-                error_code: None,
-                message: "schema not fetched yet".to_owned(),
-                retryable: true,
-            },
-        })?;
+        let writer = self
+            .cached_writer(id)
+            .ok_or_else(|| DecodeError::Registry {
+                id,
+                source: RegistryError {
+                    error_code: None,
+                    message: "schema not fetched yet".to_owned(),
+                    retryable: true,
+                },
+            })?;
         self.decode_body(id, &writer, body)
     }
 
@@ -215,7 +226,9 @@ impl<T: Event> Codec<T> {
         {
             let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
             match unknown.get(&id) {
-                Some(at) if at.elapsed() < UNKNOWN_ID_TTL => return Err(DecodeError::UnknownSchema { id }),
+                Some(at) if at.elapsed() < UNKNOWN_ID_TTL => {
+                    return Err(DecodeError::UnknownSchema { id })
+                }
                 Some(_) => {
                     unknown.remove(&id);
                 }
@@ -258,15 +271,26 @@ impl<T: Event> Codec<T> {
         if let Err(e) = SchemaCompatibility::can_read(&schema, self.reader) {
             return Writer::Incompatible(e.to_string());
         }
-        match GenericDatumReader::builder(leak(schema)).reader_schema(self.reader).build() {
+        match GenericDatumReader::builder(leak(schema))
+            .reader_schema(self.reader)
+            .build()
+        {
             Ok(reader) => Writer::Resolving(reader),
             Err(e) => Writer::Incompatible(e.to_string()),
         }
     }
 
-    fn decode_body(&self, id: u32, writer: &Writer, body: &[u8]) -> Result<Decoded<T>, DecodeError> {
+    fn decode_body(
+        &self,
+        id: u32,
+        writer: &Writer,
+        body: &[u8],
+    ) -> Result<Decoded<T>, DecodeError> {
         let mut rest = body;
-        let body_error = |e: apache_avro::Error| DecodeError::Body { id, reason: e.to_string() };
+        let body_error = |e: apache_avro::Error| DecodeError::Body {
+            id,
+            reason: e.to_string(),
+        };
         let value = match writer {
             Writer::Same(reader) => reader.read_deser::<T>(&mut rest).map_err(body_error)?,
             Writer::Resolving(reader) => {
@@ -282,8 +306,14 @@ impl<T: Event> Codec<T> {
             }
         };
         if !rest.is_empty() {
-            return Err(DecodeError::TrailingBytes { id, extra: rest.len() });
+            return Err(DecodeError::TrailingBytes {
+                id,
+                extra: rest.len(),
+            });
         }
-        Ok(Decoded { value, schema_id: id })
+        Ok(Decoded {
+            value,
+            schema_id: id,
+        })
     }
 }

@@ -26,7 +26,11 @@ pub struct SourceOffset {
 
 impl SourceOffset {
     pub fn new(topic: impl Into<String>, partition: i32, offset: i64) -> Self {
-        Self { topic: topic.into(), partition, offset }
+        Self {
+            topic: topic.into(),
+            partition,
+            offset,
+        }
     }
 }
 
@@ -90,7 +94,10 @@ pub struct Lineage {
 impl Lineage {
     /// The deterministic event id of output `kind` written by `stage` for the record at `source`.
     pub fn event_id_for(source: &SourceOffset, stage: Stage, kind: &str) -> Uuid {
-        let name = format!("{}/{}/{}/{}/{}", source.topic, source.partition, source.offset, stage, kind);
+        let name = format!(
+            "{}/{}/{}/{}/{}",
+            source.topic, source.partition, source.offset, stage, kind
+        );
         Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
     }
 

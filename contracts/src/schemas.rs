@@ -35,12 +35,36 @@ macro_rules! schema_file {
     };
 }
 
-schema_file!(INFERENCE_REQUEST, "inference_request.avsc", "io.streamscore.v1.InferenceRequest");
-schema_file!(VALIDATED_REQUEST, "validated_request.avsc", "io.streamscore.v1.ValidatedRequest");
-schema_file!(PREDICTION_OUTCOME, "prediction_outcome.avsc", "io.streamscore.v1.PredictionOutcome");
-schema_file!(DEAD_LETTER, "dead_letter.avsc", "io.streamscore.v1.DeadLetter");
-schema_file!(AUDIT_RECORD, "audit_record.avsc", "io.streamscore.v1.AuditRecord");
-schema_file!(DRIFT_ALERT, "drift_alert.avsc", "io.streamscore.v1.DriftAlert");
+schema_file!(
+    INFERENCE_REQUEST,
+    "inference_request.avsc",
+    "io.streamscore.v1.InferenceRequest"
+);
+schema_file!(
+    VALIDATED_REQUEST,
+    "validated_request.avsc",
+    "io.streamscore.v1.ValidatedRequest"
+);
+schema_file!(
+    PREDICTION_OUTCOME,
+    "prediction_outcome.avsc",
+    "io.streamscore.v1.PredictionOutcome"
+);
+schema_file!(
+    DEAD_LETTER,
+    "dead_letter.avsc",
+    "io.streamscore.v1.DeadLetter"
+);
+schema_file!(
+    AUDIT_RECORD,
+    "audit_record.avsc",
+    "io.streamscore.v1.AuditRecord"
+);
+schema_file!(
+    DRIFT_ALERT,
+    "drift_alert.avsc",
+    "io.streamscore.v1.DriftAlert"
+);
 
 /// Every schema file, in data-flow order.
 pub const ALL: [SchemaFile; 6] = [

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use streamscore_contracts::codec::DecodeError;
 use streamscore_contracts::{
-    Codec, DeadLetter, DeadLetterReason, InferenceRequest, Lineage, SourceOffset, Stage, ValidatedRequest,
+    Codec, DeadLetter, DeadLetterReason, InferenceRequest, Lineage, SourceOffset, Stage,
+    ValidatedRequest,
 };
 use uuid::Uuid;
 
@@ -49,7 +50,11 @@ pub struct RequestDecider {
 
 impl RequestDecider {
     pub fn new(codec: Arc<Codec<InferenceRequest>>, instance: impl Into<String>) -> Self {
-        Self { codec, instance: instance.into(), max_record_bytes: DEFAULT_MAX_RECORD_BYTES }
+        Self {
+            codec,
+            instance: instance.into(),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
     }
 
     #[must_use]
@@ -62,7 +67,11 @@ impl RequestDecider {
     pub async fn decide(&self, record: RawRecord<'_>) -> Decision {
         let value = record.value.unwrap_or_default();
         if value.len() > self.max_record_bytes {
-            let detail = format!("record of {} bytes exceeds the limit of {} bytes", value.len(), self.max_record_bytes);
+            let detail = format!(
+                "record of {} bytes exceeds the limit of {} bytes",
+                value.len(),
+                self.max_record_bytes
+            );
             return self.dead_letter(record, DeadLetterReason::TooLarge, detail, None, None);
         }
         let decoded = match self.codec.decode(value).await {
@@ -75,7 +84,13 @@ impl RequestDecider {
         };
         let request = decoded.value;
         if let Some((reason, detail)) = check(&request) {
-            return self.dead_letter(record, reason, detail, Some(decoded.schema_id), Some(&request));
+            return self.dead_letter(
+                record,
+                reason,
+                detail,
+                Some(decoded.schema_id),
+                Some(&request),
+            );
         }
         let lineage = Lineage::derive(
             record.source(),
@@ -105,7 +120,9 @@ impl RequestDecider {
             Stage::Ingest,
             "dead-letter",
             &self.instance,
-            request.map(|r| r.request_id.clone()).filter(|id| !id.is_empty()),
+            request
+                .map(|r| r.request_id.clone())
+                .filter(|id| !id.is_empty()),
             request.map(|r| r.tenant.clone()),
         );
         Decision::DeadLetter(Box::new(DeadLetter {
@@ -123,12 +140,18 @@ impl RequestDecider {
 /// Checks a decoded request's own content (no policy or model store needed).
 fn check(request: &InferenceRequest) -> Option<(DeadLetterReason, String)> {
     if request.request_id.trim().is_empty() {
-        return Some((DeadLetterReason::MissingRequestId, "request_id is empty".to_owned()));
+        return Some((
+            DeadLetterReason::MissingRequestId,
+            "request_id is empty".to_owned(),
+        ));
     }
     if Uuid::try_parse(&request.request_id).is_err() {
         return Some((
             DeadLetterReason::MalformedRequestId,
-            format!("request_id {:?} is not a UUID in canonical form", request.request_id),
+            format!(
+                "request_id {:?} is not a UUID in canonical form",
+                request.request_id
+            ),
         ));
     }
     let mut non_finite: Vec<&str> = request
@@ -139,7 +162,10 @@ fn check(request: &InferenceRequest) -> Option<(DeadLetterReason, String)> {
         .collect();
     if !non_finite.is_empty() {
         non_finite.sort_unstable();
-        return Some((DeadLetterReason::NonFinite, format!("non-finite values in features {non_finite:?}")));
+        return Some((
+            DeadLetterReason::NonFinite,
+            format!("non-finite values in features {non_finite:?}"),
+        ));
     }
     None
 }
@@ -167,16 +193,31 @@ mod tests {
     fn content_checks_give_typed_reasons() {
         let good = "2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b";
         assert_eq!(check(&request(good, 1.0)), None);
-        assert_eq!(check(&request("", 1.0)).map(|c| c.0), Some(DeadLetterReason::MissingRequestId));
-        assert_eq!(check(&request("not-a-uuid", 1.0)).map(|c| c.0), Some(DeadLetterReason::MalformedRequestId));
-        assert_eq!(check(&request(good, f64::NAN)).map(|c| c.0), Some(DeadLetterReason::NonFinite));
-        assert_eq!(check(&request(good, f64::INFINITY)).map(|c| c.0), Some(DeadLetterReason::NonFinite));
+        assert_eq!(
+            check(&request("", 1.0)).map(|c| c.0),
+            Some(DeadLetterReason::MissingRequestId)
+        );
+        assert_eq!(
+            check(&request("not-a-uuid", 1.0)).map(|c| c.0),
+            Some(DeadLetterReason::MalformedRequestId)
+        );
+        assert_eq!(
+            check(&request(good, f64::NAN)).map(|c| c.0),
+            Some(DeadLetterReason::NonFinite)
+        );
+        assert_eq!(
+            check(&request(good, f64::INFINITY)).map(|c| c.0),
+            Some(DeadLetterReason::NonFinite)
+        );
     }
 
     #[tokio::test]
     async fn oversized_and_unframed_records_are_dead_lettered_without_the_registry() {
         // The registry URL is never called: these records fail before a schema is needed.
-        let codec = Arc::new(Codec::<InferenceRequest>::with_url("http://127.0.0.1:9", "inference.requests"));
+        let codec = Arc::new(Codec::<InferenceRequest>::with_url(
+            "http://127.0.0.1:9",
+            "inference.requests",
+        ));
         let decider = RequestDecider::new(codec, "test").with_max_record_bytes(8);
         let record = |value: &'static [u8]| RawRecord {
             topic: "inference.requests",
@@ -194,9 +235,16 @@ mod tests {
             match decider.decide(record(bytes)).await {
                 Decision::DeadLetter(dl) => {
                     assert_eq!(dl.reason, reason);
-                    assert_eq!(dl.original_value.as_deref(), Some(bytes), "original bytes kept");
+                    assert_eq!(
+                        dl.original_value.as_deref(),
+                        Some(bytes),
+                        "original bytes kept"
+                    );
                     assert_eq!(dl.original_key.as_deref(), Some(&b"acme"[..]));
-                    assert_eq!(dl.lineage.source, SourceOffset::new("inference.requests", 0, 7));
+                    assert_eq!(
+                        dl.lineage.source,
+                        SourceOffset::new("inference.requests", 0, 7)
+                    );
                 }
                 other => panic!("expected a dead letter for {bytes:?}, got {other:?}"),
             }

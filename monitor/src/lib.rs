@@ -5,8 +5,8 @@
 
 use std::sync::OnceLock;
 
-pub use metrics_exporter_prometheus::PrometheusHandle;
 use metrics_exporter_prometheus::PrometheusBuilder;
+pub use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Installs (once per process) the Prometheus recorder and returns its handle.
 pub fn install_recorder() -> PrometheusHandle {
@@ -31,6 +31,9 @@ mod tests {
         let handle = install_recorder();
         metrics::counter!("streamscore_test_events_total", "outcome" => "ok").increment(3);
         let text = handle.render();
-        assert!(text.contains("streamscore_test_events_total{outcome=\"ok\"} 3"), "{text}");
+        assert!(
+            text.contains("streamscore_test_events_total{outcome=\"ok\"} 3"),
+            "{text}"
+        );
     }
 }

@@ -23,7 +23,17 @@ pub use store::{Store, StoreError};
 /// The default registry topic, as Confluent's.
 pub const DEFAULT_TOPIC: &str = "_schemas";
 
-/// Serves the API on `listener` until `shutdown` resolves.
-pub async fn serve(store: Arc<Store>, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
-    warp::serve(api::routes(store)).incoming(listener).graceful(shutdown).run().await;
+/// Serves the API (and `/metrics`, when a renderer is given) on `listener` until `shutdown`
+/// resolves.
+pub async fn serve(
+    store: Arc<Store>,
+    metrics: Option<api::MetricsRender>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(api::routes(store, metrics))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
 }
