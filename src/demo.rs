@@ -165,7 +165,7 @@ pub async fn run(bootstrap: &str, registry_url: &str, count: u64) -> Result<()> 
         };
         match decider.decide(record).await {
             Decision::Valid(v) => println!(
-                "read back {}  tenant {:<8} schema id {}  model {} v{}  {} features  event {}",
+                "read back {}  tenant {:<8} schema id {}  model {} version {:<7}  {} features  event {}",
                 v.request.request_id,
                 v.request.tenant,
                 v.writer_schema_id,

@@ -81,6 +81,10 @@ impl std::fmt::Display for TopicOutcome {
     }
 }
 
+fn plural(partitions: i32) -> String {
+    format!("{partitions} partition{}", if partitions == 1 { "" } else { "s" })
+}
+
 /// Creates the topics that do not exist yet; existing ones are left as they are.
 pub async fn ensure_topics(
     config: &KafkaConfig,
