@@ -72,17 +72,20 @@ impl std::fmt::Display for TopicOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TopicOutcome::Created { name, partitions } => {
-                write!(f, "created {name} ({partitions} partitions)")
+                write!(f, "created {name} ({})", plural(*partitions))
             }
             TopicOutcome::Existed { name, partitions } => {
-                write!(f, "exists  {name} ({partitions} partitions)")
+                write!(f, "exists  {name} ({})", plural(*partitions))
             }
         }
     }
 }
 
 fn plural(partitions: i32) -> String {
-    format!("{partitions} partition{}", if partitions == 1 { "" } else { "s" })
+    format!(
+        "{partitions} partition{}",
+        if partitions == 1 { "" } else { "s" }
+    )
 }
 
 /// Creates the topics that do not exist yet; existing ones are left as they are.
