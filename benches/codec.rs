@@ -9,14 +9,9 @@ use streamscore_contracts::{topics, Codec, InferenceRequest, PredictionOutcome};
 mod samples;
 
 fn codec(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("runtime");
-    let requests = Codec::<InferenceRequest>::with_url("http://127.0.0.1:9", topics::REQUESTS)
-        .with_known_id(1);
-    let predictions =
-        Codec::<PredictionOutcome>::with_url("http://127.0.0.1:9", topics::PREDICTIONS)
-            .with_known_id(2);
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let requests = Codec::<InferenceRequest>::with_url("http://127.0.0.1:9", topics::REQUESTS).with_known_id(1);
+    let predictions = Codec::<PredictionOutcome>::with_url("http://127.0.0.1:9", topics::PREDICTIONS).with_known_id(2);
     let request = samples::request();
     let prediction = samples::prediction();
     let request_bytes = requests.encode(&request).expect("encode");
@@ -28,47 +23,27 @@ fn codec(c: &mut Criterion) {
         let mut out = Vec::with_capacity(512);
         b.iter(|| {
             out.clear();
-            requests
-                .encode_into(black_box(&request), &mut out)
-                .expect("encode");
+            requests.encode_into(black_box(&request), &mut out).expect("encode");
         })
     });
     group.bench_function("decode request (16 features)", |b| {
-        b.iter(|| {
-            requests
-                .decode_cached(black_box(&request_bytes))
-                .expect("decode")
-        })
+        b.iter(|| requests.decode_cached(black_box(&request_bytes)).expect("decode"))
     });
     group.bench_function("decode request via async decode", |b| {
-        b.iter(|| {
-            runtime
-                .block_on(requests.decode(black_box(&request_bytes)))
-                .expect("decode")
-        })
+        b.iter(|| runtime.block_on(requests.decode(black_box(&request_bytes))).expect("decode"))
     });
     group.bench_function("encode prediction", |b| {
         let mut out = Vec::with_capacity(512);
         b.iter(|| {
             out.clear();
-            predictions
-                .encode_into(black_box(&prediction), &mut out)
-                .expect("encode");
+            predictions.encode_into(black_box(&prediction), &mut out).expect("encode");
         })
     });
     group.bench_function("decode prediction", |b| {
-        b.iter(|| {
-            predictions
-                .decode_cached(black_box(&prediction_bytes))
-                .expect("decode")
-        })
+        b.iter(|| predictions.decode_cached(black_box(&prediction_bytes)).expect("decode"))
     });
     group.finish();
-    println!(
-        "encoded sizes: request {} bytes, prediction {} bytes",
-        request_bytes.len(),
-        prediction_bytes.len()
-    );
+    println!("encoded sizes: request {} bytes, prediction {} bytes", request_bytes.len(), prediction_bytes.len());
 }
 
 criterion_group!(benches, codec);

@@ -13,7 +13,8 @@ use streamscore_contracts::codec::{WireHeader, HEADER_LEN};
 use streamscore_contracts::{schemas, InferenceRequest};
 
 /// The schema registered as id 2 by the corpus test: a record that is not a request.
-pub const NOT_A_REQUEST: &str = r#"{"type":"record","name":"Other","namespace":"io.example","fields":[{"name":"x","type":"int"}]}"#;
+pub const NOT_A_REQUEST: &str =
+    r#"{"type":"record","name":"Other","namespace":"io.example","fields":[{"name":"x","type":"int"}]}"#;
 
 fn framed(id: u32, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -29,36 +30,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         tenant: "acme".to_owned(),
         model: "fraud".to_owned(),
         model_version: None,
-        features: [
-            ("amount".to_owned(), 42.0),
-            ("hour_of_day".to_owned(), 13.0),
-        ]
-        .into_iter()
-        .collect(),
+        features: [("amount".to_owned(), 42.0), ("hour_of_day".to_owned(), 13.0)].into_iter().collect(),
         created_at: 1_764_000_000_000_000,
         reply_to: None,
         attributes: Default::default(),
     };
-    let body = GenericDatumWriter::builder(&schema)
-        .build()?
-        .write_ser_to_vec(&request)?;
+    let body = GenericDatumWriter::builder(&schema).build()?.write_ser_to_vec(&request)?;
     let valid = framed(1, &body);
 
     let entries: Vec<(&str, Vec<u8>, &str, &str, &str)> = vec![
-        (
-            "empty.bin",
-            vec![],
-            "Empty",
-            "UNDECODABLE",
-            "no bytes at all",
-        ),
-        (
-            "short-header.bin",
-            vec![0, 0, 1],
-            "ShortHeader",
-            "UNDECODABLE",
-            "3 bytes, shorter than the 5-byte header",
-        ),
+        ("empty.bin", vec![], "Empty", "UNDECODABLE", "no bytes at all"),
+        ("short-header.bin", vec![0, 0, 1], "ShortHeader", "UNDECODABLE", "3 bytes, shorter than the 5-byte header"),
         (
             "wrong-magic.bin",
             {
@@ -91,13 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "SCHEMA_INVALID",
             "written with a registered schema that is not a request",
         ),
-        (
-            "header-only.bin",
-            framed(1, &[]),
-            "Body",
-            "UNDECODABLE",
-            "valid header, empty body",
-        ),
+        ("header-only.bin", framed(1, &[]), "Body", "UNDECODABLE", "valid header, empty body"),
         (
             "truncated-body.bin",
             valid[..HEADER_LEN + body.len() / 2].to_vec(),
@@ -105,20 +81,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "UNDECODABLE",
             "body cut in half",
         ),
-        (
-            "garbage-body.bin",
-            framed(1, &[0xff; 12]),
-            "Body",
-            "UNDECODABLE",
-            "varint that never ends",
-        ),
-        (
-            "negative-length.bin",
-            framed(1, &[0x09, b'a']),
-            "Body",
-            "UNDECODABLE",
-            "string length -5",
-        ),
+        ("garbage-body.bin", framed(1, &[0xff; 12]), "Body", "UNDECODABLE", "varint that never ends"),
+        ("negative-length.bin", framed(1, &[0x09, b'a']), "Body", "UNDECODABLE", "string length -5"),
         (
             "huge-length.bin",
             framed(1, &[0x80, 0x80, 0x80, 0x80, 0x08, b'a']),
@@ -144,14 +108,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut manifest = Vec::new();
     for (file, bytes, error, reason, what) in entries {
         std::fs::write(dir.join(file), &bytes)?;
-        manifest.push(
-            serde_json::json!({"file": file, "error": error, "reason": reason, "what": what}),
-        );
+        manifest.push(serde_json::json!({"file": file, "error": error, "reason": reason, "what": what}));
     }
-    std::fs::write(
-        dir.join("manifest.json"),
-        serde_json::to_string_pretty(&manifest)? + "\n",
-    )?;
+    std::fs::write(dir.join("manifest.json"), serde_json::to_string_pretty(&manifest)? + "\n")?;
     std::fs::write(dir.join("not-a-request.avsc"), format!("{NOT_A_REQUEST}\n"))?;
     println!("wrote {} entries to {}", manifest.len(), dir.display());
     Ok(())

@@ -20,10 +20,7 @@ use streamscore_kafka::KafkaConfig;
 pub async fn register_contracts(registry_url: &str) -> Result<Vec<(String, u32)>> {
     async fn one<T: Event>(url: &str, topic: &str) -> Result<(String, u32)> {
         let codec = Codec::<T>::with_url(url, topic);
-        let id = codec
-            .register()
-            .await
-            .with_context(|| format!("registering {} for {topic}", T::SCHEMA.file))?;
+        let id = codec.register().await.with_context(|| format!("registering {} for {topic}", T::SCHEMA.file))?;
         Ok((codec.subject().to_owned(), id))
     }
     use streamscore_contracts::*;
@@ -61,19 +58,9 @@ pub fn sample_request(i: u64, tenant: &str) -> InferenceRequest {
 /// Produces `count` requests (and one malformed record), reads them back and prints them.
 pub async fn run(bootstrap: &str, registry_url: &str, count: u64) -> Result<()> {
     let kafka = KafkaConfig::new(bootstrap);
-    let codec = Arc::new(Codec::<InferenceRequest>::with_url(
-        registry_url,
-        topics::REQUESTS,
-    ));
-    let schema_id = codec
-        .register()
-        .await
-        .context("registering the request schema")?;
-    println!(
-        "{} registered under {} with id {schema_id}",
-        schemas::INFERENCE_REQUEST.full_name,
-        codec.subject()
-    );
+    let codec = Arc::new(Codec::<InferenceRequest>::with_url(registry_url, topics::REQUESTS));
+    let schema_id = codec.register().await.context("registering the request schema")?;
+    println!("{} registered under {} with id {schema_id}", schemas::INFERENCE_REQUEST.full_name, codec.subject());
 
     let producer = kafka.producer()?;
     let mut sent = Vec::new();
@@ -83,12 +70,7 @@ pub async fn run(bootstrap: &str, registry_url: &str, count: u64) -> Result<()> 
         let request = sample_request(i, tenant);
         let bytes = codec.encode(&request)?;
         let delivery = producer
-            .send(
-                FutureRecord::to(topics::REQUESTS)
-                    .key(tenant)
-                    .payload(&bytes),
-                Duration::from_secs(10),
-            )
+            .send(FutureRecord::to(topics::REQUESTS).key(tenant).payload(&bytes), Duration::from_secs(10))
             .await
             .map_err(|(e, _)| e)?;
         println!(
@@ -102,12 +84,7 @@ pub async fn run(bootstrap: &str, registry_url: &str, count: u64) -> Result<()> 
     }
     let garbage: &[u8] = b"\x00\x00\x00\x7f\xffnot avro";
     let delivery = producer
-        .send(
-            FutureRecord::to(topics::REQUESTS)
-                .key("acme")
-                .payload(garbage),
-            Duration::from_secs(10),
-        )
+        .send(FutureRecord::to(topics::REQUESTS).key("acme").payload(garbage), Duration::from_secs(10))
         .await
         .map_err(|(e, _)| e)?;
     println!(
@@ -117,23 +94,12 @@ pub async fn run(bootstrap: &str, registry_url: &str, count: u64) -> Result<()> 
     sent.push((delivery.partition, delivery.offset));
 
     // Read exactly those records back, through ingest's decision.
-    let consumer: BaseConsumer = kafka
-        .client_config()
-        .set("group.id", "streamscore-demo")
-        .set("enable.auto.commit", "false")
-        .create()?;
+    let consumer: BaseConsumer =
+        kafka.client_config().set("group.id", "streamscore-demo").set("enable.auto.commit", "false").create()?;
     let mut assignment = TopicPartitionList::new();
     for (partition, offset) in &sent {
-        if assignment
-            .find_partition(topics::REQUESTS, *partition)
-            .is_none()
-        {
-            let first = sent
-                .iter()
-                .filter(|(p, _)| p == partition)
-                .map(|(_, o)| *o)
-                .min()
-                .unwrap_or(*offset);
+        if assignment.find_partition(topics::REQUESTS, *partition).is_none() {
+            let first = sent.iter().filter(|(p, _)| p == partition).map(|(_, o)| *o).min().unwrap_or(*offset);
             assignment.add_partition_offset(topics::REQUESTS, *partition, Offset::Offset(first))?;
         }
     }
@@ -143,10 +109,7 @@ pub async fn run(bootstrap: &str, registry_url: &str, count: u64) -> Result<()> 
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !pending.is_empty() {
         if std::time::Instant::now() > deadline {
-            bail!(
-                "{} produced records were not read back within 30 s",
-                pending.len()
-            );
+            bail!("{} produced records were not read back within 30 s", pending.len());
         }
         let Some(message) = consumer.poll(Duration::from_millis(200)) else {
             continue;

@@ -23,11 +23,7 @@ struct Endpoints {
     #[arg(long, env = "STREAMSCORE_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     bootstrap: String,
     /// Schema registry URL.
-    #[arg(
-        long,
-        env = "STREAMSCORE_REGISTRY_URL",
-        default_value = "http://127.0.0.1:8081"
-    )]
+    #[arg(long, env = "STREAMSCORE_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
     registry_url: String,
 }
 
@@ -38,12 +34,7 @@ enum Command {
         #[command(subcommand)]
         action: StackAction,
         /// Directory for broker storage, logs and pid files.
-        #[arg(
-            long,
-            env = "STREAMSCORE_DATA_DIR",
-            default_value = ".streamscore",
-            global = true
-        )]
+        #[arg(long, env = "STREAMSCORE_DATA_DIR", default_value = ".streamscore", global = true)]
         data_dir: PathBuf,
     },
     /// Serve the Confluent-compatible schema registry, its state in a Kafka topic.
@@ -64,6 +55,39 @@ enum Command {
         #[arg(long, env = "STREAMSCORE_BOOTSTRAP", default_value = "127.0.0.1:9092")]
         bootstrap: String,
     },
+    /// Run the ingest stage on its own: validate requests, dead-letter bad ones, write
+    /// validated requests to the validated topic.
+    Ingest {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        #[command(flatten)]
+        ingest: IngestArgs,
+        /// Topic validated requests are written to.
+        #[arg(long, default_value = streamscore_contracts::topics::VALIDATED)]
+        validated_topic: String,
+        /// Serve Prometheus metrics on this address (`GET /metrics`).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// Load generator: publish Confluent-framed Avro requests at a target rate.
+    Produce {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Write synthetic transactions (the models' training data) as CSV.
+    Synth {
+        /// Generator seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Number of rows.
+        #[arg(long, default_value_t = 100_000)]
+        rows: u64,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Produce a few Avro requests and read them back through ingest, with their schema ids.
     Demo {
         #[command(flatten)]
@@ -72,6 +96,74 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         count: u64,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct IngestArgs {
+    /// Topic requests are read from.
+    #[arg(long, default_value = streamscore_contracts::topics::REQUESTS)]
+    input_topic: String,
+    /// Topic bad records are written to.
+    #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
+    dead_letter_topic: String,
+    /// Consumer group.
+    #[arg(long, default_value = "streamscore-ingest")]
+    group: String,
+    /// Model store directory.
+    #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
+    models: PathBuf,
+    /// Known tenants, comma-separated, or `*` for any.
+    #[arg(long, env = "STREAMSCORE_TENANTS", default_value = DEFAULT_TENANTS)]
+    tenants: String,
+    /// Largest record value accepted, in bytes (larger ones are dead-lettered TOO_LARGE).
+    #[arg(long, default_value_t = streamscore_ingest::decide::DEFAULT_MAX_RECORD_BYTES)]
+    max_record_bytes: usize,
+}
+
+/// The tenants the load generator uses by default (`tenant-01` ... `tenant-08`).
+const DEFAULT_TENANTS: &str = "tenant-01,tenant-02,tenant-03,tenant-04,tenant-05,tenant-06,tenant-07,tenant-08";
+
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Topic to publish to.
+    #[arg(long, default_value = streamscore_contracts::topics::REQUESTS)]
+    topic: String,
+    /// Target events per second (default: as fast as the broker takes them).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Stop after this many requests.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration_secs: Option<f64>,
+    /// Number of tenants (`tenant-01` ...).
+    #[arg(long, default_value_t = 4)]
+    tenants: u32,
+    /// Zipf exponent of the tenant mix: 0 uniform, 1 and up skewed to tenant-01.
+    #[arg(long, default_value_t = 0.0)]
+    tenant_skew: f64,
+    /// Model name.
+    #[arg(long, default_value = "fraud")]
+    model: String,
+    /// Versions to ask for, comma-separated; `default` leaves the version to routing.
+    #[arg(long, default_value = "default")]
+    versions: String,
+    /// Share of bad records (0..1), spread evenly over --bad-kinds.
+    #[arg(long, default_value_t = 0.0)]
+    bad_share: f64,
+    /// Kinds of bad records (reason codes, comma-separated), default all.
+    #[arg(long)]
+    bad_kinds: Option<String>,
+    /// Drift: `feature:shift:scale:after_seconds`, e.g. `amount:400:1.5:30`.
+    #[arg(long)]
+    drift: Option<String>,
+    /// Generator seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the generator's own counts as JSON to this file.
+    #[arg(long)]
+    summary_json: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -107,16 +199,8 @@ fn main() -> Result<()> {
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Stack { action, data_dir } => match action {
-            StackAction::Up {
-                broker_port,
-                registry_port,
-            } => {
-                stack::up(&StackConfig {
-                    data_dir,
-                    broker_port,
-                    registry_port,
-                })
-                .await?;
+            StackAction::Up { broker_port, registry_port } => {
+                stack::up(&StackConfig { data_dir, broker_port, registry_port }).await?;
             }
             StackAction::Down => stack::down(&data_dir)?,
             StackAction::Status => {
@@ -125,29 +209,15 @@ async fn run(command: Command) -> Result<()> {
                 }
             }
         },
-        Command::Registry {
-            bootstrap,
-            listen,
-            topic,
-        } => {
+        Command::Registry { bootstrap, listen, topic } => {
             let kafka = KafkaConfig::new(bootstrap);
-            let store = streamscore_registry::Store::open(&kafka, &topic)
-                .await
-                .context("opening the registry's topic")?;
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding {listen}"))?;
+            let store =
+                streamscore_registry::Store::open(&kafka, &topic).await.context("opening the registry's topic")?;
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             tracing::info!(%listen, topic, "schema registry serving");
             let prometheus = streamscore_monitor::install_recorder();
-            let metrics: streamscore_registry::api::MetricsRender =
-                Arc::new(move || prometheus.render());
-            streamscore_registry::serve(
-                Arc::new(store),
-                Some(metrics),
-                listener,
-                shutdown_signal(),
-            )
-            .await;
+            let metrics: streamscore_registry::api::MetricsRender = Arc::new(move || prometheus.render());
+            streamscore_registry::serve(Arc::new(store), Some(metrics), listener, shutdown_signal()).await;
             tracing::info!("schema registry stopped");
         }
         Command::Topics { bootstrap } => {
@@ -155,9 +225,103 @@ async fn run(command: Command) -> Result<()> {
                 println!("{outcome}");
             }
         }
+        Command::Ingest { endpoints, ingest, validated_topic, metrics_listen } => {
+            run_ingest(endpoints, ingest, validated_topic, metrics_listen).await?;
+        }
+        Command::Produce { endpoints, load } => run_produce(endpoints, load).await?,
+        Command::Synth { seed, rows, out } => {
+            let writer: Box<dyn std::io::Write> = match &out {
+                Some(path) => {
+                    Box::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?)
+                }
+                None => Box::new(std::io::stdout().lock()),
+            };
+            streamscore::synth_csv(seed, rows, std::io::BufWriter::new(writer))?;
+        }
         Command::Demo { endpoints, count } => {
             streamscore::demo::run(&endpoints.bootstrap, &endpoints.registry_url, count).await?;
         }
+    }
+    Ok(())
+}
+
+async fn serve_metrics(listen: Option<SocketAddr>) -> Result<()> {
+    let handle = streamscore_monitor::install_recorder();
+    if let Some(listen) = listen {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        tracing::info!(%listen, "metrics on /metrics");
+        tokio::spawn(streamscore_monitor::serve_metrics(handle, listener, std::future::pending()));
+    }
+    Ok(())
+}
+
+async fn run_ingest(
+    endpoints: Endpoints,
+    args: IngestArgs,
+    validated_topic: String,
+    metrics: Option<SocketAddr>,
+) -> Result<()> {
+    use streamscore_contracts::{Codec, InferenceRequest};
+    use streamscore_ingest::{Handoff, IngestConfig, RequestDecider, Tenants};
+    serve_metrics(metrics).await?;
+    let models = streamscore_modelstore::ModelStore::open(&args.models)
+        .with_context(|| format!("loading the model store {}", args.models.display()))?;
+    let kafka = KafkaConfig::new(&endpoints.bootstrap);
+    let codec = Arc::new(Codec::<InferenceRequest>::with_url(&endpoints.registry_url, &args.input_topic));
+    let decider = RequestDecider::new(codec, streamscore_contracts::lineage::default_instance())
+        .with_tenants(Tenants::parse(&args.tenants))
+        .with_models(streamscore_modelstore::SharedStore::new(models))
+        .with_max_record_bytes(args.max_record_bytes);
+    let mut config = IngestConfig::new(kafka, &endpoints.registry_url);
+    config.group_id = args.group;
+    config.input_topic = args.input_topic;
+    config.dead_letter_topic = args.dead_letter_topic;
+    tracing::info!(input = config.input_topic, output = validated_topic, group = config.group_id, "ingest running");
+    let summary =
+        streamscore_ingest::run(config, decider, Handoff::Topic { topic: validated_topic }, shutdown_signal()).await?;
+    tracing::info!(
+        consumed = summary.consumed,
+        validated = summary.validated,
+        dead_lettered = summary.dead_lettered,
+        "ingest stopped"
+    );
+    Ok(())
+}
+
+async fn run_produce(endpoints: Endpoints, args: LoadArgs) -> Result<()> {
+    use streamscore::loadgen::{self, BadKind, LoadConfig};
+    use streamscore_contracts::{now_micros, Codec, InferenceRequest};
+    let mut config = LoadConfig::new(&args.topic);
+    config.rate = args.rate;
+    config.count = args.count;
+    config.duration = args.duration_secs.map(std::time::Duration::from_secs_f64);
+    config.tenants = args.tenants;
+    config.tenant_skew = args.tenant_skew;
+    config.model = args.model;
+    config.versions = args.versions.split(',').map(str::trim).map(|v| (v != "default").then(|| v.to_owned())).collect();
+    config.bad_share = args.bad_share;
+    if let Some(kinds) = &args.bad_kinds {
+        config.bad_kinds = kinds
+            .split(',')
+            .map(|k| BadKind::parse(k.trim()).with_context(|| format!("unknown bad kind {k:?}")))
+            .collect::<Result<_>>()?;
+    }
+    config.drift = args.drift.as_deref().map(|d| loadgen::parse_drift(d, now_micros())).transpose()?;
+    config.seed = args.seed;
+    config.progress = true;
+    let codec = Arc::new(Codec::<InferenceRequest>::with_url(&endpoints.registry_url, &args.topic));
+    let summary = loadgen::run(&KafkaConfig::new(&endpoints.bootstrap), codec, &config).await?;
+    print!("{}", loadgen::describe(&summary));
+    if let Some(path) = args.summary_json {
+        let json = serde_json::json!({
+            "sent": summary.sent, "good": summary.good, "bad": summary.bad, "errors": summary.errors,
+            "by_tenant": summary.by_tenant, "elapsed_secs": summary.elapsed.as_secs_f64(),
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&json)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if summary.errors > 0 {
+        anyhow::bail!("{} requests were not acknowledged by the broker", summary.errors);
     }
     Ok(())
 }

@@ -40,22 +40,14 @@ pub struct StackAddrs {
 
 impl StackAddrs {
     fn env_file(&self) -> String {
-        format!(
-            "STREAMSCORE_BOOTSTRAP={}\nSTREAMSCORE_REGISTRY_URL={}\n",
-            self.bootstrap, self.registry_url
-        )
+        format!("STREAMSCORE_BOOTSTRAP={}\nSTREAMSCORE_REGISTRY_URL={}\n", self.bootstrap, self.registry_url)
     }
 
     fn parse_env_file(text: &str) -> Option<Self> {
         let get = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
-                .map(str::to_owned)
+            text.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('='))).map(str::to_owned)
         };
-        Some(Self {
-            bootstrap: get("STREAMSCORE_BOOTSTRAP")?,
-            registry_url: get("STREAMSCORE_REGISTRY_URL")?,
-        })
+        Some(Self { bootstrap: get("STREAMSCORE_BOOTSTRAP")?, registry_url: get("STREAMSCORE_REGISTRY_URL")? })
     }
 }
 
@@ -64,16 +56,10 @@ pub fn find_tansu() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("STREAMSCORE_TANSU").map(PathBuf::from) {
         return path.is_file().then_some(path);
     }
-    cargo_bin_dir()
-        .map(|dir| dir.join("tansu"))
-        .filter(|p| p.is_file())
-        .or_else(|| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("tansu"))
-                    .find(|p| p.is_file())
-            })
-        })
+    cargo_bin_dir().map(|dir| dir.join("tansu")).filter(|p| p.is_file()).or_else(|| {
+        std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("tansu")).find(|p| p.is_file()))
+    })
 }
 
 fn cargo_bin_dir() -> Option<PathBuf> {
@@ -93,15 +79,7 @@ pub fn ensure_tansu() -> Result<PathBuf> {
          (cargo install tansu --version {TANSU_VERSION} --locked --features libsql; about 9 minutes on 2 cores)"
     );
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args([
-            "install",
-            "tansu",
-            "--version",
-            TANSU_VERSION,
-            "--locked",
-            "--features",
-            "libsql",
-        ])
+        .args(["install", "tansu", "--version", TANSU_VERSION, "--locked", "--features", "libsql"])
         .status()
         .context("running cargo install tansu (is cargo on PATH?)")?;
     if !status.success() {
@@ -117,9 +95,7 @@ pub fn free_port() -> Result<u16> {
 
 /// Whether `pid` is a live process whose command line mentions `name`.
 fn alive(pid: u32, name: &str) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmd| String::from_utf8_lossy(&cmd).contains(name))
-        .unwrap_or(false)
+    fs::read(format!("/proc/{pid}/cmdline")).map(|cmd| String::from_utf8_lossy(&cmd).contains(name)).unwrap_or(false)
         && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }
 
@@ -154,10 +130,7 @@ pub fn tansu_command(tansu: &Path, data_dir: &Path, port: u16) -> Command {
         .arg("broker")
         .args(["--listener-url", &url, "--advertised-listener-url", &url])
         .args(["--storage-engine", "sqlite://tansu.db"]);
-    command.env(
-        "RUST_LOG",
-        std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".to_owned()),
-    );
+    command.env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".to_owned()));
     command
 }
 
@@ -178,9 +151,7 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
     let dir = &config.data_dir;
     fs::create_dir_all(dir.join("tansu")).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let previous = fs::read_to_string(dir.join("stack.env"))
-        .ok()
-        .and_then(|t| StackAddrs::parse_env_file(&t));
+    let previous = fs::read_to_string(dir.join("stack.env")).ok().and_then(|t| StackAddrs::parse_env_file(&t));
 
     // Broker.
     let tansu_pid = read_pid(&dir.join("tansu.pid")).filter(|&pid| alive(pid, "tansu"));
@@ -191,11 +162,7 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
         }
         _ => {
             let tansu = ensure_tansu()?;
-            let port = if config.broker_port == 0 {
-                free_port()?
-            } else {
-                config.broker_port
-            };
+            let port = if config.broker_port == 0 { free_port()? } else { config.broker_port };
             let pid = spawn_daemon(
                 tansu_command(&tansu, &dir.join("tansu"), port),
                 &dir.join("tansu.log"),
@@ -227,24 +194,10 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
             prev.registry_url.clone()
         }
         _ => {
-            let port = if config.registry_port == 0 {
-                free_port()?
-            } else {
-                config.registry_port
-            };
+            let port = if config.registry_port == 0 { free_port()? } else { config.registry_port };
             let mut command = Command::new(std::env::current_exe()?);
-            command.args([
-                "registry",
-                "--bootstrap",
-                &bootstrap,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ]);
-            let pid = spawn_daemon(
-                command,
-                &dir.join("registry.log"),
-                &dir.join("registry.pid"),
-            )?;
+            command.args(["registry", "--bootstrap", &bootstrap, "--listen", &format!("127.0.0.1:{port}")]);
+            let pid = spawn_daemon(command, &dir.join("registry.log"), &dir.join("registry.pid"))?;
             println!("registry  started   pid {pid} on http://127.0.0.1:{port} (state in topic _schemas)");
             format!("http://127.0.0.1:{port}")
         }
@@ -258,15 +211,9 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
         println!("schema    {subject:<32} id {id}");
     }
 
-    let addrs = StackAddrs {
-        bootstrap,
-        registry_url,
-    };
+    let addrs = StackAddrs { bootstrap, registry_url };
     fs::write(dir.join("stack.env"), addrs.env_file())?;
-    println!(
-        "stack up: export $(cat {})",
-        dir.join("stack.env").display()
-    );
+    println!("stack up: export $(cat {})", dir.join("stack.env").display());
     Ok(addrs)
 }
 
@@ -302,9 +249,7 @@ fn stop(pid: u32, needle: &str) -> Result<()> {
 
 /// Prints what is running.
 pub fn status(data_dir: &Path) -> Result<bool> {
-    let addrs = fs::read_to_string(data_dir.join("stack.env"))
-        .ok()
-        .and_then(|t| StackAddrs::parse_env_file(&t));
+    let addrs = fs::read_to_string(data_dir.join("stack.env")).ok().and_then(|t| StackAddrs::parse_env_file(&t));
     let mut all = true;
     for (name, needle) in [("tansu", "tansu"), ("registry", "registry")] {
         match read_pid(&data_dir.join(format!("{name}.pid"))).filter(|&pid| alive(pid, needle)) {
@@ -316,10 +261,7 @@ pub fn status(data_dir: &Path) -> Result<bool> {
         }
     }
     if let Some(addrs) = addrs {
-        println!(
-            "bootstrap {}\nregistry  {}",
-            addrs.bootstrap, addrs.registry_url
-        );
+        println!("bootstrap {}\nregistry  {}", addrs.bootstrap, addrs.registry_url);
     }
     Ok(all)
 }

@@ -18,18 +18,10 @@ use streamscore_contracts::*;
 mod support;
 use support::{samples, TestRegistry};
 
-async fn round_trip<T: Event + std::fmt::Debug + PartialEq>(
-    registry: &TestRegistry,
-    topic: &str,
-    sample: &T,
-) {
+async fn round_trip<T: Event + std::fmt::Debug + PartialEq>(registry: &TestRegistry, topic: &str, sample: &T) {
     let codec = Codec::<T>::with_url(&registry.url, topic);
     let id = codec.register().await.expect("registers");
-    assert_eq!(
-        codec.register().await.expect("registers again"),
-        id,
-        "same schema twice, same id"
-    );
+    assert_eq!(codec.register().await.expect("registers again"), id, "same schema twice, same id");
     let bytes = codec.encode(sample).expect("encodes");
     assert_eq!(bytes[0], 0, "Confluent magic byte");
     assert_eq!(u32::from_be_bytes(bytes[1..5].try_into().unwrap()), id);
@@ -39,12 +31,8 @@ async fn round_trip<T: Event + std::fmt::Debug + PartialEq>(
     assert_eq!(decoded.schema_id, id);
     assert_eq!(&decoded.value, sample);
     // What the registry hands back for the id is the contract's schema.
-    let body: serde_json::Value = reqwest::get(format!("{}/schemas/ids/{id}", registry.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value =
+        reqwest::get(format!("{}/schemas/ids/{id}", registry.url)).await.unwrap().json().await.unwrap();
     let served = apache_avro::Schema::parse_str(body["schema"].as_str().unwrap()).unwrap();
     assert_eq!(served.canonical_form(), T::SCHEMA.parse().canonical_form());
 }
@@ -58,12 +46,7 @@ async fn every_schema_round_trips_through_the_registry_and_the_codec() {
     round_trip(&registry, topics::DEAD_LETTER, &samples::dead_letter()).await;
     round_trip(&registry, topics::AUDIT, &samples::audit()).await;
     round_trip(&registry, topics::ALERTS, &samples::alert()).await;
-    let subjects: Vec<String> = reqwest::get(format!("{}/subjects", registry.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let subjects: Vec<String> = reqwest::get(format!("{}/subjects", registry.url)).await.unwrap().json().await.unwrap();
     assert_eq!(subjects.len(), 6, "{subjects:?}");
     registry.stop().await;
 }
@@ -99,28 +82,19 @@ async fn compatible_evolution_reads_both_ways_and_incompatible_is_refused() {
     let v1 = Codec::<InferenceRequest>::with_url(&registry.url, &topic);
     let v2 = Codec::<InferenceRequestV2>::with_url(&registry.url, &topic);
     let id1 = v1.register().await.unwrap();
-    let id2 = v2
-        .register()
-        .await
-        .expect("a new optional field with a default is backward compatible");
+    let id2 = v2.register().await.expect("a new optional field with a default is backward compatible");
     assert_ne!(id1, id2);
-    let versions: Vec<u32> = reqwest::get(format!(
-        "{}/subjects/{}-value/versions",
-        registry.url, topic
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let versions: Vec<u32> = reqwest::get(format!("{}/subjects/{}-value/versions", registry.url, topic))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(versions, vec![1, 2]);
 
     // Old producer, new consumer: the new field takes its default.
     let old = samples::request();
-    let from_old = v2
-        .decode(&v1.encode(&old).unwrap())
-        .await
-        .expect("v2 reads v1");
+    let from_old = v2.decode(&v1.encode(&old).unwrap()).await.expect("v2 reads v1");
     assert_eq!(from_old.schema_id, id1);
     assert_eq!(from_old.value.channel, None);
     assert_eq!(from_old.value.features, old.features);
@@ -137,10 +111,7 @@ async fn compatible_evolution_reads_both_ways_and_incompatible_is_refused() {
         attributes: old.attributes.clone(),
         channel: Some("mobile".to_owned()),
     };
-    let from_new = v1
-        .decode(&v2.encode(&new).unwrap())
-        .await
-        .expect("v1 reads v2");
+    let from_new = v1.decode(&v2.encode(&new).unwrap()).await.expect("v1 reads v2");
     assert_eq!(from_new.schema_id, id2);
     assert_eq!(from_new.value, old);
 
@@ -170,26 +141,16 @@ async fn bytes_interoperate_with_schema_registry_converter() {
     // Their encoder → our decoder.
     let encoder = EasyAvroEncoder::new(SrSettings::new(registry.url.clone()));
     let strategy = SubjectNameStrategy::TopicNameStrategy(topic.clone(), false);
-    let theirs = encoder
-        .encode_struct(&sample, &strategy)
-        .await
-        .expect("schema_registry_converter encodes");
-    let decoded = ours
-        .decode(&theirs)
-        .await
-        .expect("our codec decodes their bytes");
+    let theirs = encoder.encode_struct(&sample, &strategy).await.expect("schema_registry_converter encodes");
+    let decoded = ours.decode(&theirs).await.expect("our codec decodes their bytes");
     assert_eq!(decoded.value, sample);
     assert_eq!(Some(decoded.schema_id), ours.schema_id());
 
     // Our encoder → their decoder.
     let bytes = ours.encode(&sample).unwrap();
     let decoder = EasyAvroDecoder::new(SrSettings::new(registry.url.clone()));
-    let result = decoder
-        .decode(Some(&bytes))
-        .await
-        .expect("schema_registry_converter decodes our bytes");
-    let value: InferenceRequest =
-        apache_avro::from_value(&result.value).expect("their value is our request");
+    let result = decoder.decode(Some(&bytes)).await.expect("schema_registry_converter decodes our bytes");
+    let value: InferenceRequest = apache_avro::from_value(&result.value).expect("their value is our request");
     assert_eq!(value, sample);
     registry.stop().await;
 }
@@ -209,11 +170,7 @@ struct CorpusEntry {
 async fn the_bad_bytes_corpus_gives_typed_errors() {
     let registry = TestRegistry::start().await;
     let codec = Codec::<InferenceRequest>::with_url(&registry.url, topics::REQUESTS);
-    assert_eq!(
-        codec.register().await.unwrap(),
-        1,
-        "the corpus assumes the request schema has id 1"
-    );
+    assert_eq!(codec.register().await.unwrap(), 1, "the corpus assumes the request schema has id 1");
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/bad-bytes");
     let other = std::fs::read_to_string(dir.join("not-a-request.avsc")).unwrap();
     let response = reqwest::Client::new()
@@ -223,19 +180,13 @@ async fn the_bad_bytes_corpus_gives_typed_errors() {
         .await
         .unwrap();
     let id: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(
-        id["id"], 2,
-        "the corpus assumes the non-request schema has id 2"
-    );
+    assert_eq!(id["id"], 2, "the corpus assumes the non-request schema has id 2");
     let manifest: Vec<CorpusEntry> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     assert!(manifest.len() >= 8, "corpus has {} entries", manifest.len());
     for entry in &manifest {
         let bytes = std::fs::read(dir.join(&entry.file)).unwrap();
-        let err = codec
-            .decode(&bytes)
-            .await
-            .expect_err(&format!("{} ({}) must not decode", entry.file, entry.what));
+        let err = codec.decode(&bytes).await.expect_err(&format!("{} ({}) must not decode", entry.file, entry.what));
         let kind = match &err {
             DecodeError::Empty => "Empty",
             DecodeError::ShortHeader { .. } => "ShortHeader",
@@ -248,11 +199,7 @@ async fn the_bad_bytes_corpus_gives_typed_errors() {
         };
         assert_eq!(kind, entry.error, "{}: {err}", entry.file);
         assert_eq!(err.reason().code(), entry.reason, "{}: {err}", entry.file);
-        assert!(
-            !err.is_retryable(),
-            "{}: bad bytes are never retryable",
-            entry.file
-        );
+        assert!(!err.is_retryable(), "{}: bad bytes are never retryable", entry.file);
     }
     registry.stop().await;
 }

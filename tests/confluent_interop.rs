@@ -29,10 +29,7 @@ fn python() -> Option<String> {
 }
 
 fn script() -> String {
-    format!(
-        "{}/tests/interop/confluent_serializer.py",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    format!("{}/tests/interop/confluent_serializer.py", env!("CARGO_MANIFEST_DIR"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -42,50 +39,25 @@ async fn confluent_python_serializer_and_our_codec_interoperate() {
 
     // Confluent's serializer registers the schema and frames the records; our codec reads them.
     let topic = support::unique("confluent-py");
-    let schema_file = format!(
-        "{}/schemas/inference_request.avsc",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let schema_file = format!("{}/schemas/inference_request.avsc", env!("CARGO_MANIFEST_DIR"));
     let output = Command::new(&python)
-        .args([
-            &script(),
-            "encode",
-            &registry.url,
-            &topic,
-            &schema_file,
-            "5",
-        ])
+        .args([&script(), "encode", &registry.url, &topic, &schema_file, "5"])
         .output()
         .expect("running the Confluent serializer");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let ours = Codec::<InferenceRequest>::with_url(&registry.url, &topic);
     let lines = String::from_utf8(output.stdout).unwrap();
     assert_eq!(lines.lines().count(), 5);
     for line in lines.lines() {
         let (hex, json) = line.split_once('\t').unwrap();
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-            .collect();
-        let decoded = ours
-            .decode(&bytes)
-            .await
-            .expect("our codec reads Confluent's bytes");
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let decoded = ours.decode(&bytes).await.expect("our codec reads Confluent's bytes");
         let expected: serde_json::Value = serde_json::from_str(json).unwrap();
         assert_eq!(serde_json::to_value(&decoded.value).unwrap(), expected);
     }
     let registered = ours.register().await.unwrap();
-    assert_eq!(
-        ours.decode(&ours.encode(&samples::request()).unwrap())
-            .await
-            .unwrap()
-            .schema_id,
-        registered
-    );
+    assert_eq!(ours.decode(&ours.encode(&samples::request()).unwrap()).await.unwrap().schema_id, registered);
 
     // Our codec frames records; Confluent's deserializer reads them.
     let sample = samples::request();
@@ -98,18 +70,9 @@ async fn confluent_python_serializer_and_our_codec_interoperate() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{hex}\n").as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{hex}\n").as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let theirs: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(theirs, serde_json::to_value(&sample).unwrap());
     registry.stop().await;

@@ -9,8 +9,7 @@ use streamscore_contracts::{schemas, topics, Event};
 mod samples;
 
 fn file_schema<T: Event>() -> Schema {
-    Schema::parse_str(T::SCHEMA.text)
-        .unwrap_or_else(|e| panic!("{} does not parse: {e}", T::SCHEMA.file))
+    Schema::parse_str(T::SCHEMA.text).unwrap_or_else(|e| panic!("{} does not parse: {e}", T::SCHEMA.file))
 }
 
 fn assert_matches_file<T: Event + std::fmt::Debug + PartialEq>(sample: &T) {
@@ -22,17 +21,12 @@ fn assert_matches_file<T: Event + std::fmt::Debug + PartialEq>(sample: &T) {
         "Rust type for {} does not match the file (Parsing Canonical Form differs)",
         T::SCHEMA.file
     );
-    assert_eq!(
-        file.name().map(|n| n.fullname(None)),
-        Some(T::SCHEMA.full_name.to_owned())
-    );
+    assert_eq!(file.name().map(|n| n.fullname(None)), Some(T::SCHEMA.full_name.to_owned()));
     // Written with the file's schema and read back with it, the value is unchanged.
     let writer = GenericDatumWriter::builder(&file).build().expect("writer");
     let bytes = writer.write_ser_to_vec(sample).expect("sample encodes");
     let reader = GenericDatumReader::builder(&file).build().expect("reader");
-    let back: T = reader
-        .read_deser(&mut bytes.as_slice())
-        .expect("sample decodes");
+    let back: T = reader.read_deser(&mut bytes.as_slice()).expect("sample decodes");
     assert_eq!(&back, sample);
 }
 
@@ -47,10 +41,7 @@ fn every_schema_file_is_embedded_and_parses() {
     on_disk.sort();
     let mut embedded: Vec<String> = schemas::ALL.iter().map(|s| s.file.to_owned()).collect();
     embedded.sort();
-    assert_eq!(
-        on_disk, embedded,
-        "every file of schemas/ is a contract, and only those"
-    );
+    assert_eq!(on_disk, embedded, "every file of schemas/ is a contract, and only those");
     for file in schemas::ALL {
         let text = std::fs::read_to_string(dir.join(file.file)).expect("read");
         assert_eq!(text, file.text);
@@ -72,45 +63,15 @@ fn rust_types_match_the_schema_files() {
 #[test]
 fn every_derived_event_carries_lineage() {
     // Lineage is a named record shared by every derived event's schema.
-    for file in [
-        schemas::VALIDATED_REQUEST,
-        schemas::PREDICTION_OUTCOME,
-        schemas::DEAD_LETTER,
-        schemas::AUDIT_RECORD,
-    ] {
+    for file in [schemas::VALIDATED_REQUEST, schemas::PREDICTION_OUTCOME, schemas::DEAD_LETTER, schemas::AUDIT_RECORD] {
         let canonical = file.parse().canonical_form();
-        assert!(
-            canonical.contains("\"name\":\"io.streamscore.v1.Lineage\""),
-            "{} lacks Lineage",
-            file.file
-        );
-        for field in [
-            "event_id",
-            "request_id",
-            "tenant",
-            "source",
-            "stage",
-            "instance",
-            "written_at",
-        ] {
-            assert!(
-                canonical.contains(&format!("\"name\":\"{field}\"")),
-                "{} lacks lineage.{field}",
-                file.file
-            );
+        assert!(canonical.contains("\"name\":\"io.streamscore.v1.Lineage\""), "{} lacks Lineage", file.file);
+        for field in ["event_id", "request_id", "tenant", "source", "stage", "instance", "written_at"] {
+            assert!(canonical.contains(&format!("\"name\":\"{field}\"")), "{} lacks lineage.{field}", file.file);
         }
     }
     let prediction = schemas::PREDICTION_OUTCOME.parse().canonical_form();
-    for field in [
-        "model",
-        "model_version",
-        "model_sha256",
-        "backend",
-        "features",
-    ] {
-        assert!(
-            prediction.contains(&format!("\"name\":\"{field}\"")),
-            "prediction lacks {field}"
-        );
+    for field in ["model", "model_version", "model_sha256", "backend", "features"] {
+        assert!(prediction.contains(&format!("\"name\":\"{field}\"")), "prediction lacks {field}");
     }
 }

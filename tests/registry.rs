@@ -10,7 +10,8 @@ mod support;
 use support::TestRegistry;
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
-const V1: &str = r#"{"type":"record","name":"Payment","namespace":"io.example","fields":[{"name":"amount","type":"double"}]}"#;
+const V1: &str =
+    r#"{"type":"record","name":"Payment","namespace":"io.example","fields":[{"name":"amount","type":"double"}]}"#;
 const V2: &str = r#"{"type":"record","name":"Payment","namespace":"io.example","fields":[{"name":"amount","type":"double"},{"name":"currency","type":"string","default":"EUR"}]}"#;
 const V3_REQUIRED: &str = r#"{"type":"record","name":"Payment","namespace":"io.example","fields":[{"name":"amount","type":"double"},{"name":"merchant","type":"string"}]}"#;
 
@@ -21,34 +22,20 @@ struct Api {
 
 impl Api {
     fn new(registry: &TestRegistry) -> Self {
-        Self {
-            client: Client::new(),
-            url: registry.url.clone(),
-        }
+        Self { client: Client::new(), url: registry.url.clone() }
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.url))
-            .header("accept", CONTENT_TYPE);
+        let mut request = self.client.request(method, format!("{}{path}", self.url)).header("accept", CONTENT_TYPE);
         if let Some(body) = body {
-            request = request
-                .header("content-type", CONTENT_TYPE)
-                .body(body.to_string());
+            request = request.header("content-type", CONTENT_TYPE).body(body.to_string());
         }
         let response = request.send().await.expect("request");
         let status = response.status();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned());
+        let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(content_type.as_deref(), Some(CONTENT_TYPE), "{path}");
         let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -56,28 +43,16 @@ impl Api {
     }
 
     async fn register(&self, subject: &str, schema: &str) -> (StatusCode, Value) {
-        self.call(
-            Method::POST,
-            &format!("/subjects/{subject}/versions"),
-            Some(json!({"schema": schema})),
-        )
-        .await
+        self.call(Method::POST, &format!("/subjects/{subject}/versions"), Some(json!({"schema": schema}))).await
     }
 
     async fn error_code(&self, method: Method, path: &str, body: Option<Value>) -> u64 {
         let (status, body) = self.call(method, path, body).await;
-        assert!(
-            !status.is_success(),
-            "{path}: expected an error, got {status} {body}"
-        );
+        assert!(!status.is_success(), "{path}: expected an error, got {status} {body}");
         assert!(body["message"].is_string(), "{path}: {body}");
         let code = body["error_code"].as_u64().expect("error_code");
         let expected_status = if code >= 10_000 { code / 100 } else { code };
-        assert_eq!(
-            u64::from(status.as_u16()),
-            expected_status,
-            "{path}: status matches the error code"
-        );
+        assert_eq!(u64::from(status.as_u16()), expected_status, "{path}: status matches the error code");
         code
     }
 }
@@ -91,80 +66,34 @@ async fn register_lookup_and_read_back() {
     let (status, body) = api.register("payments-value", V1).await;
     assert_eq!(status, StatusCode::OK);
     let id1 = body["id"].as_u64().unwrap();
-    assert_eq!(
-        api.register("payments-value", V1).await.1["id"],
-        id1,
-        "same schema twice, same id"
-    );
+    assert_eq!(api.register("payments-value", V1).await.1["id"], id1, "same schema twice, same id");
     // Whitespace and key order do not make a new schema.
     let reformatted: Value = serde_json::from_str(V1).unwrap();
-    assert_eq!(
-        api.register(
-            "payments-value",
-            &serde_json::to_string_pretty(&reformatted).unwrap()
-        )
-        .await
-        .1["id"],
-        id1
-    );
-    assert_eq!(
-        api.register("refunds-value", V1).await.1["id"],
-        id1,
-        "ids are global across subjects"
-    );
-    let id2 = api.register("payments-value", V2).await.1["id"]
-        .as_u64()
-        .unwrap();
+    assert_eq!(api.register("payments-value", &serde_json::to_string_pretty(&reformatted).unwrap()).await.1["id"], id1);
+    assert_eq!(api.register("refunds-value", V1).await.1["id"], id1, "ids are global across subjects");
+    let id2 = api.register("payments-value", V2).await.1["id"].as_u64().unwrap();
     assert_ne!(id1, id2);
 
-    assert_eq!(
-        api.get("/subjects").await.1,
-        json!(["payments-value", "refunds-value"])
-    );
-    assert_eq!(
-        api.get("/subjects/payments-value/versions").await.1,
-        json!([1, 2])
-    );
+    assert_eq!(api.get("/subjects").await.1, json!(["payments-value", "refunds-value"]));
+    assert_eq!(api.get("/subjects/payments-value/versions").await.1, json!([1, 2]));
     let (_, latest) = api.get("/subjects/payments-value/versions/latest").await;
     assert_eq!(
-        (
-            latest["subject"].clone(),
-            latest["version"].clone(),
-            latest["id"].clone()
-        ),
+        (latest["subject"].clone(), latest["version"].clone(), latest["id"].clone()),
         (json!("payments-value"), json!(2), json!(id2))
     );
     let (_, v1) = api.get("/subjects/payments-value/versions/1").await;
     assert_eq!(v1["id"], id1);
     let (_, raw) = api.get("/subjects/payments-value/versions/1/schema").await;
-    assert_eq!(
-        raw["name"], "Payment",
-        "raw schema endpoint returns the schema itself"
-    );
+    assert_eq!(raw["name"], "Payment", "raw schema endpoint returns the schema itself");
     let (_, by_id) = api.get(&format!("/schemas/ids/{id2}")).await;
     assert!(by_id["schema"].as_str().unwrap().contains("currency"));
-    assert_eq!(
-        api.get(&format!("/schemas/ids/{id1}/schema")).await.1["type"],
-        "record"
-    );
-    assert_eq!(
-        api.get(&format!("/schemas/ids/{id1}/subjects")).await.1,
-        json!(["payments-value", "refunds-value"])
-    );
+    assert_eq!(api.get(&format!("/schemas/ids/{id1}/schema")).await.1["type"], "record");
+    assert_eq!(api.get(&format!("/schemas/ids/{id1}/subjects")).await.1, json!(["payments-value", "refunds-value"]));
     assert_eq!(api.get("/schemas/types").await.1, json!(["AVRO"]));
 
-    let (status, found) = api
-        .call(
-            Method::POST,
-            "/subjects/payments-value",
-            Some(json!({"schema": V2})),
-        )
-        .await;
+    let (status, found) = api.call(Method::POST, "/subjects/payments-value", Some(json!({"schema": V2}))).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        (found["version"].clone(), found["id"].clone()),
-        (json!(2), json!(id2))
-    );
+    assert_eq!((found["version"].clone(), found["id"].clone()), (json!(2), json!(id2)));
     registry.stop().await;
 }
 
@@ -174,55 +103,19 @@ async fn confluent_error_codes() {
     let api = Api::new(&registry);
     api.register("s-value", V1).await;
 
+    assert_eq!(api.error_code(Method::GET, "/subjects/nope/versions", None).await, 40401);
+    assert_eq!(api.error_code(Method::GET, "/subjects/nope/versions/latest", None).await, 40401);
+    assert_eq!(api.error_code(Method::GET, "/subjects/s-value/versions/9", None).await, 40402);
+    assert_eq!(api.error_code(Method::GET, "/schemas/ids/999", None).await, 40403);
+    assert_eq!(api.error_code(Method::POST, "/subjects/s-value", Some(json!({"schema": V2}))).await, 40403);
+    assert_eq!(api.error_code(Method::POST, "/subjects/nope", Some(json!({"schema": V1}))).await, 40401);
     assert_eq!(
-        api.error_code(Method::GET, "/subjects/nope/versions", None)
+        api.error_code(Method::POST, "/subjects/s-value/versions", Some(json!({"schema": "{\"type\":\"record\"}"})))
             .await,
-        40401
-    );
-    assert_eq!(
-        api.error_code(Method::GET, "/subjects/nope/versions/latest", None)
-            .await,
-        40401
-    );
-    assert_eq!(
-        api.error_code(Method::GET, "/subjects/s-value/versions/9", None)
-            .await,
-        40402
-    );
-    assert_eq!(
-        api.error_code(Method::GET, "/schemas/ids/999", None).await,
-        40403
-    );
-    assert_eq!(
-        api.error_code(
-            Method::POST,
-            "/subjects/s-value",
-            Some(json!({"schema": V2}))
-        )
-        .await,
-        40403
-    );
-    assert_eq!(
-        api.error_code(Method::POST, "/subjects/nope", Some(json!({"schema": V1})))
-            .await,
-        40401
-    );
-    assert_eq!(
-        api.error_code(
-            Method::POST,
-            "/subjects/s-value/versions",
-            Some(json!({"schema": "{\"type\":\"record\"}"}))
-        )
-        .await,
         42201
     );
     assert_eq!(
-        api.error_code(
-            Method::POST,
-            "/subjects/s-value/versions",
-            Some(json!({"schema": "not json"}))
-        )
-        .await,
+        api.error_code(Method::POST, "/subjects/s-value/versions", Some(json!({"schema": "not json"}))).await,
         42201
     );
     assert_eq!(
@@ -234,42 +127,15 @@ async fn confluent_error_codes() {
         .await,
         42201
     );
+    assert_eq!(api.error_code(Method::GET, "/subjects/s-value/versions/0", None).await, 42202);
+    assert_eq!(api.error_code(Method::GET, "/subjects/s-value/versions/abc", None).await, 42202);
+    assert_eq!(api.error_code(Method::PUT, "/config", Some(json!({"compatibility": "SIDEWAYS"}))).await, 42203);
     assert_eq!(
-        api.error_code(Method::GET, "/subjects/s-value/versions/0", None)
-            .await,
-        42202
-    );
-    assert_eq!(
-        api.error_code(Method::GET, "/subjects/s-value/versions/abc", None)
-            .await,
-        42202
-    );
-    assert_eq!(
-        api.error_code(
-            Method::PUT,
-            "/config",
-            Some(json!({"compatibility": "SIDEWAYS"}))
-        )
-        .await,
-        42203
-    );
-    assert_eq!(
-        api.error_code(
-            Method::POST,
-            "/subjects/s-value/versions",
-            Some(json!({"schema": V3_REQUIRED}))
-        )
-        .await,
+        api.error_code(Method::POST, "/subjects/s-value/versions", Some(json!({"schema": V3_REQUIRED}))).await,
         409
     );
-    assert_eq!(
-        api.error_code(Method::GET, "/config/s-value", None).await,
-        40408
-    );
-    assert_eq!(
-        api.error_code(Method::GET, "/no/such/route", None).await,
-        404
-    );
+    assert_eq!(api.error_code(Method::GET, "/config/s-value", None).await, 40408);
+    assert_eq!(api.error_code(Method::GET, "/no/such/route", None).await, 404);
     registry.stop().await;
 }
 
@@ -277,117 +143,49 @@ async fn confluent_error_codes() {
 async fn compatibility_levels_and_checks() {
     let registry = TestRegistry::start().await;
     let api = Api::new(&registry);
-    assert_eq!(
-        api.get("/config").await.1,
-        json!({"compatibilityLevel": "BACKWARD"})
-    );
+    assert_eq!(api.get("/config").await.1, json!({"compatibilityLevel": "BACKWARD"}));
     api.register("c-value", V1).await;
 
     let check = |schema: &'static str| json!({"schema": schema});
-    let (_, ok) = api
-        .call(
-            Method::POST,
-            "/compatibility/subjects/c-value/versions/latest",
-            Some(check(V2)),
-        )
-        .await;
+    let (_, ok) = api.call(Method::POST, "/compatibility/subjects/c-value/versions/latest", Some(check(V2))).await;
     assert_eq!(ok, json!({"is_compatible": true}));
     let (_, not_ok) = api
-        .call(
-            Method::POST,
-            "/compatibility/subjects/c-value/versions/1?verbose=true",
-            Some(check(V3_REQUIRED)),
-        )
+        .call(Method::POST, "/compatibility/subjects/c-value/versions/1?verbose=true", Some(check(V3_REQUIRED)))
         .await;
     assert_eq!(not_ok["is_compatible"], false);
     assert!(!not_ok["messages"].as_array().unwrap().is_empty());
     assert_eq!(
-        api.error_code(
-            Method::POST,
-            "/compatibility/subjects/nope/versions/latest",
-            Some(check(V1))
-        )
-        .await,
+        api.error_code(Method::POST, "/compatibility/subjects/nope/versions/latest", Some(check(V1))).await,
         40401
     );
     assert_eq!(
-        api.error_code(
-            Method::POST,
-            "/compatibility/subjects/c-value/versions/7",
-            Some(check(V1))
-        )
-        .await,
+        api.error_code(Method::POST, "/compatibility/subjects/c-value/versions/7", Some(check(V1))).await,
         40402
     );
 
     // FORWARD for the subject only: a new required field is fine (old readers ignore it).
-    let (status, body) = api
-        .call(
-            Method::PUT,
-            "/config/c-value",
-            Some(json!({"compatibility": "forward"})),
-        )
-        .await;
-    assert_eq!(
-        (status, body),
-        (StatusCode::OK, json!({"compatibility": "FORWARD"}))
-    );
-    assert_eq!(
-        api.get("/config/c-value").await.1,
-        json!({"compatibilityLevel": "FORWARD"})
-    );
-    assert_eq!(
-        api.get("/config").await.1,
-        json!({"compatibilityLevel": "BACKWARD"}),
-        "global unchanged"
-    );
+    let (status, body) = api.call(Method::PUT, "/config/c-value", Some(json!({"compatibility": "forward"}))).await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"compatibility": "FORWARD"})));
+    assert_eq!(api.get("/config/c-value").await.1, json!({"compatibilityLevel": "FORWARD"}));
+    assert_eq!(api.get("/config").await.1, json!({"compatibilityLevel": "BACKWARD"}), "global unchanged");
     assert_eq!(api.register("c-value", V3_REQUIRED).await.0, StatusCode::OK);
 
     // Back to the global level after the subject's config is deleted.
-    assert_eq!(
-        api.call(Method::DELETE, "/config/c-value", None).await.1,
-        json!({"compatibilityLevel": "FORWARD"})
-    );
-    assert_eq!(
-        api.get("/config/c-value?defaultToGlobal=true").await.1,
-        json!({"compatibilityLevel": "BACKWARD"})
-    );
+    assert_eq!(api.call(Method::DELETE, "/config/c-value", None).await.1, json!({"compatibilityLevel": "FORWARD"}));
+    assert_eq!(api.get("/config/c-value?defaultToGlobal=true").await.1, json!({"compatibilityLevel": "BACKWARD"}));
 
     // Global NONE accepts anything; FULL_TRANSITIVE checks every version.
     assert_eq!(
-        api.call(
-            Method::PUT,
-            "/config",
-            Some(json!({"compatibility": "FULL_TRANSITIVE"}))
-        )
-        .await
-        .0,
+        api.call(Method::PUT, "/config", Some(json!({"compatibility": "FULL_TRANSITIVE"}))).await.0,
         StatusCode::OK
     );
-    assert_eq!(
-        api.get("/config").await.1,
-        json!({"compatibilityLevel": "FULL_TRANSITIVE"})
-    );
+    assert_eq!(api.get("/config").await.1, json!({"compatibilityLevel": "FULL_TRANSITIVE"}));
     assert_eq!(api.register("t-value", V1).await.0, StatusCode::OK);
     assert_eq!(
-        api.error_code(
-            Method::POST,
-            "/subjects/t-value/versions",
-            Some(json!({"schema": V3_REQUIRED}))
-        )
-        .await,
+        api.error_code(Method::POST, "/subjects/t-value/versions", Some(json!({"schema": V3_REQUIRED}))).await,
         409
     );
-    assert_eq!(
-        api.call(
-            Method::PUT,
-            "/config",
-            Some(json!({"compatibility": "NONE"}))
-        )
-        .await
-        .0,
-        StatusCode::OK
-    );
+    assert_eq!(api.call(Method::PUT, "/config", Some(json!({"compatibility": "NONE"}))).await.0, StatusCode::OK);
     assert_eq!(api.register("t-value", V3_REQUIRED).await.0, StatusCode::OK);
     registry.stop().await;
 }
@@ -400,95 +198,26 @@ async fn soft_and_hard_deletes() {
     api.register("d-value", V2).await;
 
     // Version delete: soft, then permanent.
-    assert_eq!(
-        api.error_code(
-            Method::DELETE,
-            "/subjects/d-value/versions/2?permanent=true",
-            None
-        )
-        .await,
-        40407
-    );
-    assert_eq!(
-        api.call(Method::DELETE, "/subjects/d-value/versions/2", None)
-            .await,
-        (StatusCode::OK, json!(2))
-    );
-    assert_eq!(
-        api.error_code(Method::DELETE, "/subjects/d-value/versions/2", None)
-            .await,
-        40406
-    );
+    assert_eq!(api.error_code(Method::DELETE, "/subjects/d-value/versions/2?permanent=true", None).await, 40407);
+    assert_eq!(api.call(Method::DELETE, "/subjects/d-value/versions/2", None).await, (StatusCode::OK, json!(2)));
+    assert_eq!(api.error_code(Method::DELETE, "/subjects/d-value/versions/2", None).await, 40406);
     assert_eq!(api.get("/subjects/d-value/versions").await.1, json!([1]));
-    assert_eq!(
-        api.get("/subjects/d-value/versions?deleted=true").await.1,
-        json!([1, 2])
-    );
-    assert_eq!(
-        api.error_code(Method::GET, "/subjects/d-value/versions/2", None)
-            .await,
-        40402
-    );
-    assert_eq!(
-        api.get("/subjects/d-value/versions/2?deleted=true").await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        api.call(
-            Method::DELETE,
-            "/subjects/d-value/versions/2?permanent=true",
-            None
-        )
-        .await
-        .1,
-        json!(2)
-    );
-    assert_eq!(
-        api.get("/subjects/d-value/versions?deleted=true").await.1,
-        json!([1])
-    );
+    assert_eq!(api.get("/subjects/d-value/versions?deleted=true").await.1, json!([1, 2]));
+    assert_eq!(api.error_code(Method::GET, "/subjects/d-value/versions/2", None).await, 40402);
+    assert_eq!(api.get("/subjects/d-value/versions/2?deleted=true").await.0, StatusCode::OK);
+    assert_eq!(api.call(Method::DELETE, "/subjects/d-value/versions/2?permanent=true", None).await.1, json!(2));
+    assert_eq!(api.get("/subjects/d-value/versions?deleted=true").await.1, json!([1]));
 
     // Subject delete: permanent needs a soft delete first.
-    assert_eq!(
-        api.error_code(Method::DELETE, "/subjects/d-value?permanent=true", None)
-            .await,
-        40405
-    );
-    assert_eq!(
-        api.call(Method::DELETE, "/subjects/d-value", None).await.1,
-        json!([1])
-    );
-    assert_eq!(
-        api.error_code(Method::DELETE, "/subjects/d-value", None)
-            .await,
-        40404
-    );
+    assert_eq!(api.error_code(Method::DELETE, "/subjects/d-value?permanent=true", None).await, 40405);
+    assert_eq!(api.call(Method::DELETE, "/subjects/d-value", None).await.1, json!([1]));
+    assert_eq!(api.error_code(Method::DELETE, "/subjects/d-value", None).await, 40404);
     assert_eq!(api.get("/subjects").await.1, json!([]));
-    assert_eq!(
-        api.get("/subjects?deleted=true").await.1,
-        json!(["d-value"])
-    );
-    assert_eq!(
-        api.get(&format!("/schemas/ids/{id1}")).await.0,
-        StatusCode::OK,
-        "soft-deleted ids stay readable"
-    );
-    assert_eq!(
-        api.call(Method::DELETE, "/subjects/d-value?permanent=true", None)
-            .await
-            .1,
-        json!([1])
-    );
-    assert_eq!(
-        api.error_code(Method::GET, &format!("/schemas/ids/{id1}"), None)
-            .await,
-        40403
-    );
-    assert_eq!(
-        api.error_code(Method::DELETE, "/subjects/d-value", None)
-            .await,
-        40401
-    );
+    assert_eq!(api.get("/subjects?deleted=true").await.1, json!(["d-value"]));
+    assert_eq!(api.get(&format!("/schemas/ids/{id1}")).await.0, StatusCode::OK, "soft-deleted ids stay readable");
+    assert_eq!(api.call(Method::DELETE, "/subjects/d-value?permanent=true", None).await.1, json!([1]));
+    assert_eq!(api.error_code(Method::GET, &format!("/schemas/ids/{id1}"), None).await, 40403);
+    assert_eq!(api.error_code(Method::DELETE, "/subjects/d-value", None).await, 40401);
 
     // After a hard delete the subject starts over; the schema keeps its id.
     let again = api.register("d-value", V1).await;
@@ -505,14 +234,8 @@ async fn state_survives_a_restart_with_the_same_ids() {
     let a1 = api.register("a-value", V1).await.1["id"].clone();
     let a2 = api.register("a-value", V2).await.1["id"].clone();
     let b1 = api.register("b-value", V3_REQUIRED).await.1["id"].clone();
-    api.call(
-        Method::PUT,
-        "/config/b-value",
-        Some(json!({"compatibility": "NONE"})),
-    )
-    .await;
-    api.call(Method::DELETE, "/subjects/a-value/versions/1", None)
-        .await;
+    api.call(Method::PUT, "/config/b-value", Some(json!({"compatibility": "NONE"}))).await;
+    api.call(Method::DELETE, "/subjects/a-value/versions/1", None).await;
     let before = (
         api.get("/subjects").await.1,
         api.get("/subjects/a-value/versions?deleted=true").await.1,
@@ -530,28 +253,12 @@ async fn state_survives_a_restart_with_the_same_ids() {
         api.get("/config/b-value").await.1,
     );
     assert_eq!(before, after);
-    assert_eq!(
-        api.get("/subjects/a-value/versions").await.1,
-        json!([2]),
-        "the soft delete survived"
-    );
+    assert_eq!(api.get("/subjects/a-value/versions").await.1, json!([2]), "the soft delete survived");
     for id in [&a1, &a2, &b1] {
-        assert_eq!(
-            api.get(&format!("/schemas/ids/{id}")).await.0,
-            StatusCode::OK
-        );
+        assert_eq!(api.get(&format!("/schemas/ids/{id}")).await.0, StatusCode::OK);
     }
-    assert_eq!(
-        api.register("a-value", V2).await.1["id"],
-        a2,
-        "same schema, same id after restart"
-    );
-    let new = api.register("c-value", r#"{"type":"string"}"#).await.1["id"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        new > b1.as_u64().unwrap(),
-        "ids keep increasing after a restart"
-    );
+    assert_eq!(api.register("a-value", V2).await.1["id"], a2, "same schema, same id after restart");
+    let new = api.register("c-value", r#"{"type":"string"}"#).await.1["id"].as_u64().unwrap();
+    assert!(new > b1.as_u64().unwrap(), "ids keep increasing after a restart");
     second.stop().await;
 }

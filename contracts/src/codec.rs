@@ -19,9 +19,7 @@ use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
-use schema_registry_converter::async_impl::schema_registry::{
-    get_schema_by_id, post_schema, SrSettings,
-};
+use schema_registry_converter::async_impl::schema_registry::{get_schema_by_id, post_schema, SrSettings};
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 
 pub use error::{DecodeError, EncodeError, RegistryError};
@@ -51,12 +49,8 @@ fn leak(schema: Schema) -> &'static Schema {
 
 fn reader_schema_of<T: Event>() -> &'static Schema {
     static READERS: OnceLock<Mutex<HashMap<&'static str, &'static Schema>>> = OnceLock::new();
-    let mut map = READERS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    map.entry(T::SCHEMA.file)
-        .or_insert_with(|| leak(T::SCHEMA.parse()))
+    let mut map = READERS.get_or_init(Default::default).lock().unwrap_or_else(PoisonError::into_inner);
+    map.entry(T::SCHEMA.file).or_insert_with(|| leak(T::SCHEMA.parse()))
 }
 
 enum Writer {
@@ -99,9 +93,7 @@ impl<T: Event> Codec<T> {
     pub fn new(registry: SrSettings, topic: &str) -> Self {
         apache_avro::util::max_allocation_bytes(MAX_ALLOCATION_BYTES);
         let reader = reader_schema_of::<T>();
-        let writer = GenericDatumWriter::builder(reader)
-            .build()
-            .expect("the contract schema resolves (tested)");
+        let writer = GenericDatumWriter::builder(reader).build().expect("the contract schema resolves (tested)");
         Self {
             subject: value_subject(topic),
             registry,
@@ -125,10 +117,7 @@ impl<T: Event> Codec<T> {
     pub fn with_known_id(self, id: u32) -> Self {
         let _ = self.schema_id.set(id);
         let writer = Arc::new(self.writer_for(T::SCHEMA.text));
-        self.writers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, writer);
+        self.writers.write().unwrap_or_else(PoisonError::into_inner).insert(id, writer);
         self
     }
 
@@ -150,11 +139,8 @@ impl<T: Event> Codec<T> {
     /// Registers the contract's schema under the subject (idempotent: the registry returns the
     /// existing id) and uses that id from now on. Returns the id.
     pub async fn register(&self) -> Result<u32, RegistryError> {
-        let supplied = SuppliedSchema::new(
-            Some(T::SCHEMA.full_name.to_owned()),
-            SchemaType::Avro,
-            T::SCHEMA.text.to_owned(),
-        );
+        let supplied =
+            SuppliedSchema::new(Some(T::SCHEMA.full_name.to_owned()), SchemaType::Avro, T::SCHEMA.text.to_owned());
         let registered = post_schema(&self.registry, self.subject.clone(), supplied)
             .await
             .map_err(|e| RegistryError::from_src(&e))?;
@@ -171,17 +157,12 @@ impl<T: Event> Codec<T> {
 
     /// Appends the Confluent-framed encoding of `value` to `out`.
     pub fn encode_into(&self, value: &T, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-        let schema_id = self.schema_id().ok_or_else(|| EncodeError::NotRegistered {
-            subject: self.subject.clone(),
-        })?;
+        let schema_id = self.schema_id().ok_or_else(|| EncodeError::NotRegistered { subject: self.subject.clone() })?;
         let start = out.len();
         WireHeader { schema_id }.write(out);
         self.writer.write_ser(out, value).map_err(|e| {
             out.truncate(start);
-            EncodeError::Invalid {
-                schema: T::SCHEMA.full_name,
-                reason: e.to_string(),
-            }
+            EncodeError::Invalid { schema: T::SCHEMA.full_name, reason: e.to_string() }
         })?;
         Ok(())
     }
@@ -201,34 +182,22 @@ impl<T: Event> Codec<T> {
     pub fn decode_cached(&self, bytes: &[u8]) -> Result<Decoded<T>, DecodeError> {
         let (header, body) = WireHeader::parse(bytes)?;
         let id = header.schema_id;
-        let writer = self
-            .cached_writer(id)
-            .ok_or_else(|| DecodeError::Registry {
-                id,
-                source: RegistryError {
-                    error_code: None,
-                    message: "schema not fetched yet".to_owned(),
-                    retryable: true,
-                },
-            })?;
+        let writer = self.cached_writer(id).ok_or_else(|| DecodeError::Registry {
+            id,
+            source: RegistryError { error_code: None, message: "schema not fetched yet".to_owned(), retryable: true },
+        })?;
         self.decode_body(id, &writer, body)
     }
 
     fn cached_writer(&self, id: u32) -> Option<Arc<Writer>> {
-        self.writers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .cloned()
+        self.writers.read().unwrap_or_else(PoisonError::into_inner).get(&id).cloned()
     }
 
     async fn fetch_writer(&self, id: u32) -> Result<Arc<Writer>, DecodeError> {
         {
             let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
             match unknown.get(&id) {
-                Some(at) if at.elapsed() < UNKNOWN_ID_TTL => {
-                    return Err(DecodeError::UnknownSchema { id })
-                }
+                Some(at) if at.elapsed() < UNKNOWN_ID_TTL => return Err(DecodeError::UnknownSchema { id }),
                 Some(_) => {
                     unknown.remove(&id);
                 }
@@ -240,20 +209,14 @@ impl<T: Event> Codec<T> {
             Err(e) => {
                 let err = RegistryError::from_src(&e);
                 if matches!(err.error_code, Some(40403 | 40401)) {
-                    self.unknown
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(id, Instant::now());
+                    self.unknown.lock().unwrap_or_else(PoisonError::into_inner).insert(id, Instant::now());
                     return Err(DecodeError::UnknownSchema { id });
                 }
                 return Err(DecodeError::Registry { id, source: err });
             }
         };
         let writer = Arc::new(self.writer_for(&registered.schema));
-        self.writers
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, Arc::clone(&writer));
+        self.writers.write().unwrap_or_else(PoisonError::into_inner).insert(id, Arc::clone(&writer));
         Ok(writer)
     }
 
@@ -271,26 +234,15 @@ impl<T: Event> Codec<T> {
         if let Err(e) = SchemaCompatibility::can_read(&schema, self.reader) {
             return Writer::Incompatible(e.to_string());
         }
-        match GenericDatumReader::builder(leak(schema))
-            .reader_schema(self.reader)
-            .build()
-        {
+        match GenericDatumReader::builder(leak(schema)).reader_schema(self.reader).build() {
             Ok(reader) => Writer::Resolving(reader),
             Err(e) => Writer::Incompatible(e.to_string()),
         }
     }
 
-    fn decode_body(
-        &self,
-        id: u32,
-        writer: &Writer,
-        body: &[u8],
-    ) -> Result<Decoded<T>, DecodeError> {
+    fn decode_body(&self, id: u32, writer: &Writer, body: &[u8]) -> Result<Decoded<T>, DecodeError> {
         let mut rest = body;
-        let body_error = |e: apache_avro::Error| DecodeError::Body {
-            id,
-            reason: e.to_string(),
-        };
+        let body_error = |e: apache_avro::Error| DecodeError::Body { id, reason: e.to_string() };
         let value = match writer {
             Writer::Same(reader) => reader.read_deser::<T>(&mut rest).map_err(body_error)?,
             Writer::Resolving(reader) => {
@@ -298,22 +250,12 @@ impl<T: Event> Codec<T> {
                 apache_avro::from_value::<T>(&value).map_err(body_error)?
             }
             Writer::Incompatible(reason) => {
-                return Err(DecodeError::Incompatible {
-                    id,
-                    reader: T::SCHEMA.full_name,
-                    reason: reason.clone(),
-                })
+                return Err(DecodeError::Incompatible { id, reader: T::SCHEMA.full_name, reason: reason.clone() })
             }
         };
         if !rest.is_empty() {
-            return Err(DecodeError::TrailingBytes {
-                id,
-                extra: rest.len(),
-            });
+            return Err(DecodeError::TrailingBytes { id, extra: rest.len() });
         }
-        Ok(Decoded {
-            value,
-            schema_id: id,
-        })
+        Ok(Decoded { value, schema_id: id })
     }
 }

@@ -26,11 +26,7 @@ pub struct SourceOffset {
 
 impl SourceOffset {
     pub fn new(topic: impl Into<String>, partition: i32, offset: i64) -> Self {
-        Self {
-            topic: topic.into(),
-            partition,
-            offset,
-        }
+        Self { topic: topic.into(), partition, offset }
     }
 }
 
@@ -94,10 +90,7 @@ pub struct Lineage {
 impl Lineage {
     /// The deterministic event id of output `kind` written by `stage` for the record at `source`.
     pub fn event_id_for(source: &SourceOffset, stage: Stage, kind: &str) -> Uuid {
-        let name = format!(
-            "{}/{}/{}/{}/{}",
-            source.topic, source.partition, source.offset, stage, kind
-        );
+        let name = format!("{}/{}/{}/{}/{}", source.topic, source.partition, source.offset, stage, kind);
         Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes())
     }
 
@@ -133,9 +126,7 @@ pub fn timestamp_micros(
 
 /// Microseconds since the Unix epoch, the unit of every timestamp in the contracts.
 pub fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// A name for this process in lineage: `host:pid`.

@@ -27,51 +27,18 @@ impl SchemaFile {
 macro_rules! schema_file {
     ($ident:ident, $file:literal, $name:literal) => {
         #[doc = concat!("`schemas/", $file, "`: `", $name, "`.")]
-        pub const $ident: SchemaFile = SchemaFile {
-            file: $file,
-            full_name: $name,
-            text: include_str!(concat!("../../schemas/", $file)),
-        };
+        pub const $ident: SchemaFile =
+            SchemaFile { file: $file, full_name: $name, text: include_str!(concat!("../../schemas/", $file)) };
     };
 }
 
-schema_file!(
-    INFERENCE_REQUEST,
-    "inference_request.avsc",
-    "io.streamscore.v1.InferenceRequest"
-);
-schema_file!(
-    VALIDATED_REQUEST,
-    "validated_request.avsc",
-    "io.streamscore.v1.ValidatedRequest"
-);
-schema_file!(
-    PREDICTION_OUTCOME,
-    "prediction_outcome.avsc",
-    "io.streamscore.v1.PredictionOutcome"
-);
-schema_file!(
-    DEAD_LETTER,
-    "dead_letter.avsc",
-    "io.streamscore.v1.DeadLetter"
-);
-schema_file!(
-    AUDIT_RECORD,
-    "audit_record.avsc",
-    "io.streamscore.v1.AuditRecord"
-);
-schema_file!(
-    DRIFT_ALERT,
-    "drift_alert.avsc",
-    "io.streamscore.v1.DriftAlert"
-);
+schema_file!(INFERENCE_REQUEST, "inference_request.avsc", "io.streamscore.v1.InferenceRequest");
+schema_file!(VALIDATED_REQUEST, "validated_request.avsc", "io.streamscore.v1.ValidatedRequest");
+schema_file!(PREDICTION_OUTCOME, "prediction_outcome.avsc", "io.streamscore.v1.PredictionOutcome");
+schema_file!(DEAD_LETTER, "dead_letter.avsc", "io.streamscore.v1.DeadLetter");
+schema_file!(AUDIT_RECORD, "audit_record.avsc", "io.streamscore.v1.AuditRecord");
+schema_file!(DRIFT_ALERT, "drift_alert.avsc", "io.streamscore.v1.DriftAlert");
 
 /// Every schema file, in data-flow order.
-pub const ALL: [SchemaFile; 6] = [
-    INFERENCE_REQUEST,
-    VALIDATED_REQUEST,
-    PREDICTION_OUTCOME,
-    DEAD_LETTER,
-    AUDIT_RECORD,
-    DRIFT_ALERT,
-];
+pub const ALL: [SchemaFile; 6] =
+    [INFERENCE_REQUEST, VALIDATED_REQUEST, PREDICTION_OUTCOME, DEAD_LETTER, AUDIT_RECORD, DRIFT_ALERT];

@@ -53,14 +53,7 @@ mod tests {
     fn rejection_points_back_to_the_request_offset_with_a_stable_id() {
         let source = SourceOffset::new("inference.requests", 3, 99);
         let validated = ValidatedRequest {
-            lineage: Lineage::derive(
-                source.clone(),
-                Stage::Ingest,
-                "validated",
-                "i-1",
-                None,
-                None,
-            ),
+            lineage: Lineage::derive(source.clone(), Stage::Ingest, "validated", "i-1", None, None),
             request: InferenceRequest {
                 request_id: "r-1".to_owned(),
                 tenant: "acme".to_owned(),
@@ -73,26 +66,11 @@ mod tests {
             },
             writer_schema_id: 1,
         };
-        let a = rejected(
-            &validated,
-            "i-2",
-            "UNKNOWN_MODEL_VERSION",
-            "no version 9",
-            None,
-        );
-        let b = rejected(
-            &validated,
-            "i-3",
-            "UNKNOWN_MODEL_VERSION",
-            "no version 9",
-            None,
-        );
+        let a = rejected(&validated, "i-2", "UNKNOWN_MODEL_VERSION", "no version 9", None);
+        let b = rejected(&validated, "i-3", "UNKNOWN_MODEL_VERSION", "no version 9", None);
         assert_eq!(a.status, OutcomeStatus::Rejected);
         assert_eq!(a.lineage.source, source);
-        assert_eq!(
-            a.lineage.event_id, b.lineage.event_id,
-            "redelivery gives the same id"
-        );
+        assert_eq!(a.lineage.event_id, b.lineage.event_id, "redelivery gives the same id");
         assert_ne!(a.lineage.event_id, validated.lineage.event_id);
         assert_eq!(a.reply_to.as_deref(), Some("bridge-1"));
         assert_eq!(a.features, validated.request.features);

@@ -1,13 +1,40 @@
 //! The decision for one record: validated request, dead letter, or retry later.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use streamscore_contracts::codec::DecodeError;
 use streamscore_contracts::{
-    Codec, DeadLetter, DeadLetterReason, InferenceRequest, Lineage, SourceOffset, Stage,
-    ValidatedRequest,
+    Codec, DeadLetter, DeadLetterReason, InferenceRequest, Lineage, SourceOffset, Stage, ValidatedRequest,
 };
+use streamscore_modelstore::{FeatureError, ModelStore, RouteError, SharedStore};
 use uuid::Uuid;
+
+/// Which tenants are known. (The tenant policy file replaces this list with the quota issue.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tenants {
+    /// Any tenant is accepted.
+    Any,
+    /// Only these.
+    Only(HashSet<String>),
+}
+
+impl Tenants {
+    /// Parses `*` or a comma-separated list.
+    pub fn parse(list: &str) -> Self {
+        if list.trim() == "*" {
+            return Self::Any;
+        }
+        Self::Only(list.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect())
+    }
+
+    pub fn knows(&self, tenant: &str) -> bool {
+        match self {
+            Tenants::Any => true,
+            Tenants::Only(set) => set.contains(tenant),
+        }
+    }
+}
 
 /// Default largest record value accepted, in bytes.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
@@ -46,15 +73,34 @@ pub struct RequestDecider {
     codec: Arc<Codec<InferenceRequest>>,
     instance: String,
     max_record_bytes: usize,
+    tenants: Tenants,
+    models: Option<SharedStore>,
 }
 
 impl RequestDecider {
+    /// A decider that checks framing, decoding and request ids only; add tenants and a model
+    /// store with [`RequestDecider::with_tenants`] and [`RequestDecider::with_models`].
     pub fn new(codec: Arc<Codec<InferenceRequest>>, instance: impl Into<String>) -> Self {
         Self {
             codec,
             instance: instance.into(),
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            tenants: Tenants::Any,
+            models: None,
         }
+    }
+
+    #[must_use]
+    pub fn with_tenants(mut self, tenants: Tenants) -> Self {
+        self.tenants = tenants;
+        self
+    }
+
+    /// Validates model, version and features against `models`.
+    #[must_use]
+    pub fn with_models(mut self, models: SharedStore) -> Self {
+        self.models = Some(models);
+        self
     }
 
     #[must_use]
@@ -67,11 +113,8 @@ impl RequestDecider {
     pub async fn decide(&self, record: RawRecord<'_>) -> Decision {
         let value = record.value.unwrap_or_default();
         if value.len() > self.max_record_bytes {
-            let detail = format!(
-                "record of {} bytes exceeds the limit of {} bytes",
-                value.len(),
-                self.max_record_bytes
-            );
+            let detail =
+                format!("record of {} bytes exceeds the limit of {} bytes", value.len(), self.max_record_bytes);
             return self.dead_letter(record, DeadLetterReason::TooLarge, detail, None, None);
         }
         let decoded = match self.codec.decode(value).await {
@@ -83,14 +126,9 @@ impl RequestDecider {
             }
         };
         let request = decoded.value;
-        if let Some((reason, detail)) = check(&request) {
-            return self.dead_letter(
-                record,
-                reason,
-                detail,
-                Some(decoded.schema_id),
-                Some(&request),
-            );
+        let models = self.models.as_ref().map(SharedStore::current);
+        if let Some((reason, detail)) = check(&request, &self.tenants, models.as_deref()) {
+            return self.dead_letter(record, reason, detail, Some(decoded.schema_id), Some(&request));
         }
         let lineage = Lineage::derive(
             record.source(),
@@ -120,9 +158,7 @@ impl RequestDecider {
             Stage::Ingest,
             "dead-letter",
             &self.instance,
-            request
-                .map(|r| r.request_id.clone())
-                .filter(|id| !id.is_empty()),
+            request.map(|r| r.request_id.clone()).filter(|id| !id.is_empty()),
             request.map(|r| r.tenant.clone()),
         );
         Decision::DeadLetter(Box::new(DeadLetter {
@@ -137,35 +173,64 @@ impl RequestDecider {
     }
 }
 
-/// Checks a decoded request's own content (no policy or model store needed).
-fn check(request: &InferenceRequest) -> Option<(DeadLetterReason, String)> {
+/// The dead-letter reason for a feature error.
+pub fn feature_reason(error: &FeatureError) -> DeadLetterReason {
+    match error {
+        FeatureError::Missing(_) => DeadLetterReason::FeatureMissing,
+        FeatureError::Unexpected(..) => DeadLetterReason::FeatureUnexpected,
+        FeatureError::NonFinite { .. } => DeadLetterReason::NonFinite,
+        FeatureError::Type { .. } => DeadLetterReason::FeatureType,
+        FeatureError::OutOfRange { .. } => DeadLetterReason::FeatureOutOfRange,
+    }
+}
+
+/// The dead-letter reason for a routing error.
+pub fn route_reason(error: &RouteError) -> DeadLetterReason {
+    match error {
+        RouteError::UnknownModel { .. } => DeadLetterReason::UnknownModel,
+        RouteError::UnknownVersion { .. } => DeadLetterReason::UnknownModelVersion,
+    }
+}
+
+/// Checks a decoded request: id, tenant, then (with a store) model, version and features.
+fn check(
+    request: &InferenceRequest,
+    tenants: &Tenants,
+    models: Option<&ModelStore>,
+) -> Option<(DeadLetterReason, String)> {
+    if let Some(problem) = check_content(request) {
+        return Some(problem);
+    }
+    if !tenants.knows(&request.tenant) {
+        return Some((DeadLetterReason::UnknownTenant, format!("tenant {:?} is not known", request.tenant)));
+    }
+    let models = models?;
+    let version = match models.route(&request.model, request.model_version.as_deref(), None) {
+        Ok(version) => version,
+        Err(e) => return Some((route_reason(&e), e.to_string())),
+    };
+    match version.check(&request.features) {
+        Ok(_) => None,
+        Err(e) => Some((feature_reason(&e), format!("{} {}: {e}", request.model, version.meta.version))),
+    }
+}
+
+/// Checks a decoded request's own content (no tenants or model store needed).
+fn check_content(request: &InferenceRequest) -> Option<(DeadLetterReason, String)> {
     if request.request_id.trim().is_empty() {
-        return Some((
-            DeadLetterReason::MissingRequestId,
-            "request_id is empty".to_owned(),
-        ));
+        return Some((DeadLetterReason::MissingRequestId, "request_id is empty".to_owned()));
     }
     if Uuid::try_parse(&request.request_id).is_err() {
         return Some((
             DeadLetterReason::MalformedRequestId,
-            format!(
-                "request_id {:?} is not a UUID in canonical form",
-                request.request_id
-            ),
+            format!("request_id {:?} is not a UUID in canonical form", request.request_id),
         ));
     }
-    let mut non_finite: Vec<&str> = request
-        .features
-        .iter()
-        .filter(|(_, v)| !v.is_finite())
-        .map(|(name, _)| name.as_str())
-        .collect();
+    let mut non_finite: Vec<&str> =
+        request.features.iter().filter(|(_, v)| !v.is_finite()).map(|(name, _)| name.as_str()).collect();
     if !non_finite.is_empty() {
         non_finite.sort_unstable();
-        return Some((
-            DeadLetterReason::NonFinite,
-            format!("non-finite values in features {non_finite:?}"),
-        ));
+        return Some((DeadLetterReason::NonFinite, format!("non-finite values in features {non_finite:?}")));
     }
     None
 }
@@ -193,31 +258,16 @@ mod tests {
     fn content_checks_give_typed_reasons() {
         let good = "2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b";
         assert_eq!(check(&request(good, 1.0)), None);
-        assert_eq!(
-            check(&request("", 1.0)).map(|c| c.0),
-            Some(DeadLetterReason::MissingRequestId)
-        );
-        assert_eq!(
-            check(&request("not-a-uuid", 1.0)).map(|c| c.0),
-            Some(DeadLetterReason::MalformedRequestId)
-        );
-        assert_eq!(
-            check(&request(good, f64::NAN)).map(|c| c.0),
-            Some(DeadLetterReason::NonFinite)
-        );
-        assert_eq!(
-            check(&request(good, f64::INFINITY)).map(|c| c.0),
-            Some(DeadLetterReason::NonFinite)
-        );
+        assert_eq!(check(&request("", 1.0)).map(|c| c.0), Some(DeadLetterReason::MissingRequestId));
+        assert_eq!(check(&request("not-a-uuid", 1.0)).map(|c| c.0), Some(DeadLetterReason::MalformedRequestId));
+        assert_eq!(check(&request(good, f64::NAN)).map(|c| c.0), Some(DeadLetterReason::NonFinite));
+        assert_eq!(check(&request(good, f64::INFINITY)).map(|c| c.0), Some(DeadLetterReason::NonFinite));
     }
 
     #[tokio::test]
     async fn oversized_and_unframed_records_are_dead_lettered_without_the_registry() {
         // The registry URL is never called: these records fail before a schema is needed.
-        let codec = Arc::new(Codec::<InferenceRequest>::with_url(
-            "http://127.0.0.1:9",
-            "inference.requests",
-        ));
+        let codec = Arc::new(Codec::<InferenceRequest>::with_url("http://127.0.0.1:9", "inference.requests"));
         let decider = RequestDecider::new(codec, "test").with_max_record_bytes(8);
         let record = |value: &'static [u8]| RawRecord {
             topic: "inference.requests",
@@ -235,16 +285,9 @@ mod tests {
             match decider.decide(record(bytes)).await {
                 Decision::DeadLetter(dl) => {
                     assert_eq!(dl.reason, reason);
-                    assert_eq!(
-                        dl.original_value.as_deref(),
-                        Some(bytes),
-                        "original bytes kept"
-                    );
+                    assert_eq!(dl.original_value.as_deref(), Some(bytes), "original bytes kept");
                     assert_eq!(dl.original_key.as_deref(), Some(&b"acme"[..]));
-                    assert_eq!(
-                        dl.lineage.source,
-                        SourceOffset::new("inference.requests", 0, 7)
-                    );
+                    assert_eq!(dl.lineage.source, SourceOffset::new("inference.requests", 0, 7));
                 }
                 other => panic!("expected a dead letter for {bytes:?}, got {other:?}"),
             }

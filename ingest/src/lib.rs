@@ -1,14 +1,17 @@
 //! Ingest: turns records of `inference.requests` into validated requests or dead letters.
 //!
 //! - [`decide`]: the per-record decision — size limit, Confluent/Avro decoding through the
-//!   registry, request id, finite features — with a typed [`DeadLetterReason`] for every
-//!   refusal and the original bytes kept.
-//!
-//! Tenant, model and feature-range checks join when the tenant policy and the model store
-//! land; the consumer loop (at-least-once, poison records never stall a partition) with them.
+//!   registry, request id, tenant, model and version, features (names, count, kinds, finite,
+//!   ranges) — with a typed [`DeadLetterReason`] for every refusal and the original bytes kept.
+//! - [`stage`]: the consumer-group loop: at-least-once (offsets stored only after the output is
+//!   acknowledged), hand-off to infer in process or through `inference.validated`.
+//! - [`telemetry`]: what the stage logs and counts.
 //!
 //! [`DeadLetterReason`]: streamscore_contracts::DeadLetterReason
 
 pub mod decide;
+pub mod stage;
+pub mod telemetry;
 
-pub use decide::{Decision, RawRecord, RequestDecider};
+pub use decide::{Decision, RawRecord, RequestDecider, Tenants};
+pub use stage::{run, Handoff, IngestConfig, IngestSummary, StageError};

@@ -14,23 +14,13 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum KafkaError {
     #[error("cannot create Kafka client for {bootstrap}: {source}")]
-    Client {
-        bootstrap: String,
-        source: rdkafka::error::KafkaError,
-    },
+    Client { bootstrap: String, source: rdkafka::error::KafkaError },
     #[error("broker at {bootstrap} did not answer within {waited:?}: {last}; is it running? (`streamscore stack up` starts the local one)")]
-    Unreachable {
-        bootstrap: String,
-        waited: Duration,
-        last: String,
-    },
+    Unreachable { bootstrap: String, waited: Duration, last: String },
     #[error("creating topic {topic}: {reason}")]
     CreateTopic { topic: String, reason: String },
     #[error("reading metadata of {topic}: {source}")]
-    Metadata {
-        topic: String,
-        source: rdkafka::error::KafkaError,
-    },
+    Metadata { topic: String, source: rdkafka::error::KafkaError },
 }
 
 /// Where the brokers are and any librdkafka property overrides.
@@ -44,10 +34,7 @@ pub struct KafkaConfig {
 
 impl KafkaConfig {
     pub fn new(bootstrap: impl Into<String>) -> Self {
-        Self {
-            bootstrap: bootstrap.into(),
-            overrides: BTreeMap::new(),
-        }
+        Self { bootstrap: bootstrap.into(), overrides: BTreeMap::new() }
     }
 
     /// The base client configuration: bootstrap servers, then the overrides.
@@ -64,25 +51,17 @@ impl KafkaConfig {
     /// durable on the broker.
     pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
         let mut config = self.client_config();
-        config
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("message.timeout.ms", "30000");
+        config.set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "30000");
         config.create().map_err(|source| self.client_error(source))
     }
 
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
-        self.client_config()
-            .create()
-            .map_err(|source| self.client_error(source))
+        self.client_config().create().map_err(|source| self.client_error(source))
     }
 
     /// Waits until a broker answers a metadata request.
     pub fn wait_until_reachable(&self, timeout: Duration) -> Result<(), KafkaError> {
-        let consumer: BaseConsumer = self
-            .client_config()
-            .create()
-            .map_err(|source| self.client_error(source))?;
+        let consumer: BaseConsumer = self.client_config().create().map_err(|source| self.client_error(source))?;
         let started = std::time::Instant::now();
         loop {
             let attempt = Duration::from_millis(500).min(timeout.saturating_sub(started.elapsed()));
@@ -101,9 +80,6 @@ impl KafkaConfig {
     }
 
     fn client_error(&self, source: rdkafka::error::KafkaError) -> KafkaError {
-        KafkaError::Client {
-            bootstrap: self.bootstrap.clone(),
-            source,
-        }
+        KafkaError::Client { bootstrap: self.bootstrap.clone(), source }
     }
 }

@@ -82,27 +82,17 @@ impl std::fmt::Display for TopicOutcome {
 }
 
 fn plural(partitions: i32) -> String {
-    format!(
-        "{partitions} partition{}",
-        if partitions == 1 { "" } else { "s" }
-    )
+    format!("{partitions} partition{}", if partitions == 1 { "" } else { "s" })
 }
 
 /// Creates the topics that do not exist yet; existing ones are left as they are.
-pub async fn ensure_topics(
-    config: &KafkaConfig,
-    specs: &[TopicSpec],
-) -> Result<Vec<TopicOutcome>, KafkaError> {
+pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> Result<Vec<TopicOutcome>, KafkaError> {
     let admin = config.admin()?;
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|spec| {
             spec.configs.iter().fold(
-                NewTopic::new(
-                    &spec.name,
-                    spec.partitions,
-                    TopicReplication::Fixed(spec.replication),
-                ),
+                NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication)),
                 |topic, (key, value)| topic.set(key, value),
             )
         })
@@ -111,29 +101,16 @@ pub async fn ensure_topics(
     let results = admin
         .create_topics(new_topics.iter(), &options)
         .await
-        .map_err(|e| KafkaError::CreateTopic {
-            topic: "*".to_owned(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| KafkaError::CreateTopic { topic: "*".to_owned(), reason: e.to_string() })?;
     let mut outcomes = Vec::with_capacity(specs.len());
     for (spec, result) in specs.iter().zip(results) {
         match result {
-            Ok(_) => outcomes.push(TopicOutcome::Created {
+            Ok(_) => outcomes.push(TopicOutcome::Created { name: spec.name.clone(), partitions: spec.partitions }),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => outcomes.push(TopicOutcome::Existed {
                 name: spec.name.clone(),
-                partitions: spec.partitions,
+                partitions: partition_count(config, &spec.name)?,
             }),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {
-                outcomes.push(TopicOutcome::Existed {
-                    name: spec.name.clone(),
-                    partitions: partition_count(config, &spec.name)?,
-                })
-            }
-            Err((topic, code)) => {
-                return Err(KafkaError::CreateTopic {
-                    topic,
-                    reason: code.to_string(),
-                })
-            }
+            Err((topic, code)) => return Err(KafkaError::CreateTopic { topic, reason: code.to_string() }),
         }
     }
     Ok(outcomes)
@@ -141,25 +118,16 @@ pub async fn ensure_topics(
 
 /// The number of partitions of `topic` (0 if the broker does not know it).
 pub fn partition_count(config: &KafkaConfig, topic: &str) -> Result<i32, KafkaError> {
-    let consumer: BaseConsumer =
-        config
-            .client_config()
-            .create()
-            .map_err(|source| KafkaError::Client {
-                bootstrap: config.bootstrap.clone(),
-                source,
-            })?;
+    let consumer: BaseConsumer = config
+        .client_config()
+        .create()
+        .map_err(|source| KafkaError::Client { bootstrap: config.bootstrap.clone(), source })?;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(5))
-        .map_err(|source| KafkaError::Metadata {
-            topic: topic.to_owned(),
-            source,
-        })?;
+        .map_err(|source| KafkaError::Metadata { topic: topic.to_owned(), source })?;
     Ok(metadata
         .topics()
         .iter()
         .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| {
-            i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)
-        }))
+        .map_or(0, |t| i32::try_from(t.partitions().len()).unwrap_or(i32::MAX)))
 }

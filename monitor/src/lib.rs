@@ -31,9 +31,31 @@ mod tests {
         let handle = install_recorder();
         metrics::counter!("streamscore_test_events_total", "outcome" => "ok").increment(3);
         let text = handle.render();
-        assert!(
-            text.contains("streamscore_test_events_total{outcome=\"ok\"} 3"),
-            "{text}"
-        );
+        assert!(text.contains("streamscore_test_events_total{outcome=\"ok\"} 3"), "{text}");
     }
+}
+
+/// Serves `GET /metrics` (Prometheus text) on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    handle: PrometheusHandle,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    use warp::Filter;
+    let route = warp::path::full().map(move |path: warp::path::FullPath| {
+        let mut response = warp::reply::Response::new(if path.as_str() == "/metrics" {
+            handle.render().into()
+        } else {
+            "not found: metrics are on /metrics\n".into()
+        });
+        if path.as_str() != "/metrics" {
+            *response.status_mut() = warp::http::StatusCode::NOT_FOUND;
+        }
+        response.headers_mut().insert(
+            warp::http::header::CONTENT_TYPE,
+            warp::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        response
+    });
+    warp::serve(route).incoming(listener).graceful(shutdown).run().await;
 }

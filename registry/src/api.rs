@@ -23,10 +23,7 @@ struct Reply(StatusCode, Vec<u8>);
 
 impl Reply {
     fn json(value: &impl serde::Serialize) -> Self {
-        Self(
-            StatusCode::OK,
-            serde_json::to_vec(value).unwrap_or_default(),
-        )
+        Self(StatusCode::OK, serde_json::to_vec(value).unwrap_or_default())
     }
     fn raw(text: String) -> Self {
         Self(StatusCode::OK, text.into_bytes())
@@ -39,9 +36,7 @@ fn response(result: Result<Reply, ApiError>) -> warp::reply::Response {
             let mut response = warp::reply::Response::new(body.into());
             *response.status_mut() = status;
             if let Ok(value) = warp::http::HeaderValue::from_str(CONTENT_TYPE) {
-                response
-                    .headers_mut()
-                    .insert(warp::http::header::CONTENT_TYPE, value);
+                response.headers_mut().insert(warp::http::header::CONTENT_TYPE, value);
             }
             response
         }
@@ -72,9 +67,7 @@ impl SchemaRequest {
             }
         }
         if !request.references.is_empty() {
-            return Err(ApiError::invalid_schema(
-                "schema references are not supported",
-            ));
+            return Err(ApiError::invalid_schema("schema references are not supported"));
         }
         Ok(request)
     }
@@ -126,12 +119,8 @@ pub fn routes(
                     );
                     return response;
                 }
-                let segments: Vec<String> = path
-                    .as_str()
-                    .split('/')
-                    .filter(|s| !s.is_empty())
-                    .map(percent_decode)
-                    .collect();
+                let segments: Vec<String> =
+                    path.as_str().split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
                 let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
                 let query = parse_query(&query);
                 let result = handle(&store, &method, &segments, &query, &body).await;
@@ -170,9 +159,7 @@ fn parse_query(query: &str) -> HashMap<String, String> {
 }
 
 fn flag(query: &HashMap<String, String>, name: &str) -> bool {
-    query
-        .get(name)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    query.get(name).is_some_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 fn parse_id(text: &str) -> Result<u32, ApiError> {
@@ -180,8 +167,7 @@ fn parse_id(text: &str) -> Result<u32, ApiError> {
 }
 
 fn parse_level(text: &str) -> Result<Level, ApiError> {
-    text.parse()
-        .map_err(|()| ApiError::invalid_compatibility_level(text))
+    text.parse().map_err(|()| ApiError::invalid_compatibility_level(text))
 }
 
 async fn handle(
@@ -203,18 +189,14 @@ async fn handle(
             let entry = state.schema_by_id(parse_id(id)?)?;
             Ok(Reply::json(&json!({"schema": entry.text})))
         }
-        ("GET", ["schemas", "ids", id, "schema"]) => Ok(Reply::raw(
-            store.read().schema_by_id(parse_id(id)?)?.text.clone(),
-        )),
+        ("GET", ["schemas", "ids", id, "schema"]) => {
+            Ok(Reply::raw(store.read().schema_by_id(parse_id(id)?)?.text.clone()))
+        }
         ("GET", ["schemas", "ids", id, "subjects"]) => {
             let state = store.read();
             let id = parse_id(id)?;
             state.schema_by_id(id)?;
-            let mut subjects: Vec<String> = state
-                .usages(id, deleted)
-                .into_iter()
-                .map(|(s, _)| s)
-                .collect();
+            let mut subjects: Vec<String> = state.usages(id, deleted).into_iter().map(|(s, _)| s).collect();
             subjects.dedup();
             Ok(Reply::json(&subjects))
         }
@@ -231,34 +213,21 @@ async fn handle(
         }
 
         ("GET", ["subjects"]) => Ok(Reply::json(&store.read().subjects(deleted))),
-        ("GET", ["subjects", subject, "versions"]) => {
-            Ok(Reply::json(&store.read().versions(subject, deleted)?))
+        ("GET", ["subjects", subject, "versions"]) => Ok(Reply::json(&store.read().versions(subject, deleted)?)),
+        ("GET", ["subjects", subject, "versions", version]) => {
+            Ok(Reply::json(&store.read().version(subject, VersionSel::parse(version)?, deleted)?))
         }
-        ("GET", ["subjects", subject, "versions", version]) => Ok(Reply::json(
-            &store
-                .read()
-                .version(subject, VersionSel::parse(version)?, deleted)?,
-        )),
-        ("GET", ["subjects", subject, "versions", version, "schema"]) => Ok(Reply::raw(
-            store
-                .read()
-                .version(subject, VersionSel::parse(version)?, deleted)?
-                .schema,
-        )),
+        ("GET", ["subjects", subject, "versions", version, "schema"]) => {
+            Ok(Reply::raw(store.read().version(subject, VersionSel::parse(version)?, deleted)?.schema))
+        }
         ("GET", ["subjects", subject, "versions", version, "referencedby"]) => {
-            store
-                .read()
-                .version(subject, VersionSel::parse(version)?, deleted)?;
+            store.read().version(subject, VersionSel::parse(version)?, deleted)?;
             Ok(Reply::json(&Vec::<u32>::new()))
         }
         ("POST", ["subjects", subject, "versions"]) => register(store, subject, body).await,
         ("POST", ["subjects", subject]) => {
             let request = SchemaRequest::parse(body)?;
-            Ok(Reply::json(&store.read().lookup(
-                subject,
-                &request.schema,
-                deleted,
-            )?))
+            Ok(Reply::json(&store.read().lookup(subject, &request.schema, deleted)?))
         }
         ("DELETE", ["subjects", subject]) => {
             let _writer = store.write_lock().await;
@@ -274,49 +243,34 @@ async fn handle(
             Ok(Reply::json(&version))
         }
 
-        ("POST", ["compatibility", "subjects", subject, "versions", version]) => compatibility(
-            &store.read(),
-            subject,
-            Some(VersionSel::parse(version)?),
-            body,
-            flag(query, "verbose"),
-        ),
+        ("POST", ["compatibility", "subjects", subject, "versions", version]) => {
+            compatibility(&store.read(), subject, Some(VersionSel::parse(version)?), body, flag(query, "verbose"))
+        }
         ("POST", ["compatibility", "subjects", subject, "versions"]) => {
             compatibility(&store.read(), subject, None, body, flag(query, "verbose"))
         }
 
-        ("GET", ["config"]) => Ok(Reply::json(
-            &json!({"compatibilityLevel": store.read().global_level()}),
-        )),
+        ("GET", ["config"]) => Ok(Reply::json(&json!({"compatibilityLevel": store.read().global_level()}))),
         ("PUT", ["config"]) => set_config(store, None, body).await,
         ("GET", ["config", subject]) => {
             let state = store.read();
             match state.subject_level(subject) {
                 Some(level) => Ok(Reply::json(&json!({"compatibilityLevel": level}))),
-                None if flag(query, "defaultToGlobal") => Ok(Reply::json(
-                    &json!({"compatibilityLevel": state.global_level()}),
-                )),
-                None => Err(ApiError::subject_level_compatibility_not_configured(
-                    subject,
-                )),
+                None if flag(query, "defaultToGlobal") => {
+                    Ok(Reply::json(&json!({"compatibilityLevel": state.global_level()})))
+                }
+                None => Err(ApiError::subject_level_compatibility_not_configured(subject)),
             }
         }
         ("PUT", ["config", subject]) => set_config(store, Some(subject), body).await,
         ("DELETE", ["config", subject]) => {
             let _writer = store.write_lock().await;
-            let previous = store
-                .read()
-                .subject_level(subject)
-                .ok_or_else(|| ApiError::subject_not_found(subject))?;
-            store
-                .append(&[State::plan_config(Some(subject), None)])
-                .await?;
+            let previous = store.read().subject_level(subject).ok_or_else(|| ApiError::subject_not_found(subject))?;
+            store.append(&[State::plan_config(Some(subject), None)]).await?;
             Ok(Reply::json(&json!({"compatibilityLevel": previous})))
         }
 
-        (_, ["schemas" | "subjects" | "compatibility" | "config" | "mode", ..]) => {
-            Err(known_path_or_404(method, path))
-        }
+        (_, ["schemas" | "subjects" | "compatibility" | "config" | "mode", ..]) => Err(known_path_or_404(method, path)),
         _ => Err(ApiError::route_not_found()),
     }
 }
@@ -373,9 +327,7 @@ async fn set_config(store: &Store, subject: Option<&str>, body: &[u8]) -> Result
     let request: ConfigRequest = serde_json::from_slice(body).map_err(ApiError::bad_request)?;
     let level = parse_level(&request.compatibility)?;
     let _writer = store.write_lock().await;
-    store
-        .append(&[State::plan_config(subject, Some(level))])
-        .await?;
+    store.append(&[State::plan_config(subject, Some(level))]).await?;
     Ok(Reply::json(&json!({"compatibility": level})))
 }
 

@@ -39,34 +39,22 @@ impl Level {
     }
 
     fn transitive(self) -> bool {
-        matches!(
-            self,
-            Level::BackwardTransitive | Level::ForwardTransitive | Level::FullTransitive
-        )
+        matches!(self, Level::BackwardTransitive | Level::ForwardTransitive | Level::FullTransitive)
     }
 
     fn backward(self) -> bool {
-        matches!(
-            self,
-            Level::Backward | Level::BackwardTransitive | Level::Full | Level::FullTransitive
-        )
+        matches!(self, Level::Backward | Level::BackwardTransitive | Level::Full | Level::FullTransitive)
     }
 
     fn forward(self) -> bool {
-        matches!(
-            self,
-            Level::Forward | Level::ForwardTransitive | Level::Full | Level::FullTransitive
-        )
+        matches!(self, Level::Forward | Level::ForwardTransitive | Level::Full | Level::FullTransitive)
     }
 
     /// Checks `new` against the existing versions (oldest first). Returns what is incompatible,
     /// empty when compatible.
     pub fn check(self, new: &Schema, existing: &[(u32, &Schema)]) -> Vec<String> {
-        let against: &[(u32, &Schema)] = if self.transitive() {
-            existing
-        } else {
-            existing.last().map_or(&[], std::slice::from_ref)
-        };
+        let against: &[(u32, &Schema)] =
+            if self.transitive() { existing } else { existing.last().map_or(&[], std::slice::from_ref) };
         let mut problems = Vec::new();
         for (version, old) in against {
             if self.backward() {
@@ -116,18 +104,13 @@ mod tests {
     use super::*;
 
     fn schema(fields: &str) -> Schema {
-        Schema::parse_str(&format!(
-            r#"{{"type":"record","name":"R","fields":[{fields}]}}"#
-        ))
-        .expect("valid")
+        Schema::parse_str(&format!(r#"{{"type":"record","name":"R","fields":[{fields}]}}"#)).expect("valid")
     }
 
     #[test]
     fn levels_follow_confluent_semantics() {
         let v1 = schema(r#"{"name":"a","type":"string"}"#);
-        let optional = schema(
-            r#"{"name":"a","type":"string"},{"name":"b","type":["null","long"],"default":null}"#,
-        );
+        let optional = schema(r#"{"name":"a","type":"string"},{"name":"b","type":["null","long"],"default":null}"#);
         let required = schema(r#"{"name":"a","type":"string"},{"name":"b","type":"long"}"#);
         let dropped = schema(r#"{"name":"b","type":["null","long"],"default":null}"#);
 
@@ -139,23 +122,14 @@ mod tests {
         assert!(Level::Forward.check(&required, &[(1, &v1)]).is_empty());
         assert!(Level::None.check(&required, &[(1, &v1)]).is_empty());
         // Non-transitive checks only the latest; transitive checks all.
-        assert!(Level::Backward
-            .check(&dropped, &[(1, &v1), (2, &optional)])
-            .is_empty());
-        assert!(Level::BackwardTransitive
-            .check(&dropped, &[(1, &v1), (2, &optional)])
-            .is_empty());
-        assert!(!Level::ForwardTransitive
-            .check(&dropped, &[(1, &v1), (2, &optional)])
-            .is_empty());
+        assert!(Level::Backward.check(&dropped, &[(1, &v1), (2, &optional)]).is_empty());
+        assert!(Level::BackwardTransitive.check(&dropped, &[(1, &v1), (2, &optional)]).is_empty());
+        assert!(!Level::ForwardTransitive.check(&dropped, &[(1, &v1), (2, &optional)]).is_empty());
     }
 
     #[test]
     fn levels_parse_case_insensitively() {
-        assert_eq!(
-            "full_transitive".parse::<Level>(),
-            Ok(Level::FullTransitive)
-        );
+        assert_eq!("full_transitive".parse::<Level>(), Ok(Level::FullTransitive));
         assert!("SIDEWAYS".parse::<Level>().is_err());
         assert_eq!(Level::default(), Level::Backward);
     }

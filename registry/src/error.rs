@@ -22,50 +22,29 @@ struct Body<'a> {
 
 impl ApiError {
     fn new(error_code: u32, message: impl Into<String>) -> Self {
-        Self {
-            error_code,
-            message: message.into(),
-        }
+        Self { error_code, message: message.into() }
     }
 
     /// HTTP status for the Confluent error code (its first three digits, or itself).
     pub fn status(&self) -> StatusCode {
-        let code = if self.error_code >= 10_000 {
-            self.error_code / 100
-        } else {
-            self.error_code
-        };
-        u16::try_from(code)
-            .ok()
-            .and_then(|c| StatusCode::from_u16(c).ok())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        let code = if self.error_code >= 10_000 { self.error_code / 100 } else { self.error_code };
+        u16::try_from(code).ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     pub fn subject_not_found(subject: &str) -> Self {
         Self::new(40401, format!("Subject '{subject}' not found."))
     }
     pub fn version_not_found(subject: &str, version: u32) -> Self {
-        Self::new(
-            40402,
-            format!("Version {version} not found for subject '{subject}'."),
-        )
+        Self::new(40402, format!("Version {version} not found for subject '{subject}'."))
     }
     pub fn schema_not_found() -> Self {
         Self::new(40403, "Schema not found")
     }
     pub fn subject_soft_deleted(subject: &str) -> Self {
-        Self::new(
-            40404,
-            format!(
-                "Subject '{subject}' was soft deleted. Set permanent=true to delete permanently"
-            ),
-        )
+        Self::new(40404, format!("Subject '{subject}' was soft deleted. Set permanent=true to delete permanently"))
     }
     pub fn subject_not_soft_deleted(subject: &str) -> Self {
-        Self::new(
-            40405,
-            format!("Subject '{subject}' was not deleted first before being permanently deleted"),
-        )
+        Self::new(40405, format!("Subject '{subject}' was not deleted first before being permanently deleted"))
     }
     pub fn version_soft_deleted(subject: &str, version: u32) -> Self {
         Self::new(
@@ -80,10 +59,7 @@ impl ApiError {
         )
     }
     pub fn subject_level_compatibility_not_configured(subject: &str) -> Self {
-        Self::new(
-            40408,
-            format!("Subject '{subject}' does not have subject-level compatibility configured"),
-        )
+        Self::new(40408, format!("Subject '{subject}' does not have subject-level compatibility configured"))
     }
     pub fn incompatible(subject: &str, details: &[String]) -> Self {
         Self::new(
@@ -131,17 +107,12 @@ impl ApiError {
 
 impl warp::Reply for ApiError {
     fn into_response(self) -> warp::reply::Response {
-        let body = serde_json::to_vec(&Body {
-            error_code: self.error_code,
-            message: &self.message,
-        })
-        .unwrap_or_default();
+        let body =
+            serde_json::to_vec(&Body { error_code: self.error_code, message: &self.message }).unwrap_or_default();
         let mut response = warp::reply::Response::new(body.into());
         *response.status_mut() = self.status();
         if let Ok(value) = warp::http::HeaderValue::from_str(CONTENT_TYPE) {
-            response
-                .headers_mut()
-                .insert(warp::http::header::CONTENT_TYPE, value);
+            response.headers_mut().insert(warp::http::header::CONTENT_TYPE, value);
         }
         response
     }

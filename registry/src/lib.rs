@@ -31,9 +31,5 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(api::routes(store, metrics))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    warp::serve(api::routes(store, metrics)).incoming(listener).graceful(shutdown).run().await;
 }

@@ -18,18 +18,9 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "keytype", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum LogKey {
-    Schema {
-        subject: String,
-        version: u32,
-        magic: u8,
-    },
-    Config {
-        subject: Option<String>,
-        magic: u8,
-    },
-    Noop {
-        magic: u8,
-    },
+    Schema { subject: String, version: u32, magic: u8 },
+    Config { subject: Option<String>, magic: u8 },
+    Noop { magic: u8 },
 }
 
 /// Value of a `SCHEMA` record.
@@ -62,27 +53,15 @@ pub struct LogRecord {
 impl LogRecord {
     fn schema(value: SchemaValue) -> Self {
         Self {
-            key: LogKey::Schema {
-                subject: value.subject.clone(),
-                version: value.version,
-                magic: 1,
-            },
+            key: LogKey::Schema { subject: value.subject.clone(), version: value.version, magic: 1 },
             value: serde_json::to_string(&value).ok(),
         }
     }
 
     fn config(subject: Option<&str>, level: Option<Level>) -> Self {
         Self {
-            key: LogKey::Config {
-                subject: subject.map(str::to_owned),
-                magic: 0,
-            },
-            value: level.and_then(|l| {
-                serde_json::to_string(&ConfigValue {
-                    compatibility_level: l,
-                })
-                .ok()
-            }),
+            key: LogKey::Config { subject: subject.map(str::to_owned), magic: 0 },
+            value: level.and_then(|l| serde_json::to_string(&ConfigValue { compatibility_level: l }).ok()),
         }
     }
 }
@@ -111,10 +90,7 @@ struct SubjectEntry {
 
 impl SubjectEntry {
     fn live(&self) -> impl Iterator<Item = (u32, VersionEntry)> + '_ {
-        self.versions
-            .iter()
-            .filter(|(_, v)| !v.deleted)
-            .map(|(n, v)| (*n, *v))
+        self.versions.iter().filter(|(_, v)| !v.deleted).map(|(n, v)| (*n, *v))
     }
 }
 
@@ -185,12 +161,7 @@ impl State {
             }
         };
         match (key, value) {
-            (
-                LogKey::Schema {
-                    subject, version, ..
-                },
-                None,
-            ) => {
+            (LogKey::Schema { subject, version, .. }, None) => {
                 if let Some(entry) = self.subjects.get_mut(&subject) {
                     entry.versions.remove(&version);
                     if entry.versions.is_empty() && entry.level.is_none() {
@@ -198,12 +169,10 @@ impl State {
                     }
                 }
             }
-            (LogKey::Schema { .. }, Some(value)) => {
-                match serde_json::from_slice::<SchemaValue>(value) {
-                    Ok(value) => self.apply_schema(value),
-                    Err(e) => tracing::warn!(error = %e, "skipping unreadable SCHEMA record"),
-                }
-            }
+            (LogKey::Schema { .. }, Some(value)) => match serde_json::from_slice::<SchemaValue>(value) {
+                Ok(value) => self.apply_schema(value),
+                Err(e) => tracing::warn!(error = %e, "skipping unreadable SCHEMA record"),
+            },
             (LogKey::Config { subject, .. }, value) => {
                 let level = match value.map(serde_json::from_slice::<ConfigValue>) {
                     None => None,
@@ -233,14 +202,7 @@ impl State {
             match parse_schema(&value.schema) {
                 Ok((schema, text)) => {
                     self.by_text.insert(text.clone(), value.id);
-                    self.schemas.insert(
-                        value.id,
-                        SchemaEntry {
-                            id: value.id,
-                            text,
-                            schema,
-                        },
-                    );
+                    self.schemas.insert(value.id, SchemaEntry { id: value.id, text, schema });
                 }
                 Err(e) => {
                     tracing::warn!(id = value.id, error = %e, "skipping SCHEMA record with an invalid schema");
@@ -252,13 +214,7 @@ impl State {
             .entry(value.subject)
             .or_default()
             .versions
-            .insert(
-                value.version,
-                VersionEntry {
-                    id: value.id,
-                    deleted: value.deleted,
-                },
-            );
+            .insert(value.version, VersionEntry { id: value.id, deleted: value.deleted });
     }
 
     // ---- reads ----
@@ -281,13 +237,7 @@ impl State {
     pub fn subjects(&self, deleted: bool) -> Vec<String> {
         self.subjects
             .iter()
-            .filter(|(_, s)| {
-                if deleted {
-                    !s.versions.is_empty()
-                } else {
-                    s.live().next().is_some()
-                }
-            })
+            .filter(|(_, s)| if deleted { !s.versions.is_empty() } else { s.live().next().is_some() })
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -297,13 +247,7 @@ impl State {
         let versions: Vec<u32> = self
             .subjects
             .get(subject)
-            .map(|s| {
-                s.versions
-                    .iter()
-                    .filter(|(_, v)| deleted || !v.deleted)
-                    .map(|(n, _)| *n)
-                    .collect()
-            })
+            .map(|s| s.versions.iter().filter(|(_, v)| deleted || !v.deleted).map(|(n, _)| *n).collect())
             .unwrap_or_default();
         if versions.is_empty() {
             return Err(ApiError::subject_not_found(subject));
@@ -314,14 +258,8 @@ impl State {
     /// A schema by id, if any subject version refers to it (soft-deleted ones included, so old
     /// data stays readable).
     pub fn schema_by_id(&self, id: u32) -> Result<&SchemaEntry, ApiError> {
-        let referenced = self
-            .subjects
-            .values()
-            .any(|s| s.versions.values().any(|v| v.id == id));
-        self.schemas
-            .get(&id)
-            .filter(|_| referenced)
-            .ok_or_else(ApiError::schema_not_found)
+        let referenced = self.subjects.values().any(|s| s.versions.values().any(|v| v.id == id));
+        self.schemas.get(&id).filter(|_| referenced).ok_or_else(ApiError::schema_not_found)
     }
 
     /// The subject/version pairs that use schema `id`.
@@ -338,90 +276,47 @@ impl State {
     }
 
     /// One version of a subject.
-    pub fn version(
-        &self,
-        subject: &str,
-        sel: VersionSel,
-        deleted: bool,
-    ) -> Result<SubjectVersion, ApiError> {
-        let entry = self.subjects.get(subject).filter(|s| {
-            if deleted {
-                !s.versions.is_empty()
-            } else {
-                s.live().next().is_some()
-            }
-        });
+    pub fn version(&self, subject: &str, sel: VersionSel, deleted: bool) -> Result<SubjectVersion, ApiError> {
+        let entry =
+            self.subjects.get(subject).filter(
+                |s| {
+                    if deleted {
+                        !s.versions.is_empty()
+                    } else {
+                        s.live().next().is_some()
+                    }
+                },
+            );
         let entry = entry.ok_or_else(|| ApiError::subject_not_found(subject))?;
         let (version, v) = match sel {
-            VersionSel::Latest => entry
-                .versions
-                .iter()
-                .rev()
-                .find(|(_, v)| deleted || !v.deleted)
-                .map(|(n, v)| (*n, *v)),
-            VersionSel::Number(n) => entry
-                .versions
-                .get(&n)
-                .filter(|v| deleted || !v.deleted)
-                .map(|v| (n, *v)),
+            VersionSel::Latest => {
+                entry.versions.iter().rev().find(|(_, v)| deleted || !v.deleted).map(|(n, v)| (*n, *v))
+            }
+            VersionSel::Number(n) => entry.versions.get(&n).filter(|v| deleted || !v.deleted).map(|v| (n, *v)),
         }
         .ok_or_else(|| match sel {
             VersionSel::Number(n) => ApiError::version_not_found(subject, n),
             VersionSel::Latest => ApiError::subject_not_found(subject),
         })?;
-        let schema = self
-            .schemas
-            .get(&v.id)
-            .ok_or_else(ApiError::schema_not_found)?;
-        Ok(SubjectVersion {
-            subject: subject.to_owned(),
-            version,
-            id: v.id,
-            schema: schema.text.clone(),
-        })
+        let schema = self.schemas.get(&v.id).ok_or_else(ApiError::schema_not_found)?;
+        Ok(SubjectVersion { subject: subject.to_owned(), version, id: v.id, schema: schema.text.clone() })
     }
 
     /// The version of `subject` whose schema is `text` (POST /subjects/{subject}).
-    pub fn lookup(
-        &self,
-        subject: &str,
-        text: &str,
-        deleted: bool,
-    ) -> Result<SubjectVersion, ApiError> {
+    pub fn lookup(&self, subject: &str, text: &str, deleted: bool) -> Result<SubjectVersion, ApiError> {
         let entry = self
             .subjects
             .get(subject)
-            .filter(|s| {
-                if deleted {
-                    !s.versions.is_empty()
-                } else {
-                    s.live().next().is_some()
-                }
-            })
+            .filter(|s| if deleted { !s.versions.is_empty() } else { s.live().next().is_some() })
             .ok_or_else(|| ApiError::subject_not_found(subject))?;
         let (schema, normalized) = parse_schema(text)?;
         let canonical = schema.canonical_form();
-        let found = entry
-            .versions
-            .iter()
-            .rev()
-            .filter(|(_, v)| deleted || !v.deleted)
-            .find(|(_, v)| {
-                self.schemas
-                    .get(&v.id)
-                    .is_some_and(|s| s.text == normalized || s.schema.canonical_form() == canonical)
-            });
+        let found = entry.versions.iter().rev().filter(|(_, v)| deleted || !v.deleted).find(|(_, v)| {
+            self.schemas.get(&v.id).is_some_and(|s| s.text == normalized || s.schema.canonical_form() == canonical)
+        });
         let (version, v) = found.ok_or_else(ApiError::schema_not_found)?;
-        let schema = self
-            .schemas
-            .get(&v.id)
-            .ok_or_else(ApiError::schema_not_found)?;
-        Ok(SubjectVersion {
-            subject: subject.to_owned(),
-            version: *version,
-            id: v.id,
-            schema: schema.text.clone(),
-        })
+        let schema = self.schemas.get(&v.id).ok_or_else(ApiError::schema_not_found)?;
+        Ok(SubjectVersion { subject: subject.to_owned(), version: *version, id: v.id, schema: schema.text.clone() })
     }
 
     /// Whether `text` is compatible with `subject`'s versions under the subject's level.
@@ -436,20 +331,12 @@ impl State {
         let level = self.effective_level(subject);
         let existing = match sel {
             None => self.live_schemas(subject),
-            Some(VersionSel::Latest)
-                if self
-                    .subjects
-                    .get(subject)
-                    .is_some_and(|s| s.live().next().is_some()) =>
-            {
+            Some(VersionSel::Latest) if self.subjects.get(subject).is_some_and(|s| s.live().next().is_some()) => {
                 self.live_schemas(subject)
             }
             Some(sel) => {
                 let v = self.version(subject, sel, false)?;
-                let entry = self
-                    .schemas
-                    .get(&v.id)
-                    .ok_or_else(ApiError::schema_not_found)?;
+                let entry = self.schemas.get(&v.id).ok_or_else(ApiError::schema_not_found)?;
                 vec![(v.version, &entry.schema)]
             }
         };
@@ -462,11 +349,7 @@ impl State {
     fn live_schemas(&self, subject: &str) -> Vec<(u32, &Schema)> {
         self.subjects
             .get(subject)
-            .map(|s| {
-                s.live()
-                    .filter_map(|(n, v)| self.schemas.get(&v.id).map(|e| (n, &e.schema)))
-                    .collect()
-            })
+            .map(|s| s.live().filter_map(|(n, v)| self.schemas.get(&v.id).map(|e| (n, &e.schema))).collect())
             .unwrap_or_default()
     }
 
@@ -480,32 +363,17 @@ impl State {
     pub fn plan_register(&self, subject: &str, text: &str) -> Result<RegisterPlan, ApiError> {
         let (schema, normalized) = parse_schema(text)?;
         if let Some(entry) = self.subjects.get(subject) {
-            let same = entry.live().find(|(_, v)| {
-                self.schemas
-                    .get(&v.id)
-                    .is_some_and(|e| e.text == normalized)
-            });
+            let same = entry.live().find(|(_, v)| self.schemas.get(&v.id).is_some_and(|e| e.text == normalized));
             if let Some((_, v)) = same {
                 return Ok(RegisterPlan::Existing { id: v.id });
             }
         }
-        let problems = self
-            .effective_level(subject)
-            .check(&schema, &self.live_schemas(subject));
+        let problems = self.effective_level(subject).check(&schema, &self.live_schemas(subject));
         if !problems.is_empty() {
             return Err(ApiError::incompatible(subject, &problems));
         }
-        let id = self
-            .by_text
-            .get(&normalized)
-            .copied()
-            .unwrap_or_else(|| self.next_id());
-        let version = self
-            .subjects
-            .get(subject)
-            .and_then(|s| s.versions.keys().next_back().copied())
-            .unwrap_or(0)
-            + 1;
+        let id = self.by_text.get(&normalized).copied().unwrap_or_else(|| self.next_id());
+        let version = self.subjects.get(subject).and_then(|s| s.versions.keys().next_back().copied()).unwrap_or(0) + 1;
         let record = LogRecord::schema(SchemaValue {
             subject: subject.to_owned(),
             version,
@@ -519,11 +387,7 @@ impl State {
 
     /// Plans deleting a subject: soft (marks every version deleted) or permanent (tombstones,
     /// only after a soft delete). Returns the versions deleted and the records to append.
-    pub fn plan_delete_subject(
-        &self,
-        subject: &str,
-        permanent: bool,
-    ) -> Result<(Vec<u32>, Vec<LogRecord>), ApiError> {
+    pub fn plan_delete_subject(&self, subject: &str, permanent: bool) -> Result<(Vec<u32>, Vec<LogRecord>), ApiError> {
         let entry = self
             .subjects
             .get(subject)
@@ -538,11 +402,7 @@ impl State {
             let records = versions
                 .iter()
                 .map(|&version| LogRecord {
-                    key: LogKey::Schema {
-                        subject: subject.to_owned(),
-                        version,
-                        magic: 1,
-                    },
+                    key: LogKey::Schema { subject: subject.to_owned(), version, magic: 1 },
                     value: None,
                 })
                 .chain(entry.level.map(|_| LogRecord::config(Some(subject), None)))
@@ -585,11 +445,7 @@ impl State {
             if !v.deleted {
                 return Err(ApiError::version_not_soft_deleted(subject, version));
             }
-            let key = LogKey::Schema {
-                subject: subject.to_owned(),
-                version,
-                magic: 1,
-            };
+            let key = LogKey::Schema { subject: subject.to_owned(), version, magic: 1 };
             return Ok((version, LogRecord { key, value: None }));
         }
         if v.deleted {
@@ -599,10 +455,7 @@ impl State {
     }
 
     fn deleted_record(&self, subject: &str, version: u32, id: u32) -> Result<LogRecord, ApiError> {
-        let schema = self
-            .schemas
-            .get(&id)
-            .ok_or_else(ApiError::schema_not_found)?;
+        let schema = self.schemas.get(&id).ok_or_else(ApiError::schema_not_found)?;
         Ok(LogRecord::schema(SchemaValue {
             subject: subject.to_owned(),
             version,
@@ -625,7 +478,8 @@ mod tests {
 
     const V1: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"}]}"#;
     const V2: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"b","type":["null","long"],"default":null}]}"#;
-    const BAD: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"c","type":"long"}]}"#;
+    const BAD: &str =
+        r#"{"type":"record","name":"R","fields":[{"name":"a","type":"string"},{"name":"c","type":"long"}]}"#;
 
     fn write(state: &mut State, record: &LogRecord) {
         let key = serde_json::to_vec(&record.key).expect("key serializes");
@@ -646,66 +500,31 @@ mod tests {
     fn ids_are_global_and_stable_versions_per_subject() {
         let mut state = State::default();
         assert_eq!(register(&mut state, "a-value", V1), Ok(1));
-        assert_eq!(
-            register(&mut state, "a-value", V1),
-            Ok(1),
-            "same schema twice, same id"
-        );
-        assert_eq!(
-            register(&mut state, "b-value", V1),
-            Ok(1),
-            "same schema, other subject, same id"
-        );
+        assert_eq!(register(&mut state, "a-value", V1), Ok(1), "same schema twice, same id");
+        assert_eq!(register(&mut state, "b-value", V1), Ok(1), "same schema, other subject, same id");
         assert_eq!(register(&mut state, "a-value", V2), Ok(2));
         assert_eq!(state.versions("a-value", false), Ok(vec![1, 2]));
         assert_eq!(state.versions("b-value", false), Ok(vec![1]));
-        let latest = state
-            .version("a-value", VersionSel::Latest, false)
-            .expect("latest");
+        let latest = state.version("a-value", VersionSel::Latest, false).expect("latest");
         assert_eq!((latest.version, latest.id), (2, 2));
-        assert_eq!(
-            register(&mut state, "a-value", BAD).map_err(|e| e.error_code),
-            Err(409)
-        );
+        assert_eq!(register(&mut state, "a-value", BAD).map_err(|e| e.error_code), Err(409));
     }
 
     #[test]
     fn soft_then_hard_delete() {
         let mut state = State::default();
         register(&mut state, "s", V1).expect("v1");
-        assert_eq!(
-            state
-                .plan_delete_subject("s", true)
-                .map_err(|e| e.error_code),
-            Err(40405)
-        );
+        assert_eq!(state.plan_delete_subject("s", true).map_err(|e| e.error_code), Err(40405));
         let (versions, records) = state.plan_delete_subject("s", false).expect("soft");
         assert_eq!(versions, vec![1]);
         records.iter().for_each(|r| write(&mut state, r));
-        assert_eq!(
-            state.versions("s", false).map_err(|e| e.error_code),
-            Err(40401)
-        );
+        assert_eq!(state.versions("s", false).map_err(|e| e.error_code), Err(40401));
         assert_eq!(state.versions("s", true), Ok(vec![1]));
-        assert!(
-            state.schema_by_id(1).is_ok(),
-            "soft-deleted schemas stay readable by id"
-        );
-        assert_eq!(
-            state
-                .plan_delete_subject("s", false)
-                .map_err(|e| e.error_code),
-            Err(40404)
-        );
+        assert!(state.schema_by_id(1).is_ok(), "soft-deleted schemas stay readable by id");
+        assert_eq!(state.plan_delete_subject("s", false).map_err(|e| e.error_code), Err(40404));
         let (_, records) = state.plan_delete_subject("s", true).expect("hard");
         records.iter().for_each(|r| write(&mut state, r));
-        assert_eq!(
-            state
-                .schema_by_id(1)
-                .map(|e| e.id)
-                .map_err(|e| e.error_code),
-            Err(40403)
-        );
+        assert_eq!(state.schema_by_id(1).map(|e| e.id).map_err(|e| e.error_code), Err(40403));
         assert!(state.subjects(true).is_empty());
         // Re-registering the same schema reuses its id.
         assert_eq!(register(&mut state, "s", V1), Ok(1));
@@ -714,18 +533,8 @@ mod tests {
     #[test]
     fn invalid_schema_and_version_are_refused() {
         let state = State::default();
-        assert_eq!(
-            state
-                .plan_register("s", "{not json")
-                .map_err(|e| e.error_code),
-            Err(42201)
-        );
-        assert_eq!(
-            state
-                .plan_register("s", r#"{"type":"record","name":"R"}"#)
-                .map_err(|e| e.error_code),
-            Err(42201)
-        );
+        assert_eq!(state.plan_register("s", "{not json").map_err(|e| e.error_code), Err(42201));
+        assert_eq!(state.plan_register("s", r#"{"type":"record","name":"R"}"#).map_err(|e| e.error_code), Err(42201));
         assert_eq!(VersionSel::parse("0").map_err(|e| e.error_code), Err(42202));
         assert_eq!(VersionSel::parse("latest"), Ok(VersionSel::Latest));
     }

@@ -32,16 +32,11 @@ pub enum StoreError {
     #[error(transparent)]
     Kafka(#[from] KafkaError),
     #[error("registry topic {topic}: {source}")]
-    Topic {
-        topic: String,
-        source: rdkafka::error::KafkaError,
-    },
-    #[error("registry topic {topic} was not read to its end (offset {high}) within {CATCH_UP_TIMEOUT:?}; reached {reached}")]
-    CatchUp {
-        topic: String,
-        high: i64,
-        reached: i64,
-    },
+    Topic { topic: String, source: rdkafka::error::KafkaError },
+    #[error(
+        "registry topic {topic} was not read to its end (offset {high}) within {CATCH_UP_TIMEOUT:?}; reached {reached}"
+    )]
+    CatchUp { topic: String, high: i64, reached: i64 },
 }
 
 /// Registry state backed by a Kafka topic.
@@ -61,37 +56,20 @@ impl Store {
         ensure_topics(kafka, &[TopicSpec::state(topic)]).await?;
         let consumer: BaseConsumer = kafka
             .client_config()
-            .set(
-                "group.id",
-                format!("streamscore-registry-reader-{}", std::process::id()),
-            )
+            .set("group.id", format!("streamscore-registry-reader-{}", std::process::id()))
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
             .create()
-            .map_err(|source| StoreError::Topic {
-                topic: topic.to_owned(),
-                source,
-            })?;
+            .map_err(|source| StoreError::Topic { topic: topic.to_owned(), source })?;
         let mut assignment = TopicPartitionList::new();
         assignment
             .add_partition_offset(topic, 0, Offset::Beginning)
-            .map_err(|source| StoreError::Topic {
-                topic: topic.to_owned(),
-                source,
-            })?;
-        consumer
-            .assign(&assignment)
-            .map_err(|source| StoreError::Topic {
-                topic: topic.to_owned(),
-                source,
-            })?;
+            .map_err(|source| StoreError::Topic { topic: topic.to_owned(), source })?;
+        consumer.assign(&assignment).map_err(|source| StoreError::Topic { topic: topic.to_owned(), source })?;
         let (_, high) = consumer
             .fetch_watermarks(topic, 0, Duration::from_secs(10))
-            .map_err(|source| StoreError::Topic {
-                topic: topic.to_owned(),
-                source,
-            })?;
+            .map_err(|source| StoreError::Topic { topic: topic.to_owned(), source })?;
 
         let state = Arc::new(RwLock::new(State::default()));
         let (applied_tx, applied) = watch::channel(0_i64);
@@ -121,11 +99,7 @@ impl Store {
         };
         if let Err(reached) = store.wait_applied(high, CATCH_UP_TIMEOUT).await {
             store.shutdown();
-            return Err(StoreError::CatchUp {
-                topic: topic.to_owned(),
-                high,
-                reached,
-            });
+            return Err(StoreError::CatchUp { topic: topic.to_owned(), high, reached });
         }
         tracing::info!(topic, records = high, "registry state loaded");
         Ok(store)
@@ -146,27 +120,17 @@ impl Store {
         let mut last = None;
         for record in records {
             let key = serde_json::to_vec(&record.key).map_err(ApiError::store)?;
-            let mut message = FutureRecord::<Vec<u8>, str>::to(&self.topic)
-                .key(&key)
-                .partition(0);
+            let mut message = FutureRecord::<Vec<u8>, str>::to(&self.topic).key(&key).partition(0);
             if let Some(value) = &record.value {
                 message = message.payload(value.as_str());
             }
-            let delivery = self
-                .producer
-                .send(message, WRITE_TIMEOUT)
-                .await
-                .map_err(|(e, _)| ApiError::store(e))?;
+            let delivery = self.producer.send(message, WRITE_TIMEOUT).await.map_err(|(e, _)| ApiError::store(e))?;
             last = Some(delivery.offset);
         }
         if let Some(offset) = last {
-            self.wait_applied(offset + 1, WRITE_TIMEOUT)
-                .await
-                .map_err(|reached| {
-                    ApiError::timeout(format!(
-                        "record at offset {offset} not applied yet (at {reached})"
-                    ))
-                })?;
+            self.wait_applied(offset + 1, WRITE_TIMEOUT).await.map_err(|reached| {
+                ApiError::timeout(format!("record at offset {offset} not applied yet (at {reached})"))
+            })?;
         }
         Ok(())
     }
@@ -205,22 +169,13 @@ impl Drop for Store {
 }
 
 /// Applies every record of the topic, in order, until told to stop.
-fn tail(
-    consumer: &BaseConsumer,
-    topic: &str,
-    state: &RwLock<State>,
-    applied: &watch::Sender<i64>,
-    stop: &AtomicBool,
-) {
+fn tail(consumer: &BaseConsumer, topic: &str, state: &RwLock<State>, applied: &watch::Sender<i64>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(message)) => {
                 let key = message.key().unwrap_or_default();
-                state
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .apply(key, message.payload());
+                state.write().unwrap_or_else(PoisonError::into_inner).apply(key, message.payload());
                 applied.send_replace(message.offset() + 1);
             }
             Some(Err(e)) => {

@@ -35,24 +35,17 @@ pub fn kafka() -> KafkaConfig {
 /// Starts tansu from a thread that lives as long as the test binary, with a parent-death
 /// signal so the broker stops by itself when the binary exits.
 fn spawn_private_broker() -> String {
-    let tansu = streamscore::stack::find_tansu().expect(
-        "no broker: set STREAMSCORE_BOOTSTRAP or install tansu (scripts/test.sh does both; see README)",
-    );
+    let tansu = streamscore::stack::find_tansu()
+        .expect("no broker: set STREAMSCORE_BOOTSTRAP or install tansu (scripts/test.sh does both; see README)");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = streamscore::stack::free_port().expect("free port");
         let inner = streamscore::stack::tansu_command(&tansu, dir.path(), port);
         let mut command = std::process::Command::new("setpriv");
-        command
-            .arg("--pdeathsig")
-            .arg("KILL")
-            .arg(inner.get_program())
-            .args(inner.get_args());
+        command.arg("--pdeathsig").arg("KILL").arg(inner.get_program()).args(inner.get_args());
         command.current_dir(dir.path());
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         let _child = command.spawn().expect("starting tansu");
         tx.send(format!("127.0.0.1:{port}")).expect("send address");
         loop {
@@ -87,28 +80,14 @@ impl TestRegistry {
 
     /// A registry over `topic` (existing state is loaded).
     pub async fn start_on(topic: &str) -> Self {
-        let store = Store::open(&kafka(), topic)
-            .await
-            .expect("registry store opens");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let store = Store::open(&kafka(), topic).await.expect("registry store opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(streamscore_registry::serve(
-            Arc::new(store),
-            None,
-            listener,
-            async {
-                let _ = rx.await;
-            },
-        ));
-        Self {
-            url,
-            topic: topic.to_owned(),
-            shutdown: Some(tx),
-            task: Some(task),
-        }
+        let task = tokio::spawn(streamscore_registry::serve(Arc::new(store), None, listener, async {
+            let _ = rx.await;
+        }));
+        Self { url, topic: topic.to_owned(), shutdown: Some(tx), task: Some(task) }
     }
 
     /// Stops the server and waits for it (and its store) to be gone.

@@ -23,9 +23,7 @@ pub fn request() -> InferenceRequest {
         tenant: "acme".to_owned(),
         model: "fraud".to_owned(),
         model_version: Some("2".to_owned()),
-        features: (0..16)
-            .map(|i| (format!("f{i:02}"), f64::from(i) * 1.5 - 3.0))
-            .collect(),
+        features: (0..16).map(|i| (format!("f{i:02}"), f64::from(i) * 1.5 - 3.0)).collect(),
         created_at: 1_764_000_000_000_000,
         reply_to: Some("bridge-7".to_owned()),
         attributes: HashMap::from([("channel".to_owned(), "web".to_owned())]),
@@ -33,11 +31,7 @@ pub fn request() -> InferenceRequest {
 }
 
 pub fn validated() -> ValidatedRequest {
-    ValidatedRequest {
-        lineage: lineage(Stage::Ingest, "validated"),
-        request: request(),
-        writer_schema_id: 1,
-    }
+    ValidatedRequest { lineage: lineage(Stage::Ingest, "validated"), request: request(), writer_schema_id: 1 }
 }
 
 pub fn prediction() -> PredictionOutcome {

@@ -16,11 +16,7 @@ pub enum DecodeError {
     #[error("schema id {id} is not in the schema registry")]
     UnknownSchema { id: u32 },
     #[error("schema id {id} cannot be read as {reader}: {reason}")]
-    Incompatible {
-        id: u32,
-        reader: &'static str,
-        reason: String,
-    },
+    Incompatible { id: u32, reader: &'static str, reason: String },
     #[error("Avro body does not decode with schema id {id}: {reason}")]
     Body { id: u32, reason: String },
     #[error("{extra} bytes left after the Avro body of schema id {id}")]
@@ -58,9 +54,7 @@ impl DecodeError {
             | DecodeError::Body { id, .. }
             | DecodeError::TrailingBytes { id, .. }
             | DecodeError::Registry { id, .. } => Some(*id),
-            DecodeError::Empty | DecodeError::ShortHeader { .. } | DecodeError::BadMagic { .. } => {
-                None
-            }
+            DecodeError::Empty | DecodeError::ShortHeader { .. } | DecodeError::BadMagic { .. } => None,
         }
     }
 }
@@ -71,10 +65,7 @@ pub enum EncodeError {
     #[error("schema for subject {subject} is not registered yet: call Codec::register first")]
     NotRegistered { subject: String },
     #[error("value does not match schema {schema}: {reason}")]
-    Invalid {
-        schema: &'static str,
-        reason: String,
-    },
+    Invalid { schema: &'static str, reason: String },
 }
 
 /// A failed call to the schema registry.
@@ -91,9 +82,8 @@ pub struct RegistryError {
 impl RegistryError {
     pub(crate) fn from_src(err: &schema_registry_converter::error::SRCError) -> Self {
         use std::error::Error as _;
-        let raw = err.source().and_then(|s| {
-            s.downcast_ref::<schema_registry_converter::schema_registry_common::RawError>()
-        });
+        let raw =
+            err.source().and_then(|s| s.downcast_ref::<schema_registry_converter::schema_registry_common::RawError>());
         let error_code = raw.map(|r| r.error_code);
         Self {
             error_code,

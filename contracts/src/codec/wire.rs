@@ -29,12 +29,7 @@ impl WireHeader {
         if magic != MAGIC_BYTE {
             return Err(DecodeError::BadMagic { found: magic });
         }
-        Ok((
-            Self {
-                schema_id: u32::from_be_bytes(id),
-            },
-            body,
-        ))
+        Ok((Self { schema_id: u32::from_be_bytes(id) }, body))
     }
 
     /// Appends the header to `out`.
@@ -51,10 +46,7 @@ mod tests {
     #[test]
     fn header_round_trips() {
         let mut out = Vec::new();
-        WireHeader {
-            schema_id: 0x0102_0304,
-        }
-        .write(&mut out);
+        WireHeader { schema_id: 0x0102_0304 }.write(&mut out);
         out.extend_from_slice(b"body");
         assert_eq!(out[..HEADER_LEN], [0, 1, 2, 3, 4]);
         let (header, body) = WireHeader::parse(&out).expect("valid header");
@@ -65,14 +57,8 @@ mod tests {
     #[test]
     fn short_and_bad_headers_are_typed_errors() {
         assert!(matches!(WireHeader::parse(&[]), Err(DecodeError::Empty)));
-        assert!(matches!(
-            WireHeader::parse(&[0, 0, 1]),
-            Err(DecodeError::ShortHeader { len: 3 })
-        ));
-        assert!(matches!(
-            WireHeader::parse(&[7, 0, 0, 0, 1]),
-            Err(DecodeError::BadMagic { found: 7 })
-        ));
+        assert!(matches!(WireHeader::parse(&[0, 0, 1]), Err(DecodeError::ShortHeader { len: 3 })));
+        assert!(matches!(WireHeader::parse(&[7, 0, 0, 0, 1]), Err(DecodeError::BadMagic { found: 7 })));
         // A header alone is a valid frame with an empty body.
         assert!(WireHeader::parse(&[0, 0, 0, 0, 1]).is_ok());
     }

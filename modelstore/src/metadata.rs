@@ -1,0 +1,95 @@
+//! `metadata.json` of a model version.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How a feature's values are shaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FeatureKind {
+    Continuous,
+    /// Non-negative integer counts.
+    Count,
+    /// Integer codes in `[min, max]`.
+    Categorical,
+    /// 0 or 1.
+    Binary,
+}
+
+impl FeatureKind {
+    /// Whether values must be integers.
+    pub fn integral(self) -> bool {
+        !matches!(self, FeatureKind::Continuous)
+    }
+}
+
+/// One input feature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureMeta {
+    pub name: String,
+    pub kind: FeatureKind,
+    /// Smallest valid value (inclusive).
+    pub min: f64,
+    /// Largest valid value (inclusive).
+    pub max: f64,
+}
+
+/// A reference distribution: inner bin edges (k edges, k+1 bins from -inf to +inf) and the
+/// share of the reference data in each bin.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Distribution {
+    pub edges: Vec<f64>,
+    pub shares: Vec<f64>,
+}
+
+/// Reference distributions of every feature and of the score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    pub features: BTreeMap<String, Distribution>,
+    pub score: Distribution,
+}
+
+/// `models/<name>/<version>/metadata.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetadata {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub architecture: String,
+    pub onnx_file: String,
+    /// Hex sha256 of the ONNX file; loading refuses a file that does not match.
+    pub sha256: String,
+    pub input_name: String,
+    pub output_name: String,
+    /// Input features, in the order the model takes them.
+    pub features: Vec<FeatureMeta>,
+    /// `[negative, positive]` label names.
+    pub labels: Vec<String>,
+    /// Scores at or above the threshold get the positive label.
+    pub threshold: f64,
+    pub reference: Reference,
+    #[serde(default)]
+    pub training: serde_json::Value,
+    #[serde(default)]
+    pub metrics: serde_json::Value,
+}
+
+impl ModelMetadata {
+    /// The label for a score.
+    pub fn label(&self, score: f64) -> &str {
+        let index = usize::from(score >= self.threshold);
+        self.labels.get(index).map_or("", String::as_str)
+    }
+}
+
+/// `models/<name>/model.json`: the family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyMetadata {
+    pub name: String,
+    pub default_version: String,
+    #[serde(default)]
+    pub description: String,
+}

@@ -1,0 +1,218 @@
+//! Scanning `models/`, verifying files, routing requests to versions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::features::{self, FeatureError, FeatureVector};
+use crate::metadata::{FamilyMetadata, ModelMetadata};
+
+/// Errors loading the store. Each names the file at fault.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("reading {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{path}: sha256 is {actual}, but its metadata says {expected}; refusing to load it")]
+    Sha256Mismatch { path: PathBuf, expected: String, actual: String },
+    #[error("no models found under {0} (expected <name>/model.json and <name>/<version>/metadata.json)")]
+    Empty(PathBuf),
+}
+
+/// Why a request cannot be routed to a model version.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RouteError {
+    #[error("unknown model {model:?} (known: {known:?})")]
+    UnknownModel { model: String, known: Vec<String> },
+    #[error("model {model} has no version {version:?} (known: {known:?})")]
+    UnknownVersion { model: String, version: String, known: Vec<String> },
+}
+
+/// A loaded, verified model version.
+#[derive(Debug)]
+pub struct ModelVersion {
+    pub meta: ModelMetadata,
+    /// Path of the verified ONNX file.
+    pub onnx_path: PathBuf,
+}
+
+impl ModelVersion {
+    /// `name/version`, for logs and metrics.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.meta.name, self.meta.version)
+    }
+
+    /// Checks a request's features and returns the model's input vector.
+    pub fn check(&self, features: &HashMap<String, f64>) -> Result<FeatureVector, FeatureError> {
+        features::check(&self.meta, features)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Family {
+    default_version: String,
+    versions: BTreeMap<String, Arc<ModelVersion>>,
+}
+
+/// Every model version under a directory.
+#[derive(Debug, Clone)]
+pub struct ModelStore {
+    root: PathBuf,
+    families: BTreeMap<String, Family>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path).map_err(|source| StoreError::Io { path: path.to_owned(), source })
+}
+
+fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StoreError> {
+    serde_json::from_slice(&read(path)?)
+        .map_err(|e| StoreError::Invalid { path: path.to_owned(), reason: e.to_string() })
+}
+
+/// Hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String, StoreError> {
+    let digest = Sha256::digest(read(path)?);
+    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn load_version(dir: &Path, family: &str) -> Result<ModelVersion, StoreError> {
+    let meta_path = dir.join("metadata.json");
+    let meta: ModelMetadata = parse(&meta_path)?;
+    let invalid = |reason: String| StoreError::Invalid { path: meta_path.clone(), reason };
+    if meta.name != family {
+        return Err(invalid(format!("name {:?} does not match its folder {family:?}", meta.name)));
+    }
+    let folder = dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    if meta.version != folder {
+        return Err(invalid(format!("version {:?} does not match its folder {folder:?}", meta.version)));
+    }
+    if meta.features.is_empty() {
+        return Err(invalid("no features".to_owned()));
+    }
+    if meta.labels.len() != 2 {
+        return Err(invalid(format!("expected 2 labels, found {}", meta.labels.len())));
+    }
+    for f in &meta.features {
+        if !(f.min <= f.max) {
+            return Err(invalid(format!("feature {} has min {} above max {}", f.name, f.min, f.max)));
+        }
+    }
+    let onnx_path = dir.join(&meta.onnx_file);
+    let actual = sha256_file(&onnx_path)?;
+    if !actual.eq_ignore_ascii_case(&meta.sha256) {
+        return Err(StoreError::Sha256Mismatch { path: onnx_path, expected: meta.sha256.clone(), actual });
+    }
+    Ok(ModelVersion { meta, onnx_path })
+}
+
+impl ModelStore {
+    /// Loads every model under `root`, verifying each ONNX file's sha256.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        let mut families = BTreeMap::new();
+        let entries = std::fs::read_dir(&root).map_err(|source| StoreError::Io { path: root.clone(), source })?;
+        let mut dirs: Vec<PathBuf> =
+            entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.join("model.json").is_file()).collect();
+        dirs.sort();
+        for family_dir in dirs {
+            let family_meta: FamilyMetadata = parse(&family_dir.join("model.json"))?;
+            let mut versions = BTreeMap::new();
+            let mut version_dirs: Vec<PathBuf> = std::fs::read_dir(&family_dir)
+                .map_err(|source| StoreError::Io { path: family_dir.clone(), source })?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.join("metadata.json").is_file())
+                .collect();
+            version_dirs.sort();
+            for dir in version_dirs {
+                let version = load_version(&dir, &family_meta.name)?;
+                versions.insert(version.meta.version.clone(), Arc::new(version));
+            }
+            if !versions.contains_key(&family_meta.default_version) {
+                return Err(StoreError::Invalid {
+                    path: family_dir.join("model.json"),
+                    reason: format!("default version {:?} has no folder", family_meta.default_version),
+                });
+            }
+            families
+                .insert(family_meta.name.clone(), Family { default_version: family_meta.default_version, versions });
+        }
+        if families.is_empty() {
+            return Err(StoreError::Empty(root));
+        }
+        Ok(Self { root, families })
+    }
+
+    /// The directory the store was loaded from.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Loads the store again and returns it with the versions that are new since `self`.
+    pub fn rescan(&self) -> Result<(Self, Vec<Arc<ModelVersion>>), StoreError> {
+        let next = Self::open(&self.root)?;
+        let added = next.versions().filter(|v| self.get(&v.meta.name, &v.meta.version).is_none()).collect();
+        Ok((next, added))
+    }
+
+    /// Every version of every model.
+    pub fn versions(&self) -> impl Iterator<Item = Arc<ModelVersion>> + '_ {
+        self.families.values().flat_map(|f| f.versions.values().cloned())
+    }
+
+    /// Model names.
+    pub fn models(&self) -> Vec<String> {
+        self.families.keys().cloned().collect()
+    }
+
+    pub fn get(&self, model: &str, version: &str) -> Option<Arc<ModelVersion>> {
+        self.families.get(model)?.versions.get(version).cloned()
+    }
+
+    pub fn default_version(&self, model: &str) -> Option<&str> {
+        self.families.get(model).map(|f| f.default_version.as_str())
+    }
+
+    /// Routes a request: the version it names, else the tenant's pin, else the default.
+    pub fn route(
+        &self,
+        model: &str,
+        requested: Option<&str>,
+        tenant_pin: Option<&str>,
+    ) -> Result<Arc<ModelVersion>, RouteError> {
+        let family = self
+            .families
+            .get(model)
+            .ok_or_else(|| RouteError::UnknownModel { model: model.to_owned(), known: self.models() })?;
+        let version = requested.or(tenant_pin).unwrap_or(&family.default_version);
+        family.versions.get(version).cloned().ok_or_else(|| RouteError::UnknownVersion {
+            model: model.to_owned(),
+            version: version.to_owned(),
+            known: family.versions.keys().cloned().collect(),
+        })
+    }
+}
+
+/// The current store, shared by the stages and replaced when new versions are dropped in.
+#[derive(Debug, Clone)]
+pub struct SharedStore(Arc<std::sync::RwLock<Arc<ModelStore>>>);
+
+impl SharedStore {
+    pub fn new(store: ModelStore) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Arc::new(store))))
+    }
+
+    /// A snapshot of the store now.
+    pub fn current(&self) -> Arc<ModelStore> {
+        Arc::clone(&self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    pub fn replace(&self, store: ModelStore) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(store);
+    }
+}
