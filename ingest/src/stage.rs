@@ -96,6 +96,9 @@ pub fn consumer(config: &IngestConfig) -> Result<StreamConsumer, StageError> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
+        // A stage that dies is noticed in seconds, so its partitions move on quickly.
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
         .create()?;
     consumer.subscribe(&[&config.input_topic])?;
     Ok(consumer)
@@ -257,7 +260,7 @@ fn report_lag(consumer: &Arc<StreamConsumer>) {
 
 /// A produced output awaiting its acknowledgement; resolves to the input's [`Ack`] done.
 struct Delivery {
-    inner: std::pin::Pin<Box<dyn Future<Output = Result<(), StageError>> + Send>>,
+    inner: std::pin::Pin<Box<dyn Future<Output = Result<(), StageError>> + Send + Sync>>,
 }
 
 impl Delivery {

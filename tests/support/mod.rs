@@ -108,3 +108,100 @@ impl Drop for TestRegistry {
         }
     }
 }
+
+/// The shipped model store.
+pub fn models_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+/// Fresh request, validated and dead-letter topics for one test.
+#[derive(Debug, Clone)]
+pub struct StageTopics {
+    pub requests: String,
+    pub validated: String,
+    pub predictions: String,
+    pub dead_letter: String,
+}
+
+impl StageTopics {
+    pub async fn create(prefix: &str) -> Self {
+        let base = unique(prefix);
+        let topics = Self {
+            requests: format!("{base}.requests"),
+            validated: format!("{base}.validated"),
+            predictions: format!("{base}.predictions"),
+            dead_letter: format!("{base}.dead-letter"),
+        };
+        let specs = vec![
+            streamscore_kafka::TopicSpec::event(&topics.requests, 3),
+            streamscore_kafka::TopicSpec::event(&topics.validated, 3),
+            streamscore_kafka::TopicSpec::event(&topics.predictions, 3),
+            streamscore_kafka::TopicSpec::event(&topics.dead_letter, 2),
+        ];
+        streamscore_kafka::ensure_topics(&kafka(), &specs).await.expect("topics");
+        topics
+    }
+}
+
+/// Reads every record of `topics` from the beginning until `want` arrived or `timeout`
+/// passed; returns what arrived.
+pub fn read_records(topics: &[&str], want: usize, timeout: Duration) -> Vec<rdkafka::message::OwnedMessage> {
+    read_records_until(topics, want, timeout, None)
+}
+
+/// Reads every record of `topics` from the beginning until nothing new arrived for `idle`.
+pub fn read_all(topics: &[&str], idle: Duration) -> Vec<rdkafka::message::OwnedMessage> {
+    read_records_until(topics, usize::MAX, Duration::from_secs(120), Some(idle))
+}
+
+fn read_records_until(
+    topics: &[&str],
+    want: usize,
+    timeout: Duration,
+    idle: Option<Duration>,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let kafka = kafka();
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    for topic in topics {
+        let partitions = streamscore_kafka::topics::partition_count(&kafka, topic).expect("metadata");
+        for p in 0..partitions {
+            assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("assign");
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    let started = std::time::Instant::now();
+    let mut last = started;
+    let mut out = Vec::new();
+    while out.len() < want
+        && started.elapsed() < timeout
+        && idle.is_none_or(|idle| out.is_empty() || last.elapsed() < idle)
+    {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            out.push(message.expect("record").detach());
+            last = std::time::Instant::now();
+        }
+    }
+    out
+}
+
+/// Produces `values` (key, value) to `topic`, returning each one's (partition, offset).
+pub async fn produce(topic: &str, records: &[(Vec<u8>, Vec<u8>)]) -> Vec<(i32, i64)> {
+    let producer = kafka().producer().expect("producer");
+    let mut out = Vec::new();
+    for (key, value) in records {
+        let delivery = producer
+            .send(rdkafka::producer::FutureRecord::to(topic).key(key).payload(value), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+        out.push((delivery.partition, delivery.offset));
+    }
+    out
+}
