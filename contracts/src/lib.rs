@@ -6,6 +6,7 @@
 //! - [`codec`]: the Confluent wire format (magic byte, 4-byte schema id, Avro body),
 //!   with writer→reader schema resolution and typed decode errors.
 
+pub mod audit;
 pub mod codec;
 pub mod events;
 pub mod lineage;

@@ -1,10 +1,21 @@
 //! Infer: scores validated requests and writes prediction outcomes.
 //!
-//! What exists today is the outcome side every path of the stage shares: [`outcome`] builds
-//! the explicit rejection a caller reads when a request cannot be scored, with lineage back to
-//! the request's offset and a deterministic event id. The model store, micro-batching and the
-//! tract and CUDA backends land with their issues.
+//! - [`backend`]: the [`Backend`]/[`Scorer`] traits and the tract CPU backend.
+//! - [`batcher`]: micro-batching on a maximum size or a maximum wait.
+//! - [`stage`]: routing (named version, tenant pin, default), per-version batches scored off
+//!   the reactor, shadow versions, hot-loaded new versions (audited), outcomes acknowledged
+//!   before their requests are.
+//! - [`outcome`]: explicit rejections.
+//! - [`stats`]: live counts and latency for the run view.
 
+pub mod backend;
+pub mod batcher;
 pub mod outcome;
+pub mod stage;
+pub mod stats;
 
+pub use backend::{Backend, BackendError, Scorer, TractBackend};
+pub use batcher::BatchConfig;
 pub use outcome::rejected;
+pub use stage::{run, InferConfig, InferError};
+pub use stats::LiveStats;

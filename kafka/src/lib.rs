@@ -7,6 +7,7 @@
 //!
 //! tansu (the local broker) does not auto-create topics, so the project creates them itself.
 
+pub mod audit;
 pub mod config;
 pub mod offsets;
 pub mod produce;
