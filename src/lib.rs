@@ -4,6 +4,8 @@
 
 pub mod demo;
 pub mod loadgen;
+pub mod pipeline;
+pub mod run;
 pub mod stack;
 
 /// Writes `rows` synthetic transactions from `seed` as CSV: the features in model input

@@ -119,6 +119,8 @@ pub struct LoadConfig {
     pub seed: u64,
     /// Print live progress to stderr.
     pub progress: bool,
+    /// Set to stop early.
+    pub stop: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl LoadConfig {
@@ -137,6 +139,7 @@ impl LoadConfig {
             drift: None,
             seed: 1,
             progress: false,
+            stop: None,
         }
     }
 }
@@ -268,7 +271,7 @@ fn plan(
 
 /// Produces until the count or duration is reached; returns the generator's own counts.
 pub async fn run(kafka: &KafkaConfig, codec: Arc<Codec<InferenceRequest>>, config: &LoadConfig) -> Result<LoadSummary> {
-    if config.count.is_none() && config.duration.is_none() {
+    if config.count.is_none() && config.duration.is_none() && config.stop.is_none() {
         bail!("give a --count or a --duration");
     }
     if config.versions.is_empty() {
@@ -288,7 +291,10 @@ pub async fn run(kafka: &KafkaConfig, codec: Arc<Codec<InferenceRequest>>, confi
     let started = Instant::now();
     let mut last_report = started;
     loop {
-        if config.count.is_some_and(|c| summary.sent >= c) || config.duration.is_some_and(|d| started.elapsed() >= d) {
+        if config.count.is_some_and(|c| summary.sent >= c)
+            || config.duration.is_some_and(|d| started.elapsed() >= d)
+            || config.stop.as_ref().is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+        {
             break;
         }
         if let Some(rate) = config.rate {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use streamscore::stack::{self, StackConfig};
+use streamscore_ingest::IngestConfig;
 use streamscore_kafka::{ensure_topics, event_topics, KafkaConfig};
 
 /// Event-sourced streaming inference on Kafka.
@@ -29,6 +30,73 @@ struct Endpoints {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: bring up the local stack, run the fused pipeline (ingest + infer) and the
+    /// load generator, with a live view, until Ctrl-C or --duration-secs.
+    Run {
+        /// Directory for broker storage, logs and pid files.
+        #[arg(long, env = "STREAMSCORE_DATA_DIR", default_value = ".streamscore")]
+        data_dir: PathBuf,
+        /// Broker port on 127.0.0.1 (0 = any free port).
+        #[arg(long, default_value_t = 9092)]
+        broker_port: u16,
+        /// Registry port on 127.0.0.1 (0 = any free port).
+        #[arg(long, default_value_t = 8081)]
+        registry_port: u16,
+        /// Stop after this many seconds (default: until Ctrl-C).
+        #[arg(long)]
+        duration_secs: Option<f64>,
+        /// Requests per second from the load generator.
+        #[arg(long, default_value_t = 2000.0)]
+        rate: f64,
+        /// Tenants (`tenant-01` ...).
+        #[arg(long, default_value_t = 4)]
+        tenants: u32,
+        /// Share of bad records the load generator injects.
+        #[arg(long, default_value_t = 0.02)]
+        bad_share: f64,
+        /// Versions requests ask for (`default` = routing decides).
+        #[arg(long, default_value = "default,1,2")]
+        versions: String,
+        /// Shadow version, `model:version`, scored on the same batches.
+        #[arg(long, default_value = "fraud:2")]
+        shadow: String,
+        #[command(flatten)]
+        batch: BatchArgs,
+        /// Drift to inject: `feature:shift:scale:after_seconds`.
+        #[arg(long)]
+        drift: Option<String>,
+    },
+    /// Run ingest and infer fused in one process (the default deployment).
+    Pipeline {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        #[command(flatten)]
+        ingest: IngestArgs,
+        #[command(flatten)]
+        infer: InferArgs,
+        /// Serve Prometheus metrics on this address (`GET /metrics`).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// Run the infer stage on its own, reading the validated topic.
+    Infer {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        #[command(flatten)]
+        infer: InferArgs,
+        /// Topic validated requests are read from.
+        #[arg(long, default_value = streamscore_contracts::topics::VALIDATED)]
+        validated_topic: String,
+        /// Consumer group.
+        #[arg(long, default_value = "streamscore-infer")]
+        group: String,
+        /// Model store directory.
+        #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
+        models: PathBuf,
+        /// Serve Prometheus metrics on this address (`GET /metrics`).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
     /// Manage the local stack: tansu broker, topics, built-in registry, schemas.
     Stack {
         #[command(subcommand)]
@@ -96,6 +164,67 @@ enum Command {
         #[arg(long, default_value_t = 6)]
         count: u64,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct BatchArgs {
+    /// Largest micro-batch.
+    #[arg(long, default_value_t = 256)]
+    max_batch: usize,
+    /// Longest a request waits for its batch to fill, in microseconds (timer resolution 1 ms).
+    #[arg(long, default_value_t = 2000)]
+    max_wait_us: u64,
+}
+
+impl BatchArgs {
+    fn config(self) -> streamscore_infer::BatchConfig {
+        streamscore_infer::BatchConfig {
+            max_batch: self.max_batch,
+            max_wait: std::time::Duration::from_micros(self.max_wait_us),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct InferArgs {
+    /// Topic predictions are written to.
+    #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
+    predictions_topic: String,
+    /// Shadow versions, `model:version,...`, scored on the same batches and written flagged.
+    #[arg(long)]
+    shadow: Option<String>,
+    /// Tenant pins, `tenant:version,...`, used when a request names no version.
+    #[arg(long)]
+    pins: Option<String>,
+    #[command(flatten)]
+    batch: BatchArgs,
+}
+
+fn pairs(text: Option<&str>) -> Result<std::collections::HashMap<String, String>> {
+    text.unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| {
+            p.split_once(':')
+                .map(|(a, b)| (a.trim().to_owned(), b.trim().to_owned()))
+                .with_context(|| format!("{p:?}: expected name:version"))
+        })
+        .collect()
+}
+
+impl InferArgs {
+    fn config(&self, endpoints: &Endpoints) -> Result<streamscore_infer::InferConfig> {
+        let mut config = streamscore_infer::InferConfig::new(
+            KafkaConfig::new(&endpoints.bootstrap),
+            &endpoints.registry_url,
+            streamscore_contracts::lineage::default_instance(),
+        );
+        config.predictions_topic = self.predictions_topic.clone();
+        config.shadow = pairs(self.shadow.as_deref())?;
+        config.pins = pairs(self.pins.as_deref())?;
+        config.batch = self.batch.config();
+        Ok(config)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -184,14 +313,25 @@ enum StackAction {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STREAMSCORE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("STREAMSCORE_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"))
+    };
+    if let Command::Run { data_dir, .. } = &cli.command {
+        // The live view owns the terminal; logs (one line per dead letter) go to a file.
+        std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let path = data_dir.join("pipeline.log");
+        let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        eprintln!("logs: {}", path.display());
+        tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init();
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run(cli.command))
 }
@@ -224,6 +364,94 @@ async fn run(command: Command) -> Result<()> {
             for outcome in ensure_topics(&KafkaConfig::new(bootstrap), &event_topics()).await? {
                 println!("{outcome}");
             }
+        }
+        Command::Run {
+            data_dir,
+            broker_port,
+            registry_port,
+            duration_secs,
+            rate,
+            tenants,
+            bad_share,
+            versions,
+            shadow,
+            batch,
+            drift,
+        } => {
+            let shadow = (!shadow.is_empty())
+                .then(|| {
+                    shadow
+                        .split_once(':')
+                        .map(|(m, v)| (m.to_owned(), v.to_owned()))
+                        .context("--shadow: expected model:version")
+                })
+                .transpose()?;
+            let config = streamscore::run::RunConfig {
+                stack: StackConfig { data_dir, broker_port, registry_port },
+                duration: duration_secs.map(std::time::Duration::from_secs_f64),
+                rate,
+                tenants,
+                bad_share,
+                versions: versions.split(',').map(str::trim).map(|v| (v != "default").then(|| v.to_owned())).collect(),
+                shadow,
+                batch: batch.config(),
+                drift,
+            };
+            streamscore::run::run(config, shutdown_signal()).await?;
+        }
+        Command::Pipeline { endpoints, ingest, infer, metrics_listen } => {
+            serve_metrics(metrics_listen).await?;
+            let mut ingest_config = IngestConfig::new(KafkaConfig::new(&endpoints.bootstrap), &endpoints.registry_url);
+            ingest_config.group_id = ingest.group.clone();
+            ingest_config.input_topic = ingest.input_topic.clone();
+            ingest_config.dead_letter_topic = ingest.dead_letter_topic.clone();
+            let config = streamscore::pipeline::PipelineConfig {
+                ingest: ingest_config,
+                infer: infer.config(&endpoints)?,
+                models: ingest.models.clone(),
+                tenants: streamscore_ingest::Tenants::parse(&ingest.tenants),
+                max_record_bytes: ingest.max_record_bytes,
+                channel_capacity: 10_000,
+            };
+            let stats = Arc::new(streamscore_monitor::LiveStats::default());
+            tracing::info!("pipeline running (ingest + infer fused)");
+            let summary =
+                streamscore::pipeline::run(config, Arc::new(streamscore_infer::TractBackend), stats, shutdown_signal())
+                    .await?;
+            tracing::info!(
+                consumed = summary.consumed,
+                validated = summary.validated,
+                dead_lettered = summary.dead_lettered,
+                "pipeline stopped"
+            );
+        }
+        Command::Infer { endpoints, infer, validated_topic, group, models, metrics_listen } => {
+            serve_metrics(metrics_listen).await?;
+            let config = infer.config(&endpoints)?;
+            let store = streamscore_modelstore::SharedStore::new(
+                streamscore_modelstore::ModelStore::open(&models)
+                    .with_context(|| format!("loading {}", models.display()))?,
+            );
+            let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+            let stats = Arc::new(streamscore_monitor::LiveStats::default());
+            let stage = tokio::spawn(streamscore_infer::run(
+                config,
+                store,
+                Arc::new(streamscore_infer::TractBackend),
+                rx,
+                stats,
+            ));
+            let kafka = KafkaConfig::new(&endpoints.bootstrap);
+            streamscore_infer::source::consume_validated(
+                &kafka,
+                &endpoints.registry_url,
+                &validated_topic,
+                &group,
+                tx,
+                shutdown_signal(),
+            )
+            .await?;
+            stage.await??;
         }
         Command::Ingest { endpoints, ingest, validated_topic, metrics_listen } => {
             run_ingest(endpoints, ingest, validated_topic, metrics_listen).await?;
@@ -262,7 +490,7 @@ async fn run_ingest(
     metrics: Option<SocketAddr>,
 ) -> Result<()> {
     use streamscore_contracts::{Codec, InferenceRequest};
-    use streamscore_ingest::{Handoff, IngestConfig, RequestDecider, Tenants};
+    use streamscore_ingest::{Handoff, RequestDecider, Tenants};
     serve_metrics(metrics).await?;
     let models = streamscore_modelstore::ModelStore::open(&args.models)
         .with_context(|| format!("loading the model store {}", args.models.display()))?;

@@ -6,16 +6,14 @@
 //!   the reactor, shadow versions, hot-loaded new versions (audited), outcomes acknowledged
 //!   before their requests are.
 //! - [`outcome`]: explicit rejections.
-//! - [`stats`]: live counts and latency for the run view.
 
 pub mod backend;
 pub mod batcher;
 pub mod outcome;
+pub mod source;
 pub mod stage;
-pub mod stats;
 
 pub use backend::{Backend, BackendError, Scorer, TractBackend};
 pub use batcher::BatchConfig;
 pub use outcome::rejected;
 pub use stage::{run, InferConfig, InferError};
-pub use stats::LiveStats;

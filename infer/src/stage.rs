@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, BackendError, Scorer};
 use crate::batcher::{self, BatchConfig};
-use crate::stats::LiveStats;
+use streamscore_monitor::LiveStats;
 
 /// Errors that stop the stage (restarting resumes without loss).
 #[derive(Debug, thiserror::Error)]
@@ -131,8 +131,13 @@ pub async fn run(
     let mut models: HashMap<String, Arc<Loaded>> = HashMap::new();
     let mut batchers: HashMap<String, mpsc::Sender<Item>> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for version in store.current().versions() {
-        load(&shared, backend.as_ref(), &audit, version, &mut models, &mut batchers, &mut tasks).await?;
+    // Every version first, so shadows are loaded before the batchers that use them start.
+    let versions: Vec<Arc<ModelVersion>> = store.current().versions().collect();
+    for version in &versions {
+        load(&shared, backend.as_ref(), &audit, Arc::clone(version), &mut models).await?;
+    }
+    for version in &versions {
+        start_batcher(&shared, &version.key(), &models, &mut batchers, &mut tasks);
     }
     let mut rescan = tokio::time::interval(shared.config.rescan_every.unwrap_or(Duration::from_secs(3600)));
     rescan.tick().await;
@@ -145,7 +150,9 @@ pub async fn run(
                     Ok((next, added)) => {
                         store.replace(next);
                         for version in added {
-                            load(&shared, backend.as_ref(), &audit, version, &mut models, &mut batchers, &mut tasks).await?;
+                            let key = version.key();
+                            load(&shared, backend.as_ref(), &audit, version, &mut models).await?;
+                            start_batcher(&shared, &key, &models, &mut batchers, &mut tasks);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "model store rescan failed; keeping the loaded versions"),
@@ -191,23 +198,17 @@ pub async fn run(
     Ok(())
 }
 
+/// Loads a version into the backend and records the load (with its sha256) in the audit log.
 async fn load(
     shared: &Arc<Shared>,
     backend: &dyn Backend,
     audit: &AuditWriter,
     version: Arc<ModelVersion>,
     models: &mut HashMap<String, Arc<Loaded>>,
-    batchers: &mut HashMap<String, mpsc::Sender<Item>>,
-    tasks: &mut tokio::task::JoinSet<()>,
 ) -> Result<(), InferError> {
     let key = version.key();
-    let scorer = {
-        let version = Arc::clone(&version);
-        let backend_load = backend.load(&version);
-        backend_load?
-    };
-    let loaded = Arc::new(Loaded { version: Arc::clone(&version), scorer });
-    models.insert(key.clone(), Arc::clone(&loaded));
+    let scorer = backend.load(&version)?;
+    models.insert(key.clone(), Arc::new(Loaded { version: Arc::clone(&version), scorer }));
     let details = HashMap::from([
         ("sha256".to_owned(), version.meta.sha256.clone()),
         ("backend".to_owned(), shared.backend_name.to_owned()),
@@ -215,7 +216,20 @@ async fn load(
     ]);
     audit.record("MODEL_LOADED", &key, None, details).await?;
     tracing::info!(model = key, sha256 = version.meta.sha256, backend = shared.backend_name, "model loaded");
+    Ok(())
+}
 
+/// Starts the batcher of a loaded version (with its shadow, if one is configured and loaded).
+fn start_batcher(
+    shared: &Arc<Shared>,
+    key: &str,
+    models: &HashMap<String, Arc<Loaded>>,
+    batchers: &mut HashMap<String, mpsc::Sender<Item>>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) {
+    let Some(loaded) = models.get(key).cloned() else { return };
+    let version = Arc::clone(&loaded.version);
+    let key = key.to_owned();
     let (tx, rx) = mpsc::channel::<Item>(shared.config.batch.max_batch * 4);
     batchers.insert(key.clone(), tx);
     let shadow = shared
@@ -241,7 +255,6 @@ async fn load(
         .await;
         while running.join_next().await.is_some() {}
     });
-    Ok(())
 }
 
 /// The exact features the model saw, by name.

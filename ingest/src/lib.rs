@@ -14,4 +14,4 @@ pub mod stage;
 pub mod telemetry;
 
 pub use decide::{Decision, RawRecord, RequestDecider, Tenants};
-pub use stage::{run, Handoff, IngestConfig, IngestSummary, StageError};
+pub use stage::{run, run_with_stats, Handoff, IngestConfig, IngestSummary, StageError};

@@ -99,6 +99,8 @@ pub fn consumer(config: &IngestConfig) -> Result<StreamConsumer, StageError> {
         // A stage that dies is noticed in seconds, so its partitions move on quickly.
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
+        // Return fetched records at once instead of waiting up to 500 ms for more.
+        .set("fetch.wait.max.ms", "10")
         .create()?;
     consumer.subscribe(&[&config.input_topic])?;
     Ok(consumer)
@@ -111,6 +113,18 @@ pub async fn run(
     handoff: Handoff,
     shutdown: impl Future<Output = ()>,
 ) -> Result<IngestSummary, StageError> {
+    run_with_stats(config, decider, handoff, Arc::default(), shutdown).await
+}
+
+/// [`run`], counting into `stats` for a live view.
+pub async fn run_with_stats(
+    config: IngestConfig,
+    decider: RequestDecider,
+    handoff: Handoff,
+    stats: Arc<streamscore_monitor::LiveStats>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<IngestSummary, StageError> {
+    use std::sync::atomic::Ordering::Relaxed;
     let consumer = Arc::new(consumer(&config)?);
     let producer = config.kafka.producer()?;
     let dead_letters = Codec::<DeadLetter>::with_url(&config.registry_url, &config.dead_letter_topic);
@@ -153,6 +167,7 @@ pub async fn run(
                 };
                 tracker.begin(record.partition, record.offset);
                 summary.consumed += 1;
+                stats.consumed.fetch_add(1, Relaxed);
                 let ack = Ack::new(record.partition, record.offset, ack_tx.clone());
                 let decision = decide_with_retry(&decider, record).await;
                 match decision {
@@ -175,6 +190,7 @@ pub async fn run(
                     Decision::DeadLetter(dead_letter) => {
                         telemetry::DeadLettered(&dead_letter, started.elapsed()).emit();
                         summary.dead_lettered += 1;
+                        stats.dead_lettered.fetch_add(1, Relaxed);
                         deliveries.push(send_dead_letter(&producer, &dead_letters, &config.dead_letter_topic, &dead_letter, ack).await?);
                     }
                     Decision::Retry(_) => unreachable!("decide_with_retry never returns Retry"),

@@ -3,7 +3,11 @@
 //! [`install_recorder`] installs the process-wide Prometheus recorder once; every stage then
 //! records with the `metrics` macros and serves [`PrometheusHandle::render`] on `/metrics`.
 
+pub mod live;
+
 use std::sync::OnceLock;
+
+pub use live::{quantile, LiveStats};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 pub use metrics_exporter_prometheus::PrometheusHandle;

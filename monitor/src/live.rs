@@ -6,6 +6,10 @@ use std::sync::Mutex;
 /// Counters shared by the stages and the live view.
 #[derive(Debug, Default)]
 pub struct LiveStats {
+    /// Records ingest consumed.
+    pub consumed: AtomicU64,
+    /// Records ingest dead-lettered.
+    pub dead_lettered: AtomicU64,
     pub scored: AtomicU64,
     pub rejected: AtomicU64,
     pub failed: AtomicU64,

@@ -1,0 +1,163 @@
+//! The main job: the local stack, the fused pipeline (ingest + infer) and the load generator
+//! in one command, with a live view (events/s in and out, dead-lettered, p50/p99 of request
+//! created → prediction acknowledged) until stopped or for a given duration, and a summary.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use streamscore_contracts::{Codec, InferenceRequest};
+use streamscore_infer::{BatchConfig, InferConfig, TractBackend};
+use streamscore_ingest::{IngestConfig, Tenants};
+use streamscore_kafka::KafkaConfig;
+use streamscore_monitor::{quantile, LiveStats};
+
+use crate::loadgen::{self, LoadConfig};
+use crate::pipeline::{self, PipelineConfig};
+use crate::stack::{self, StackConfig};
+
+/// What the main job runs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub stack: StackConfig,
+    pub duration: Option<Duration>,
+    pub rate: f64,
+    pub tenants: u32,
+    pub bad_share: f64,
+    pub versions: Vec<Option<String>>,
+    pub shadow: Option<(String, String)>,
+    pub batch: BatchConfig,
+    pub drift: Option<String>,
+}
+
+fn ms(micros: Option<u64>) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    micros.map_or_else(|| "-".to_owned(), |m| format!("{:.1} ms", m as f64 / 1000.0))
+}
+
+/// Runs the main job.
+pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let addrs = stack::up(&config.stack).await?;
+    let kafka = KafkaConfig::new(&addrs.bootstrap);
+    let instance = streamscore_contracts::lineage::default_instance();
+    let mut ingest = IngestConfig::new(kafka.clone(), &addrs.registry_url);
+    ingest.group_id = "streamscore-pipeline".to_owned();
+    let mut infer = InferConfig::new(kafka.clone(), &addrs.registry_url, &instance);
+    infer.batch = config.batch;
+    if let Some((model, version)) = &config.shadow {
+        infer.shadow.insert(model.clone(), version.clone());
+    }
+    let tenant_list: Vec<String> = (0..config.tenants).map(loadgen::tenant_name).collect();
+    let pipeline_config = PipelineConfig {
+        ingest,
+        infer,
+        models: std::path::PathBuf::from("models"),
+        tenants: Tenants::parse(&tenant_list.join(",")),
+        max_record_bytes: streamscore_ingest::decide::DEFAULT_MAX_RECORD_BYTES,
+        channel_capacity: 10_000,
+    };
+    let stats = Arc::new(LiveStats::default());
+    let (stop_pipeline, stopped) = tokio::sync::oneshot::channel::<()>();
+    let pipeline = tokio::spawn(pipeline::run(pipeline_config, Arc::new(TractBackend), Arc::clone(&stats), async {
+        let _ = stopped.await;
+    }));
+
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let mut load = LoadConfig::new(streamscore_contracts::topics::REQUESTS);
+    load.rate = Some(config.rate);
+    load.duration = config.duration;
+    load.stop = Some(Arc::clone(&stop_load));
+    load.tenants = config.tenants;
+    load.tenant_skew = 0.8;
+    load.versions = config.versions.clone();
+    load.bad_share = config.bad_share;
+    load.seed = u64::try_from(streamscore_contracts::now_micros()).unwrap_or(1);
+    if let Some(drift) = &config.drift {
+        load.drift = Some(loadgen::parse_drift(drift, streamscore_contracts::now_micros())?);
+    }
+    let codec = Arc::new(Codec::<InferenceRequest>::with_url(&addrs.registry_url, &load.topic));
+    let generator = tokio::spawn({
+        let kafka = kafka.clone();
+        async move { loadgen::run(&kafka, codec, &load).await }
+    });
+
+    println!(
+        "running: load {} req/s over {} tenants ({:.0}% bad), fused ingest+infer on the cpu backend, batches of up to {} / {} µs; Ctrl-C stops",
+        config.rate,
+        config.tenants,
+        config.bad_share * 100.0,
+        config.batch.max_batch,
+        config.batch.max_wait.as_micros()
+    );
+    println!("  time      in/s     out/s  dead-lettered        p50        p99   shadow");
+    let started = Instant::now();
+    let mut all_latencies = Vec::new();
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let (mut last_in, mut last_out) = (0, 0);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = ticker.tick() => {
+                let consumed = stats.consumed.load(Relaxed);
+                let out = stats.outcomes() + stats.dead_lettered.load(Relaxed);
+                let mut window = stats.take_latencies();
+                println!(
+                    "{:>5.0} s  {:>8}  {:>8}  {:>13}  {:>9}  {:>9}  {:>7}",
+                    started.elapsed().as_secs_f64(),
+                    consumed - last_in,
+                    out - last_out,
+                    stats.dead_lettered.load(Relaxed),
+                    ms(quantile(&mut window, 0.50)),
+                    ms(quantile(&mut window, 0.99)),
+                    stats.shadow.load(Relaxed),
+                );
+                (last_in, last_out) = (consumed, out);
+                all_latencies.extend(window);
+                if generator.is_finished() {
+                    break;
+                }
+            }
+        }
+    }
+    stop_load.store(true, Relaxed);
+    let generated = generator.await.context("load generator panicked")??;
+    // Let the pipeline finish what was produced (bounded), then stop it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stats.consumed.load(Relaxed) < generated.sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_pipeline.send(());
+    let summary = pipeline.await.context("pipeline panicked")??;
+    all_latencies.extend(stats.take_latencies());
+
+    let elapsed = started.elapsed().as_secs_f64();
+    println!();
+    print!("{}", loadgen::describe(&generated));
+    #[allow(clippy::cast_precision_loss)]
+    let rate = summary.consumed as f64 / elapsed;
+    println!(
+        "pipeline: {} consumed ({rate:.0}/s), {} validated, {} dead-lettered; {} scored, {} rejected, {} failed, {} shadow",
+        summary.consumed,
+        summary.validated,
+        summary.dead_lettered,
+        stats.scored.load(Relaxed),
+        stats.rejected.load(Relaxed),
+        stats.failed.load(Relaxed),
+        stats.shadow.load(Relaxed),
+    );
+    println!(
+        "latency (request created → prediction acknowledged): p50 {}  p99 {}  max {}  over {} predictions",
+        ms(quantile(&mut all_latencies, 0.50)),
+        ms(quantile(&mut all_latencies, 0.99)),
+        ms(quantile(&mut all_latencies, 1.0)),
+        all_latencies.len()
+    );
+    println!(
+        "stack still up: `streamscore stack down` stops it; predictions are on {}",
+        streamscore_contracts::topics::PREDICTIONS
+    );
+    Ok(())
+}
