@@ -1,0 +1,269 @@
+//! The infer stage against the real broker and registry: routing (named version, tenant pin,
+//! default, unknown version rejected), shadow outcomes flagged, and the fused pipeline turning
+//! every produced request into one prediction with lineage back to the request's offset.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::Message;
+use streamscore::loadgen::{self, LoadConfig};
+use streamscore_contracts::{
+    Codec, InferenceRequest, Lineage, OutcomeStatus, PredictionOutcome, SourceOffset, Stage, ValidatedRequest,
+};
+use streamscore_infer::{BatchConfig, InferConfig, TractBackend};
+use streamscore_kafka::Ack;
+use streamscore_modelstore::{ModelStore, SharedStore};
+use streamscore_monitor::LiveStats;
+
+mod support;
+use support::{StageTopics, TestRegistry};
+
+fn validated(offset: i64, tenant: &str, version: Option<&str>) -> ValidatedRequest {
+    let mut generator = streamscore_synth::Generator::new(u64::try_from(offset).unwrap());
+    let source = SourceOffset::new("inference.requests", 0, offset);
+    let request = InferenceRequest {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        tenant: tenant.to_owned(),
+        model: "fraud".to_owned(),
+        model_version: version.map(str::to_owned),
+        features: streamscore_synth::FEATURES
+            .iter()
+            .zip(generator.next(0).features)
+            .map(|(f, v)| (f.name.to_owned(), v))
+            .collect(),
+        created_at: streamscore_contracts::now_micros(),
+        reply_to: None,
+        attributes: HashMap::new(),
+    };
+    ValidatedRequest {
+        lineage: Lineage::derive(
+            source,
+            Stage::Ingest,
+            "validated",
+            "test",
+            Some(request.request_id.clone()),
+            Some(tenant.to_owned()),
+        ),
+        request,
+        writer_schema_id: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_pins_shadows_and_rejections() {
+    let registry = TestRegistry::start().await;
+    let topics = StageTopics::create("routing").await;
+    let mut config = InferConfig::new(support::kafka(), &registry.url, "test-infer");
+    config.predictions_topic = topics.predictions.clone();
+    config.audit_topic = support::unique("audit");
+    streamscore_kafka::ensure_topics(&support::kafka(), &[streamscore_kafka::TopicSpec::event(&config.audit_topic, 1)])
+        .await
+        .unwrap();
+    config.batch = BatchConfig { max_batch: 8, max_wait: Duration::from_millis(5) };
+    config.shadow.insert("fraud".to_owned(), "2".to_owned());
+    config.pins.insert("tenant-03".to_owned(), "2".to_owned());
+    let store = SharedStore::new(ModelStore::open(support::models_dir()).unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(100);
+    let stats = Arc::new(LiveStats::default());
+    let stage = tokio::spawn(streamscore_infer::run(config, store, Arc::new(TractBackend), rx, Arc::clone(&stats)));
+
+    // (offset, tenant, requested version, expected status, expected version, expected shadows)
+    let cases = [
+        (0, "tenant-01", Some("2"), OutcomeStatus::Scored, "2", 0),
+        (1, "tenant-01", None, OutcomeStatus::Scored, "1", 1),
+        (2, "tenant-03", None, OutcomeStatus::Scored, "2", 0),
+        (3, "tenant-03", Some("1"), OutcomeStatus::Scored, "1", 1),
+        (4, "tenant-01", Some("999"), OutcomeStatus::Rejected, "999", 0),
+    ];
+    let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    let mut requests = HashMap::new();
+    for (offset, tenant, version, ..) in cases {
+        let v = validated(offset, tenant, version);
+        requests.insert(offset, v.request.clone());
+        tx.send((v, Ack::new(0, offset, ack_tx.clone()))).await.unwrap();
+    }
+    let mut acked = Vec::new();
+    while acked.len() < cases.len() {
+        let (_, offset) =
+            tokio::time::timeout(Duration::from_secs(30), acks.recv()).await.expect("acked in time").unwrap();
+        acked.push(offset);
+    }
+    drop(tx);
+    stage.await.unwrap().unwrap();
+
+    let codec = Codec::<PredictionOutcome>::with_url(&registry.url, &topics.predictions);
+    let expected_total = cases.len() + cases.iter().map(|c| c.5).sum::<usize>();
+    let records = support::read_records(&[&topics.predictions], expected_total, Duration::from_secs(30));
+    assert_eq!(records.len(), expected_total, "one outcome per request plus one per shadow");
+    let mut outcomes: HashMap<(i64, bool), PredictionOutcome> = HashMap::new();
+    for record in &records {
+        let outcome = codec.decode(record.payload().unwrap()).await.unwrap().value;
+        assert!(outcomes.insert((outcome.lineage.source.offset, outcome.shadow), outcome).is_none(), "no duplicates");
+    }
+    for (offset, tenant, _, status, version, shadows) in cases {
+        let primary = &outcomes[&(offset, false)];
+        assert_eq!(primary.status, status, "request {offset}");
+        assert_eq!(primary.model_version.as_deref(), Some(version), "request {offset}");
+        assert_eq!(primary.lineage.tenant.as_deref(), Some(tenant));
+        assert_eq!(primary.lineage.request_id.as_deref(), Some(requests[&offset].request_id.as_str()));
+        match status {
+            OutcomeStatus::Scored => {
+                let score = primary.score.unwrap();
+                assert!((0.0..=1.0).contains(&score));
+                assert_eq!(primary.backend.as_deref(), Some("cpu"));
+                assert_eq!(primary.model_sha256.as_ref().map(String::len), Some(64));
+                assert_eq!(primary.features.len(), 16, "the exact feature vector the model saw");
+                assert!(primary.batch_size >= 1);
+            }
+            _ => assert_eq!(primary.reason.as_deref(), Some("UNKNOWN_MODEL_VERSION")),
+        }
+        match outcomes.get(&(offset, true)) {
+            Some(shadow) => {
+                assert_eq!(shadows, 1, "request {offset} has a shadow outcome it should not");
+                assert_eq!(shadow.model_version.as_deref(), Some("2"));
+                assert_ne!(shadow.lineage.event_id, primary.lineage.event_id);
+                assert_eq!(shadow.features, primary.features, "the shadow scored the same input");
+            }
+            None => assert_eq!(shadows, 0, "request {offset} lacks its shadow outcome"),
+        }
+    }
+    assert_eq!(stats.shadow.load(std::sync::atomic::Ordering::Relaxed), 2);
+    registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn produced_requests_come_out_as_predictions_with_lineage() {
+    let registry = TestRegistry::start().await;
+    let topics = StageTopics::create("e2e").await;
+    let codec = Arc::new(Codec::<InferenceRequest>::with_url(&registry.url, &topics.requests));
+    let mut load = LoadConfig::new(&topics.requests);
+    load.count = Some(2_000);
+    load.tenants = 3;
+    load.versions = vec![None, Some("1".to_owned()), Some("2".to_owned())];
+    let generated = loadgen::run(&support::kafka(), codec, &load).await.unwrap();
+    assert_eq!(generated.good, 2_000);
+
+    let mut ingest = streamscore_ingest::IngestConfig::new(support::kafka(), &registry.url);
+    ingest.group_id = support::unique("pipeline");
+    ingest.input_topic = topics.requests.clone();
+    ingest.dead_letter_topic = topics.dead_letter.clone();
+    let mut infer = InferConfig::new(support::kafka(), &registry.url, "test-pipeline");
+    infer.predictions_topic = topics.predictions.clone();
+    infer.audit_topic = support::unique("audit");
+    streamscore_kafka::ensure_topics(&support::kafka(), &[streamscore_kafka::TopicSpec::event(&infer.audit_topic, 1)])
+        .await
+        .unwrap();
+    let config = streamscore::pipeline::PipelineConfig {
+        ingest,
+        infer,
+        models: support::models_dir(),
+        tenants: streamscore_ingest::Tenants::Any,
+        max_record_bytes: 65_536,
+        channel_capacity: 1_000,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let pipeline = tokio::spawn(streamscore::pipeline::run(config, Arc::new(TractBackend), Arc::default(), async {
+        let _ = stopped.await;
+    }));
+    let predictions = support::read_records(&[&topics.predictions], 2_000, Duration::from_secs(120));
+    let _ = stop.send(());
+    let summary = pipeline.await.unwrap().unwrap();
+    assert_eq!(summary.validated, 2_000);
+
+    // The requests as produced: (partition, offset) -> request id.
+    let request_codec = Codec::<InferenceRequest>::with_url(&registry.url, &topics.requests);
+    let mut by_source = HashMap::new();
+    for record in support::read_records(&[&topics.requests], 2_000, Duration::from_secs(60)) {
+        let request = request_codec.decode(record.payload().unwrap()).await.unwrap().value;
+        by_source.insert((record.partition(), record.offset()), request);
+    }
+    assert_eq!(by_source.len(), 2_000);
+
+    let outcome_codec = Codec::<PredictionOutcome>::with_url(&registry.url, &topics.predictions);
+    let mut seen = HashMap::new();
+    for record in &predictions {
+        let outcome = outcome_codec.decode(record.payload().unwrap()).await.unwrap().value;
+        assert_eq!(outcome.status, OutcomeStatus::Scored);
+        let source = &outcome.lineage.source;
+        assert_eq!(source.topic, topics.requests, "lineage points at the request topic");
+        let request = by_source.get(&(source.partition, source.offset)).expect("lineage points at a produced request");
+        assert_eq!(outcome.lineage.request_id.as_ref(), Some(&request.request_id));
+        assert_eq!(outcome.lineage.tenant.as_ref(), Some(&request.tenant));
+        assert_eq!(outcome.request_created_at, request.created_at);
+        assert_eq!(record.key(), Some(request.tenant.as_bytes()), "keyed by tenant");
+        if let Some(version) = &request.model_version {
+            assert_eq!(outcome.model_version.as_ref(), Some(version));
+        }
+        assert!(
+            seen.insert(request.request_id.clone(), outcome.lineage.event_id.clone()).is_none(),
+            "one prediction per request"
+        );
+    }
+    assert_eq!(seen.len(), 2_000);
+    registry.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_dropped_into_the_store_is_loaded_and_audited() {
+    let registry = TestRegistry::start().await;
+    let topics = StageTopics::create("reload").await;
+    let models = tempfile::tempdir().unwrap();
+    let family = models.path().join("fraud");
+    std::fs::create_dir_all(family.join("1")).unwrap();
+    let shipped = support::models_dir().join("fraud");
+    std::fs::copy(shipped.join("model.json"), family.join("model.json")).unwrap();
+    for file in ["metadata.json", "model.onnx"] {
+        std::fs::copy(shipped.join("1").join(file), family.join("1").join(file)).unwrap();
+    }
+    let mut config = InferConfig::new(support::kafka(), &registry.url, "test-reload");
+    config.predictions_topic = topics.predictions.clone();
+    config.audit_topic = support::unique("audit");
+    streamscore_kafka::ensure_topics(&support::kafka(), &[streamscore_kafka::TopicSpec::event(&config.audit_topic, 1)])
+        .await
+        .unwrap();
+    config.rescan_every = Some(Duration::from_millis(200));
+    let audit_topic = config.audit_topic.clone();
+    let store = SharedStore::new(ModelStore::open(models.path()).unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(100);
+    let stage = tokio::spawn(streamscore_infer::run(config, store, Arc::new(TractBackend), rx, Arc::default()));
+
+    // Drop version 3 (version 2's network) into the running store.
+    let staging = models.path().join("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::copy(shipped.join("2/model.onnx"), staging.join("model.onnx")).unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(shipped.join("2/metadata.json")).unwrap()).unwrap();
+    meta["version"] = "3".into();
+    std::fs::write(staging.join("metadata.json"), meta.to_string()).unwrap();
+    std::fs::rename(&staging, family.join("3")).unwrap();
+
+    let codec = Codec::<streamscore_contracts::AuditRecord>::with_url(&registry.url, &audit_topic);
+    let mut loaded = None;
+    for record in support::read_records(&[&audit_topic], 2, Duration::from_secs(30)) {
+        let entry = codec.decode(record.payload().unwrap()).await.unwrap().value;
+        if entry.subject == "fraud/3" {
+            loaded = Some(entry);
+        }
+    }
+    let loaded = loaded.expect("the new version's load is in the audit log");
+    assert_eq!(loaded.kind, "MODEL_LOADED");
+    assert_eq!(loaded.details.get("sha256"), meta["sha256"].as_str().map(str::to_owned).as_ref());
+
+    let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    tx.send((validated(0, "tenant-01", Some("3")), Ack::new(0, 0, ack_tx))).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), acks.recv()).await.expect("scored in time");
+    drop(tx);
+    stage.await.unwrap().unwrap();
+    let records = support::read_records(&[&topics.predictions], 1, Duration::from_secs(30));
+    let outcome = Codec::<PredictionOutcome>::with_url(&registry.url, &topics.predictions)
+        .decode(records[0].payload().unwrap())
+        .await
+        .unwrap()
+        .value;
+    assert_eq!(outcome.status, OutcomeStatus::Scored);
+    assert_eq!(outcome.model_version.as_deref(), Some("3"));
+    registry.stop().await;
+}
