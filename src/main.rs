@@ -65,6 +65,9 @@ enum Command {
         /// Drift to inject: `feature:shift:scale:after_seconds`.
         #[arg(long)]
         drift: Option<String>,
+        /// Tenant policy file.
+        #[arg(long, default_value = "policies/tenants.toml")]
+        policy: PathBuf,
     },
     /// Run ingest and infer fused in one process (the default deployment).
     Pipeline {
@@ -193,9 +196,13 @@ struct InferArgs {
     /// Shadow versions, `model:version,...`, scored on the same batches and written flagged.
     #[arg(long)]
     shadow: Option<String>,
-    /// Tenant pins, `tenant:version,...`, used when a request names no version.
+    /// Tenant pins, `tenant:version,...`, used when a request names no version (the policy
+    /// file's pins apply too).
     #[arg(long)]
     pins: Option<String>,
+    /// Tenant policy file (quotas, pins, allowed models); without it no quotas apply.
+    #[arg(long, env = "STREAMSCORE_POLICY")]
+    policy: Option<PathBuf>,
     #[command(flatten)]
     batch: BatchArgs,
 }
@@ -223,6 +230,7 @@ impl InferArgs {
         config.shadow = pairs(self.shadow.as_deref())?;
         config.pins = pairs(self.pins.as_deref())?;
         config.batch = self.batch.config();
+        config.policy = self.policy.clone();
         Ok(config)
     }
 }
@@ -377,6 +385,7 @@ async fn run(command: Command) -> Result<()> {
             shadow,
             batch,
             drift,
+            policy,
         } => {
             let shadow = (!shadow.is_empty())
                 .then(|| {
@@ -396,6 +405,7 @@ async fn run(command: Command) -> Result<()> {
                 shadow,
                 batch: batch.config(),
                 drift,
+                policy,
             };
             streamscore::run::run(config, shutdown_signal()).await?;
         }
@@ -409,7 +419,7 @@ async fn run(command: Command) -> Result<()> {
                 ingest: ingest_config,
                 infer: infer.config(&endpoints)?,
                 models: ingest.models.clone(),
-                tenants: streamscore_ingest::Tenants::parse(&ingest.tenants),
+                tenants: tenants_for(infer.policy.as_deref(), &ingest.tenants)?,
                 max_record_bytes: ingest.max_record_bytes,
                 channel_capacity: 10_000,
             };
@@ -471,6 +481,18 @@ async fn run(command: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Known tenants for ingest: the policy's when there is one (every tenant if it admits unknown
+/// ones), else the `--tenants` list.
+fn tenants_for(policy: Option<&std::path::Path>, list: &str) -> Result<streamscore_ingest::Tenants> {
+    use streamscore_infer::quota::{policy::UnknownTenants, Policy};
+    let Some(path) = policy else { return Ok(streamscore_ingest::Tenants::parse(list)) };
+    let policy = Policy::load(path)?;
+    Ok(match policy.file.unknown_tenants {
+        UnknownTenants::Default => streamscore_ingest::Tenants::Any,
+        UnknownTenants::Refuse => streamscore_ingest::Tenants::Only(policy.file.tenants.keys().cloned().collect()),
+    })
 }
 
 async fn serve_metrics(listen: Option<SocketAddr>) -> Result<()> {

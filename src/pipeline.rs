@@ -33,6 +33,14 @@ pub async fn run(
     stats: Arc<LiveStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<IngestSummary> {
+    // The topics this deployment uses (idempotent; tansu never auto-creates them).
+    let specs = [
+        streamscore_kafka::TopicSpec::event(&config.ingest.input_topic, 6),
+        streamscore_kafka::TopicSpec::event(&config.ingest.dead_letter_topic, 3),
+        streamscore_kafka::TopicSpec::event(&config.infer.predictions_topic, 6),
+        streamscore_kafka::TopicSpec::event(&config.infer.audit_topic, 1),
+    ];
+    streamscore_kafka::ensure_topics(&config.ingest.kafka, &specs).await.context("creating the pipeline's topics")?;
     let store = SharedStore::new(
         ModelStore::open(&config.models)
             .with_context(|| format!("loading the model store {}", config.models.display()))?,

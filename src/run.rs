@@ -29,6 +29,7 @@ pub struct RunConfig {
     pub shadow: Option<(String, String)>,
     pub batch: BatchConfig,
     pub drift: Option<String>,
+    pub policy: std::path::PathBuf,
 }
 
 fn ms(micros: Option<u64>) -> String {
@@ -45,15 +46,16 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     ingest.group_id = "streamscore-pipeline".to_owned();
     let mut infer = InferConfig::new(kafka.clone(), &addrs.registry_url, &instance);
     infer.batch = config.batch;
+    infer.policy = Some(config.policy.clone());
     if let Some((model, version)) = &config.shadow {
         infer.shadow.insert(model.clone(), version.clone());
     }
-    let tenant_list: Vec<String> = (0..config.tenants).map(loadgen::tenant_name).collect();
+    let policy = streamscore_infer::quota::Policy::load(&config.policy)?;
     let pipeline_config = PipelineConfig {
         ingest,
         infer,
         models: std::path::PathBuf::from("models"),
-        tenants: Tenants::parse(&tenant_list.join(",")),
+        tenants: Tenants::Only(policy.file.tenants.keys().cloned().collect()),
         max_record_bytes: streamscore_ingest::decide::DEFAULT_MAX_RECORD_BYTES,
         channel_capacity: 10_000,
     };
@@ -90,7 +92,7 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
         config.batch.max_batch,
         config.batch.max_wait.as_micros()
     );
-    println!("  time      in/s     out/s  dead-lettered        p50        p99   shadow");
+    println!("  time      in/s     out/s  dead-lettered  rejected        p50        p99   shadow");
     let started = Instant::now();
     let mut all_latencies = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -105,11 +107,12 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
                 let out = stats.outcomes() + stats.dead_lettered.load(Relaxed);
                 let mut window = stats.take_latencies();
                 println!(
-                    "{:>5.0} s  {:>8}  {:>8}  {:>13}  {:>9}  {:>9}  {:>7}",
+                    "{:>5.0} s  {:>8}  {:>8}  {:>13}  {:>8}  {:>9}  {:>9}  {:>7}",
                     started.elapsed().as_secs_f64(),
                     consumed - last_in,
                     out - last_out,
                     stats.dead_lettered.load(Relaxed),
+                    stats.rejected.load(Relaxed),
                     ms(quantile(&mut window, 0.50)),
                     ms(quantile(&mut window, 0.99)),
                     stats.shadow.load(Relaxed),

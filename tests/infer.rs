@@ -267,3 +267,84 @@ async fn a_version_dropped_into_the_store_is_loaded_and_audited() {
     assert_eq!(outcome.model_version.as_deref(), Some("3"));
     registry.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_quota_is_rejected_explicitly_and_a_reload_is_audited() {
+    let registry = TestRegistry::start().await;
+    let topics = StageTopics::create("quota").await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("tenants.toml");
+    std::fs::write(&policy_path, "version = 1\n[tenants.tenant-01]\nrate_per_sec = 1\nburst = 2\n").unwrap();
+    let mut config = InferConfig::new(support::kafka(), &registry.url, "test-quota");
+    config.predictions_topic = topics.predictions.clone();
+    config.audit_topic = support::unique("audit");
+    config.quota_state_topic = support::unique("quota-state");
+    streamscore_kafka::ensure_topics(&support::kafka(), &[streamscore_kafka::TopicSpec::event(&config.audit_topic, 1)])
+        .await
+        .unwrap();
+    config.rescan_every = Some(Duration::from_millis(200));
+    config.policy = Some(policy_path.clone());
+    let audit_topic = config.audit_topic.clone();
+    let store = SharedStore::new(ModelStore::open(support::models_dir()).unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(100);
+    let stage = tokio::spawn(streamscore_infer::run(config, store, Arc::new(TractBackend), rx, Arc::default()));
+    let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+
+    // Five requests at the same event time against burst 2: two scored, three rejected.
+    let t0 = streamscore_contracts::now_micros();
+    let send = |offset: i64, at: i64| {
+        let mut v = validated(offset, "tenant-01", None);
+        v.request.created_at = at;
+        (v, Ack::new(0, offset, ack_tx.clone()))
+    };
+    for offset in 0..5 {
+        tx.send(send(offset, t0)).await.unwrap();
+    }
+    for _ in 0..5 {
+        tokio::time::timeout(Duration::from_secs(30), acks.recv()).await.expect("answered").unwrap();
+    }
+
+    // Loosen the policy; the stage reloads it and says so in the audit log.
+    std::fs::write(&policy_path, "version = 2\n[tenants.tenant-01]\nrate_per_sec = 1000\nburst = 1000\n").unwrap();
+    let codec = Codec::<streamscore_contracts::AuditRecord>::with_url(&registry.url, &audit_topic);
+    let mut reloaded = None;
+    for record in support::read_all(&[&audit_topic], Duration::from_secs(3)) {
+        let entry = codec.decode(record.payload().unwrap()).await.unwrap().value;
+        if entry.kind == "POLICY_RELOADED" {
+            reloaded = Some(entry);
+        }
+    }
+    let reloaded = reloaded.expect("the reload is audited");
+    assert_eq!(reloaded.details.get("version").map(String::as_str), Some("2"));
+    assert_eq!(reloaded.details.get("sha256").map(String::len), Some(64));
+
+    // One second of event time later: the old policy would admit one, the new one admits all.
+    for offset in 5..8 {
+        tx.send(send(offset, t0 + 1_000_000)).await.unwrap();
+    }
+    for _ in 5..8 {
+        tokio::time::timeout(Duration::from_secs(30), acks.recv()).await.expect("answered").unwrap();
+    }
+    drop(tx);
+    stage.await.unwrap().unwrap();
+
+    let outcomes = Codec::<PredictionOutcome>::with_url(&registry.url, &topics.predictions);
+    let mut by_offset = HashMap::new();
+    for record in support::read_records(&[&topics.predictions], 8, Duration::from_secs(30)) {
+        let o = outcomes.decode(record.payload().unwrap()).await.unwrap().value;
+        by_offset.insert(o.lineage.source.offset, o);
+    }
+    let statuses: Vec<OutcomeStatus> = (0..8).map(|o| by_offset[&o].status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == OutcomeStatus::Scored).count(), 2 + 3, "{statuses:?}");
+    for offset in 0..5 {
+        let o = &by_offset[&offset];
+        if o.status == OutcomeStatus::Rejected {
+            assert_eq!(o.reason.as_deref(), Some("QUOTA_EXCEEDED"));
+            assert!(o.retry_after_ms.is_some_and(|ms| ms > 0), "a retry hint");
+        }
+    }
+    for offset in 5..8 {
+        assert_eq!(by_offset[&offset].status, OutcomeStatus::Scored, "the loosened policy applies at once");
+    }
+    registry.stop().await;
+}

@@ -23,27 +23,73 @@ impl Default for BatchConfig {
 }
 
 /// Reads `rx` until it closes, calling `flush` with each batch (never empty) in order.
-pub async fn run<T>(mut rx: mpsc::Receiver<T>, config: BatchConfig, mut flush: impl FnMut(Vec<T>)) {
+pub async fn run<T>(rx: mpsc::Receiver<T>, config: BatchConfig, flush: impl FnMut(Vec<T>)) {
+    run_fair(rx, config, |items: &[T]| (0..items.len()).collect(), flush).await;
+}
+
+/// Like [`run`], but when more items are waiting than a batch holds (capacity is short), up to
+/// four batches' worth are put in the order `order` gives (see `quota::fair`) and the batch
+/// takes the first; the rest wait, in front, for the next batch.
+pub async fn run_fair<T>(
+    mut rx: mpsc::Receiver<T>,
+    config: BatchConfig,
+    order: impl Fn(&[T]) -> Vec<usize>,
+    mut flush: impl FnMut(Vec<T>),
+) {
     let max_batch = config.max_batch.max(1);
-    while let Some(first) = rx.recv().await {
+    let mut waiting: std::collections::VecDeque<T> = std::collections::VecDeque::new();
+    let mut closed = false;
+    loop {
+        if waiting.is_empty() {
+            if closed {
+                return;
+            }
+            match rx.recv().await {
+                Some(first) => waiting.push_back(first),
+                None => return,
+            }
+        }
         let deadline = Instant::now() + config.max_wait;
-        let mut batch = Vec::with_capacity(max_batch);
-        batch.push(first);
-        let mut closed = false;
-        while batch.len() < max_batch {
+        while waiting.len() < max_batch && !closed {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(item)) => batch.push(item),
-                Ok(None) => {
-                    closed = true;
-                    break;
-                }
+                Ok(Some(item)) => waiting.push_back(item),
+                Ok(None) => closed = true,
                 Err(_) => break,
             }
         }
-        flush(batch);
-        if closed {
-            return;
+        // Capacity is short when more is ready than one batch holds.
+        while waiting.len() < max_batch * 4 {
+            match rx.try_recv() {
+                Ok(item) => waiting.push_back(item),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
         }
+        if waiting.len() <= max_batch {
+            flush(waiting.drain(..).collect());
+            continue;
+        }
+        let items: Vec<T> = waiting.drain(..).collect();
+        let ranked = order(&items);
+        let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+        let mut batch = Vec::with_capacity(max_batch);
+        let mut rest = Vec::with_capacity(slots.len() - max_batch);
+        for (position, index) in ranked.into_iter().enumerate() {
+            if let Some(item) = slots.get_mut(index).and_then(Option::take) {
+                if position < max_batch {
+                    batch.push(item)
+                } else {
+                    rest.push(item)
+                }
+            }
+        }
+        // Anything `order` left out keeps its place at the back.
+        rest.extend(slots.into_iter().flatten());
+        waiting.extend(rest);
+        flush(batch);
     }
 }
 
@@ -83,6 +129,29 @@ mod tests {
             assert_eq!(batch, &vec![i]);
             assert_eq!(*at, Duration::from_millis(10) * i + wait, "batch {i} flushed at its max wait");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_is_served_in_fair_order() {
+        let (tx, rx) = mpsc::channel(10_000);
+        // 24 items of tenant 0 (a flood), then 4 of tenant 1, all waiting before the batcher runs
+        // (within the four batches the batcher looks ahead).
+        for i in 0..24_u32 {
+            tx.send((0_u8, i)).await.unwrap();
+        }
+        for i in 0..4_u32 {
+            tx.send((1_u8, 100 + i)).await.unwrap();
+        }
+        drop(tx);
+        let mut batches = Vec::new();
+        let order = |items: &[(u8, u32)]| {
+            crate::quota::fair::fair_order(items.iter().map(|(t, _)| (if *t == 0 { "flood" } else { "quiet" }, 2)))
+        };
+        run_fair(rx, BatchConfig { max_batch: 8, max_wait: Duration::from_millis(1) }, order, |b| batches.push(b))
+            .await;
+        let quiet_in_first: usize = batches[0].iter().filter(|(t, _)| *t == 1).count();
+        assert_eq!(quiet_in_first, 4, "the quiet tenant is served in the first batch: {:?}", batches[0]);
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 28, "none lost");
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod batcher;
 pub mod outcome;
+pub mod quota;
 pub mod source;
 pub mod stage;
 

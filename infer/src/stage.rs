@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, BackendError, Scorer};
 use crate::batcher::{self, BatchConfig};
+use crate::quota::{self, Policy, QuotaDecision, Quotas};
 use streamscore_monitor::LiveStats;
 
 /// Errors that stop the stage (restarting resumes without loss).
@@ -39,6 +40,8 @@ pub enum InferError {
     Load(#[from] BackendError),
     #[error("model store: {0}")]
     Store(#[from] streamscore_modelstore::StoreError),
+    #[error("tenant policy: {0}")]
+    Policy(#[from] quota::PolicyError),
 }
 
 /// What the stage needs.
@@ -54,8 +57,13 @@ pub struct InferConfig {
     /// Pinned version per tenant (used when a request names no version).
     pub pins: HashMap<String, String>,
     pub instance: String,
-    /// How often to look for versions dropped into the store; `None` = never.
+    /// How often to look for versions dropped into the store and a changed policy file (and to
+    /// checkpoint quota state); `None` = never.
     pub rescan_every: Option<Duration>,
+    /// The tenant policy file; `None` = no quotas.
+    pub policy: Option<std::path::PathBuf>,
+    /// Compacted topic of quota checkpoints.
+    pub quota_state_topic: String,
 }
 
 impl InferConfig {
@@ -70,6 +78,8 @@ impl InferConfig {
             pins: HashMap::new(),
             instance: instance.into(),
             rescan_every: Some(Duration::from_secs(5)),
+            policy: None,
+            quota_state_topic: quota::state::TOPIC.to_owned(),
         }
     }
 }
@@ -87,6 +97,8 @@ struct Item {
     validated: ValidatedRequest,
     ack: Ack,
     enqueued: Instant,
+    /// Tier of the tenant (1 first), for fair batches.
+    tier: u8,
 }
 
 /// Shared by the batch tasks.
@@ -97,6 +109,8 @@ struct Shared {
     producer: FutureProducer,
     stats: Arc<LiveStats>,
     errors: mpsc::UnboundedSender<InferError>,
+    /// Tenants whose admitted request got its answer (quota in-flight accounting).
+    released: mpsc::UnboundedSender<String>,
 }
 
 /// Runs the stage until `input` closes; returns when every batch is written.
@@ -118,12 +132,31 @@ pub async fn run(
     )
     .await?;
     let (errors_tx, mut errors) = mpsc::unbounded_channel();
+    let (released_tx, mut released) = mpsc::unbounded_channel::<String>();
+    let mut quotas = match &config.policy {
+        None => None,
+        Some(path) => {
+            let policy = Policy::load(path)?;
+            audit.record("POLICY_LOADED", &path.display().to_string(), None, policy_details(&policy)).await?;
+            quota::state::ensure(&config.kafka, &config.quota_state_topic).await?;
+            let mut quotas = Quotas::new(policy);
+            let kafka = config.kafka.clone();
+            let topic = config.quota_state_topic.clone();
+            let checkpoints = tokio::task::spawn_blocking(move || quota::state::load(&kafka, &topic))
+                .await
+                .map_err(|e| InferError::Delivery(e.to_string()))??;
+            tracing::info!(tenants = checkpoints.len(), "quota state restored from checkpoints");
+            quotas.restore(checkpoints);
+            Some(quotas)
+        }
+    };
     let shared = Arc::new(Shared {
         producer: config.kafka.producer()?,
         backend_name: backend.name(),
         codec,
         stats,
         errors: errors_tx,
+        released: released_tx,
         config,
     });
     metrics::gauge!("streamscore_backend_info", "backend" => shared.backend_name).set(1.0);
@@ -145,7 +178,16 @@ pub async fn run(
     loop {
         tokio::select! {
             Some(error) = errors.recv() => return Err(error),
+            Some(tenant) = released.recv() => {
+                if let Some(q) = quotas.as_mut() {
+                    q.release(&tenant);
+                }
+            }
             _ = rescan.tick(), if shared.config.rescan_every.is_some() => {
+                if let Some(q) = quotas.as_mut() {
+                    reload_policy(q, &audit).await?;
+                    quota::state::save(&shared.producer, &shared.config.quota_state_topic, &q.checkpoint()).await?;
+                }
                 match store.current().rescan() {
                     Ok((next, added)) => {
                         store.replace(next);
@@ -160,28 +202,7 @@ pub async fn run(
             }
             item = input.recv() => {
                 let Some((validated, ack)) = item else { break };
-                let request = &validated.request;
-                let pin = shared.config.pins.get(&request.tenant).map(String::as_str);
-                match store.current().route(&request.model, request.model_version.as_deref(), pin) {
-                    Ok(version) => {
-                        let key = version.key();
-                        if let Some(tx) = batchers.get(&key) {
-                            let item = Item { validated, ack, enqueued: Instant::now() };
-                            if tx.send(item).await.is_err() {
-                                return Err(InferError::Delivery(format!("batcher of {key} stopped")));
-                            }
-                        } else {
-                            reject(&shared, validated, ack, "MODEL_NOT_LOADED", format!("{key} is in the store but not loaded")).await?;
-                        }
-                    }
-                    Err(e) => {
-                        let reason = match e {
-                            RouteError::UnknownModel { .. } => "UNKNOWN_MODEL",
-                            RouteError::UnknownVersion { .. } => "UNKNOWN_MODEL_VERSION",
-                        };
-                        reject(&shared, validated, ack, reason, e.to_string()).await?;
-                    }
-                }
+                route_one(&shared, &store, quotas.as_mut(), &batchers, validated, ack).await?;
             }
         }
     }
@@ -195,7 +216,133 @@ pub async fn run(
     if let Ok(error) = errors.try_recv() {
         return Err(error);
     }
+    if let Some(q) = &quotas {
+        quota::state::save(&shared.producer, &shared.config.quota_state_topic, &q.checkpoint()).await?;
+    }
     Ok(())
+}
+
+fn policy_details(policy: &Policy) -> HashMap<String, String> {
+    HashMap::from([
+        ("sha256".to_owned(), policy.sha256.clone()),
+        ("version".to_owned(), policy.file.version.to_string()),
+        ("tenants".to_owned(), policy.file.tenants.len().to_string()),
+    ])
+}
+
+/// Reloads the policy file if its content changed; a file that does not validate is refused
+/// (logged and audited) and the loaded policy stays.
+async fn reload_policy(quotas: &mut Quotas, audit: &AuditWriter) -> Result<(), InferError> {
+    let path = quotas.policy().path.clone();
+    let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };
+    let sha256: String = <sha2::Sha256 as sha2::Digest>::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    if sha256 == quotas.policy().sha256 {
+        return Ok(());
+    }
+    let subject = path.display().to_string();
+    match Policy::parse(&path, &bytes) {
+        Ok(policy) => {
+            tracing::info!(
+                path = subject,
+                sha256 = policy.sha256,
+                version = policy.file.version,
+                "tenant policy reloaded"
+            );
+            audit.record("POLICY_RELOADED", &subject, None, policy_details(&policy)).await?;
+            quotas.reload(policy);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "tenant policy refused; keeping the loaded one");
+            let details = HashMap::from([("sha256".to_owned(), sha256), ("error".to_owned(), e.to_string())]);
+            audit.record("POLICY_REFUSED", &subject, None, details).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Quota, then routing, then the version's batcher (possibly after a quota delay).
+async fn route_one(
+    shared: &Arc<Shared>,
+    store: &SharedStore,
+    mut quotas: Option<&mut Quotas>,
+    batchers: &HashMap<String, mpsc::Sender<Item>>,
+    validated: ValidatedRequest,
+    ack: Ack,
+) -> Result<(), InferError> {
+    let request = &validated.request;
+    let tenant = request.tenant.clone();
+    let mut delay = None;
+    if let Some(q) = quotas.as_deref_mut() {
+        let decision = q.decide(&tenant, &request.model, request.created_at);
+        let label = if q.policy().file.tenants.contains_key(&tenant) { tenant.clone() } else { "_default".to_owned() };
+        let name = match &decision {
+            QuotaDecision::Admit => "admitted",
+            QuotaDecision::Delay { .. } => "delayed",
+            QuotaDecision::Reject { .. } | QuotaDecision::UnknownTenant | QuotaDecision::ModelNotAllowed => "rejected",
+        };
+        metrics::counter!("streamscore_quota_decisions_total", "tenant" => label.clone(), "decision" => name)
+            .increment(1);
+        if let Some(tokens) = q.tokens(&tenant) {
+            metrics::gauge!("streamscore_quota_tokens", "tenant" => label).set(tokens);
+        }
+        match decision {
+            QuotaDecision::Admit => {}
+            QuotaDecision::Delay { wait_us } => {
+                metrics::histogram!("streamscore_quota_delay_seconds").record(wait_us as f64 / 1e6);
+                delay = Some(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)));
+            }
+            QuotaDecision::Reject { reason, retry_after_ms } => {
+                let detail = format!("tenant {tenant} is over its quota; retry after {retry_after_ms} ms");
+                return reject(shared, validated, ack, reason, detail, Some(retry_after_ms), false).await;
+            }
+            QuotaDecision::UnknownTenant => {
+                let detail = format!("tenant {tenant} is not in the tenant policy");
+                return reject(shared, validated, ack, "UNKNOWN_TENANT", detail, None, false).await;
+            }
+            QuotaDecision::ModelNotAllowed => {
+                let detail = format!("tenant {tenant} may not use model {}", request.model);
+                return reject(shared, validated, ack, "MODEL_NOT_ALLOWED", detail, None, false).await;
+            }
+        }
+    }
+    let admitted = quotas.is_some();
+    let pin = shared.config.pins.get(&tenant).map(String::as_str).or_else(|| {
+        quotas
+            .as_deref()
+            .and_then(|q| q.policy().tenant(&tenant))
+            .and_then(|p| p.pinned_versions.get(&request.model))
+            .map(String::as_str)
+    });
+    let tier = quotas.as_deref().map_or(2, |q| q.tier(&tenant));
+    match store.current().route(&request.model, request.model_version.as_deref(), pin) {
+        Ok(version) => {
+            let key = version.key();
+            let Some(tx) = batchers.get(&key) else {
+                let detail = format!("{key} is in the store but not loaded");
+                return reject(shared, validated, ack, "MODEL_NOT_LOADED", detail, None, admitted).await;
+            };
+            let item = Item { validated, ack, enqueued: Instant::now(), tier };
+            match delay {
+                None => tx.send(item).await.map_err(|_| InferError::Delivery(format!("batcher of {key} stopped")))?,
+                Some(wait) => {
+                    // Other tenants go on while this request waits its turn.
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        let _ = tx.send(item).await;
+                    });
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let reason = match e {
+                RouteError::UnknownModel { .. } => "UNKNOWN_MODEL",
+                RouteError::UnknownVersion { .. } => "UNKNOWN_MODEL_VERSION",
+            };
+            reject(shared, validated, ack, reason, e.to_string(), None, admitted).await
+        }
+    }
 }
 
 /// Loads a version into the backend and records the load (with its sha256) in the audit log.
@@ -242,7 +389,10 @@ fn start_batcher(
     let config = shared.config.batch;
     tasks.spawn(async move {
         let mut running = tokio::task::JoinSet::new();
-        batcher::run(rx, config, |batch| {
+        let order = |items: &[Item]| {
+            quota::fair::fair_order(items.iter().map(|i| (i.validated.request.tenant.as_str(), i.tier)))
+        };
+        batcher::run_fair(rx, config, order, |batch| {
             let shared = Arc::clone(&shared_for_batches);
             let loaded = Arc::clone(&loaded);
             let shadow = shadow.clone();
@@ -340,8 +490,12 @@ async fn score_batch(
     }
     try_join_all(deliveries).await?;
     let now = streamscore_contracts::now_micros();
+    let quotas = shared.config.policy.is_some();
     for (item, (created_at, ())) in batch.into_iter().zip(acks) {
         shared.stats.record_latency(u64::try_from(now - created_at).unwrap_or(0));
+        if quotas {
+            let _ = shared.released.send(item.validated.request.tenant);
+        }
         item.ack.done();
     }
     Ok(())
@@ -453,21 +607,30 @@ async fn send(
     })
 }
 
-/// Writes a rejection for a request that cannot be scored, then acknowledges it.
+/// Writes a rejection for a request that cannot be scored, then acknowledges it. `admitted`:
+/// the request holds a quota in-flight slot to give back.
 async fn reject(
     shared: &Shared,
     validated: ValidatedRequest,
     ack: Ack,
     reason: &str,
     detail: String,
+    retry_after_ms: Option<i64>,
+    admitted: bool,
 ) -> Result<(), InferError> {
-    let outcome = crate::outcome::rejected(&validated, &shared.config.instance, reason, detail, None);
+    let outcome = crate::outcome::rejected(&validated, &shared.config.instance, reason, detail, retry_after_ms);
     count(shared, &outcome);
     let delivery = send(shared, &outcome).await?;
     let errors = shared.errors.clone();
+    let released = admitted.then(|| (shared.released.clone(), validated.request.tenant));
     tokio::spawn(async move {
         match delivery.await {
-            Ok(()) => ack.done(),
+            Ok(()) => {
+                if let Some((tx, tenant)) = released {
+                    let _ = tx.send(tenant);
+                }
+                ack.done();
+            }
             Err(e) => {
                 let _ = errors.send(e);
             }

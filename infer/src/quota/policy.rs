@@ -1,0 +1,182 @@
+//! The tenant policy file (TOML): who may call, what they may use, and how much.
+//!
+//! ```toml
+//! version = 3                    # the file's own version, for the audit log
+//! unknown_tenants = "refuse"     # or "default": unlisted tenants get [default]
+//!
+//! [default]
+//! rate_per_sec = 50
+//! burst = 100
+//!
+//! [tenants.tenant-01]
+//! display_name = "Acme"
+//! api_key_sha256 = ["5e88…"]     # hex sha256 of API keys (for the HTTP bridge)
+//! allowed_models = ["fraud"]     # empty: every model
+//! pinned_versions = { fraud = "2" }
+//! rate_per_sec = 500             # events per second (event time)
+//! burst = 1000
+//! max_in_flight = 2000           # requests admitted but not yet answered
+//! tier = 1                       # 1 is served first when capacity is short
+//! on_exceed = "delay"            # or "reject" (default)
+//! max_delay_ms = 200             # with "delay": the longest a request may wait
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// What to do with tenants the file does not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownTenants {
+    #[default]
+    Refuse,
+    Default,
+}
+
+/// What happens over quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExceed {
+    #[default]
+    Reject,
+    Delay,
+}
+
+fn default_in_flight() -> u32 {
+    10_000
+}
+
+fn default_tier() -> u8 {
+    2
+}
+
+/// One tenant's policy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantPolicy {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub api_key_sha256: Vec<String>,
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    #[serde(default)]
+    pub pinned_versions: BTreeMap<String, String>,
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u32,
+    #[serde(default = "default_tier")]
+    pub tier: u8,
+    #[serde(default)]
+    pub on_exceed: OnExceed,
+    #[serde(default)]
+    pub max_delay_ms: u64,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub version: u64,
+    #[serde(default)]
+    pub unknown_tenants: UnknownTenants,
+    #[serde(default)]
+    pub default: Option<TenantPolicy>,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantPolicy>,
+}
+
+/// A refused policy file, saying where: file, tenant and field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{file}: {reason}")]
+    Read { file: PathBuf, reason: String },
+    #[error("{file}: {reason}")]
+    Parse { file: PathBuf, reason: String },
+    #[error("{file}: {scope}: field {field}: {reason}")]
+    Invalid { file: PathBuf, scope: String, field: &'static str, reason: String },
+}
+
+/// A loaded, validated policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub file: PolicyFile,
+    pub path: PathBuf,
+    /// Hex sha256 of the file's bytes.
+    pub sha256: String,
+}
+
+impl Policy {
+    /// Loads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Self, PolicyError> {
+        let bytes =
+            std::fs::read(path).map_err(|e| PolicyError::Read { file: path.to_owned(), reason: e.to_string() })?;
+        Self::parse(path, &bytes)
+    }
+
+    /// Parses and validates policy text read from `path`.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, PolicyError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| PolicyError::Parse { file: path.to_owned(), reason: e.to_string() })?;
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| PolicyError::Parse { file: path.to_owned(), reason: e.to_string() })?;
+        if file.unknown_tenants == UnknownTenants::Default && file.default.is_none() {
+            return Err(PolicyError::Invalid {
+                file: path.to_owned(),
+                scope: "file".to_owned(),
+                field: "default",
+                reason: "unknown_tenants = \"default\" needs a [default] table".to_owned(),
+            });
+        }
+        let tables = file
+            .default
+            .iter()
+            .map(|p| ("[default]".to_owned(), p))
+            .chain(file.tenants.iter().map(|(name, p)| (format!("tenant {name}"), p)));
+        for (scope, policy) in tables {
+            validate(policy).map_err(|(field, reason)| PolicyError::Invalid {
+                file: path.to_owned(),
+                scope,
+                field,
+                reason,
+            })?;
+        }
+        let sha256 = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Self { file, path: path.to_owned(), sha256 })
+    }
+
+    /// The policy that applies to `tenant`, if it may call at all.
+    pub fn tenant(&self, tenant: &str) -> Option<&TenantPolicy> {
+        self.file.tenants.get(tenant).or(match self.file.unknown_tenants {
+            UnknownTenants::Refuse => None,
+            UnknownTenants::Default => self.file.default.as_ref(),
+        })
+    }
+}
+
+fn validate(policy: &TenantPolicy) -> Result<(), (&'static str, String)> {
+    if policy.rate_per_sec == 0 {
+        return Err(("rate_per_sec", "must be at least 1 event per second".to_owned()));
+    }
+    if policy.burst == 0 {
+        return Err(("burst", "must be at least 1".to_owned()));
+    }
+    if policy.max_in_flight == 0 {
+        return Err(("max_in_flight", "must be at least 1".to_owned()));
+    }
+    if !(1..=9).contains(&policy.tier) {
+        return Err(("tier", format!("{} is not in 1..=9", policy.tier)));
+    }
+    if policy.on_exceed == OnExceed::Delay && policy.max_delay_ms == 0 {
+        return Err(("max_delay_ms", "on_exceed = \"delay\" needs a max_delay_ms above 0".to_owned()));
+    }
+    if let Some(bad) = policy.api_key_sha256.iter().find(|k| k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(("api_key_sha256", format!("{bad:?} is not a hex sha256")));
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+use std::path::Path;
+
+use super::*;
+
+fn policy(text: &str) -> Policy {
+    Policy::parse(Path::new("tenants.toml"), text.as_bytes()).expect("valid policy")
+}
+
+const TWO_TENANTS: &str = r#"
+version = 1
+[tenants.flood]
+rate_per_sec = 10
+burst = 5
+[tenants.quiet]
+rate_per_sec = 10
+burst = 5
+"#;
+
+/// Requests of `tenant` every `interval_us` from `start` for `count` requests.
+fn stream(tenant: &'static str, start: i64, interval_us: i64, count: i64) -> impl Iterator<Item = (&'static str, i64)> {
+    (0..count).map(move |i| (tenant, start + i * interval_us))
+}
+
+#[test]
+fn admitted_count_is_exactly_what_the_bucket_arithmetic_predicts() {
+    for (rate, burst, interval_us, count) in
+        [(10_u32, 5_u32, 20_000_i64, 500_i64), (100, 1, 1_000, 3_000), (7, 20, 33_333, 1_000)]
+    {
+        let text = format!("version = 1\n[tenants.t]\nrate_per_sec = {rate}\nburst = {burst}\n");
+        let mut quotas = Quotas::new(policy(&text));
+        let mut admitted = 0_i64;
+        for (tenant, at) in stream("t", 1_000_000, interval_us, count) {
+            if quotas.decide(tenant, "fraud", at) == QuotaDecision::Admit {
+                admitted += 1;
+                quotas.release(tenant);
+            }
+        }
+        // Events arrive faster than tokens: every token is taken as soon as it exists, so the
+        // admitted count is the burst plus the whole tokens earned over the stream's span.
+        let span_us = (count - 1) * interval_us;
+        let predicted = (i64::from(burst) + span_us * i64::from(rate) / 1_000_000).min(count);
+        assert!(
+            interval_us * i64::from(rate) < 1_000_000,
+            "the arrival rate must exceed the quota for this prediction"
+        );
+        assert_eq!(admitted, predicted, "rate {rate}, burst {burst}, every {interval_us} µs");
+    }
+}
+
+#[test]
+fn the_same_stream_twice_gives_identical_decisions() {
+    let events: Vec<(&str, i64)> = stream("flood", 0, 3_000, 2_000).chain(stream("quiet", 500, 250_000, 20)).collect();
+    let run = || {
+        let mut quotas = Quotas::new(policy(TWO_TENANTS));
+        events.iter().map(|(t, at)| quotas.decide(t, "fraud", *at)).collect::<Vec<_>>()
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn a_flooding_tenant_never_gets_the_quiet_one_rejected() {
+    let mut quotas = Quotas::new(policy(TWO_TENANTS));
+    // flood: 500/s = 50× its 10/s quota; quiet: 4/s, within its quota.
+    let mut events: Vec<(&str, i64)> =
+        stream("flood", 0, 2_000, 10_000).chain(stream("quiet", 1_000, 250_000, 80)).collect();
+    events.sort_by_key(|(_, at)| *at);
+    let (mut flood_rejected, mut quiet_rejected) = (0, 0);
+    for (tenant, at) in events {
+        match quotas.decide(tenant, "fraud", at) {
+            QuotaDecision::Admit => quotas.release(tenant),
+            QuotaDecision::Reject { .. } if tenant == "flood" => flood_rejected += 1,
+            other => {
+                quiet_rejected += 1;
+                panic!("quiet tenant got {other:?} at {at}");
+            }
+        }
+    }
+    assert_eq!(quiet_rejected, 0);
+    assert!(flood_rejected > 9_000, "the flood is held to its quota ({flood_rejected} rejected)");
+}
+
+#[test]
+fn a_tightened_policy_takes_effect_at_once() {
+    let mut quotas = Quotas::new(policy(TWO_TENANTS));
+    let admitted = |q: &mut Quotas, from: i64| {
+        stream("quiet", from, 10_000, 100)
+            .filter(|(t, at)| matches!(q.decide(t, "fraud", *at), QuotaDecision::Admit))
+            .count()
+    };
+    let before = admitted(&mut quotas, 0);
+    let tightened = TWO_TENANTS
+        .replace("[tenants.quiet]\nrate_per_sec = 10\nburst = 5", "[tenants.quiet]\nrate_per_sec = 1\nburst = 1");
+    quotas.reload(policy(&tightened));
+    let after = admitted(&mut quotas, 10_000_000);
+    assert_eq!(before, 5 + 9, "burst 5 plus 10/s over 0.99 s");
+    assert_eq!(after, 1 + 0, "burst 1 plus 1/s over 0.99 s");
+}
+
+#[test]
+fn delay_waits_a_bounded_time_and_restores_do_not_refill() {
+    let text = "version = 1\n[tenants.t]\nrate_per_sec = 10\nburst = 1\non_exceed = \"delay\"\nmax_delay_ms = 250\n";
+    let mut quotas = Quotas::new(policy(text));
+    assert_eq!(quotas.decide("t", "fraud", 0), QuotaDecision::Admit);
+    assert_eq!(quotas.decide("t", "fraud", 0), QuotaDecision::Delay { wait_us: 100_000 });
+    assert_eq!(quotas.decide("t", "fraud", 0), QuotaDecision::Delay { wait_us: 200_000 });
+    assert!(matches!(
+        quotas.decide("t", "fraud", 0),
+        QuotaDecision::Reject { reason: "QUOTA_EXCEEDED", retry_after_ms: 300 }
+    ));
+    // A new owner restored from the checkpoint continues from the same state, not a full bucket.
+    let mut successor = Quotas::new(policy(text));
+    successor.restore(quotas.checkpoint());
+    assert!(matches!(successor.decide("t", "fraud", 0), QuotaDecision::Reject { .. }));
+}
+
+#[test]
+fn unknown_tenants_and_models_follow_the_policy() {
+    let mut quotas =
+        Quotas::new(policy("version = 1\n[tenants.a]\nrate_per_sec = 1\nburst = 1\nallowed_models = [\"fraud\"]\n"));
+    assert_eq!(quotas.decide("b", "fraud", 0), QuotaDecision::UnknownTenant);
+    assert_eq!(quotas.decide("a", "credit", 0), QuotaDecision::ModelNotAllowed);
+    let mut open =
+        Quotas::new(policy("version = 1\nunknown_tenants = \"default\"\n[default]\nrate_per_sec = 1\nburst = 1\n"));
+    assert_eq!(open.decide("anyone", "fraud", 0), QuotaDecision::Admit);
+}
+
+#[test]
+fn a_malformed_policy_is_refused_naming_the_field() {
+    let cases = [
+        ("version = 1\n[tenants.a]\nrate_per_sec = 0\nburst = 1\n", "tenant a: field rate_per_sec"),
+        ("version = 1\n[tenants.a]\nrate_per_sec = 5\nburst = 0\n", "tenant a: field burst"),
+        ("version = 1\n[tenants.a]\nrate_per_sec = 5\nburst = 5\ntier = 12\n", "tenant a: field tier"),
+        (
+            "version = 1\n[tenants.a]\nrate_per_sec = 5\nburst = 5\non_exceed = \"delay\"\n",
+            "tenant a: field max_delay_ms",
+        ),
+        ("version = 1\n[tenants.a]\nrate_per_sec = 5\nburts = 5\n", "burts"),
+        ("version = 1\n[tenants.a]\nrate_per_sec = \"fast\"\nburst = 5\n", "rate_per_sec"),
+        ("version = 1\nunknown_tenants = \"default\"\n", "field default"),
+    ];
+    for (text, expected) in cases {
+        let error = Policy::parse(Path::new("policies/tenants.toml"), text.as_bytes()).expect_err(text).to_string();
+        assert!(error.starts_with("policies/tenants.toml"), "{error}");
+        assert!(error.contains(expected), "{error:?} should mention {expected:?}");
+    }
+}
