@@ -257,6 +257,10 @@ mod tests {
     #[test]
     fn content_checks_give_typed_reasons() {
         let good = "2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b";
+        let check = |r: &InferenceRequest| check(r, &Tenants::parse("acme"), None);
+        let mut stranger = request(good, 1.0);
+        stranger.tenant = "stranger".to_owned();
+        assert_eq!(check(&stranger).map(|c| c.0), Some(DeadLetterReason::UnknownTenant));
         assert_eq!(check(&request(good, 1.0)), None);
         assert_eq!(check(&request("", 1.0)).map(|c| c.0), Some(DeadLetterReason::MissingRequestId));
         assert_eq!(check(&request("not-a-uuid", 1.0)).map(|c| c.0), Some(DeadLetterReason::MalformedRequestId));

@@ -64,18 +64,14 @@ fn a_flooding_tenant_never_gets_the_quiet_one_rejected() {
     let mut events: Vec<(&str, i64)> =
         stream("flood", 0, 2_000, 10_000).chain(stream("quiet", 1_000, 250_000, 80)).collect();
     events.sort_by_key(|(_, at)| *at);
-    let (mut flood_rejected, mut quiet_rejected) = (0, 0);
+    let mut flood_rejected = 0;
     for (tenant, at) in events {
         match quotas.decide(tenant, "fraud", at) {
             QuotaDecision::Admit => quotas.release(tenant),
             QuotaDecision::Reject { .. } if tenant == "flood" => flood_rejected += 1,
-            other => {
-                quiet_rejected += 1;
-                panic!("quiet tenant got {other:?} at {at}");
-            }
+            other => panic!("quiet tenant got {other:?} at {at}"),
         }
     }
-    assert_eq!(quiet_rejected, 0);
     assert!(flood_rejected > 9_000, "the flood is held to its quota ({flood_rejected} rejected)");
 }
 
