@@ -81,6 +81,33 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
     },
+    /// Monitor predictions: drift per model version against the reference distributions,
+    /// latency, alerts on monitor.alerts and the audit log.
+    Monitor {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        /// Model store directory (reference distributions).
+        #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
+        models: PathBuf,
+        /// Topic predictions are read from.
+        #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
+        predictions_topic: String,
+        /// Consumer group.
+        #[arg(long, default_value = "streamscore-monitor")]
+        group: String,
+        /// Tumbling window length in event-time seconds.
+        #[arg(long, default_value_t = 10.0)]
+        window_secs: f64,
+        /// Windows merged into the sliding view.
+        #[arg(long, default_value_t = 3)]
+        sliding_windows: usize,
+        /// Consecutive windows over a threshold before an alert.
+        #[arg(long, default_value_t = 2)]
+        consecutive: u32,
+        /// Serve Prometheus metrics on this address (`GET /metrics`).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
     /// Run the infer stage on its own, reading the validated topic.
     Infer {
         #[command(flatten)]
@@ -434,6 +461,35 @@ async fn run(command: Command) -> Result<()> {
                 dead_lettered = summary.dead_lettered,
                 "pipeline stopped"
             );
+        }
+        Command::Monitor {
+            endpoints,
+            models,
+            predictions_topic,
+            group,
+            window_secs,
+            sliding_windows,
+            consecutive,
+            metrics_listen,
+        } => {
+            serve_metrics(metrics_listen).await?;
+            let store = streamscore_modelstore::ModelStore::open(&models)
+                .with_context(|| format!("loading {}", models.display()))?;
+            let mut config = streamscore_monitor::stage::MonitorConfig::new(
+                KafkaConfig::new(&endpoints.bootstrap),
+                &endpoints.registry_url,
+                streamscore_contracts::lineage::default_instance(),
+            );
+            config.predictions_topic = predictions_topic;
+            config.group = group;
+            #[allow(clippy::cast_possible_truncation)]
+            {
+                config.detector.window_us = (window_secs * 1e6) as i64;
+            }
+            config.detector.sliding_windows = sliding_windows;
+            config.detector.consecutive = consecutive;
+            let summary = streamscore_monitor::stage::run(config, store, shutdown_signal()).await?;
+            tracing::info!(predictions = summary.predictions, alerts = summary.alerts.len(), "monitor stopped");
         }
         Command::Infer { endpoints, infer, validated_topic, group, models, metrics_listen } => {
             serve_metrics(metrics_listen).await?;

@@ -65,6 +65,20 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
         let _ = stopped.await;
     }));
 
+    let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut monitor_config =
+        streamscore_monitor::stage::MonitorConfig::new(kafka.clone(), &addrs.registry_url, &instance);
+    monitor_config.report_every = Duration::from_secs(1);
+    monitor_config.group = "streamscore-run-monitor".to_owned();
+    let monitor = tokio::spawn(streamscore_monitor::stage::run_with_stats(
+        monitor_config,
+        streamscore_modelstore::ModelStore::open("models")?,
+        Some(Arc::clone(&stats)),
+        async {
+            let _ = monitor_stopped.await;
+        },
+    ));
+
     let stop_load = Arc::new(AtomicBool::new(false));
     let mut load = LoadConfig::new(streamscore_contracts::topics::REQUESTS);
     load.rate = Some(config.rate);
@@ -118,6 +132,15 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
                     stats.shadow.load(Relaxed),
                 );
                 (last_in, last_out) = (consumed, out);
+                if started.elapsed().as_secs() % 10 == 0 {
+                    let drift = stats.drift.lock().map(|d| d.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("  ")).unwrap_or_default();
+                    if !drift.is_empty() {
+                        println!("        drift  {drift}");
+                    }
+                    for alert in stats.alerts.lock().map(|a| a.clone()).unwrap_or_default() {
+                        println!("        alert  {alert}");
+                    }
+                }
                 all_latencies.extend(window);
                 if generator.is_finished() {
                     break;
@@ -134,6 +157,8 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     }
     let _ = stop_pipeline.send(());
     let summary = pipeline.await.context("pipeline panicked")??;
+    let _ = stop_monitor.send(());
+    let monitored = monitor.await.context("monitor panicked")??;
     all_latencies.extend(stats.take_latencies());
 
     let elapsed = started.elapsed().as_secs_f64();
@@ -158,6 +183,13 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
         ms(quantile(&mut all_latencies, 1.0)),
         all_latencies.len()
     );
+    println!("monitor: {} predictions seen, {} drift alerts", monitored.predictions, monitored.alerts.len());
+    for alert in monitored.alerts.iter().rev().take(5) {
+        println!(
+            "  {:?} {}/{} {} {:?} = {:.3}",
+            alert.severity, alert.model, alert.model_version, alert.feature, alert.method, alert.statistic
+        );
+    }
     println!(
         "stack still up: `streamscore stack down` stops it; predictions are on {}",
         streamscore_contracts::topics::PREDICTIONS

@@ -3,7 +3,10 @@
 //! [`install_recorder`] installs the process-wide Prometheus recorder once; every stage then
 //! records with the `metrics` macros and serves [`PrometheusHandle::render`] on `/metrics`.
 
+pub mod drift;
+pub mod latency;
 pub mod live;
+pub mod stage;
 
 use std::sync::OnceLock;
 

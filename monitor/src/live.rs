@@ -16,6 +16,10 @@ pub struct LiveStats {
     pub shadow: AtomicU64,
     /// Request created → prediction acknowledged, µs, since the last [`LiveStats::take_latencies`].
     latencies: Mutex<Vec<u64>>,
+    /// Drift status per model version (`fraud/1` → `no drift` / `drifting: amount`).
+    pub drift: Mutex<std::collections::BTreeMap<String, String>>,
+    /// The latest drift alerts, newest last, as one line each.
+    pub alerts: Mutex<Vec<String>>,
 }
 
 impl LiveStats {

@@ -109,6 +109,7 @@ impl Quotas {
             return QuotaDecision::ModelNotAllowed;
         }
         let in_flight = self.in_flight.get(tenant).copied().unwrap_or(0);
+        // Look up before inserting: the hot path allocates no key.
         if in_flight >= policy.max_in_flight {
             return QuotaDecision::Reject { reason: "IN_FLIGHT_EXCEEDED", retry_after_ms: 1 };
         }
@@ -117,11 +118,14 @@ impl Quotas {
             OnExceed::Reject => 0,
             OnExceed::Delay => i64::try_from(policy.max_delay_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
         };
-        let restored = self.restored.remove(tenant);
-        let bucket = self.buckets.entry(tenant.to_owned()).or_insert_with(|| match restored {
-            Some(c) => Bucket::restore(rate, burst, c.tokens_micro, c.last_us),
-            None => Bucket::full(rate, burst, at_us),
-        });
+        if !self.buckets.contains_key(tenant) {
+            let bucket = match self.restored.remove(tenant) {
+                Some(c) => Bucket::restore(rate, burst, c.tokens_micro, c.last_us),
+                None => Bucket::full(rate, burst, at_us),
+            };
+            self.buckets.insert(tenant.to_owned(), bucket);
+        }
+        let Some(bucket) = self.buckets.get_mut(tenant) else { return QuotaDecision::UnknownTenant };
         let decision = match bucket.decide(at_us, max_delay_us) {
             BucketDecision::Admit => QuotaDecision::Admit,
             BucketDecision::Delay { wait_us } => QuotaDecision::Delay { wait_us },
@@ -130,7 +134,12 @@ impl Quotas {
             }
         };
         if matches!(decision, QuotaDecision::Admit | QuotaDecision::Delay { .. }) {
-            *self.in_flight.entry(tenant.to_owned()).or_default() += 1;
+            match self.in_flight.get_mut(tenant) {
+                Some(n) => *n += 1,
+                None => {
+                    self.in_flight.insert(tenant.to_owned(), 1);
+                }
+            }
         }
         decision
     }

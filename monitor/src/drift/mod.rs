@@ -1,0 +1,12 @@
+//! Drift: binned counts per model version in event-time windows, compared with the reference
+//! distributions shipped in the model metadata.
+//!
+//! - [`stats`]: PSI, Jensen-Shannon distance, binned Kolmogorov-Smirnov, normalized Wasserstein.
+//! - [`window`]: mergeable binned counts.
+//! - [`detector`]: windows, sliding views, thresholds, K-consecutive alerts, dataset drift.
+
+pub mod detector;
+pub mod stats;
+pub mod window;
+
+pub use detector::{Detector, DetectorConfig, Reference, Threshold, Thresholds};
