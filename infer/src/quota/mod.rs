@@ -47,18 +47,48 @@ pub struct Checkpoint {
     pub last_us: i64,
 }
 
+/// What the hot path needs of a tenant's policy, resolved once per tenant (and per reload).
+#[derive(Debug, Clone)]
+struct Limits {
+    allowed_models: Vec<String>,
+    max_in_flight: u32,
+    max_delay_us: i64,
+    tier: u8,
+}
+
+impl Limits {
+    fn of(policy: &TenantPolicy) -> Self {
+        Self {
+            allowed_models: policy.allowed_models.clone(),
+            max_in_flight: policy.max_in_flight,
+            max_delay_us: match policy.on_exceed {
+                OnExceed::Reject => 0,
+                OnExceed::Delay => i64::try_from(policy.max_delay_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
+            },
+            tier: policy.tier,
+        }
+    }
+}
+
+/// One tenant's quota state.
+#[derive(Debug, Clone)]
+struct TenantState {
+    bucket: Bucket,
+    in_flight: u32,
+    limits: Limits,
+}
+
 /// Quota state of the tenants this instance owns.
 #[derive(Debug, Clone)]
 pub struct Quotas {
     policy: Policy,
-    buckets: HashMap<String, Bucket>,
-    in_flight: HashMap<String, u32>,
+    tenants: HashMap<String, TenantState>,
     restored: HashMap<String, Checkpoint>,
 }
 
 impl Quotas {
     pub fn new(policy: Policy) -> Self {
-        Self { policy, buckets: HashMap::new(), in_flight: HashMap::new(), restored: HashMap::new() }
+        Self { policy, tenants: HashMap::new(), restored: HashMap::new() }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -68,7 +98,7 @@ impl Quotas {
     /// Restores checkpoints (applied when each tenant is first seen).
     pub fn restore(&mut self, checkpoints: impl IntoIterator<Item = Checkpoint>) {
         for checkpoint in checkpoints {
-            self.buckets.remove(&checkpoint.tenant);
+            self.tenants.remove(&checkpoint.tenant);
             self.restored.insert(checkpoint.tenant.clone(), checkpoint);
         }
     }
@@ -76,13 +106,9 @@ impl Quotas {
     /// Current bucket state of every tenant seen.
     pub fn checkpoint(&self) -> Vec<Checkpoint> {
         let mut out: Vec<Checkpoint> = self
-            .buckets
+            .tenants
             .iter()
-            .map(|(tenant, b)| Checkpoint {
-                tenant: tenant.clone(),
-                tokens_micro: b.tokens_micro(),
-                last_us: b.last_us(),
-            })
+            .map(|(tenant, t)| Checkpoint { tenant: tenant.clone(), tokens_micro: t.bucket.tokens_micro(), last_us: t.bucket.last_us() })
             .collect();
         out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         out
@@ -90,9 +116,10 @@ impl Quotas {
 
     /// Replaces the policy (a reload). Buckets keep their tokens, capped at the new burst.
     pub fn reload(&mut self, policy: Policy) {
-        self.buckets.retain(|tenant, bucket| match policy.tenant(tenant) {
+        self.tenants.retain(|tenant, state| match policy.tenant(tenant) {
             Some(p) => {
-                bucket.reconfigure(p.rate_per_sec, p.burst);
+                state.bucket.reconfigure(p.rate_per_sec, p.burst);
+                state.limits = Limits::of(p);
                 true
             }
             None => false,
@@ -100,66 +127,65 @@ impl Quotas {
         self.policy = policy;
     }
 
+    /// The state of a tenant seen for the first time (from its checkpoint if there is one).
+    fn first_sight(&mut self, tenant: &str, at_us: i64) -> Option<&mut TenantState> {
+        let policy = self.policy.tenant(tenant)?;
+        let (rate, burst) = (policy.rate_per_sec, policy.burst);
+        let bucket = match self.restored.remove(tenant) {
+            Some(c) => Bucket::restore(rate, burst, c.tokens_micro, c.last_us),
+            None => Bucket::full(rate, burst, at_us),
+        };
+        let state = TenantState { bucket, in_flight: 0, limits: Limits::of(policy) };
+        Some(self.tenants.entry(tenant.to_owned()).or_insert(state))
+    }
+
     /// Decides a request of `tenant` for `model` with event time `at_us`.
     pub fn decide(&mut self, tenant: &str, model: &str, at_us: i64) -> QuotaDecision {
-        let Some(policy) = self.policy.tenant(tenant) else {
-            return QuotaDecision::UnknownTenant;
+        // One hash lookup on the hot path; a new tenant takes the slow path once.
+        let state = match self.tenants.get_mut(tenant) {
+            Some(state) => state,
+            None => match self.first_sight(tenant, at_us) {
+                Some(state) => state,
+                None => return QuotaDecision::UnknownTenant,
+            },
         };
-        if !policy.allowed_models.is_empty() && !policy.allowed_models.iter().any(|m| m == model) {
+        let limits = &state.limits;
+        if !limits.allowed_models.is_empty() && !limits.allowed_models.iter().any(|m| m == model) {
             return QuotaDecision::ModelNotAllowed;
         }
-        let in_flight = self.in_flight.get(tenant).copied().unwrap_or(0);
-        // Look up before inserting: the hot path allocates no key.
-        if in_flight >= policy.max_in_flight {
+        if state.in_flight >= limits.max_in_flight {
             return QuotaDecision::Reject { reason: "IN_FLIGHT_EXCEEDED", retry_after_ms: 1 };
         }
-        let (rate, burst) = (policy.rate_per_sec, policy.burst);
-        let max_delay_us = match policy.on_exceed {
-            OnExceed::Reject => 0,
-            OnExceed::Delay => i64::try_from(policy.max_delay_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
-        };
-        if !self.buckets.contains_key(tenant) {
-            let bucket = match self.restored.remove(tenant) {
-                Some(c) => Bucket::restore(rate, burst, c.tokens_micro, c.last_us),
-                None => Bucket::full(rate, burst, at_us),
-            };
-            self.buckets.insert(tenant.to_owned(), bucket);
-        }
-        let Some(bucket) = self.buckets.get_mut(tenant) else { return QuotaDecision::UnknownTenant };
-        let decision = match bucket.decide(at_us, max_delay_us) {
+        let decision = match state.bucket.decide(at_us, limits.max_delay_us) {
             BucketDecision::Admit => QuotaDecision::Admit,
             BucketDecision::Delay { wait_us } => QuotaDecision::Delay { wait_us },
-            BucketDecision::Reject { retry_after_ms } => {
-                QuotaDecision::Reject { reason: "QUOTA_EXCEEDED", retry_after_ms }
-            }
+            BucketDecision::Reject { retry_after_ms } => QuotaDecision::Reject { reason: "QUOTA_EXCEEDED", retry_after_ms },
         };
         if matches!(decision, QuotaDecision::Admit | QuotaDecision::Delay { .. }) {
-            match self.in_flight.get_mut(tenant) {
-                Some(n) => *n += 1,
-                None => {
-                    self.in_flight.insert(tenant.to_owned(), 1);
-                }
-            }
+            state.in_flight += 1;
         }
         decision
     }
 
     /// A request admitted earlier has its answer.
     pub fn release(&mut self, tenant: &str) {
-        if let Some(n) = self.in_flight.get_mut(tenant) {
-            *n = n.saturating_sub(1);
+        if let Some(state) = self.tenants.get_mut(tenant) {
+            state.in_flight = state.in_flight.saturating_sub(1);
         }
     }
 
     /// Tier of a tenant (for fair selection); unknown tenants last.
     pub fn tier(&self, tenant: &str) -> u8 {
-        self.policy.tenant(tenant).map_or(u8::MAX, |p| p.tier)
+        match self.tenants.get(tenant) {
+            Some(state) => state.limits.tier,
+            None => self.policy.tenant(tenant).map_or(u8::MAX, |p| p.tier),
+        }
     }
 
     /// Tokens left for `tenant`, for the gauge.
     pub fn tokens(&self, tenant: &str) -> Option<f64> {
         #[allow(clippy::cast_precision_loss)]
-        self.buckets.get(tenant).map(|b| b.tokens_micro() as f64 / 1e6)
+        self.tenants.get(tenant).map(|t| t.bucket.tokens_micro() as f64 / 1e6)
     }
 }
 
