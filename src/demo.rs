@@ -137,7 +137,7 @@ pub async fn run(bootstrap: &str, registry_url: &str, count: u64) -> Result<()> 
                 v.request.features.len(),
                 v.lineage.event_id
             ),
-            Decision::DeadLetter(d) => println!(
+            Decision::DeadLetter(d, _) => println!(
                 "read back partition {} offset {}: dead letter {} ({})",
                 record.partition,
                 record.offset,

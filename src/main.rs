@@ -442,6 +442,7 @@ async fn run(command: Command) -> Result<()> {
             ingest_config.group_id = ingest.group.clone();
             ingest_config.input_topic = ingest.input_topic.clone();
             ingest_config.dead_letter_topic = ingest.dead_letter_topic.clone();
+            ingest_config.predictions_topic = infer.predictions_topic.clone();
             let config = streamscore::pipeline::PipelineConfig {
                 ingest: ingest_config,
                 infer: infer.config(&endpoints)?,

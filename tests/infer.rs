@@ -150,6 +150,7 @@ async fn produced_requests_come_out_as_predictions_with_lineage() {
     ingest.group_id = support::unique("pipeline");
     ingest.input_topic = topics.requests.clone();
     ingest.dead_letter_topic = topics.dead_letter.clone();
+    ingest.predictions_topic = topics.predictions.clone();
     let mut infer = InferConfig::new(support::kafka(), &registry.url, "test-pipeline");
     infer.predictions_topic = topics.predictions.clone();
     infer.audit_topic = support::unique("audit");

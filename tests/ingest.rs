@@ -33,6 +33,7 @@ fn start_ingest(
     config.group_id = support::unique("ingest");
     config.input_topic = topics.requests.clone();
     config.dead_letter_topic = topics.dead_letter.clone();
+    config.predictions_topic = topics.predictions.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let handoff = Handoff::Topic { topic: topics.validated.clone() };
     let task = tokio::spawn(async move {
@@ -153,6 +154,21 @@ async fn the_bad_input_corpus_is_dead_lettered_with_its_reason_and_bytes() {
         assert_eq!(dl.original_key.as_deref(), Some(&key[..]), "{what}: original key kept");
         assert_eq!(dl.lineage.source.topic, topics.requests);
         assert!(!dl.detail.is_empty());
+    }
+
+    // A refused request that named a reply-to also gets a rejected outcome its caller can read.
+    let waiting: Vec<usize> =
+        corpus_requests().iter().enumerate().filter(|(_, (_, _, r))| r.reply_to.is_some()).map(|(i, _)| i).collect();
+    assert!(!waiting.is_empty(), "the corpus has a request with a reply-to");
+    let rejections = support::read_records(&[&topics.predictions], waiting.len(), Duration::from_secs(30));
+    assert_eq!(rejections.len(), waiting.len());
+    let outcomes = Codec::<streamscore_contracts::PredictionOutcome>::with_url(&registry.url, &topics.predictions);
+    for record in &rejections {
+        let outcome = outcomes.decode(record.payload().unwrap()).await.unwrap().value;
+        assert_eq!(outcome.status, streamscore_contracts::OutcomeStatus::Rejected);
+        assert_eq!(outcome.reply_to.as_deref(), Some("bridge-1/req-42"));
+        let dl = &by_source[&(outcome.lineage.source.partition, outcome.lineage.source.offset)];
+        assert_eq!(outcome.reason.as_deref(), Some(dl.reason.code()), "the caller learns the dead-letter reason");
     }
     registry.stop().await;
 }

@@ -1,11 +1,12 @@
 //! The decision for one record: validated request, dead letter, or retry later.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use streamscore_contracts::codec::DecodeError;
 use streamscore_contracts::{
-    Codec, DeadLetter, DeadLetterReason, InferenceRequest, Lineage, SourceOffset, Stage, ValidatedRequest,
+    Codec, DeadLetter, DeadLetterReason, InferenceRequest, Lineage, OutcomeStatus, PredictionOutcome, SourceOffset,
+    Stage, ValidatedRequest,
 };
 use streamscore_modelstore::{FeatureError, ModelStore, RouteError, SharedStore};
 use uuid::Uuid;
@@ -61,8 +62,9 @@ impl RawRecord<'_> {
 pub enum Decision {
     /// Hand to infer.
     Valid(Box<ValidatedRequest>),
-    /// Write to the dead-letter topic.
-    DeadLetter(Box<DeadLetter>),
+    /// Write to the dead-letter topic; when the request named a `reply_to`, also write the
+    /// rejected outcome so the waiting caller learns what happened.
+    DeadLetter(Box<DeadLetter>, Option<Box<PredictionOutcome>>),
     /// The registry could not be reached: try this record again, do not skip it.
     Retry(DecodeError),
 }
@@ -161,15 +163,57 @@ impl RequestDecider {
             request.map(|r| r.request_id.clone()).filter(|id| !id.is_empty()),
             request.map(|r| r.tenant.clone()),
         );
-        Decision::DeadLetter(Box::new(DeadLetter {
-            lineage,
-            reason,
-            detail,
-            original_key: record.key.map(<[u8]>::to_vec),
-            original_value: record.value.map(<[u8]>::to_vec),
-            writer_schema_id: schema_id.and_then(|id| i32::try_from(id).ok()),
-            original_timestamp_ms: record.timestamp_ms,
-        }))
+        let reply =
+            request.filter(|r| r.reply_to.is_some()).map(|r| Box::new(self.rejection(record, r, reason, &detail)));
+        Decision::DeadLetter(
+            Box::new(DeadLetter {
+                lineage,
+                reason,
+                detail,
+                original_key: record.key.map(<[u8]>::to_vec),
+                original_value: record.value.map(<[u8]>::to_vec),
+                writer_schema_id: schema_id.and_then(|id| i32::try_from(id).ok()),
+                original_timestamp_ms: record.timestamp_ms,
+            }),
+            reply,
+        )
+    }
+
+    /// The rejected outcome a synchronous caller reads for a request ingest refused.
+    fn rejection(
+        &self,
+        record: RawRecord<'_>,
+        request: &InferenceRequest,
+        reason: DeadLetterReason,
+        detail: &str,
+    ) -> PredictionOutcome {
+        PredictionOutcome {
+            lineage: Lineage::derive(
+                record.source(),
+                Stage::Ingest,
+                "rejection",
+                &self.instance,
+                Some(request.request_id.clone()).filter(|id| !id.is_empty()),
+                Some(request.tenant.clone()),
+            ),
+            status: OutcomeStatus::Rejected,
+            shadow: false,
+            model: request.model.clone(),
+            model_version: request.model_version.clone(),
+            model_sha256: None,
+            backend: None,
+            score: None,
+            label: None,
+            reason: Some(reason.code().to_owned()),
+            detail: Some(detail.to_owned()),
+            retry_after_ms: None,
+            features: HashMap::new(),
+            batch_size: 0,
+            queue_wait_us: 0,
+            inference_us: 0,
+            request_created_at: request.created_at,
+            reply_to: request.reply_to.clone(),
+        }
     }
 }
 
@@ -287,7 +331,7 @@ mod tests {
             (&b"\x01\x00\x00\x00\x01"[..], DeadLetterReason::Undecodable),
         ] {
             match decider.decide(record(bytes)).await {
-                Decision::DeadLetter(dl) => {
+                Decision::DeadLetter(dl, _) => {
                     assert_eq!(dl.reason, reason);
                     assert_eq!(dl.original_value.as_deref(), Some(bytes), "original bytes kept");
                     assert_eq!(dl.original_key.as_deref(), Some(&b"acme"[..]));

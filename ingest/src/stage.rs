@@ -59,6 +59,8 @@ pub struct IngestConfig {
     pub group_id: String,
     pub input_topic: String,
     pub dead_letter_topic: String,
+    /// Where rejections of refused requests that named a `reply_to` go.
+    pub predictions_topic: String,
     /// Records in flight (handed out, output not yet acknowledged) before consuming pauses.
     pub max_in_flight: usize,
 }
@@ -71,6 +73,7 @@ impl IngestConfig {
             group_id: "streamscore-ingest".to_owned(),
             input_topic: topics::REQUESTS.to_owned(),
             dead_letter_topic: topics::DEAD_LETTER.to_owned(),
+            predictions_topic: topics::PREDICTIONS.to_owned(),
             max_in_flight: 20_000,
         }
     }
@@ -129,6 +132,9 @@ pub async fn run_with_stats(
     let producer = config.kafka.producer()?;
     let dead_letters = Codec::<DeadLetter>::with_url(&config.registry_url, &config.dead_letter_topic);
     dead_letters.register().await?;
+    let rejections =
+        Codec::<streamscore_contracts::PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic);
+    rejections.register().await?;
     let validated_codec = match &handoff {
         Handoff::Topic { topic } => {
             let codec = Codec::<ValidatedRequest>::with_url(&config.registry_url, topic);
@@ -179,7 +185,7 @@ pub async fn run_with_stats(
                                 let bytes = codec.encode(&validated)?;
                                 let key = validated.request.tenant.as_bytes();
                                 let future = enqueue(&producer, FutureRecord::to(topic).key(key).payload(&bytes[..])).await?;
-                                deliveries.push(Delivery::new(future, ack));
+                                deliveries.push(Delivery::new(vec![future], ack));
                             }
                             (Handoff::Channel(tx), _) => {
                                 tx.send((*validated, ack)).await.map_err(|_| StageError::HandoffClosed)?;
@@ -187,11 +193,18 @@ pub async fn run_with_stats(
                             (Handoff::Topic { .. }, None) => unreachable!("a topic hand-off always has its codec"),
                         }
                     }
-                    Decision::DeadLetter(dead_letter) => {
+                    Decision::DeadLetter(dead_letter, reply) => {
                         telemetry::DeadLettered(&dead_letter, started.elapsed()).emit();
                         summary.dead_lettered += 1;
                         stats.dead_lettered.fetch_add(1, Relaxed);
-                        deliveries.push(send_dead_letter(&producer, &dead_letters, &config.dead_letter_topic, &dead_letter, ack).await?);
+                        let mut futures = vec![send_dead_letter(&producer, &dead_letters, &config.dead_letter_topic, &dead_letter).await?];
+                        if let Some(outcome) = reply {
+                            let bytes = rejections.encode(&outcome)?;
+                            let key = outcome.lineage.tenant.clone().unwrap_or_default();
+                            let record = FutureRecord::to(&config.predictions_topic).key(key.as_bytes()).payload(&bytes[..]);
+                            futures.push(enqueue(&producer, record).await?);
+                        }
+                        deliveries.push(Delivery::new(futures, ack));
                     }
                     Decision::Retry(_) => unreachable!("decide_with_retry never returns Retry"),
                 }
@@ -240,12 +253,10 @@ async fn send_dead_letter(
     codec: &Codec<DeadLetter>,
     topic: &str,
     dead_letter: &DeadLetter,
-    ack: Ack,
-) -> Result<Delivery, StageError> {
+) -> Result<DeliveryFuture, StageError> {
     let bytes = codec.encode(dead_letter)?;
     let key = dead_letter.original_key.as_deref().unwrap_or_default();
-    let future = enqueue(producer, FutureRecord::to(topic).key(key).payload(&bytes[..])).await?;
-    Ok(Delivery::new(future, ack))
+    Ok(enqueue(producer, FutureRecord::to(topic).key(key).payload(&bytes[..])).await?)
 }
 
 fn store(consumer: &StreamConsumer, topic: &str, tracker: &mut OffsetTracker, partition: i32, offset: i64) {
@@ -274,23 +285,25 @@ fn report_lag(consumer: &Arc<StreamConsumer>) {
     });
 }
 
-/// A produced output awaiting its acknowledgement; resolves to the input's [`Ack`] done.
+/// Produced outputs awaiting their acknowledgements; when all are acknowledged, the input's
+/// [`Ack`] is done.
 struct Delivery {
     inner: std::pin::Pin<Box<dyn Future<Output = Result<(), StageError>> + Send + Sync>>,
 }
 
 impl Delivery {
-    fn new(future: DeliveryFuture, ack: Ack) -> Self {
+    fn new(futures: Vec<DeliveryFuture>, ack: Ack) -> Self {
         Self {
             inner: Box::pin(async move {
-                match future.await {
-                    Ok(Ok(_)) => {
-                        ack.done();
-                        Ok(())
+                for future in futures {
+                    match future.await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) => return Err(StageError::Delivery(e.to_string())),
+                        Err(_) => return Err(StageError::Delivery("producer dropped the delivery".to_owned())),
                     }
-                    Ok(Err((e, _))) => Err(StageError::Delivery(e.to_string())),
-                    Err(_) => Err(StageError::Delivery("producer dropped the delivery".to_owned())),
                 }
+                ack.done();
+                Ok(())
             }),
         }
     }

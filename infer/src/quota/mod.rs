@@ -108,7 +108,11 @@ impl Quotas {
         let mut out: Vec<Checkpoint> = self
             .tenants
             .iter()
-            .map(|(tenant, t)| Checkpoint { tenant: tenant.clone(), tokens_micro: t.bucket.tokens_micro(), last_us: t.bucket.last_us() })
+            .map(|(tenant, t)| Checkpoint {
+                tenant: tenant.clone(),
+                tokens_micro: t.bucket.tokens_micro(),
+                last_us: t.bucket.last_us(),
+            })
             .collect();
         out.sort_by(|a, b| a.tenant.cmp(&b.tenant));
         out
@@ -159,7 +163,9 @@ impl Quotas {
         let decision = match state.bucket.decide(at_us, limits.max_delay_us) {
             BucketDecision::Admit => QuotaDecision::Admit,
             BucketDecision::Delay { wait_us } => QuotaDecision::Delay { wait_us },
-            BucketDecision::Reject { retry_after_ms } => QuotaDecision::Reject { reason: "QUOTA_EXCEEDED", retry_after_ms },
+            BucketDecision::Reject { retry_after_ms } => {
+                QuotaDecision::Reject { reason: "QUOTA_EXCEEDED", retry_after_ms }
+            }
         };
         if matches!(decision, QuotaDecision::Admit | QuotaDecision::Delay { .. }) {
             state.in_flight += 1;
