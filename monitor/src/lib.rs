@@ -20,7 +20,12 @@ pub fn install_recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            // Millisecond-friendly buckets for every `_seconds` histogram (latencies, waits).
+            let buckets = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_seconds".to_owned()), &buckets)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (tests); ours still renders what it saw.
             let _ = metrics::set_global_recorder(recorder);
@@ -37,8 +42,11 @@ mod tests {
     fn recorded_counters_render_as_prometheus_text() {
         let handle = install_recorder();
         metrics::counter!("streamscore_test_events_total", "outcome" => "ok").increment(3);
+        metrics::histogram!("streamscore_test_wait_seconds").record(0.003);
         let text = handle.render();
         assert!(text.contains("streamscore_test_events_total{outcome=\"ok\"} 3"), "{text}");
+        assert!(text.contains("streamscore_test_wait_seconds_bucket{le=\"0.005\"} 1"), "histograms have ms buckets: {text}");
+        assert!(text.contains("streamscore_test_wait_seconds_bucket{le=\"0.002\"} 0"), "{text}");
     }
 }
 
