@@ -37,11 +37,7 @@ fn drift(c: &mut Criterion) {
         closing.observe(i64::try_from(k).unwrap_or(0), row, Some(0.1), 0);
     }
     group.bench_function("close a window (sliding view of 3, 17 variables)", |b| {
-        b.iter_batched(
-            || closing.clone(),
-            |mut d| d.flush(0),
-            criterion::BatchSize::SmallInput,
-        )
+        b.iter_batched(|| closing.clone(), |mut d| d.flush(0), criterion::BatchSize::SmallInput)
     });
     group.finish();
 }

@@ -4,6 +4,7 @@
 //! records with the `metrics` macros and serves [`PrometheusHandle::render`] on `/metrics`.
 
 pub mod drift;
+pub mod lag;
 pub mod latency;
 pub mod live;
 pub mod stage;
@@ -45,7 +46,10 @@ mod tests {
         metrics::histogram!("streamscore_test_wait_seconds").record(0.003);
         let text = handle.render();
         assert!(text.contains("streamscore_test_events_total{outcome=\"ok\"} 3"), "{text}");
-        assert!(text.contains("streamscore_test_wait_seconds_bucket{le=\"0.005\"} 1"), "histograms have ms buckets: {text}");
+        assert!(
+            text.contains("streamscore_test_wait_seconds_bucket{le=\"0.005\"} 1"),
+            "histograms have ms buckets: {text}"
+        );
         assert!(text.contains("streamscore_test_wait_seconds_bucket{le=\"0.002\"} 0"), "{text}");
     }
 }

@@ -44,8 +44,10 @@ pub struct MonitorConfig {
     pub audit_topic: String,
     pub detector: DetectorConfig,
     pub instance: String,
-    /// How often to print a report (and flush metrics gauges).
+    /// How often to print a report (and measure consumer lag).
     pub report_every: Duration,
+    /// Groups whose lag is measured and exported, with the topic each consumes.
+    pub lag_targets: Vec<crate::lag::LagTarget>,
 }
 
 impl MonitorConfig {
@@ -61,6 +63,15 @@ impl MonitorConfig {
             detector: DetectorConfig::default(),
             instance: instance.into(),
             report_every: Duration::from_secs(10),
+            lag_targets: [
+                ("streamscore-pipeline", topics::REQUESTS),
+                ("streamscore-ingest", topics::REQUESTS),
+                ("streamscore-infer", topics::VALIDATED),
+                ("streamscore-monitor", topics::PREDICTIONS),
+            ]
+            .into_iter()
+            .map(|(group, topic)| crate::lag::LagTarget { group: group.to_owned(), topic: topic.to_owned() })
+            .collect(),
         }
     }
 }
@@ -115,7 +126,17 @@ pub async fn run_with_stats(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            _ = report.tick() => match &live {
+            _ = report.tick() => {
+                let (kafka, targets) = (config.kafka.clone(), config.lag_targets.clone());
+                let lag = tokio::task::spawn_blocking(move || crate::lag::measure(&kafka, &targets));
+                if live.is_none() {
+                    if let Ok(lags) = lag.await {
+                        for l in lags.iter().filter(|l| l.records > 0) {
+                            println!("  lag {} on {}/{}: {} records, {:.1} s", l.group, l.topic, l.partition, l.records, l.seconds);
+                        }
+                    }
+                }
+                match &live {
                 None => print_report(&detectors, &summary),
                 Some(live) => {
                     let mut drift = live.drift.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -124,6 +145,7 @@ pub async fn run_with_stats(
                         drift.insert(format!("{model}/{version}"), status);
                     }
                 }
+            }
             },
             message = consumer.recv() => {
                 let message = message?;
