@@ -349,3 +349,66 @@ async fn over_quota_is_rejected_explicitly_and_a_reload_is_audited() {
     }
     registry.stop().await;
 }
+
+/// A backend whose model fails on every batch.
+#[derive(Debug)]
+struct Broken;
+
+#[derive(Debug)]
+struct BrokenScorer;
+
+impl streamscore_infer::Scorer for BrokenScorer {
+    fn features(&self) -> usize {
+        16
+    }
+    fn score(&self, _: &[f32], rows: usize) -> Result<Vec<f32>, streamscore_infer::BackendError> {
+        Err(streamscore_infer::BackendError::Run { rows, reason: "device lost".to_owned() })
+    }
+}
+
+impl streamscore_infer::Backend for Broken {
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+    fn load(
+        &self,
+        _: &streamscore_modelstore::ModelVersion,
+    ) -> Result<Arc<dyn streamscore_infer::Scorer>, streamscore_infer::BackendError> {
+        Ok(Arc::new(BrokenScorer))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_error_becomes_an_explicit_failed_outcome() {
+    let registry = TestRegistry::start().await;
+    let topics = StageTopics::create("broken").await;
+    let mut config = InferConfig::new(support::kafka(), &registry.url, "test-broken");
+    config.predictions_topic = topics.predictions.clone();
+    config.audit_topic = support::unique("audit");
+    streamscore_kafka::ensure_topics(&support::kafka(), &[streamscore_kafka::TopicSpec::event(&config.audit_topic, 1)])
+        .await
+        .unwrap();
+    let store = SharedStore::new(ModelStore::open(support::models_dir()).unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(100);
+    let stage = tokio::spawn(streamscore_infer::run(config, store, Arc::new(Broken), rx, Arc::default()));
+    let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    for offset in 0..3 {
+        tx.send((validated(offset, "tenant-01", None), Ack::new(0, offset, ack_tx.clone()))).await.unwrap();
+    }
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(30), acks.recv()).await.expect("answered, not dropped").unwrap();
+    }
+    drop(tx);
+    stage.await.unwrap().expect("the stage keeps running through model errors");
+    let codec = Codec::<PredictionOutcome>::with_url(&registry.url, &topics.predictions);
+    let records = support::read_records(&[&topics.predictions], 3, Duration::from_secs(30));
+    assert_eq!(records.len(), 3);
+    for record in &records {
+        let outcome = codec.decode(record.payload().unwrap()).await.unwrap().value;
+        assert_eq!(outcome.status, OutcomeStatus::Failed);
+        assert_eq!(outcome.reason.as_deref(), Some("MODEL_ERROR"));
+        assert!(outcome.detail.as_deref().is_some_and(|d| d.contains("device lost")));
+        assert_eq!(outcome.backend.as_deref(), Some("broken"));
+    }
+    registry.stop().await;
+}
