@@ -69,7 +69,8 @@ async fn killed_mid_stream_and_restarted_loses_nothing() {
     let validated_codec = Codec::<ValidatedRequest>::with_url(&registry.url, &topics.validated);
     let dead_codec = Codec::<DeadLetter>::with_url(&registry.url, &topics.dead_letter);
     let mut outputs = Vec::new();
-    for _ in 0..60 {
+    // Bounded: the group may wait out the killed member's session and rebalance timeouts.
+    for _ in 0..150 {
         outputs = support::read_all(&[&topics.validated, &topics.dead_letter], Duration::from_millis(700));
         let mut covered = std::collections::HashSet::new();
         for message in &outputs {

@@ -30,6 +30,9 @@ pub async fn consume_validated(
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
+        // Also the rebalance timeout: a group waits at most this long for a member that died
+        // mid-rebalance (the default, 5 minutes, stalls a restart that long).
+        .set("max.poll.interval.ms", "20000")
         // Return fetched records at once instead of waiting up to 500 ms for more.
         .set("fetch.wait.max.ms", "10")
         .create()?;

@@ -102,6 +102,9 @@ pub fn consumer(config: &IngestConfig) -> Result<StreamConsumer, StageError> {
         // A stage that dies is noticed in seconds, so its partitions move on quickly.
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
+        // Also the rebalance timeout: a group waits at most this long for a member that died
+        // mid-rebalance (the default, 5 minutes, stalls a restart that long).
+        .set("max.poll.interval.ms", "20000")
         // Return fetched records at once instead of waiting up to 500 ms for more.
         .set("fetch.wait.max.ms", "10")
         .create()?;
