@@ -14,13 +14,9 @@ use streamscore_ingest::{Handoff, IngestConfig, RequestDecider, Tenants};
 use streamscore_kafka::{ensure_topics, KafkaConfig, TopicSpec};
 use streamscore_modelstore::{ModelStore, SharedStore};
 
-fn cpu_seconds() -> f64 {
-    // utime + stime of this process, from /proc/self/stat (clock ticks of 1/100 s).
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::{cpu_seconds, stack_env};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -30,11 +26,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let seconds: f64 = args.iter().filter_map(|a| a.parse().ok()).next().unwrap_or(30.0);
-    let (Ok(bootstrap), Ok(registry)) =
-        (std::env::var("STREAMSCORE_BOOTSTRAP"), std::env::var("STREAMSCORE_REGISTRY_URL"))
-    else {
-        anyhow::bail!("set STREAMSCORE_BOOTSTRAP and STREAMSCORE_REGISTRY_URL (streamscore stack up writes them to .streamscore/stack.env)");
-    };
+    let (bootstrap, registry) = stack_env()?;
     let kafka = KafkaConfig::new(&bootstrap);
     let run = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let (requests, validated, dead) =
@@ -55,7 +47,7 @@ async fn main() -> anyhow::Result<()> {
     config.input_topic = requests.clone();
     config.dead_letter_topic = dead.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let cpu_before = cpu_seconds();
+    let cpu_before = cpu_seconds("self");
     let started = Instant::now();
     let stage = tokio::spawn(streamscore_ingest::run(config, decider, Handoff::Topic { topic: validated }, async {
         let _ = stop_rx.await;
@@ -71,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = stop_tx.send(());
     let summary = stage.await??;
     let elapsed = started.elapsed();
-    let cpu = cpu_seconds() - cpu_before;
+    let cpu = cpu_seconds("self") - cpu_before;
     println!("ingest load over {:.1} s against {bootstrap}:", produce_elapsed.as_secs_f64());
     println!(
         "  load generator: {} sent ({:.0}/s), {} bad, {} errors",

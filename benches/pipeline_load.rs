@@ -15,12 +15,9 @@ use streamscore::loadgen::{self, LoadConfig};
 use streamscore_contracts::{Codec, InferenceRequest, PredictionOutcome};
 use streamscore_kafka::{ensure_topics, KafkaConfig, TopicSpec};
 
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
+#[path = "support/mod.rs"]
+mod support;
+use support::{cpu_seconds, stack_env};
 
 fn quantile(sorted: &[i64], q: f64) -> f64 {
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
@@ -39,11 +36,7 @@ async fn main() -> anyhow::Result<()> {
     let numbers: Vec<f64> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let rate = numbers.first().copied().unwrap_or(5_000.0);
     let count = numbers.get(1).copied().unwrap_or(100_000.0) as u64;
-    let (Ok(bootstrap), Ok(registry)) =
-        (std::env::var("STREAMSCORE_BOOTSTRAP"), std::env::var("STREAMSCORE_REGISTRY_URL"))
-    else {
-        anyhow::bail!("set STREAMSCORE_BOOTSTRAP and STREAMSCORE_REGISTRY_URL (streamscore stack up writes them to .streamscore/stack.env)");
-    };
+    let (bootstrap, registry) = stack_env()?;
     let kafka = KafkaConfig::new(&bootstrap);
     let run = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let (requests, dead, predictions) =
@@ -71,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
     load.count = Some(count);
     load.tenants = 8;
     load.versions = vec![None, Some("1".to_owned()), Some("2".to_owned())];
-    let cpu_before = cpu_seconds(pid);
+    let cpu_before = cpu_seconds(&pid.to_string());
     let generated = loadgen::run(&kafka, codec, &load).await?;
 
     // Read every prediction: (written_at − request created_at) per request.
@@ -92,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
         first = first.min(outcome.lineage.written_at);
         last = last.max(outcome.lineage.written_at);
     }
-    let cpu = cpu_seconds(pid) - cpu_before;
+    let cpu = cpu_seconds(&pid.to_string()) - cpu_before;
     Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
     child.wait()?;
 

@@ -118,14 +118,7 @@ pub async fn run(bootstrap: &str, registry_url: &str, count: u64) -> Result<()> 
         if !pending.remove(&(message.partition(), message.offset())) {
             continue;
         }
-        let record = RawRecord {
-            topic: message.topic(),
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key(),
-            value: message.payload(),
-            timestamp_ms: message.timestamp().to_millis(),
-        };
+        let record = RawRecord::from_message(&message);
         match decider.decide(record).await {
             Decision::Valid(v) => println!(
                 "read back {}  tenant {:<8} schema id {}  model {} version {:<7}  {} features  event {}",

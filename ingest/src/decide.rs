@@ -51,7 +51,19 @@ pub struct RawRecord<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
-impl RawRecord<'_> {
+impl<'a> RawRecord<'a> {
+    /// The record as a Kafka consumer delivered it.
+    pub fn from_message(message: &'a impl rdkafka::message::Message) -> Self {
+        Self {
+            topic: message.topic(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key(),
+            value: message.payload(),
+            timestamp_ms: message.timestamp().to_millis(),
+        }
+    }
+
     fn source(&self) -> SourceOffset {
         SourceOffset::new(self.topic, self.partition, self.offset)
     }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use streamscore_contracts::{topics, Codec, DeadLetter, ValidatedRequest};
 use streamscore_kafka::produce::enqueue;
@@ -166,14 +165,7 @@ pub async fn run_with_stats(
             message = consumer.recv(), if tracker.in_flight() < config.max_in_flight => {
                 let message = message?.detach();
                 let started = Instant::now();
-                let record = RawRecord {
-                    topic: message.topic(),
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key(),
-                    value: message.payload(),
-                    timestamp_ms: message.timestamp().to_millis(),
-                };
+                let record = RawRecord::from_message(&message);
                 tracker.begin(record.partition, record.offset);
                 summary.consumed += 1;
                 stats.consumed.fetch_add(1, Relaxed);
