@@ -104,6 +104,13 @@ enum Command {
         /// Consecutive windows over a threshold before an alert.
         #[arg(long, default_value_t = 2)]
         consecutive: u32,
+        /// Also close a window after this many predictions (0 = by time only).
+        #[arg(long, default_value_t = 0)]
+        window_events: u64,
+        /// Threshold overrides, `method=warn:alert,...` for psi, js, ks, wasserstein, missing
+        /// (defaults: psi=0.1:0.25, js=0.1:0.2, ks=0.1:0.2, wasserstein=0.05:0.1, missing=0.01:0.05).
+        #[arg(long, default_value = "")]
+        thresholds: String,
         /// Serve Prometheus metrics on this address (`GET /metrics`).
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
@@ -471,6 +478,8 @@ async fn run(command: Command) -> Result<()> {
             window_secs,
             sliding_windows,
             consecutive,
+            window_events,
+            thresholds,
             metrics_listen,
         } => {
             serve_metrics(metrics_listen).await?;
@@ -489,6 +498,12 @@ async fn run(command: Command) -> Result<()> {
             }
             config.detector.sliding_windows = sliding_windows;
             config.detector.consecutive = consecutive;
+            config.detector.window_events = window_events;
+            config.detector.thresholds = config
+                .detector
+                .thresholds
+                .with_overrides(&thresholds)
+                .map_err(|e| anyhow::anyhow!("--thresholds {e}"))?;
             let summary = streamscore_monitor::stage::run(config, store, shutdown_signal()).await?;
             tracing::info!(predictions = summary.predictions, alerts = summary.alerts.len(), "monitor stopped");
         }

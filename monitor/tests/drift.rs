@@ -68,3 +68,21 @@ fn a_long_undrifted_stream_raises_no_alarm() {
         alerts.iter().map(|(at, a)| (at, &a.feature, a.method, a.statistic)).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn thresholds_are_configurable_and_bad_overrides_are_explained() {
+    use streamscore_monitor::drift::Thresholds;
+    let t = Thresholds::default().with_overrides("psi=0.2:0.4, ks=0.05:0.1").expect("valid");
+    assert_eq!((t.psi.warn, t.psi.alert), (0.2, 0.4));
+    assert_eq!((t.kolmogorov_smirnov.warn, t.kolmogorov_smirnov.alert), (0.05, 0.1));
+    assert_eq!(t.jensen_shannon, Thresholds::default().jensen_shannon, "others keep their defaults");
+    for (bad, says) in [
+        ("psi=0.3", "warn:alert"),
+        ("psi=a:1", "not a number"),
+        ("psi=0.5:0.1", "warn <= alert"),
+        ("chi2=0.1:0.2", "unknown method"),
+    ] {
+        let error = Thresholds::default().with_overrides(bad).expect_err(bad);
+        assert!(error.contains(says), "{error}");
+    }
+}

@@ -28,6 +28,33 @@ pub struct Thresholds {
     pub missing_ratio: Threshold,
 }
 
+impl Thresholds {
+    /// Applies overrides like `psi=0.1:0.25,js=0.1:0.2,ks=…,wasserstein=…,missing=…`
+    /// (method=warn:alert), saying precisely what is wrong with a bad one.
+    pub fn with_overrides(mut self, spec: &str) -> Result<Self, String> {
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (method, values) =
+                part.split_once('=').ok_or_else(|| format!("{part:?}: expected method=warn:alert"))?;
+            let (warn, alert) = values.split_once(':').ok_or_else(|| format!("{part:?}: expected warn:alert"))?;
+            let number =
+                |text: &str| text.trim().parse::<f64>().map_err(|_| format!("{part:?}: {text:?} is not a number"));
+            let threshold = Threshold { warn: number(warn)?, alert: number(alert)? };
+            if !(threshold.warn > 0.0 && threshold.warn <= threshold.alert) {
+                return Err(format!("{part:?}: need 0 < warn <= alert"));
+            }
+            match method.trim().to_ascii_lowercase().as_str() {
+                "psi" => self.psi = threshold,
+                "js" | "jensen_shannon" => self.jensen_shannon = threshold,
+                "ks" | "kolmogorov_smirnov" => self.kolmogorov_smirnov = threshold,
+                "wasserstein" => self.wasserstein = threshold,
+                "missing" | "missing_ratio" => self.missing_ratio = threshold,
+                other => return Err(format!("{part:?}: unknown method {other:?} (psi, js, ks, wasserstein, missing)")),
+            }
+        }
+        Ok(self)
+    }
+}
+
 impl Default for Thresholds {
     fn default() -> Self {
         Self {
