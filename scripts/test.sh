@@ -17,13 +17,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== Confluent's Python client, for the interoperability test"
+echo "== Python packages: Confluent's client (interoperability test), NVRTC (CUDA kernel compile test)"
 venv=target/interop-venv
-if ! "$venv/bin/python" -c "import confluent_kafka.schema_registry.avro" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import confluent_kafka.schema_registry.avro, nvidia.cuda_nvrtc" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "confluent-kafka[avro,schemaregistry]==2.16.1"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    "confluent-kafka[avro,schemaregistry]==2.16.1" "nvidia-cuda-nvrtc-cu12==12.9.86"
 fi
 export STREAMSCORE_PYTHON="$PWD/$venv/bin/python"
+nvrtc_lib="$("$venv/bin/python" -c 'import nvidia.cuda_nvrtc as m; print(list(m.__path__)[0] + "/lib")')"
+export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
 echo "== local stack for the tests"
 target/debug/streamscore stack up --data-dir "$data" --broker-port 0 --registry-port 0

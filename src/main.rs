@@ -237,6 +237,10 @@ struct InferArgs {
     /// Tenant policy file (quotas, pins, allowed models); without it no quotas apply.
     #[arg(long, env = "STREAMSCORE_POLICY")]
     policy: Option<PathBuf>,
+    /// Scoring backend: cpu (tract), cuda (custom kernels; a clear error where it cannot run,
+    /// never a silent CPU run), or auto (CUDA where it can run, else CPU, said in the log).
+    #[arg(long, default_value = "cpu")]
+    backend: streamscore_infer::cuda::BackendChoice,
     #[command(flatten)]
     batch: BatchArgs,
 }
@@ -460,9 +464,8 @@ async fn run(command: Command) -> Result<()> {
             };
             let stats = Arc::new(streamscore_monitor::LiveStats::default());
             tracing::info!("pipeline running (ingest + infer fused)");
-            let summary =
-                streamscore::pipeline::run(config, Arc::new(streamscore_infer::TractBackend), stats, shutdown_signal())
-                    .await?;
+            let backend = streamscore_infer::cuda::select(infer.backend)?;
+            let summary = streamscore::pipeline::run(config, backend, stats, shutdown_signal()).await?;
             tracing::info!(
                 consumed = summary.consumed,
                 validated = summary.validated,
@@ -516,13 +519,8 @@ async fn run(command: Command) -> Result<()> {
             );
             let (tx, rx) = tokio::sync::mpsc::channel(10_000);
             let stats = Arc::new(streamscore_monitor::LiveStats::default());
-            let stage = tokio::spawn(streamscore_infer::run(
-                config,
-                store,
-                Arc::new(streamscore_infer::TractBackend),
-                rx,
-                stats,
-            ));
+            let backend = streamscore_infer::cuda::select(infer.backend)?;
+            let stage = tokio::spawn(streamscore_infer::run(config, store, backend, rx, stats));
             let kafka = KafkaConfig::new(&endpoints.bootstrap);
             streamscore_infer::source::consume_validated(
                 &kafka,

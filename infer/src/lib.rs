@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod batcher;
+pub mod cuda;
 pub mod mlp;
 pub mod outcome;
 pub mod quota;
