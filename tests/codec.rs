@@ -169,18 +169,8 @@ struct CorpusEntry {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_bad_bytes_corpus_gives_typed_errors() {
     let registry = TestRegistry::start().await;
-    let codec = Codec::<InferenceRequest>::with_url(&registry.url, topics::REQUESTS);
-    assert_eq!(codec.register().await.unwrap(), 1, "the corpus assumes the request schema has id 1");
+    let codec = registry.register_corpus_schemas(topics::REQUESTS).await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/bad-bytes");
-    let other = std::fs::read_to_string(dir.join("not-a-request.avsc")).unwrap();
-    let response = reqwest::Client::new()
-        .post(format!("{}/subjects/other-value/versions", registry.url))
-        .json(&serde_json::json!({ "schema": other }))
-        .send()
-        .await
-        .unwrap();
-    let id: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(id["id"], 2, "the corpus assumes the non-request schema has id 2");
     let manifest: Vec<CorpusEntry> =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
     assert!(manifest.len() >= 8, "corpus has {} entries", manifest.len());

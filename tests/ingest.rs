@@ -102,21 +102,8 @@ fn corpus_requests() -> Vec<(String, String, InferenceRequest)> {
 async fn the_bad_input_corpus_is_dead_lettered_with_its_reason_and_bytes() {
     let registry = TestRegistry::start().await;
     let topics = StageTopics::create("corpus").await;
-    // The bad-bytes corpus assumes id 1 = the request schema, id 2 = a schema that is not one.
-    let codec = Codec::<InferenceRequest>::with_url(&registry.url, &topics.requests);
-    assert_eq!(codec.register().await.unwrap(), 1);
+    let codec = registry.register_corpus_schemas(&topics.requests).await;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
-    let other = std::fs::read_to_string(dir.join("bad-bytes/not-a-request.avsc")).unwrap();
-    let id: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/subjects/other-value/versions", registry.url))
-        .json(&serde_json::json!({ "schema": other }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(id["id"], 2);
 
     // (what, expected reason, key, value)
     let mut expected: Vec<(String, String, Vec<u8>, Vec<u8>)> = Vec::new();
@@ -190,15 +177,7 @@ async fn a_mixed_stream_gives_exactly_the_generators_counts() {
 
     // A second producer on the v2 schema (one more optional field) — also valid.
     let v2: serde_json::Value = serde_json::from_str(include_str!("fixtures/inference_request_v2.avsc")).unwrap();
-    let response: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/subjects/{}-value/versions", registry.url, topics.requests))
-        .json(&serde_json::json!({ "schema": v2.to_string() }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let response = registry.register(&format!("{}-value", topics.requests), &v2.to_string()).await;
     let v2_id = u32::try_from(response["id"].as_u64().expect("v2 registers")).unwrap();
     let v2_schema = apache_avro::Schema::parse(&v2).unwrap();
     let mut v2_records = Vec::new();

@@ -22,20 +22,7 @@ pub async fn consume_validated(
     output: mpsc::Sender<(ValidatedRequest, Ack)>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), InferError> {
-    let consumer: StreamConsumer = kafka
-        .client_config()
-        .set("group.id", group)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1000")
-        // Also the rebalance timeout: a group waits at most this long for a member that died
-        // mid-rebalance (the default, 5 minutes, stalls a restart that long).
-        .set("max.poll.interval.ms", "20000")
-        // Return fetched records at once instead of waiting up to 500 ms for more.
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
+    let consumer: StreamConsumer = kafka.stage_consumer_config(group).create()?;
     consumer.subscribe(&[topic])?;
     let codec = Codec::<ValidatedRequest>::with_url(registry_url, topic);
     let (ack_tx, mut acks) = mpsc::unbounded_channel();

@@ -444,7 +444,6 @@ async fn score_batch(
         .record(started.elapsed().as_secs_f64());
 
     let mut deliveries = Vec::with_capacity(batch.len() * 2);
-    let mut acks = Vec::with_capacity(batch.len());
     let mut row_index = 0;
     for (item, row) in batch.iter().zip(&rows) {
         let queue_wait_us = micros(started.duration_since(item.enqueued));
@@ -486,13 +485,12 @@ async fn score_batch(
         };
         count(shared, &outcome);
         deliveries.push(send(shared, &outcome).await?);
-        acks.push((item.validated.request.created_at, ()));
     }
     try_join_all(deliveries).await?;
     let now = streamscore_contracts::now_micros();
     let quotas = shared.config.policy.is_some();
-    for (item, (created_at, ())) in batch.into_iter().zip(acks) {
-        shared.stats.record_latency(u64::try_from(now - created_at).unwrap_or(0));
+    for item in batch {
+        shared.stats.record_latency(u64::try_from(now - item.validated.request.created_at).unwrap_or(0));
         if quotas {
             let _ = shared.released.send(item.validated.request.tenant);
         }

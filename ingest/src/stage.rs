@@ -89,24 +89,7 @@ pub struct IngestSummary {
 /// The request consumer, configured for at-least-once: offsets are stored by the stage and
 /// committed in the background.
 pub fn consumer(config: &IngestConfig) -> Result<StreamConsumer, StageError> {
-    let consumer: StreamConsumer = config
-        .kafka
-        .client_config()
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        // A stage that dies is noticed in seconds, so its partitions move on quickly.
-        .set("session.timeout.ms", "6000")
-        .set("heartbeat.interval.ms", "1000")
-        // Also the rebalance timeout: a group waits at most this long for a member that died
-        // mid-rebalance (the default, 5 minutes, stalls a restart that long).
-        .set("max.poll.interval.ms", "20000")
-        // Return fetched records at once instead of waiting up to 500 ms for more.
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
+    let consumer: StreamConsumer = config.kafka.stage_consumer_config(&config.group_id).create()?;
     consumer.subscribe(&[&config.input_topic])?;
     Ok(consumer)
 }

@@ -55,6 +55,29 @@ impl KafkaConfig {
         config.create().map_err(|source| self.client_error(source))
     }
 
+    /// The configuration of a stage's group consumer, for at-least-once: the stage stores each
+    /// offset once its outputs are acknowledged (`enable.auto.offset.store=false`) and stored
+    /// offsets are committed every second.
+    pub fn stage_consumer_config(&self, group: &str) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            // A stage that dies is noticed in seconds, so its partitions move on quickly.
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            // Also the rebalance timeout: a group waits at most this long for a member that died
+            // mid-rebalance (the default, 5 minutes, stalls a restart that long).
+            .set("max.poll.interval.ms", "20000")
+            // Return fetched records at once instead of waiting up to 500 ms for more.
+            .set("fetch.wait.max.ms", "10");
+        config
+    }
+
     pub fn admin(&self) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
         self.client_config().create().map_err(|source| self.client_error(source))
     }

@@ -90,6 +90,34 @@ impl TestRegistry {
         Self { url, topic: topic.to_owned(), shutdown: Some(tx), task: Some(task) }
     }
 
+    /// Registers `schema` under `subject` over the REST API; returns the response body.
+    pub async fn register(&self, subject: &str, schema: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .post(format!("{}/subjects/{subject}/versions", self.url))
+            .json(&serde_json::json!({ "schema": schema }))
+            .send()
+            .await
+            .expect("registry answers")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
+    /// Registers what the bad-bytes corpus assumes on a fresh registry: id 1 = the request
+    /// schema (under `topic`), id 2 = a schema that is not a request. Returns the request codec.
+    pub async fn register_corpus_schemas(
+        &self,
+        topic: &str,
+    ) -> streamscore_contracts::Codec<streamscore_contracts::InferenceRequest> {
+        let codec = streamscore_contracts::Codec::with_url(&self.url, topic);
+        assert_eq!(codec.register().await.expect("registers"), 1, "the corpus assumes the request schema has id 1");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/bad-bytes");
+        let other = std::fs::read_to_string(dir.join("not-a-request.avsc")).expect("corpus schema");
+        let id = self.register("other-value", &other).await;
+        assert_eq!(id["id"], 2, "the corpus assumes the non-request schema has id 2");
+        codec
+    }
+
     /// Stops the server and waits for it (and its store) to be gone.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
