@@ -39,9 +39,11 @@ echo "== tests (broker $STREAMSCORE_BOOTSTRAP, registry $STREAMSCORE_REGISTRY_UR
 log="$data/test.log"
 status=0
 cargo test --workspace --all-targets --locked "$@" 2>&1 | tee "$log" || status=$?
-read -r passed failed < <(awk '/^test result:/ {
-  for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i }
-} END { print p + 0, f + 0 }' "$log")
+read -r passed failed ignored < <(awk '/^test result:/ {
+  for (i = 1; i < NF; i++) {
+    if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i
+  }
+} END { print p + 0, f + 0, g + 0 }' "$log")
 echo
-echo "tests: $passed passed, $failed failed"
+echo "tests: $passed passed, $failed failed, $ignored skipped (the GPU tests skip themselves without a GPU)"
 exit "$status"

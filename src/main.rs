@@ -68,6 +68,10 @@ enum Command {
         /// Tenant policy file.
         #[arg(long, default_value = "policies/tenants.toml")]
         policy: PathBuf,
+        /// Scoring backend: cpu (tract), cuda (custom kernels; a clear error where it cannot
+        /// run, never a silent CPU run), or auto (CUDA where it can run a model, else CPU).
+        #[arg(long, default_value = "cpu")]
+        backend: streamscore_infer::cuda::BackendChoice,
     },
     /// Run ingest and infer fused in one process (the default deployment).
     Pipeline {
@@ -424,6 +428,7 @@ async fn run(command: Command) -> Result<()> {
             batch,
             drift,
             policy,
+            backend,
         } => {
             let shadow = (!shadow.is_empty())
                 .then(|| {
@@ -444,6 +449,7 @@ async fn run(command: Command) -> Result<()> {
                 batch: batch.config(),
                 drift,
                 policy,
+                backend,
             };
             streamscore::run::run(config, shutdown_signal()).await?;
         }

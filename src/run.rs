@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use streamscore_contracts::{Codec, InferenceRequest};
-use streamscore_infer::{BatchConfig, InferConfig, TractBackend};
+use streamscore_infer::cuda::BackendChoice;
+use streamscore_infer::{BatchConfig, InferConfig};
 use streamscore_ingest::{IngestConfig, Tenants};
 use streamscore_kafka::KafkaConfig;
 use streamscore_monitor::{quantile, LiveStats};
@@ -30,6 +31,7 @@ pub struct RunConfig {
     pub batch: BatchConfig,
     pub drift: Option<String>,
     pub policy: std::path::PathBuf,
+    pub backend: BackendChoice,
 }
 
 fn ms(micros: Option<u64>) -> String {
@@ -39,6 +41,8 @@ fn ms(micros: Option<u64>) -> String {
 
 /// Runs the main job.
 pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    // Before anything starts: `--backend cuda` where it cannot run stops here, saying why.
+    let backend = streamscore_infer::cuda::select(config.backend)?;
     let addrs = stack::up(&config.stack).await?;
     let kafka = KafkaConfig::new(&addrs.bootstrap);
     let instance = streamscore_contracts::lineage::default_instance();
@@ -61,7 +65,7 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     };
     let stats = Arc::new(LiveStats::default());
     let (stop_pipeline, stopped) = tokio::sync::oneshot::channel::<()>();
-    let pipeline = tokio::spawn(pipeline::run(pipeline_config, Arc::new(TractBackend), Arc::clone(&stats), async {
+    let pipeline = tokio::spawn(pipeline::run(pipeline_config, backend, Arc::clone(&stats), async {
         let _ = stopped.await;
     }));
 
@@ -99,10 +103,11 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     });
 
     println!(
-        "running: load {} req/s over {} tenants ({:.0}% bad), fused ingest+infer on the cpu backend, batches of up to {} / {} µs; Ctrl-C stops",
+        "running: load {} req/s over {} tenants ({:.0}% bad), fused ingest+infer on the {} backend, batches of up to {} / {} µs; Ctrl-C stops",
         config.rate,
         config.tenants,
         config.bad_share * 100.0,
+        config.backend,
         config.batch.max_batch,
         config.batch.max_wait.as_micros()
     );

@@ -361,6 +361,9 @@ impl streamscore_infer::Scorer for BrokenScorer {
     fn features(&self) -> usize {
         16
     }
+    fn backend(&self) -> &'static str {
+        "broken"
+    }
     fn score(&self, _: &[f32], rows: usize) -> Result<Vec<f32>, streamscore_infer::BackendError> {
         Err(streamscore_infer::BackendError::Run { rows, reason: "device lost".to_owned() })
     }

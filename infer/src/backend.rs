@@ -25,15 +25,28 @@ pub enum BackendError {
 pub trait Scorer: Send + Sync + std::fmt::Debug {
     /// Features per row.
     fn features(&self) -> usize;
+    /// The backend that runs it (`cpu`, `cuda`): what goes in every prediction's `backend`
+    /// field. Under `auto` it can differ between versions.
+    fn backend(&self) -> &'static str;
     /// Scores `rows` rows of [`Scorer::features`] values each (row-major); one score per row.
     fn score(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, BackendError>;
 }
 
 /// Loads model versions.
 pub trait Backend: Send + Sync + std::fmt::Debug {
-    /// What goes in every prediction's `backend` field (`cpu`, `cuda`).
+    /// The backend as asked for (`cpu`, `cuda`, `auto`).
     fn name(&self) -> &'static str;
     fn load(&self, version: &ModelVersion) -> Result<Arc<dyn Scorer>, BackendError>;
+}
+
+/// Which output column is the score: the only one, or the positive class of two (softmax
+/// classes). Anything else is not a score.
+pub fn score_column(outputs: usize) -> Result<usize, String> {
+    match outputs {
+        1 => Ok(0),
+        2 => Ok(1),
+        n => Err(format!("the model has {n} outputs; a score needs 1 (or 2 softmax classes, the second scored)")),
+    }
 }
 
 /// tract on the CPU: the ONNX graph with a symbolic batch dimension, optimized once.
@@ -73,6 +86,10 @@ impl Scorer for TractScorer {
         self.features
     }
 
+    fn backend(&self) -> &'static str {
+        "cpu"
+    }
+
     fn score(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, BackendError> {
         if input.len() != rows * self.features {
             return Err(BackendError::Shape { got: input.len(), rows, features: self.features });
@@ -86,9 +103,14 @@ impl Scorer for TractScorer {
             .try_as_plain_ram()
             .and_then(|view| view.as_slice::<f32>().map(<[f32]>::to_vec))
             .map_err(run_error)?;
-        if scores.len() != rows {
+        if rows == 0 || scores.len() % rows != 0 {
             return Err(BackendError::Run { rows, reason: format!("{} scores for {rows} rows", scores.len()) });
         }
-        Ok(scores)
+        let outputs = scores.len() / rows;
+        let column = score_column(outputs).map_err(|reason| BackendError::Run { rows, reason })?;
+        if outputs == 1 {
+            return Ok(scores);
+        }
+        Ok(scores.chunks_exact(outputs).map(|row| row[column]).collect())
     }
 }

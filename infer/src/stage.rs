@@ -104,7 +104,6 @@ struct Item {
 /// Shared by the batch tasks.
 struct Shared {
     config: InferConfig,
-    backend_name: &'static str,
     codec: Codec<PredictionOutcome>,
     producer: FutureProducer,
     stats: Arc<LiveStats>,
@@ -152,14 +151,12 @@ pub async fn run(
     };
     let shared = Arc::new(Shared {
         producer: config.kafka.producer()?,
-        backend_name: backend.name(),
         codec,
         stats,
         errors: errors_tx,
         released: released_tx,
         config,
     });
-    metrics::gauge!("streamscore_backend_info", "backend" => shared.backend_name).set(1.0);
 
     let mut models: HashMap<String, Arc<Loaded>> = HashMap::new();
     let mut batchers: HashMap<String, mpsc::Sender<Item>> = HashMap::new();
@@ -167,7 +164,7 @@ pub async fn run(
     // Every version first, so shadows are loaded before the batchers that use them start.
     let versions: Vec<Arc<ModelVersion>> = store.current().versions().collect();
     for version in &versions {
-        load(&shared, backend.as_ref(), &audit, Arc::clone(version), &mut models).await?;
+        load(backend.as_ref(), &audit, Arc::clone(version), &mut models).await?;
     }
     for version in &versions {
         start_batcher(&shared, &version.key(), &models, &mut batchers, &mut tasks);
@@ -193,7 +190,7 @@ pub async fn run(
                         store.replace(next);
                         for version in added {
                             let key = version.key();
-                            load(&shared, backend.as_ref(), &audit, version, &mut models).await?;
+                            load(backend.as_ref(), &audit, version, &mut models).await?;
                             start_batcher(&shared, &key, &models, &mut batchers, &mut tasks);
                         }
                     }
@@ -347,7 +344,6 @@ async fn route_one(
 
 /// Loads a version into the backend and records the load (with its sha256) in the audit log.
 async fn load(
-    shared: &Arc<Shared>,
     backend: &dyn Backend,
     audit: &AuditWriter,
     version: Arc<ModelVersion>,
@@ -355,14 +351,29 @@ async fn load(
 ) -> Result<(), InferError> {
     let key = version.key();
     let scorer = backend.load(&version)?;
+    let runs_on = scorer.backend();
     models.insert(key.clone(), Arc::new(Loaded { version: Arc::clone(&version), scorer }));
     let details = HashMap::from([
         ("sha256".to_owned(), version.meta.sha256.clone()),
-        ("backend".to_owned(), shared.backend_name.to_owned()),
+        ("backend".to_owned(), runs_on.to_owned()),
+        ("requested_backend".to_owned(), backend.name().to_owned()),
         ("path".to_owned(), version.onnx_path.display().to_string()),
     ]);
     audit.record("MODEL_LOADED", &key, None, details).await?;
-    tracing::info!(model = key, sha256 = version.meta.sha256, backend = shared.backend_name, "model loaded");
+    metrics::gauge!(
+        "streamscore_backend_info",
+        "model" => key.clone(),
+        "backend" => runs_on,
+        "requested" => backend.name(),
+    )
+    .set(1.0);
+    tracing::info!(
+        model = key,
+        sha256 = version.meta.sha256,
+        backend = runs_on,
+        requested = backend.name(),
+        "model loaded"
+    );
     Ok(())
 }
 
@@ -453,20 +464,14 @@ async fn score_batch(
                 let i = row_index;
                 row_index += 1;
                 let seen = seen_features(&loaded.version, &input[range.clone()]);
-                let mut outcome = outcome_for(shared, &loaded.version, item, "prediction", false, seen.clone());
+                let mut outcome = outcome_for(shared, loaded, item, "prediction", false, seen.clone());
                 outcome.batch_size = i32::try_from(batch.len()).unwrap_or(i32::MAX);
                 outcome.queue_wait_us = queue_wait_us;
                 outcome.inference_us = inference_us;
                 fill_score(&mut outcome, &loaded.version, primary.as_ref().map(|s| s[i]));
                 if let Some((s, scores)) = &shadow_scores {
-                    let mut shadow_outcome = outcome_for(
-                        shared,
-                        &s.version,
-                        item,
-                        &format!("shadow/{}", s.version.meta.version),
-                        true,
-                        seen,
-                    );
+                    let mut shadow_outcome =
+                        outcome_for(shared, s, item, &format!("shadow/{}", s.version.meta.version), true, seen);
                     shadow_outcome.batch_size = outcome.batch_size;
                     shadow_outcome.queue_wait_us = queue_wait_us;
                     fill_score(&mut shadow_outcome, &s.version, scores.as_ref().map(|s| s[i]));
@@ -476,7 +481,7 @@ async fn score_batch(
                 outcome
             }
             Err(detail) => {
-                let mut outcome = outcome_for(shared, &loaded.version, item, "prediction", false, HashMap::new());
+                let mut outcome = outcome_for(shared, loaded, item, "prediction", false, HashMap::new());
                 outcome.status = OutcomeStatus::Rejected;
                 outcome.reason = Some("FEATURES_INVALID".to_owned());
                 outcome.detail = Some(detail.clone());
@@ -514,13 +519,14 @@ fn micros(d: Duration) -> i64 {
 
 fn outcome_for(
     shared: &Shared,
-    version: &ModelVersion,
+    loaded: &Loaded,
     item: &Item,
     kind: &str,
     shadow: bool,
     features: HashMap<String, f64>,
 ) -> PredictionOutcome {
     let request = &item.validated.request;
+    let version = &loaded.version;
     PredictionOutcome {
         lineage: Lineage::derive(
             item.validated.lineage.source.clone(),
@@ -535,7 +541,7 @@ fn outcome_for(
         model: request.model.clone(),
         model_version: Some(version.meta.version.clone()),
         model_sha256: Some(version.meta.sha256.clone()),
-        backend: Some(shared.backend_name.to_owned()),
+        backend: Some(loaded.scorer.backend().to_owned()),
         score: None,
         label: None,
         reason: None,
@@ -577,7 +583,11 @@ fn count(shared: &Shared, outcome: &PredictionOutcome) {
         "streamscore_infer_predictions_total",
         "model" => outcome.model.clone(),
         "version" => outcome.model_version.clone().unwrap_or_default(),
-        "backend" => shared.backend_name,
+        "backend" => match outcome.backend.as_deref() {
+            Some("cuda") => "cuda",
+            Some("cpu") => "cpu",
+            _ => "none",
+        },
         "status" => status,
     )
     .increment(1);

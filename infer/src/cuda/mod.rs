@@ -2,13 +2,25 @@
 //! through cudarc (dynamic loading, so the project builds and runs its CPU tests without a
 //! GPU or a CUDA toolkit).
 //!
-//! Status: the kernels (a fused tiled dense layer, softmax, and a whole-network kernel with
-//! the weights in shared memory) compile to PTX and are checked by a test on every machine;
-//! the weights they take come from [`crate::mlp`], whose CPU reference matches tract. Running
-//! them on a device is not wired yet: asking for the CUDA backend is a clear error — without a
-//! driver it says so, with one it says the device path is not built — never a silent CPU run.
+//! - [`device`]: the device path — context, kernels compiled for the device, weights uploaded
+//!   once per model version, pinned host buffers and two streams so consecutive chunks of a
+//!   batch overlap their copies with compute.
+//! - [`select`]: `--backend cpu|cuda|auto`. `cuda` where it cannot run is an error that says
+//!   why and what to do, never a CPU run; `auto` picks CUDA per model where it can run it and
+//!   says which it took in the log, in `streamscore_backend_info` and in every prediction's
+//!   `backend` field.
+
+pub mod device;
+
+use std::ffi::{c_char, CStr, CString};
+use std::sync::Arc;
 
 use cudarc::nvrtc::{CompileOptions, Ptx};
+use streamscore_modelstore::ModelVersion;
+
+pub use device::{CudaBackend, CudaScorer, Device};
+
+use crate::backend::{Backend, BackendError, Scorer, TractBackend};
 
 /// A kernel source file.
 #[derive(Debug, Clone, Copy)]
@@ -19,23 +31,38 @@ pub struct Kernel {
     pub entries: &'static [&'static str],
 }
 
+/// The fused dense layer and the row softmax.
+pub const DENSE: Kernel =
+    Kernel { file: "dense.cu", source: include_str!("kernels/dense.cu"), entries: &["dense_forward", "softmax_rows"] };
+/// The whole-network kernel.
+pub const MLP: Kernel = Kernel { file: "mlp.cu", source: include_str!("kernels/mlp.cu"), entries: &["mlp_forward"] };
 /// Every kernel of the backend.
-pub const KERNELS: [Kernel; 2] = [
-    Kernel { file: "dense.cu", source: include_str!("kernels/dense.cu"), entries: &["dense_forward", "softmax_rows"] },
-    Kernel { file: "mlp.cu", source: include_str!("kernels/mlp.cu"), entries: &["mlp_forward"] },
-];
+pub const KERNELS: [Kernel; 2] = [DENSE, MLP];
 
-/// Why the CUDA backend cannot run.
+/// Why the CUDA backend cannot run, or failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CudaError {
     #[error("the CUDA backend was asked for, but no CUDA driver (libcuda) is present on this machine; use --backend cpu (or auto)")]
     NoDriver,
+    #[error("the CUDA backend was asked for, but no CUDA device can be used: {reason}; use --backend cpu (or auto)")]
+    NoDevice { reason: String },
     #[error("NVRTC (libnvrtc) is not present; install the CUDA toolkit or the PyPI wheel nvidia-cuda-nvrtc-cu12 and put its lib/ folder on LD_LIBRARY_PATH")]
     NoNvrtc,
     #[error("compiling {file} for {arch}: {log}")]
-    Compile { file: &'static str, arch: &'static str, log: String },
-    #[error("a CUDA driver is present, but this build does not run the kernels on a device yet; use --backend cpu (or auto)")]
-    DeviceNotBuilt,
+    Compile { file: &'static str, arch: String, log: String },
+    #[error("loading {file} ({image}) on {device}: {reason}")]
+    Module { file: &'static str, image: String, device: String, reason: String },
+    #[error("the whole-network kernel cannot take this network: {reason}")]
+    DoesNotFit { reason: String },
+    #[error("CUDA driver call failed while {doing}: {reason}")]
+    Driver { doing: String, reason: String },
+}
+
+impl CudaError {
+    pub(crate) fn driver(doing: impl Into<String>) -> impl FnOnce(cudarc::driver::DriverError) -> Self {
+        let doing = doing.into();
+        move |e| Self::Driver { doing, reason: e.to_string() }
+    }
 }
 
 /// Whether libnvrtc can be loaded.
@@ -52,6 +79,42 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// NVRTC's version as (major, minor).
+#[allow(unsafe_code)]
+pub fn nvrtc_version() -> Result<(i32, i32), CudaError> {
+    if !nvrtc_present() {
+        return Err(CudaError::NoNvrtc);
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present; both pointers are valid for the call.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }.result().map_err(|e| CudaError::Compile {
+        file: "-",
+        arch: "-".to_owned(),
+        log: e.to_string(),
+    })?;
+    Ok((major, minor))
+}
+
+/// The real architectures (e.g. 90 for `sm_90`) this NVRTC can generate code for.
+#[allow(unsafe_code)]
+pub fn nvrtc_architectures() -> Result<Vec<i32>, CudaError> {
+    if !nvrtc_present() {
+        return Err(CudaError::NoNvrtc);
+    }
+    let error = |e: cudarc::nvrtc::result::NvrtcError| CudaError::Compile {
+        file: "-",
+        arch: "-".to_owned(),
+        log: format!("listing NVRTC's architectures: {e}"),
+    };
+    let mut count = 0;
+    // SAFETY: the library is present; the pointer is valid for the call.
+    unsafe { cudarc::nvrtc::sys::nvrtcGetNumSupportedArchs(&mut count) }.result().map_err(error)?;
+    let mut archs = vec![0; usize::try_from(count).unwrap_or(0)];
+    // SAFETY: `archs` holds exactly the `count` values NVRTC writes.
+    unsafe { cudarc::nvrtc::sys::nvrtcGetSupportedArchs(archs.as_mut_ptr()) }.result().map_err(error)?;
+    Ok(archs)
+}
+
 /// Compiles one kernel to PTX for a virtual architecture (e.g. `compute_90`).
 pub fn compile(kernel: &Kernel, arch: &'static str) -> Result<Ptx, CudaError> {
     if !nvrtc_present() {
@@ -60,17 +123,56 @@ pub fn compile(kernel: &Kernel, arch: &'static str) -> Result<Ptx, CudaError> {
     let options = CompileOptions { arch: Some(arch), use_fast_math: Some(false), ..Default::default() };
     cudarc::nvrtc::compile_ptx_with_opts(kernel.source, options).map_err(|e| CudaError::Compile {
         file: kernel.file,
-        arch,
+        arch: arch.to_owned(),
         log: e.to_string(),
     })
 }
 
-/// Why the CUDA backend cannot run here (in this build it never can: see the module doc).
-pub fn unavailable() -> CudaError {
-    if driver_present() {
-        CudaError::DeviceNotBuilt
-    } else {
-        CudaError::NoDriver
+/// Compiles one kernel to a CUBIN (device code, no JIT at load) for a real architecture,
+/// e.g. 90 for `sm_90`. A CUBIN loads on any driver of the same CUDA major version, where PTX
+/// from a newer NVRTC than the driver would be refused.
+#[allow(unsafe_code)]
+pub fn compile_cubin(kernel: &Kernel, sm: i32) -> Result<Vec<u8>, CudaError> {
+    use cudarc::nvrtc::{result, sys};
+    if !nvrtc_present() {
+        return Err(CudaError::NoNvrtc);
+    }
+    let arch = format!("sm_{sm}");
+    let failed = |log: String| CudaError::Compile { file: kernel.file, arch: arch.clone(), log };
+    let source = CString::new(kernel.source).map_err(|e| failed(e.to_string()))?;
+    let name = CString::new(kernel.file).map_err(|e| failed(e.to_string()))?;
+    let program = result::create_program(&source, Some(&name)).map_err(|e| failed(e.to_string()))?;
+    let options = [format!("--gpu-architecture={arch}"), "--std=c++14".to_owned()];
+    // SAFETY: `program` was created above and is destroyed once, at the end; `source` and
+    // `name` outlive it; every buffer handed to NVRTC is sized by NVRTC's own size call.
+    let compiled = unsafe {
+        match result::compile_program(program, &options) {
+            Err(e) => {
+                let log = result::get_program_log(program)
+                    .map(|log| CStr::from_ptr(log.as_ptr()).to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                Err(failed(format!("{e}: {log}")))
+            }
+            Ok(()) => {
+                let mut size = 0usize;
+                match sys::nvrtcGetCUBINSize(program, &mut size).result() {
+                    Err(e) => Err(failed(format!("no CUBIN: {e}"))),
+                    Ok(()) => {
+                        let mut cubin = vec![0u8; size];
+                        sys::nvrtcGetCUBIN(program, cubin.as_mut_ptr().cast::<c_char>())
+                            .result()
+                            .map(|()| cubin)
+                            .map_err(|e| failed(format!("no CUBIN: {e}")))
+                    }
+                }
+            }
+        }
+    };
+    // SAFETY: created above, not destroyed before.
+    let _ = unsafe { result::destroy_program(program) };
+    match compiled {
+        Ok(cubin) if cubin.is_empty() => Err(failed("NVRTC returned an empty CUBIN".to_owned())),
+        other => other,
     }
 }
 
@@ -95,15 +197,62 @@ impl std::str::FromStr for BackendChoice {
     }
 }
 
-/// Picks the backend: `cuda` fails loudly if it cannot run; `auto` says which it took and why.
-pub fn select(choice: BackendChoice) -> Result<std::sync::Arc<dyn crate::Backend>, CudaError> {
+impl std::fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Auto => "auto",
+        })
+    }
+}
+
+/// Picks the backend. `cuda` fails loudly where it cannot run (no driver, no device, no
+/// NVRTC, kernels that do not build or load); `auto` takes CUDA where it can and says so.
+pub fn select(choice: BackendChoice) -> Result<Arc<dyn Backend>, CudaError> {
     match choice {
-        BackendChoice::Cpu => Ok(std::sync::Arc::new(crate::TractBackend)),
-        BackendChoice::Cuda => Err(unavailable()),
-        BackendChoice::Auto => {
-            let reason = unavailable().to_string();
-            tracing::info!(backend = "cpu", reason, "backend auto: using the CPU");
-            Ok(std::sync::Arc::new(crate::TractBackend))
+        BackendChoice::Cpu => Ok(Arc::new(TractBackend)),
+        BackendChoice::Cuda => {
+            let backend = CudaBackend::open(0)?;
+            tracing::info!(backend = "cuda", device = backend.device().name(), "backend cuda");
+            Ok(Arc::new(backend))
+        }
+        BackendChoice::Auto => match CudaBackend::open(0) {
+            Ok(cuda) => {
+                tracing::info!(
+                    device = cuda.device().name(),
+                    "backend auto: CUDA where it can run a model, the CPU for any model it cannot"
+                );
+                Ok(Arc::new(AutoBackend { cuda }))
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::info!(backend = "cpu", reason, "backend auto: using the CPU");
+                Ok(Arc::new(TractBackend))
+            }
+        },
+    }
+}
+
+/// `auto` with a usable device: each model version on CUDA if its graph runs there, else on
+/// tract, logged with the reason. The scorer's own name says which one runs it.
+#[derive(Debug)]
+pub struct AutoBackend {
+    cuda: CudaBackend,
+}
+
+impl Backend for AutoBackend {
+    fn name(&self) -> &'static str {
+        "auto"
+    }
+
+    fn load(&self, version: &ModelVersion) -> Result<Arc<dyn Scorer>, BackendError> {
+        match self.cuda.load(version) {
+            Ok(scorer) => Ok(scorer),
+            Err(e) => {
+                tracing::warn!(model = version.key(), reason = %e, "backend auto: this model runs on the CPU");
+                TractBackend.load(version)
+            }
         }
     }
 }

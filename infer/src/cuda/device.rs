@@ -1,0 +1,691 @@
+//! The device path: one CUDA context per device, the kernels compiled for its architecture,
+//! and per model version a [`CudaScorer`] holding the weights on the device and lanes of
+//! pinned host buffers, device buffers and a stream each.
+//!
+//! A batch is cut into chunks of at most [`CHUNK_ROWS`] rows that alternate between a pair of
+//! lanes; a scorer has two pairs, so two batches scored at once run side by side. Each chunk is one stream-ordered, asynchronous sequence — copy in, kernel(s), copy
+//! out, event — so one lane's copies overlap the other lane's compute. The host waits on a
+//! lane's event only before it reuses that lane's pinned buffers, and at the end of the batch.
+//!
+//! Plans: a model whose widths fit [`MAX_WIDTH`] and whose weights fit the block's shared
+//! memory runs the whole-network kernel `mlp_forward` (one launch per chunk); any other
+//! supported chain runs `dense_forward` per layer (plus `softmax_rows`), through two scratch
+//! buffers on the device.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cudarc::driver::sys::{self, CUdevice_attribute, CUevent_flags};
+use cudarc::driver::{
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use streamscore_modelstore::ModelVersion;
+
+use super::{CudaError, Kernel, DENSE, MLP};
+use crate::backend::{score_column, Backend, BackendError, Scorer};
+use crate::mlp::{Activation, Dense, Mlp};
+
+/// Rows per chunk (and per lane buffer).
+pub const CHUNK_ROWS: usize = 2048;
+/// The widest layer the whole-network kernel takes (its per-thread arrays).
+pub const MAX_WIDTH: usize = 128;
+/// Threads per block of the whole-network kernel, the largest whose shared memory fits first.
+const MLP_BLOCKS: [u32; 3] = [128, 64, 32];
+/// Tile of the dense kernel (`TILE` in dense.cu).
+const TILE: u32 = 16;
+
+/// An open device: its context and the kernels built for it.
+pub struct Device {
+    ctx: Arc<CudaContext>,
+    name: String,
+    capability: (i32, i32),
+    /// How the kernels were built, e.g. `sm_90 CUBIN (NVRTC 12.9)`.
+    image: String,
+    max_shared_bytes: usize,
+    /// Peak memory bandwidth in bytes per second, from the memory clock and bus width.
+    bandwidth: f64,
+    dense: CudaFunction,
+    softmax: CudaFunction,
+    mlp: CudaFunction,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device").field("name", &self.name).field("image", &self.image).finish_non_exhaustive()
+    }
+}
+
+/// The driver's CUDA version as (major, minor).
+#[allow(unsafe_code)]
+fn driver_version() -> Option<(i32, i32)> {
+    let mut version = 0;
+    // SAFETY: only called after the driver library was found; the pointer is valid.
+    unsafe { sys::cuDriverGetVersion(&mut version) }.result().ok()?;
+    Some((version / 1000, (version % 1000) / 10))
+}
+
+impl Device {
+    /// Opens device `ordinal` and builds the kernels for it, or says why it cannot.
+    pub fn open(ordinal: usize) -> Result<Arc<Self>, CudaError> {
+        if !super::driver_present() {
+            return Err(CudaError::NoDriver);
+        }
+        let count =
+            CudaContext::device_count().map_err(|e| CudaError::NoDevice { reason: format!("the driver says {e}") })?;
+        if usize::try_from(count).unwrap_or(0) <= ordinal {
+            return Err(CudaError::NoDevice { reason: format!("device {ordinal} asked for, {count} present") });
+        }
+        let (nvrtc_major, nvrtc_minor) = super::nvrtc_version()?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice { reason: e.to_string() })?;
+        let name = ctx.name().map_err(CudaError::driver("reading the device name"))?;
+        let capability = ctx.compute_capability().map_err(CudaError::driver("reading the compute capability"))?;
+        let attribute = |a: CUdevice_attribute| ctx.attribute(a).map_err(CudaError::driver(format!("reading {a:?}")));
+        let max_shared_bytes =
+            usize::try_from(attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)?)
+                .unwrap_or(48 * 1024);
+        let clock_khz = f64::from(attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)?);
+        let bus_bits = f64::from(attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?);
+        let bandwidth = clock_khz * 1e3 * 2.0 * bus_bits / 8.0;
+
+        // A CUBIN for the device's own architecture where NVRTC knows it (no JIT, and it
+        // loads on any driver of the same major version); else PTX for the newest
+        // architecture NVRTC has at or below the device's, which the driver compiles.
+        let sm = capability.0 * 10 + capability.1;
+        let archs = super::nvrtc_architectures()?;
+        let nvrtc = format!("NVRTC {nvrtc_major}.{nvrtc_minor}");
+        let driver = driver_version().map_or_else(|| "unknown".to_owned(), |(a, b)| format!("{a}.{b}"));
+        let build = |kernel: &Kernel| -> Result<(Ptx, String), CudaError> {
+            if archs.contains(&sm) {
+                let cubin = super::compile_cubin(kernel, sm)?;
+                Ok((Ptx::from_binary(cubin), format!("sm_{sm} CUBIN ({nvrtc})")))
+            } else {
+                let virtual_arch =
+                    archs.iter().copied().filter(|&a| a <= sm).max().ok_or_else(|| CudaError::Compile {
+                        file: kernel.file,
+                        arch: format!("sm_{sm}"),
+                        log: format!("{nvrtc} supports none of this device's architectures ({archs:?})"),
+                    })?;
+                let arch: &'static str = Box::leak(format!("compute_{virtual_arch}").into_boxed_str());
+                Ok((super::compile(kernel, arch)?, format!("{arch} PTX ({nvrtc}, JIT by driver CUDA {driver})")))
+            }
+        };
+        let load = |kernel: &Kernel| -> Result<(Vec<CudaFunction>, String), CudaError> {
+            let (image, described) = build(kernel)?;
+            let module = ctx.load_module(image).map_err(|e| CudaError::Module {
+                file: kernel.file,
+                image: described.clone(),
+                device: name.clone(),
+                reason: format!(
+                    "{e} (driver CUDA {driver}; PTX from a newer NVRTC than the driver is refused: use an NVRTC no newer than the driver)"
+                ),
+            })?;
+            let functions = kernel
+                .entries
+                .iter()
+                .map(|entry| {
+                    module.load_function(entry).map_err(|e| CudaError::Module {
+                        file: kernel.file,
+                        image: described.clone(),
+                        device: name.clone(),
+                        reason: format!("entry {entry}: {e}"),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((functions, described))
+        };
+        let (dense_functions, image) = load(&DENSE)?;
+        let (mlp_functions, _) = load(&MLP)?;
+        let [dense, softmax] = <[CudaFunction; 2]>::try_from(dense_functions)
+            .map_err(|_| CudaError::Driver { doing: "loading dense.cu".to_owned(), reason: "entries".to_owned() })?;
+        let [mlp] = <[CudaFunction; 1]>::try_from(mlp_functions)
+            .map_err(|_| CudaError::Driver { doing: "loading mlp.cu".to_owned(), reason: "entries".to_owned() })?;
+        Ok(Arc::new(Self { ctx, name, capability, image, max_shared_bytes, bandwidth, dense, softmax, mlp }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn capability(&self) -> (i32, i32) {
+        self.capability
+    }
+
+    /// How the kernels were built, e.g. `sm_90 CUBIN (NVRTC 12.9)`.
+    pub fn image(&self) -> &str {
+        &self.image
+    }
+
+    /// Peak memory bandwidth in bytes per second.
+    pub fn bandwidth(&self) -> f64 {
+        self.bandwidth
+    }
+
+    fn new_stream(&self) -> Result<Arc<CudaStream>, CudaError> {
+        self.ctx.new_stream().map_err(CudaError::driver("creating a stream"))
+    }
+
+    /// Runs one dense layer (`dense_forward`, then `softmax_rows` for a softmax layer) on
+    /// `rows` rows, synchronously: the kernels on their own, for tests and benches.
+    pub fn dense(&self, layer: &Dense, x: &[f32], rows: usize) -> Result<Vec<f32>, CudaError> {
+        let stream = self.new_stream()?;
+        let on_device = DeviceLayer::upload(&stream, layer)?;
+        let x = stream.clone_htod(x).map_err(CudaError::driver("copying the input"))?;
+        let mut y = alloc(&stream, rows * layer.outputs)?;
+        self.launch_dense(&stream, &x, &on_device, &mut y, rows)?;
+        stream.clone_dtoh(&y).map_err(CudaError::driver("copying the output"))
+    }
+
+    /// Runs `softmax_rows` over `rows × cols` values, synchronously.
+    pub fn softmax(&self, y: &[f32], rows: usize, cols: usize) -> Result<Vec<f32>, CudaError> {
+        let stream = self.new_stream()?;
+        let mut y = stream.clone_htod(y).map_err(CudaError::driver("copying the input"))?;
+        self.launch_softmax(&stream, &mut y, rows, cols)?;
+        stream.clone_dtoh(&y).map_err(CudaError::driver("copying the output"))
+    }
+
+    /// Runs the whole-network kernel on `rows` rows, synchronously; every output column.
+    pub fn mlp(&self, mlp: &Mlp, x: &[f32], rows: usize) -> Result<Vec<f32>, CudaError> {
+        let stream = self.new_stream()?;
+        let Plan::Fused(fused) = Plan::new(self, &stream, mlp, true)? else {
+            return Err(CudaError::DoesNotFit { reason: Plan::fused_misfit(self, mlp).unwrap_or_default() });
+        };
+        let x = stream.clone_htod(x).map_err(CudaError::driver("copying the input"))?;
+        let mut y = alloc(&stream, rows * mlp.outputs())?;
+        self.launch_mlp(&stream, &fused, &x, &mut y, rows)?;
+        stream.clone_dtoh(&y).map_err(CudaError::driver("copying the output"))
+    }
+
+    #[allow(unsafe_code)]
+    fn launch_dense(
+        &self,
+        stream: &Arc<CudaStream>,
+        x: &CudaSlice<f32>,
+        layer: &DeviceLayer,
+        y: &mut CudaSlice<f32>,
+        rows: usize,
+    ) -> Result<(), CudaError> {
+        let (rows_i, inputs, outputs) = (int(rows)?, int(layer.inputs)?, int(layer.outputs)?);
+        let cfg = LaunchConfig {
+            grid_dim: (dim(layer.outputs.div_ceil(TILE as usize))?, dim(rows.div_ceil(TILE as usize))?, 1),
+            block_dim: (TILE, TILE, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = stream.launch_builder(&self.dense);
+        launch.arg(x).arg(&layer.weights).arg(&layer.bias).arg(&mut *y);
+        launch.arg(&rows_i).arg(&inputs).arg(&outputs).arg(&layer.activation);
+        // SAFETY: the arguments match dense_forward's signature; x holds rows × inputs values,
+        // the weights inputs × outputs, the bias outputs, y rows × outputs; the grid covers
+        // every output once and the kernel bounds-checks the edges.
+        unsafe { launch.launch(cfg) }.map_err(CudaError::driver("launching dense_forward"))?;
+        if layer.softmax {
+            self.launch_softmax(stream, y, rows, layer.outputs)?;
+        }
+        Ok(())
+    }
+
+    #[allow(unsafe_code)]
+    fn launch_softmax(
+        &self,
+        stream: &Arc<CudaStream>,
+        y: &mut CudaSlice<f32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(), CudaError> {
+        let (rows_i, cols_i) = (int(rows)?, int(cols)?);
+        let cfg =
+            LaunchConfig { grid_dim: (dim(rows.div_ceil(128))?, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let mut launch = stream.launch_builder(&self.softmax);
+        launch.arg(&mut *y).arg(&rows_i).arg(&cols_i);
+        // SAFETY: y holds rows × cols values; one thread per row, bounds-checked.
+        unsafe { launch.launch(cfg) }.map_err(CudaError::driver("launching softmax_rows"))?;
+        Ok(())
+    }
+
+    #[allow(unsafe_code)]
+    fn launch_mlp(
+        &self,
+        stream: &Arc<CudaStream>,
+        fused: &Fused,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        rows: usize,
+    ) -> Result<(), CudaError> {
+        let rows_i = int(rows)?;
+        let cfg = LaunchConfig {
+            grid_dim: (dim(rows.div_ceil(fused.block as usize))?, 1, 1),
+            block_dim: (fused.block, 1, 1),
+            shared_mem_bytes: fused.shared_bytes,
+        };
+        let mut launch = stream.launch_builder(&self.mlp);
+        launch.arg(&fused.params).arg(&fused.param_count).arg(&fused.dims).arg(&fused.acts).arg(&fused.layers);
+        launch.arg(x).arg(&mut *y).arg(&rows_i);
+        // SAFETY: the arguments match mlp_forward's signature; the packed parameters, widths
+        // and activation codes were built from one Mlp (Plan::new); x holds rows × inputs
+        // values and y rows × outputs; the shared memory is what the kernel's comment asks
+        // for with this block size and was checked against the device's limit.
+        unsafe { launch.launch(cfg) }.map_err(CudaError::driver("launching mlp_forward"))?;
+        Ok(())
+    }
+}
+
+fn int(n: usize) -> Result<i32, CudaError> {
+    i32::try_from(n).map_err(|_| CudaError::Driver { doing: "sizing a launch".to_owned(), reason: format!("{n}") })
+}
+
+fn dim(n: usize) -> Result<u32, CudaError> {
+    u32::try_from(n.max(1))
+        .map_err(|_| CudaError::Driver { doing: "sizing a launch".to_owned(), reason: format!("{n} blocks") })
+}
+
+fn alloc(stream: &Arc<CudaStream>, len: usize) -> Result<CudaSlice<f32>, CudaError> {
+    stream.alloc_zeros::<f32>(len.max(1)).map_err(CudaError::driver(format!("allocating {len} floats on the device")))
+}
+
+/// A dense layer on the device.
+#[derive(Debug)]
+struct DeviceLayer {
+    weights: CudaSlice<f32>,
+    bias: CudaSlice<f32>,
+    inputs: usize,
+    outputs: usize,
+    /// dense.cu's code: 0 identity, 1 relu, 2 tanh, 3 sigmoid (softmax: identity, then rows).
+    activation: i32,
+    softmax: bool,
+}
+
+impl DeviceLayer {
+    fn upload(stream: &Arc<CudaStream>, layer: &Dense) -> Result<Self, CudaError> {
+        Ok(Self {
+            weights: stream.clone_htod(&layer.weights).map_err(CudaError::driver("copying weights"))?,
+            bias: stream.clone_htod(&layer.bias).map_err(CudaError::driver("copying a bias"))?,
+            inputs: layer.inputs,
+            outputs: layer.outputs,
+            activation: match layer.activation {
+                Activation::Identity | Activation::Softmax => 0,
+                Activation::Relu => 1,
+                Activation::Tanh => 2,
+                Activation::Sigmoid => 3,
+            },
+            softmax: layer.activation == Activation::Softmax,
+        })
+    }
+}
+
+/// The whole-network kernel's arguments.
+#[derive(Debug)]
+struct Fused {
+    params: CudaSlice<f32>,
+    param_count: i32,
+    dims: CudaSlice<i32>,
+    acts: CudaSlice<i32>,
+    layers: i32,
+    block: u32,
+    shared_bytes: u32,
+}
+
+/// How a model runs on the device.
+#[derive(Debug)]
+enum Plan {
+    Fused(Fused),
+    Layered(Vec<DeviceLayer>),
+}
+
+impl Plan {
+    /// The block size and shared memory of the whole-network kernel for `mlp`, or why it
+    /// cannot take it.
+    fn fused_shape(device: &Device, mlp: &Mlp) -> Result<(u32, usize), String> {
+        let widest = mlp.layers.iter().map(|l| l.inputs.max(l.outputs)).max().unwrap_or(0);
+        if widest > MAX_WIDTH {
+            return Err(format!("a layer is {widest} wide, the kernel takes up to {MAX_WIDTH}"));
+        }
+        let param_count: usize = mlp.layers.iter().map(|l| l.weights.len() + l.bias.len()).sum();
+        let shared = |block: u32| (param_count + block as usize * (mlp.inputs() + 1)) * std::mem::size_of::<f32>();
+        MLP_BLOCKS.iter().map(|&block| (block, shared(block))).find(|&(_, bytes)| bytes <= device.max_shared_bytes).ok_or_else(
+            || {
+                format!(
+                    "{param_count} weights and a tile of inputs need {} bytes of shared memory, the device has {} per block",
+                    shared(MLP_BLOCKS[MLP_BLOCKS.len() - 1]),
+                    device.max_shared_bytes
+                )
+            },
+        )
+    }
+
+    fn fused_misfit(device: &Device, mlp: &Mlp) -> Option<String> {
+        Self::fused_shape(device, mlp).err()
+    }
+
+    /// The whole-network kernel where the model fits it, else a kernel per layer.
+    fn new(device: &Device, stream: &Arc<CudaStream>, mlp: &Mlp, allow_fused: bool) -> Result<Self, CudaError> {
+        let param_count: usize = mlp.layers.iter().map(|l| l.weights.len() + l.bias.len()).sum();
+        if let (true, Ok((block, shared_bytes))) = (allow_fused, Self::fused_shape(device, mlp)) {
+            let mut params = Vec::with_capacity(param_count);
+            let mut dims = vec![int(mlp.inputs())?];
+            let mut acts = Vec::with_capacity(mlp.layers.len());
+            for layer in &mlp.layers {
+                params.extend_from_slice(&layer.weights);
+                params.extend_from_slice(&layer.bias);
+                dims.push(int(layer.outputs)?);
+                acts.push(match layer.activation {
+                    Activation::Identity => 0,
+                    Activation::Relu => 1,
+                    Activation::Tanh => 2,
+                    Activation::Sigmoid => 3,
+                    Activation::Softmax => 4,
+                });
+            }
+            let upload = |what: &str| CudaError::driver(format!("copying {what}"));
+            return Ok(Self::Fused(Fused {
+                params: stream.clone_htod(&params).map_err(upload("weights"))?,
+                param_count: int(param_count)?,
+                dims: stream.clone_htod(&dims).map_err(upload("widths"))?,
+                acts: stream.clone_htod(&acts).map_err(upload("activations"))?,
+                layers: int(mlp.layers.len())?,
+                block,
+                shared_bytes: u32::try_from(shared_bytes).unwrap_or(u32::MAX),
+            }));
+        }
+        mlp.layers.iter().map(|layer| DeviceLayer::upload(stream, layer)).collect::<Result<_, _>>().map(Self::Layered)
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            Self::Fused(_) => "whole-network kernel",
+            Self::Layered(_) => "a dense kernel per layer",
+        }
+    }
+
+    /// Enqueues the forward pass of `rows` rows from `x` to `y` on `stream`.
+    fn enqueue(
+        &self,
+        device: &Device,
+        stream: &Arc<CudaStream>,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+        scratch: &mut [CudaSlice<f32>; 2],
+        rows: usize,
+    ) -> Result<(), CudaError> {
+        match self {
+            Self::Fused(fused) => device.launch_mlp(stream, fused, x, y, rows),
+            Self::Layered(layers) => {
+                let [even, odd] = scratch;
+                for (k, layer) in layers.iter().enumerate() {
+                    let last = k + 1 == layers.len();
+                    // Layer k reads layer k-1's output: x, then the scratch buffers in turn.
+                    let (src, dst): (&CudaSlice<f32>, &mut CudaSlice<f32>) = match (k, last) {
+                        (0, true) => (x, &mut *y),
+                        (0, false) => (x, &mut *even),
+                        (k, true) if k % 2 == 1 => (&*even, &mut *y),
+                        (_, true) => (&*odd, &mut *y),
+                        (k, false) if k % 2 == 1 => (&*even, &mut *odd),
+                        (_, false) => (&*odd, &mut *even),
+                    };
+                    device.launch_dense(stream, src, layer, dst, rows)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One lane: a stream with its pinned host buffers and device buffers for one chunk.
+struct Lane {
+    stream: Arc<CudaStream>,
+    host_in: PinnedHostSlice<f32>,
+    host_out: PinnedHostSlice<f32>,
+    dev_in: CudaSlice<f32>,
+    dev_out: CudaSlice<f32>,
+    scratch: [CudaSlice<f32>; 2],
+    /// Recorded after the chunk's copy out.
+    done: CudaEvent,
+    /// The chunk in flight: its first row in the batch and its rows.
+    pending: Option<(usize, usize)>,
+}
+
+impl Lane {
+    #[allow(unsafe_code)]
+    fn new(device: &Device, inputs: usize, outputs: usize, widest: usize, layered: bool) -> Result<Self, CudaError> {
+        let stream = device.new_stream()?;
+        let pinned = |len: usize, flags: u32| {
+            // SAFETY: the memory is written (copy_from_slice, or a device copy) before it is read.
+            unsafe { device.ctx.alloc_pinned_with_flags::<f32>(len, flags) }
+                .map_err(CudaError::driver(format!("allocating {len} pinned floats")))
+        };
+        let scratch_len = if layered { CHUNK_ROWS * widest } else { 1 };
+        Ok(Self {
+            // The host only writes the input (write-combined is fastest for that) and only
+            // reads the output (cached).
+            host_in: pinned(CHUNK_ROWS * inputs, sys::CU_MEMHOSTALLOC_WRITECOMBINED)?,
+            host_out: pinned(CHUNK_ROWS * outputs, 0)?,
+            dev_in: alloc(&stream, CHUNK_ROWS * inputs)?,
+            dev_out: alloc(&stream, CHUNK_ROWS * outputs)?,
+            scratch: [alloc(&stream, scratch_len)?, alloc(&stream, scratch_len)?],
+            done: device
+                .ctx
+                .new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))
+                .map_err(CudaError::driver("creating an event"))?,
+            stream,
+            pending: None,
+        })
+    }
+
+    /// Enqueues one chunk: copy in, forward pass, copy out, event. Asynchronous.
+    fn submit(&mut self, scorer: &CudaScorer, chunk: &[f32], first: usize, rows: usize) -> Result<(), CudaError> {
+        let (n_in, n_out) = (rows * scorer.inputs, rows * scorer.outputs);
+        let host_in = self.host_in.as_mut_slice().map_err(CudaError::driver("waiting on the input buffer"))?;
+        host_in[..n_in].copy_from_slice(chunk);
+        self.stream
+            .memcpy_htod(&host_in[..n_in], &mut self.dev_in.slice_mut(..n_in))
+            .map_err(CudaError::driver("copying a chunk to the device"))?;
+        scorer.plan.enqueue(&scorer.device, &self.stream, &self.dev_in, &mut self.dev_out, &mut self.scratch, rows)?;
+        let host_out = self.host_out.as_mut_slice().map_err(CudaError::driver("waiting on the output buffer"))?;
+        self.stream
+            .memcpy_dtoh(&self.dev_out.slice(..n_out), &mut host_out[..n_out])
+            .map_err(CudaError::driver("copying scores from the device"))?;
+        self.done.record(&self.stream).map_err(CudaError::driver("recording a chunk's event"))?;
+        self.pending = Some((first, rows));
+        Ok(())
+    }
+
+    /// Waits for the chunk in flight, if any, and copies its scores into `scores`.
+    fn finish(&mut self, scores: &mut [f32], outputs: usize, column: usize) -> Result<(), CudaError> {
+        let Some((first, rows)) = self.pending.take() else { return Ok(()) };
+        self.done.synchronize().map_err(CudaError::driver("waiting for a chunk"))?;
+        let host_out = self.host_out.as_slice().map_err(CudaError::driver("reading the output buffer"))?;
+        for (r, score) in scores[first..first + rows].iter_mut().enumerate() {
+            *score = host_out[r * outputs + column];
+        }
+        Ok(())
+    }
+}
+
+/// The CUDA backend on one device.
+#[derive(Debug, Clone)]
+pub struct CudaBackend {
+    device: Arc<Device>,
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`, or says why the backend cannot run here.
+    pub fn open(ordinal: usize) -> Result<Self, CudaError> {
+        Ok(Self { device: Device::open(ordinal)? })
+    }
+
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    /// A scorer for a network, named `name` in errors. `allow_fused: false` forces the
+    /// per-layer plan (tests cover both).
+    pub fn scorer(&self, mlp: &Mlp, name: &str, allow_fused: bool) -> Result<CudaScorer, BackendError> {
+        let load_error = |e: CudaError| BackendError::Load { model: name.to_owned(), reason: e.to_string() };
+        let column =
+            score_column(mlp.outputs()).map_err(|reason| BackendError::Load { model: name.to_owned(), reason })?;
+        let stream = self.device.new_stream().map_err(load_error)?;
+        let plan = Plan::new(&self.device, &stream, mlp, allow_fused).map_err(load_error)?;
+        // The weights are on the device before any lane's stream reads them.
+        stream.synchronize().map_err(CudaError::driver("copying weights")).map_err(load_error)?;
+        let widest = mlp.layers.iter().map(|l| l.outputs).max().unwrap_or(1);
+        let layered = matches!(plan, Plan::Layered(_));
+        let lane = || Lane::new(&self.device, mlp.inputs(), mlp.outputs(), widest, layered).map_err(load_error);
+        let lanes = [Mutex::new([lane()?, lane()?]), Mutex::new([lane()?, lane()?])];
+        Ok(CudaScorer {
+            device: Arc::clone(&self.device),
+            name: name.to_owned(),
+            inputs: mlp.inputs(),
+            outputs: mlp.outputs(),
+            column,
+            widest,
+            plan,
+            lanes,
+            turn: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn load(&self, version: &ModelVersion) -> Result<Arc<dyn Scorer>, BackendError> {
+        let mlp = Mlp::from_onnx(&version.onnx_path).map_err(|e| BackendError::Load {
+            model: version.key(),
+            reason: format!("the CUDA backend cannot run it: {e}"),
+        })?;
+        if mlp.inputs() != version.meta.features.len() {
+            return Err(BackendError::Load {
+                model: version.key(),
+                reason: format!(
+                    "the graph takes {} inputs, the metadata lists {} features",
+                    mlp.inputs(),
+                    version.meta.features.len()
+                ),
+            });
+        }
+        let scorer = self.scorer(&mlp, &version.key(), true)?;
+        tracing::info!(
+            model = version.key(),
+            device = self.device.name(),
+            plan = scorer.plan.describe(),
+            image = self.device.image(),
+            "model on the GPU"
+        );
+        Ok(Arc::new(scorer))
+    }
+}
+
+/// A model version on the device.
+pub struct CudaScorer {
+    device: Arc<Device>,
+    name: String,
+    inputs: usize,
+    outputs: usize,
+    /// The output column that is the score.
+    column: usize,
+    widest: usize,
+    plan: Plan,
+    /// Two pairs of lanes: a batch double-buffers its chunks over one pair, and two batches
+    /// scored at once (versions, shadows) each get a pair, so their copies and kernels overlap.
+    lanes: [Mutex<[Lane; 2]>; 2],
+    /// Which pair a batch waits for when both are busy.
+    turn: AtomicUsize,
+}
+
+impl std::fmt::Debug for CudaScorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaScorer")
+            .field("model", &self.name)
+            .field("device", &self.device.name)
+            .field("plan", &self.plan.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaScorer {
+    /// Whether this scorer runs the whole-network kernel (else a kernel per layer).
+    pub fn fused(&self) -> bool {
+        matches!(self.plan, Plan::Fused(_))
+    }
+
+    /// Device time of the forward pass alone on `rows` rows already on the device (no
+    /// copies), averaged over `iterations` launches timed with CUDA events.
+    pub fn kernel_time(&self, rows: usize, iterations: u32) -> Result<Duration, CudaError> {
+        let stream = self.device.new_stream()?;
+        let x =
+            stream.clone_htod(&vec![0.5_f32; rows * self.inputs]).map_err(CudaError::driver("copying the input"))?;
+        let mut y = alloc(&stream, rows * self.outputs)?;
+        let scratch_len = if self.fused() { 1 } else { rows * self.widest };
+        let mut scratch = [alloc(&stream, scratch_len)?, alloc(&stream, scratch_len)?];
+        self.plan.enqueue(&self.device, &stream, &x, &mut y, &mut scratch, rows)?;
+        let timing = Some(CUevent_flags::CU_EVENT_DEFAULT);
+        let start = stream.record_event(timing).map_err(CudaError::driver("recording an event"))?;
+        for _ in 0..iterations.max(1) {
+            self.plan.enqueue(&self.device, &stream, &x, &mut y, &mut scratch, rows)?;
+        }
+        let end = stream.record_event(timing).map_err(CudaError::driver("recording an event"))?;
+        let ms = start.elapsed_ms(&end).map_err(CudaError::driver("timing the kernels"))?;
+        Ok(Duration::from_secs_f64(f64::from(ms) / 1e3 / f64::from(iterations.max(1))))
+    }
+
+    fn run(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, CudaError> {
+        let mut scores = vec![0.0_f32; rows];
+        let poisoned = |_| CudaError::Driver {
+            doing: "taking a pair of lanes".to_owned(),
+            reason: "a previous batch panicked".to_owned(),
+        };
+        let mut lanes = match self.lanes.iter().find_map(|pair| pair.try_lock().ok()) {
+            Some(free) => free,
+            None => {
+                self.lanes[self.turn.fetch_add(1, Ordering::Relaxed) % self.lanes.len()].lock().map_err(poisoned)?
+            }
+        };
+        let result = (|| {
+            let mut first = 0;
+            let mut next = 0;
+            while first < rows {
+                let n = CHUNK_ROWS.min(rows - first);
+                let lane = &mut lanes[next];
+                next = 1 - next;
+                // Reusing the lane's pinned buffers waits for its previous chunk only; the
+                // other lane's chunk keeps running meanwhile.
+                lane.finish(&mut scores, self.outputs, self.column)?;
+                lane.submit(self, &input[first * self.inputs..(first + n) * self.inputs], first, n)?;
+                first += n;
+            }
+            for lane in lanes.iter_mut() {
+                lane.finish(&mut scores, self.outputs, self.column)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            for lane in lanes.iter_mut() {
+                lane.pending = None;
+                let _ = lane.stream.synchronize();
+            }
+        }
+        result.map(|()| scores)
+    }
+}
+
+impl Scorer for CudaScorer {
+    fn features(&self) -> usize {
+        self.inputs
+    }
+
+    fn backend(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn score(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, BackendError> {
+        if input.len() != rows * self.inputs {
+            return Err(BackendError::Shape { got: input.len(), rows, features: self.inputs });
+        }
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
+        self.run(input, rows).map_err(|e| BackendError::Run { rows, reason: e.to_string() })
+    }
+}
