@@ -98,6 +98,9 @@ impl Mlp {
             }
             match node.op_type.as_str() {
                 "MatMul" | "Gemm" => {
+                    if node.input.first() != Some(&current) {
+                        return Err(not_chain("the data must be the first operand (x · W)"));
+                    }
                     let weight = node
                         .input
                         .iter()
@@ -105,7 +108,18 @@ impl Mlp {
                         .ok_or_else(|| not_chain("no weight initializer"))?;
                     let (mut w, dims) = floats(weight)?;
                     let [mut rows, mut cols] = dims[..] else { return Err(not_chain("weight is not 2-D")) };
-                    let trans_b = node.attribute.iter().any(|a| a.name == "transB" && a.i == 1);
+                    let attribute = |name: &str| node.attribute.iter().find(|a| a.name == name);
+                    if node.op_type == "Gemm" {
+                        let alpha = attribute("alpha").map_or(1.0, |a| a.f);
+                        let beta = attribute("beta").map_or(1.0, |a| a.f);
+                        if alpha != 1.0 || beta != 1.0 {
+                            return Err(not_chain(&format!("Gemm with alpha {alpha} and beta {beta} (only 1 and 1)")));
+                        }
+                        if attribute("transA").is_some_and(|a| a.i != 0) {
+                            return Err(not_chain("Gemm with transA"));
+                        }
+                    }
+                    let trans_b = attribute("transB").is_some_and(|a| a.i == 1);
                     if trans_b {
                         let mut t = vec![0.0; w.len()];
                         for r in 0..rows {
@@ -128,6 +142,9 @@ impl Mlp {
                     if node.op_type == "Gemm" {
                         if let Some(c) = node.input.get(2).and_then(|n| initializer(graph, n)) {
                             bias = floats(c)?.0;
+                            if bias.len() != cols {
+                                return Err(not_chain(&format!("bias of {} for {cols} outputs", bias.len())));
+                            }
                         }
                     }
                     layers.push(Dense {

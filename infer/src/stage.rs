@@ -488,7 +488,7 @@ async fn score_batch(
                 outcome
             }
         };
-        count(shared, &outcome);
+        count(shared, &outcome, loaded.scorer.backend());
         deliveries.push(send(shared, &outcome).await?);
     }
     try_join_all(deliveries).await?;
@@ -571,7 +571,8 @@ fn fill_score(outcome: &mut PredictionOutcome, version: &ModelVersion, score: Re
     }
 }
 
-fn count(shared: &Shared, outcome: &PredictionOutcome) {
+/// Counts an outcome; `backend`: what scored it (`none` for a rejection before scoring).
+fn count(shared: &Shared, outcome: &PredictionOutcome, backend: &'static str) {
     use std::sync::atomic::Ordering::Relaxed;
     let (status, counter) = match outcome.status {
         OutcomeStatus::Scored => ("scored", &shared.stats.scored),
@@ -583,11 +584,7 @@ fn count(shared: &Shared, outcome: &PredictionOutcome) {
         "streamscore_infer_predictions_total",
         "model" => outcome.model.clone(),
         "version" => outcome.model_version.clone().unwrap_or_default(),
-        "backend" => match outcome.backend.as_deref() {
-            Some("cuda") => "cuda",
-            Some("cpu") => "cpu",
-            _ => "none",
-        },
+        "backend" => backend,
         "status" => status,
     )
     .increment(1);
@@ -627,7 +624,7 @@ async fn reject(
     admitted: bool,
 ) -> Result<(), InferError> {
     let outcome = crate::outcome::rejected(&validated, &shared.config.instance, reason, detail, retry_after_ms);
-    count(shared, &outcome);
+    count(shared, &outcome, "none");
     let delivery = send(shared, &outcome).await?;
     let errors = shared.errors.clone();
     let released = admitted.then(|| (shared.released.clone(), validated.request.tenant));

@@ -45,3 +45,34 @@ fn an_unsupported_operator_is_refused_by_name() {
     let error = Mlp::from_proto(&proto).expect_err("refused").to_string();
     assert!(error.contains("LeakyRelu"), "{error}");
 }
+
+#[test]
+fn gemm_reads_like_matmul_and_only_with_unit_alpha_beta_and_data_first() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fraud/1/model.onnx");
+    let proto = tract_onnx::onnx().proto_model_for_path(path).expect("parses");
+    let reference = Mlp::from_proto(&proto).expect("the shipped chain");
+    let first_matmul =
+        proto.graph.as_ref().expect("graph").node.iter().position(|n| n.op_type == "MatMul").expect("a MatMul");
+
+    let mut gemm = proto.clone();
+    gemm.graph.as_mut().expect("graph").node[first_matmul].op_type = "Gemm".to_owned();
+    assert_eq!(Mlp::from_proto(&gemm).expect("a Gemm with defaults"), reference);
+
+    let mut scaled = gemm.clone();
+    scaled.graph.as_mut().expect("graph").node[first_matmul].attribute.push(tract_onnx::pb::AttributeProto {
+        name: "alpha".to_owned(),
+        f: 2.0,
+        ..Default::default()
+    });
+    match Mlp::from_proto(&scaled) {
+        Err(GraphError::NotAChain { reason, .. }) => assert!(reason.contains("alpha 2"), "{reason}"),
+        other => panic!("expected alpha 2 refused, got {other:?}"),
+    }
+
+    let mut swapped = proto.clone();
+    swapped.graph.as_mut().expect("graph").node[first_matmul].input.swap(0, 1);
+    match Mlp::from_proto(&swapped) {
+        Err(GraphError::NotAChain { reason, .. }) => assert!(reason.contains("first operand"), "{reason}"),
+        other => panic!("expected W · x refused, got {other:?}"),
+    }
+}

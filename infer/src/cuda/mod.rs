@@ -116,11 +116,15 @@ pub fn nvrtc_architectures() -> Result<Vec<i32>, CudaError> {
 }
 
 /// Compiles one kernel to PTX for a virtual architecture (e.g. `compute_90`).
-pub fn compile(kernel: &Kernel, arch: &'static str) -> Result<Ptx, CudaError> {
+pub fn compile(kernel: &Kernel, arch: &str) -> Result<Ptx, CudaError> {
     if !nvrtc_present() {
         return Err(CudaError::NoNvrtc);
     }
-    let options = CompileOptions { arch: Some(arch), use_fast_math: Some(false), ..Default::default() };
+    let options = CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}")],
+        use_fast_math: Some(false),
+        ..Default::default()
+    };
     cudarc::nvrtc::compile_ptx_with_opts(kernel.source, options).map_err(|e| CudaError::Compile {
         file: kernel.file,
         arch: arch.to_owned(),

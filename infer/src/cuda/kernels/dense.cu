@@ -4,7 +4,8 @@
 // Softmax needs the whole row and is a separate kernel (softmax_rows), run after an
 // identity layer.
 //
-// Launch: block (TILE, TILE), grid (ceil(out / TILE), ceil(rows / TILE)).
+// Launch: block (TILE, TILE), grid (ceil(rows / TILE), ceil(out / TILE)): rows on x, whose
+// limit is 2^31 - 1 blocks (y's is 65,535).
 
 #define TILE 16
 
@@ -26,8 +27,8 @@ extern "C" __global__ void dense_forward(
 {
     __shared__ float xs[TILE][TILE + 1];  // +1: no bank conflicts on the column reads
     __shared__ float ws[TILE][TILE + 1];
-    const int row = blockIdx.y * TILE + threadIdx.y;
-    const int col = blockIdx.x * TILE + threadIdx.x;
+    const int row = blockIdx.x * TILE + threadIdx.y;
+    const int col = blockIdx.y * TILE + threadIdx.x;
     float acc = 0.0f;
     for (int t = 0; t < (in_dim + TILE - 1) / TILE; ++t) {
         const int kx = t * TILE + threadIdx.x;
