@@ -13,7 +13,7 @@
 //! buffers on the device.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use cudarc::driver::sys::{self, CUdevice_attribute, CUevent_flags};
@@ -85,8 +85,11 @@ impl Device {
         let max_shared_bytes =
             usize::try_from(attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)?)
                 .unwrap_or(48 * 1024);
-        let clock_khz = f64::from(attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)?);
-        let bus_bits = f64::from(attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?);
+        // Only the bench's bandwidth bound uses these; a driver that does not report them
+        // leaves the bound unknown (0) rather than the device unusable.
+        let optional = |a: CUdevice_attribute| ctx.attribute(a).map_or(0.0, f64::from);
+        let clock_khz = optional(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE);
+        let bus_bits = optional(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH);
         let bandwidth = clock_khz * 1e3 * 2.0 * bus_bits / 8.0;
 
         // A CUBIN for the device's own architecture where NVRTC knows it (no JIT, and it
@@ -107,8 +110,8 @@ impl Device {
                         arch: format!("sm_{sm}"),
                         log: format!("{nvrtc} supports none of this device's architectures ({archs:?})"),
                     })?;
-                let arch: &'static str = Box::leak(format!("compute_{virtual_arch}").into_boxed_str());
-                Ok((super::compile(kernel, arch)?, format!("{arch} PTX ({nvrtc}, JIT by driver CUDA {driver})")))
+                let arch = format!("compute_{virtual_arch}");
+                Ok((super::compile(kernel, &arch)?, format!("{arch} PTX ({nvrtc}, JIT by driver CUDA {driver})")))
             }
         };
         let load = |kernel: &Kernel| -> Result<(Vec<CudaFunction>, String), CudaError> {
@@ -208,7 +211,7 @@ impl Device {
     ) -> Result<(), CudaError> {
         let (rows_i, inputs, outputs) = (int(rows)?, int(layer.inputs)?, int(layer.outputs)?);
         let cfg = LaunchConfig {
-            grid_dim: (dim(layer.outputs.div_ceil(TILE as usize))?, dim(rows.div_ceil(TILE as usize))?, 1),
+            grid_dim: (dim(rows.div_ceil(TILE as usize))?, dim(layer.outputs.div_ceil(TILE as usize))?, 1),
             block_dim: (TILE, TILE, 1),
             shared_mem_bytes: 0,
         };
@@ -462,9 +465,10 @@ impl Lane {
             dev_in: alloc(&stream, CHUNK_ROWS * inputs)?,
             dev_out: alloc(&stream, CHUNK_ROWS * outputs)?,
             scratch: [alloc(&stream, scratch_len)?, alloc(&stream, scratch_len)?],
+            // Blocking: the host thread sleeps while it waits instead of spinning a core.
             done: device
                 .ctx
-                .new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))
+                .new_event(Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC))
                 .map_err(CudaError::driver("creating an event"))?,
             stream,
             pending: None,
@@ -498,6 +502,15 @@ impl Lane {
             *score = host_out[r * outputs + column];
         }
         Ok(())
+    }
+}
+
+/// A pair of lanes if it is free (a poisoned one too: the caller drains it).
+fn try_take(pair: &Mutex<[Lane; 2]>) -> Option<MutexGuard<'_, [Lane; 2]>> {
+    match pair.try_lock() {
+        Ok(lanes) => Some(lanes),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
     }
 }
 
@@ -632,16 +645,18 @@ impl CudaScorer {
 
     fn run(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, CudaError> {
         let mut scores = vec![0.0_f32; rows];
-        let poisoned = |_| CudaError::Driver {
-            doing: "taking a pair of lanes".to_owned(),
-            reason: "a previous batch panicked".to_owned(),
-        };
-        let mut lanes = match self.lanes.iter().find_map(|pair| pair.try_lock().ok()) {
+        // A pair left poisoned by a panicking batch is taken back: its chunks in flight are
+        // dropped and its streams drained first.
+        let mut lanes = match self.lanes.iter().find_map(try_take) {
             Some(free) => free,
-            None => {
-                self.lanes[self.turn.fetch_add(1, Ordering::Relaxed) % self.lanes.len()].lock().map_err(poisoned)?
-            }
+            None => self.lanes[self.turn.fetch_add(1, Ordering::Relaxed) % self.lanes.len()]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
         };
+        for lane in lanes.iter_mut().filter(|lane| lane.pending.is_some()) {
+            lane.pending = None;
+            lane.stream.synchronize().map_err(CudaError::driver("draining a lane a panicked batch left"))?;
+        }
         let result = (|| {
             let mut first = 0;
             let mut next = 0;
