@@ -17,9 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use cudarc::driver::sys::{self, CUdevice_attribute, CUevent_flags};
-use cudarc::driver::{
-    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg,
-};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, PinnedHostSlice, PushKernelArg};
 use cudarc::nvrtc::Ptx;
 use streamscore_modelstore::ModelVersion;
 
@@ -27,14 +25,139 @@ use super::{CudaError, Kernel, DENSE, MLP};
 use crate::backend::{score_column, Backend, BackendError, Scorer};
 use crate::mlp::{Activation, Dense, Mlp};
 
+/// Launch shapes and argument packing: pure functions, shared by the device path and the
+/// test that runs the kernels' own source on a CPU emulation of CUDA (`tests/kernels_emulated.rs`),
+/// so what that test checks is what the device is given.
+pub mod launch {
+    use cudarc::driver::LaunchConfig;
+
+    use crate::mlp::{Activation, Mlp};
+
+    /// `TILE` in dense.cu.
+    pub const TILE: u32 = 16;
+    /// Threads per block of `softmax_rows`.
+    pub const SOFTMAX_BLOCK: u32 = 128;
+    /// The widest layer the whole-network kernel takes (`MAX_WIDTH` in mlp.cu).
+    pub const MAX_WIDTH: usize = 128;
+    /// Threads per block of the whole-network kernel, the largest whose shared memory fits first.
+    pub const MLP_BLOCKS: [u32; 3] = [128, 64, 32];
+    /// Shared memory per block a kernel may use without opting in (every architecture since 2.0).
+    pub const DEFAULT_MAX_SHARED_BYTES: usize = 48 * 1024;
+
+    fn blocks(n: usize, per_block: u32) -> Result<u32, String> {
+        u32::try_from(n.div_ceil(per_block as usize).max(1)).map_err(|_| format!("{n} rows need too many blocks"))
+    }
+
+    /// `dense_forward` over `rows × outputs`: rows on x (up to 2^31 − 1 blocks), outputs on y.
+    pub fn dense(rows: usize, outputs: usize) -> Result<LaunchConfig, String> {
+        let out_blocks = blocks(outputs, TILE)?;
+        if out_blocks > 65_535 {
+            return Err(format!("{outputs} outputs need {out_blocks} blocks on y, over 65,535"));
+        }
+        Ok(LaunchConfig {
+            grid_dim: (blocks(rows, TILE)?, out_blocks, 1),
+            block_dim: (TILE, TILE, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+
+    /// `softmax_rows` over `rows` rows: a thread per row.
+    pub fn softmax(rows: usize) -> Result<LaunchConfig, String> {
+        Ok(LaunchConfig {
+            grid_dim: (blocks(rows, SOFTMAX_BLOCK)?, 1, 1),
+            block_dim: (SOFTMAX_BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        })
+    }
+
+    /// dense.cu's activation code (softmax: identity, then `softmax_rows`).
+    pub fn dense_code(activation: Activation) -> i32 {
+        match activation {
+            Activation::Identity | Activation::Softmax => 0,
+            Activation::Relu => 1,
+            Activation::Tanh => 2,
+            Activation::Sigmoid => 3,
+        }
+    }
+
+    /// mlp.cu's activation code.
+    pub fn mlp_code(activation: Activation) -> i32 {
+        match activation {
+            Activation::Softmax => 4,
+            other => dense_code(other),
+        }
+    }
+
+    /// The whole-network kernel's arguments for a network, on the host.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Packed {
+        /// Per layer, W (inputs × outputs, row-major) then b.
+        pub params: Vec<f32>,
+        /// Layers + 1 widths.
+        pub dims: Vec<i32>,
+        pub acts: Vec<i32>,
+        pub block: u32,
+        pub shared_bytes: u32,
+    }
+
+    impl Packed {
+        pub fn layers(&self) -> i32 {
+            i32::try_from(self.acts.len()).unwrap_or(i32::MAX)
+        }
+
+        pub fn param_count(&self) -> i32 {
+            i32::try_from(self.params.len()).unwrap_or(i32::MAX)
+        }
+
+        /// The launch for `rows` rows.
+        pub fn config(&self, rows: usize) -> Result<LaunchConfig, String> {
+            Ok(LaunchConfig {
+                grid_dim: (blocks(rows, self.block)?, 1, 1),
+                block_dim: (self.block, 1, 1),
+                shared_mem_bytes: self.shared_bytes,
+            })
+        }
+    }
+
+    /// Packs a network for the whole-network kernel, or says why the kernel cannot take it
+    /// (a layer wider than [`MAX_WIDTH`], or weights plus a tile of inputs over the shared
+    /// memory a block has).
+    pub fn pack(mlp: &Mlp, max_shared_bytes: usize) -> Result<Packed, String> {
+        let widest = mlp.layers.iter().map(|l| l.inputs.max(l.outputs)).max().unwrap_or(0);
+        if widest > MAX_WIDTH {
+            return Err(format!("a layer is {widest} wide, the kernel takes up to {MAX_WIDTH}"));
+        }
+        let param_count: usize = mlp.layers.iter().map(|l| l.weights.len() + l.bias.len()).sum();
+        let shared = |block: u32| (param_count + block as usize * (mlp.inputs() + 1)) * std::mem::size_of::<f32>();
+        let (block, shared_bytes) =
+            MLP_BLOCKS.iter().map(|&b| (b, shared(b))).find(|&(_, bytes)| bytes <= max_shared_bytes).ok_or_else(|| {
+                format!(
+                    "{param_count} weights and a tile of inputs need {} bytes of shared memory, the device has {max_shared_bytes} per block",
+                    shared(MLP_BLOCKS[MLP_BLOCKS.len() - 1]),
+                )
+            })?;
+        let width = |n: usize| i32::try_from(n).map_err(|_| format!("width {n}"));
+        let mut packed = Packed {
+            params: Vec::with_capacity(param_count),
+            dims: vec![width(mlp.inputs())?],
+            acts: Vec::with_capacity(mlp.layers.len()),
+            block,
+            shared_bytes: u32::try_from(shared_bytes).map_err(|_| "shared memory size".to_owned())?,
+        };
+        for layer in &mlp.layers {
+            packed.params.extend_from_slice(&layer.weights);
+            packed.params.extend_from_slice(&layer.bias);
+            packed.dims.push(width(layer.outputs)?);
+            packed.acts.push(mlp_code(layer.activation));
+        }
+        Ok(packed)
+    }
+}
+
+pub use launch::MAX_WIDTH;
+
 /// Rows per chunk (and per lane buffer).
 pub const CHUNK_ROWS: usize = 2048;
-/// The widest layer the whole-network kernel takes (its per-thread arrays).
-pub const MAX_WIDTH: usize = 128;
-/// Threads per block of the whole-network kernel, the largest whose shared memory fits first.
-const MLP_BLOCKS: [u32; 3] = [128, 64, 32];
-/// Tile of the dense kernel (`TILE` in dense.cu).
-const TILE: u32 = 16;
 
 /// An open device: its context and the kernels built for it.
 pub struct Device {
@@ -192,7 +315,9 @@ impl Device {
     pub fn mlp(&self, mlp: &Mlp, x: &[f32], rows: usize) -> Result<Vec<f32>, CudaError> {
         let stream = self.new_stream()?;
         let Plan::Fused(fused) = Plan::new(self, &stream, mlp, true)? else {
-            return Err(CudaError::DoesNotFit { reason: Plan::fused_misfit(self, mlp).unwrap_or_default() });
+            return Err(CudaError::DoesNotFit {
+                reason: launch::pack(mlp, self.max_shared_bytes).err().unwrap_or_default(),
+            });
         };
         let x = stream.clone_htod(x).map_err(CudaError::driver("copying the input"))?;
         let mut y = alloc(&stream, rows * mlp.outputs())?;
@@ -210,11 +335,7 @@ impl Device {
         rows: usize,
     ) -> Result<(), CudaError> {
         let (rows_i, inputs, outputs) = (int(rows)?, int(layer.inputs)?, int(layer.outputs)?);
-        let cfg = LaunchConfig {
-            grid_dim: (dim(rows.div_ceil(TILE as usize))?, dim(layer.outputs.div_ceil(TILE as usize))?, 1),
-            block_dim: (TILE, TILE, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch::dense(rows, layer.outputs).map_err(sizing)?;
         let mut launch = stream.launch_builder(&self.dense);
         launch.arg(x).arg(&layer.weights).arg(&layer.bias).arg(&mut *y);
         launch.arg(&rows_i).arg(&inputs).arg(&outputs).arg(&layer.activation);
@@ -237,8 +358,7 @@ impl Device {
         cols: usize,
     ) -> Result<(), CudaError> {
         let (rows_i, cols_i) = (int(rows)?, int(cols)?);
-        let cfg =
-            LaunchConfig { grid_dim: (dim(rows.div_ceil(128))?, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let cfg = launch::softmax(rows).map_err(sizing)?;
         let mut launch = stream.launch_builder(&self.softmax);
         launch.arg(&mut *y).arg(&rows_i).arg(&cols_i);
         // SAFETY: y holds rows × cols values; one thread per row, bounds-checked.
@@ -256,13 +376,10 @@ impl Device {
         rows: usize,
     ) -> Result<(), CudaError> {
         let rows_i = int(rows)?;
-        let cfg = LaunchConfig {
-            grid_dim: (dim(rows.div_ceil(fused.block as usize))?, 1, 1),
-            block_dim: (fused.block, 1, 1),
-            shared_mem_bytes: fused.shared_bytes,
-        };
+        let cfg = fused.packed.config(rows).map_err(sizing)?;
+        let (param_count, layers) = (fused.packed.param_count(), fused.packed.layers());
         let mut launch = stream.launch_builder(&self.mlp);
-        launch.arg(&fused.params).arg(&fused.param_count).arg(&fused.dims).arg(&fused.acts).arg(&fused.layers);
+        launch.arg(&fused.params).arg(&param_count).arg(&fused.dims).arg(&fused.acts).arg(&layers);
         launch.arg(x).arg(&mut *y).arg(&rows_i);
         // SAFETY: the arguments match mlp_forward's signature; the packed parameters, widths
         // and activation codes were built from one Mlp (Plan::new); x holds rows × inputs
@@ -277,9 +394,8 @@ fn int(n: usize) -> Result<i32, CudaError> {
     i32::try_from(n).map_err(|_| CudaError::Driver { doing: "sizing a launch".to_owned(), reason: format!("{n}") })
 }
 
-fn dim(n: usize) -> Result<u32, CudaError> {
-    u32::try_from(n.max(1))
-        .map_err(|_| CudaError::Driver { doing: "sizing a launch".to_owned(), reason: format!("{n} blocks") })
+fn sizing(reason: String) -> CudaError {
+    CudaError::Driver { doing: "sizing a launch".to_owned(), reason }
 }
 
 fn alloc(stream: &Arc<CudaStream>, len: usize) -> Result<CudaSlice<f32>, CudaError> {
@@ -305,12 +421,7 @@ impl DeviceLayer {
             bias: stream.clone_htod(&layer.bias).map_err(CudaError::driver("copying a bias"))?,
             inputs: layer.inputs,
             outputs: layer.outputs,
-            activation: match layer.activation {
-                Activation::Identity | Activation::Softmax => 0,
-                Activation::Relu => 1,
-                Activation::Tanh => 2,
-                Activation::Sigmoid => 3,
-            },
+            activation: launch::dense_code(layer.activation),
             softmax: layer.activation == Activation::Softmax,
         })
     }
@@ -319,76 +430,30 @@ impl DeviceLayer {
 /// The whole-network kernel's arguments.
 #[derive(Debug)]
 struct Fused {
+    packed: launch::Packed,
     params: CudaSlice<f32>,
-    param_count: i32,
     dims: CudaSlice<i32>,
     acts: CudaSlice<i32>,
-    layers: i32,
-    block: u32,
-    shared_bytes: u32,
 }
 
 /// How a model runs on the device.
 #[derive(Debug)]
 enum Plan {
-    Fused(Fused),
+    Fused(Box<Fused>),
     Layered(Vec<DeviceLayer>),
 }
 
 impl Plan {
-    /// The block size and shared memory of the whole-network kernel for `mlp`, or why it
-    /// cannot take it.
-    fn fused_shape(device: &Device, mlp: &Mlp) -> Result<(u32, usize), String> {
-        let widest = mlp.layers.iter().map(|l| l.inputs.max(l.outputs)).max().unwrap_or(0);
-        if widest > MAX_WIDTH {
-            return Err(format!("a layer is {widest} wide, the kernel takes up to {MAX_WIDTH}"));
-        }
-        let param_count: usize = mlp.layers.iter().map(|l| l.weights.len() + l.bias.len()).sum();
-        let shared = |block: u32| (param_count + block as usize * (mlp.inputs() + 1)) * std::mem::size_of::<f32>();
-        MLP_BLOCKS.iter().map(|&block| (block, shared(block))).find(|&(_, bytes)| bytes <= device.max_shared_bytes).ok_or_else(
-            || {
-                format!(
-                    "{param_count} weights and a tile of inputs need {} bytes of shared memory, the device has {} per block",
-                    shared(MLP_BLOCKS[MLP_BLOCKS.len() - 1]),
-                    device.max_shared_bytes
-                )
-            },
-        )
-    }
-
-    fn fused_misfit(device: &Device, mlp: &Mlp) -> Option<String> {
-        Self::fused_shape(device, mlp).err()
-    }
-
     /// The whole-network kernel where the model fits it, else a kernel per layer.
     fn new(device: &Device, stream: &Arc<CudaStream>, mlp: &Mlp, allow_fused: bool) -> Result<Self, CudaError> {
-        let param_count: usize = mlp.layers.iter().map(|l| l.weights.len() + l.bias.len()).sum();
-        if let (true, Ok((block, shared_bytes))) = (allow_fused, Self::fused_shape(device, mlp)) {
-            let mut params = Vec::with_capacity(param_count);
-            let mut dims = vec![int(mlp.inputs())?];
-            let mut acts = Vec::with_capacity(mlp.layers.len());
-            for layer in &mlp.layers {
-                params.extend_from_slice(&layer.weights);
-                params.extend_from_slice(&layer.bias);
-                dims.push(int(layer.outputs)?);
-                acts.push(match layer.activation {
-                    Activation::Identity => 0,
-                    Activation::Relu => 1,
-                    Activation::Tanh => 2,
-                    Activation::Sigmoid => 3,
-                    Activation::Softmax => 4,
-                });
-            }
+        if let (true, Ok(packed)) = (allow_fused, launch::pack(mlp, device.max_shared_bytes)) {
             let upload = |what: &str| CudaError::driver(format!("copying {what}"));
-            return Ok(Self::Fused(Fused {
-                params: stream.clone_htod(&params).map_err(upload("weights"))?,
-                param_count: int(param_count)?,
-                dims: stream.clone_htod(&dims).map_err(upload("widths"))?,
-                acts: stream.clone_htod(&acts).map_err(upload("activations"))?,
-                layers: int(mlp.layers.len())?,
-                block,
-                shared_bytes: u32::try_from(shared_bytes).unwrap_or(u32::MAX),
-            }));
+            return Ok(Self::Fused(Box::new(Fused {
+                params: stream.clone_htod(&packed.params).map_err(upload("weights"))?,
+                dims: stream.clone_htod(&packed.dims).map_err(upload("widths"))?,
+                acts: stream.clone_htod(&packed.acts).map_err(upload("activations"))?,
+                packed,
+            })));
         }
         mlp.layers.iter().map(|layer| DeviceLayer::upload(stream, layer)).collect::<Result<_, _>>().map(Self::Layered)
     }
