@@ -210,10 +210,10 @@ enum Command {
 #[derive(Debug, Clone, Copy, clap::Args)]
 struct BatchArgs {
     /// Largest micro-batch.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, env = "STREAMSCORE_MAX_BATCH", default_value_t = 256)]
     max_batch: usize,
     /// Longest a request waits for its batch to fill, in microseconds (timer resolution 1 ms).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, env = "STREAMSCORE_MAX_WAIT_US", default_value_t = 2000)]
     max_wait_us: u64,
 }
 
