@@ -17,68 +17,20 @@ use std::sync::Arc;
 use libtest_mimic::{Arguments, Failed, Trial};
 use streamscore_infer::cuda::device::CHUNK_ROWS;
 use streamscore_infer::cuda::{self, BackendChoice, CudaBackend};
-use streamscore_infer::mlp::{Activation, Dense, Mlp};
+use streamscore_infer::mlp::{Activation, Mlp};
 use streamscore_infer::{Backend, Scorer, TractBackend};
 use streamscore_modelstore::ModelStore;
 
-/// xorshift64*: reproducible values without a dependency; the seed is in every failure.
-struct Rng(u64);
+mod support;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// In `lo..=hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + usize::try_from(self.next() % (hi - lo + 1) as u64).unwrap_or(0)
-    }
-
-    /// Uniform in [-scale, scale).
-    fn value(&mut self, scale: f32) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-    }
-
-    fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.value(scale)).collect()
-    }
-}
-
-fn random_layer(rng: &mut Rng, inputs: usize, outputs: usize, activation: Activation) -> Dense {
-    // Weights scaled like a trained layer's, so activations stay in a realistic range.
-    let scale = 1.0 / (inputs as f32).sqrt();
-    Dense { inputs, outputs, weights: rng.values(inputs * outputs, scale), bias: rng.values(outputs, 0.5), activation }
-}
+use support::{models_root, random_layer, softmax_reference, Golden, Rng};
 
 fn close(ours: &[f32], reference: &[f32], tolerance: impl Fn(f32) -> f32, what: &str) -> Result<(), Failed> {
-    if ours.len() != reference.len() {
-        return Err(format!("{what}: {} values, reference has {}", ours.len(), reference.len()).into());
-    }
-    for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
-        // Negated on purpose: a NaN fails.
-        #[allow(clippy::neg_cmp_op_on_partial_ord)]
-        if !((a - b).abs() <= tolerance(*b)) {
-            return Err(format!("{what}: value {i}: gpu {a} vs reference {b} (tolerance {})", tolerance(*b)).into());
-        }
-    }
-    Ok(())
+    support::check_close(ours, reference, tolerance, what).map_err(Failed::from)
 }
 
 fn backend() -> Result<CudaBackend, Failed> {
     CudaBackend::open(0).map_err(|e| Failed::from(format!("a GPU is present but the backend cannot open it: {e}")))
-}
-
-fn models_root() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../models")
-}
-
-#[derive(serde::Deserialize)]
-struct Golden {
-    rows: Vec<Vec<f32>>,
-    scores: Vec<f32>,
 }
 
 fn dense_forward_matches_its_reference_on_random_shapes() -> Result<(), Failed> {
@@ -106,14 +58,7 @@ fn softmax_rows_matches_its_reference() -> Result<(), Failed> {
         let (rows, cols) = (rng.range(1, 500), rng.range(1, 64));
         let y = rng.values(rows * cols, 20.0);
         let ours = device.softmax(&y, rows, cols)?;
-        let identity = Dense {
-            inputs: cols,
-            outputs: cols,
-            weights: (0..cols * cols).map(|i| if i / cols == i % cols { 1.0 } else { 0.0 }).collect(),
-            bias: vec![0.0; cols],
-            activation: Activation::Softmax,
-        };
-        let reference = Mlp { layers: vec![identity] }.forward(&y, rows);
+        let reference = Mlp { layers: vec![softmax_reference(cols)] }.forward(&y, rows);
         close(&ours, &reference, |r| 1e-6 + 1e-5 * r.abs(), &format!("seed {seed}: {rows}×{cols}"))?;
     }
     Ok(())
@@ -188,11 +133,8 @@ fn the_backend_matches_tract_and_the_goldens() -> Result<(), Failed> {
     let cuda = backend()?;
     let store = ModelStore::open(models_root()).map_err(|e| e.to_string())?;
     for version in store.versions() {
-        let golden: Golden = serde_json::from_str(
-            &std::fs::read_to_string(version.onnx_path.with_file_name("golden.json")).map_err(|e| e.to_string())?,
-        )
-        .map_err(|e| e.to_string())?;
-        let input: Vec<f32> = golden.rows.iter().flatten().copied().collect();
+        let golden = Golden::of(&version)?;
+        let input = golden.input();
         let rows = golden.rows.len();
         let scorer = cuda.load(&version)?;
         if scorer.backend() != "cuda" {

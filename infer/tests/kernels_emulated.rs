@@ -18,6 +18,10 @@ use streamscore_infer::cuda::{DENSE, MLP};
 use streamscore_infer::mlp::{Activation, Dense, Mlp};
 use streamscore_modelstore::ModelStore;
 
+mod support;
+
+use support::{models_root, random_layer, softmax_reference, Golden, Rng};
+
 /// The harness, built once per test binary.
 fn harness() -> Option<PathBuf> {
     static BUILT: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
@@ -142,36 +146,9 @@ impl Requests {
     }
 }
 
-/// xorshift64*, as in `gpu.rs`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + usize::try_from(self.next() % (hi - lo + 1) as u64).expect("fits")
-    }
-
-    fn values(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale).collect()
-    }
-}
-
-fn random_layer(rng: &mut Rng, inputs: usize, outputs: usize, activation: Activation) -> Dense {
-    let scale = 1.0 / (inputs as f32).sqrt();
-    Dense { inputs, outputs, weights: rng.values(inputs * outputs, scale), bias: rng.values(outputs, 0.5), activation }
-}
-
 fn assert_close(ours: &[f32], reference: &[f32], tolerance: impl Fn(f32) -> f32, what: &str) {
-    assert_eq!(ours.len(), reference.len(), "{what}: sizes");
-    for (i, (a, b)) in ours.iter().zip(reference).enumerate() {
-        let ok = (a - b).abs() <= tolerance(*b); // a NaN (an unwritten shared value) fails
-        assert!(ok, "{what}: value {i}: emulated kernel {a} vs reference {b}");
+    if let Err(e) = support::check_close(ours, reference, tolerance, what) {
+        panic!("{e}");
     }
 }
 
@@ -211,14 +188,7 @@ fn softmax_rows_matches_its_reference() {
         cases.push((seed, y, rows, cols));
     }
     for ((seed, y, rows, cols), ours) in cases.into_iter().zip(requests.run(&binary)) {
-        let identity = Dense {
-            inputs: cols,
-            outputs: cols,
-            weights: (0..cols * cols).map(|i| if i / cols == i % cols { 1.0 } else { 0.0 }).collect(),
-            bias: vec![0.0; cols],
-            activation: Activation::Softmax,
-        };
-        let reference = Mlp { layers: vec![identity] }.forward(&y, rows);
+        let reference = Mlp { layers: vec![softmax_reference(cols)] }.forward(&y, rows);
         assert_close(&ours, &reference, |r| 1e-6 + 1e-5 * r.abs(), &format!("seed {seed}: {rows}×{cols}"));
     }
 }
@@ -262,22 +232,13 @@ fn mlp_forward_matches_its_reference_on_random_networks_with_the_packed_argument
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Golden {
-    rows: Vec<Vec<f32>>,
-    scores: Vec<f32>,
-}
-
 #[test]
 fn shipped_models_through_both_plans_match_the_goldens() {
     let Some(binary) = harness() else { return };
-    let store = ModelStore::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")).expect("models");
+    let store = ModelStore::open(models_root()).expect("models");
     for version in store.versions() {
-        let golden: Golden = serde_json::from_str(
-            &std::fs::read_to_string(version.onnx_path.with_file_name("golden.json")).expect("golden"),
-        )
-        .expect("json");
-        let x: Vec<f32> = golden.rows.iter().flatten().copied().collect();
+        let golden = Golden::of(&version).expect("golden");
+        let x = golden.input();
         let rows = golden.rows.len();
         let mlp = Mlp::from_onnx(&version.onnx_path).expect("a dense chain");
 
