@@ -229,7 +229,11 @@ async fn a_version_dropped_into_the_store_is_loaded_and_audited() {
     let audit_topic = config.audit_topic.clone();
     let store = SharedStore::new(ModelStore::open(models.path()).unwrap());
     let (tx, rx) = tokio::sync::mpsc::channel(100);
-    let stage = tokio::spawn(streamscore_infer::run(config, store, Arc::new(TractBackend), rx, Arc::default()));
+    // `auto`: the audit entry and the prediction say which backend runs the version (the CPU
+    // here unless this machine has a usable GPU) and that auto was asked for.
+    let backend = streamscore_infer::cuda::select(streamscore_infer::cuda::BackendChoice::Auto).unwrap();
+    let runs_on = if streamscore_infer::cuda::CudaBackend::open(0).is_ok() { "cuda" } else { "cpu" };
+    let stage = tokio::spawn(streamscore_infer::run(config, store, backend, rx, Arc::default()));
 
     // Drop version 3 (version 2's network) into the running store.
     let staging = models.path().join("staging");
@@ -252,6 +256,8 @@ async fn a_version_dropped_into_the_store_is_loaded_and_audited() {
     let loaded = loaded.expect("the new version's load is in the audit log");
     assert_eq!(loaded.kind, "MODEL_LOADED");
     assert_eq!(loaded.details.get("sha256"), meta["sha256"].as_str().map(str::to_owned).as_ref());
+    assert_eq!(loaded.details.get("backend").map(String::as_str), Some(runs_on));
+    assert_eq!(loaded.details.get("requested_backend").map(String::as_str), Some("auto"));
 
     let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
     tx.send((validated(0, "tenant-01", Some("3")), Ack::new(0, 0, ack_tx))).await.unwrap();
@@ -266,6 +272,7 @@ async fn a_version_dropped_into_the_store_is_loaded_and_audited() {
         .value;
     assert_eq!(outcome.status, OutcomeStatus::Scored);
     assert_eq!(outcome.model_version.as_deref(), Some("3"));
+    assert_eq!(outcome.backend.as_deref(), Some(runs_on));
     registry.stop().await;
 }
 

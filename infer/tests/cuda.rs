@@ -7,6 +7,7 @@
 //! under CI, where they fail.
 
 use streamscore_infer::cuda::{self, BackendChoice, CudaError};
+use streamscore_modelstore::ModelStore;
 
 fn nvrtc_or_skip() -> bool {
     if cuda::nvrtc_present() {
@@ -97,7 +98,13 @@ fn the_cuda_backend_where_it_cannot_run_is_a_clear_error_never_a_cpu_fallback() 
         let error = cuda::select(BackendChoice::Cuda).expect_err("no driver: cuda must refuse");
         assert_eq!(error, CudaError::NoDriver);
         assert!(error.to_string().contains("--backend cpu"), "says what to do: {error}");
-        assert_eq!(cuda::select(BackendChoice::Auto).expect("auto takes the CPU, saying so").name(), "cpu");
+        let auto = cuda::select(BackendChoice::Auto).expect("auto takes the CPU, saying so");
+        assert_eq!(auto.name(), "auto", "the audit log and metrics say what was asked for");
+        let store = ModelStore::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")).expect("models");
+        for version in store.versions() {
+            let scorer = auto.load(&version).expect("tract loads it");
+            assert_eq!(scorer.backend(), "cpu", "{} says it runs on the CPU", version.key());
+        }
         return;
     }
     // A driver is present: `cuda` runs where a device can be opened, and otherwise names why.
@@ -108,7 +115,7 @@ fn the_cuda_backend_where_it_cannot_run_is_a_clear_error_never_a_cpu_fallback() 
         }
         Err(error) => {
             assert!(matches!(error, CudaError::NoDevice { .. } | CudaError::NoNvrtc), "{error}");
-            assert_eq!(cuda::select(BackendChoice::Auto).expect("auto").name(), "cpu");
+            assert_eq!(cuda::select(BackendChoice::Auto).expect("auto").name(), "auto");
         }
     }
 }

@@ -221,28 +221,36 @@ pub fn select(choice: BackendChoice) -> Result<Arc<dyn Backend>, CudaError> {
             tracing::info!(backend = "cuda", device = backend.device().name(), "backend cuda");
             Ok(Arc::new(backend))
         }
-        BackendChoice::Auto => match CudaBackend::open(0) {
+        BackendChoice::Auto => Ok(Arc::new(AutoBackend::open())),
+    }
+}
+
+/// `auto`: each model version on CUDA if a device is usable and the graph runs there, else on
+/// tract, logged with the reason. The scorer's own name says which one runs it; the backend's
+/// name stays `auto`, so the audit log and metrics say what was asked for.
+#[derive(Debug)]
+pub struct AutoBackend {
+    cuda: Option<CudaBackend>,
+}
+
+impl AutoBackend {
+    /// Opens device 0 if it can, saying in the log which way it went.
+    pub fn open() -> Self {
+        match CudaBackend::open(0) {
             Ok(cuda) => {
                 tracing::info!(
                     device = cuda.device().name(),
                     "backend auto: CUDA where it can run a model, the CPU for any model it cannot"
                 );
-                Ok(Arc::new(AutoBackend { cuda }))
+                Self { cuda: Some(cuda) }
             }
             Err(e) => {
                 let reason = e.to_string();
-                tracing::info!(backend = "cpu", reason, "backend auto: using the CPU");
-                Ok(Arc::new(TractBackend))
+                tracing::info!(backend = "cpu", reason, "backend auto: no usable GPU, every model runs on the CPU");
+                Self { cuda: None }
             }
-        },
+        }
     }
-}
-
-/// `auto` with a usable device: each model version on CUDA if its graph runs there, else on
-/// tract, logged with the reason. The scorer's own name says which one runs it.
-#[derive(Debug)]
-pub struct AutoBackend {
-    cuda: CudaBackend,
 }
 
 impl Backend for AutoBackend {
@@ -251,7 +259,8 @@ impl Backend for AutoBackend {
     }
 
     fn load(&self, version: &ModelVersion) -> Result<Arc<dyn Scorer>, BackendError> {
-        match self.cuda.load(version) {
+        let Some(cuda) = &self.cuda else { return TractBackend.load(version) };
+        match cuda.load(version) {
             Ok(scorer) => Ok(scorer),
             Err(e) => {
                 tracing::warn!(model = version.key(), reason = %e, "backend auto: this model runs on the CPU");
