@@ -1,4 +1,6 @@
-//! Consumer lag per partition of a real group on the real broker, in records and seconds.
+//! The monitor stage on the real broker and registry: consumer lag per partition of a real
+//! group, in records and seconds; requests dead-lettered for missing features counted in the
+//! drift windows' missing ratio.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,6 +9,18 @@ use rdkafka::{Offset, TopicPartitionList};
 use streamscore_monitor::lag::{measure, LagTarget};
 
 mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::message::Message;
+use streamscore_contracts::lineage::{Lineage, SourceOffset, Stage};
+use streamscore_contracts::{
+    Codec, DeadLetter, DeadLetterReason, DriftAlert, DriftMethod, InferenceRequest, OutcomeStatus, PredictionOutcome,
+    ValidatedRequest,
+};
+use streamscore_monitor::drift::DetectorConfig;
+use streamscore_monitor::stage::MonitorConfig;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lag_is_measured_in_records_and_seconds() {
@@ -39,4 +53,144 @@ async fn lag_is_measured_in_records_and_seconds() {
     commit(10);
     let lags = tokio::task::spawn_blocking(move || measure(&kafka, &target)).await.unwrap();
     assert_eq!((lags[0].records, lags[0].seconds), (0, 0.0));
+}
+
+fn request(i: i64, base_us: i64) -> InferenceRequest {
+    let mut generator = streamscore_synth::Generator::new(u64::try_from(i).unwrap());
+    InferenceRequest {
+        request_id: format!("req-{i}"),
+        tenant: "tenant-01".to_owned(),
+        model: "fraud".to_owned(),
+        model_version: None,
+        features: streamscore_synth::FEATURES
+            .iter()
+            .zip(generator.next(0).features)
+            .map(|(f, v)| (f.name.to_owned(), v))
+            .collect(),
+        created_at: base_us + i * 1_000,
+        reply_to: None,
+        attributes: HashMap::new(),
+    }
+}
+
+/// Half the requests scored, half dead-lettered for a missing `amount`: the monitor decodes
+/// the dead letters' original bytes and counts them in the windows, so `amount`'s missing
+/// ratio (0.5 a window) raises a MissingRatio alert, and no other feature's does.
+#[tokio::test(flavor = "multi_thread")]
+async fn features_missing_from_dead_letters_count_in_the_missing_ratio() {
+    let registry = support::TestRegistry::start().await;
+    let kafka = support::kafka();
+    let (predictions, dead, alerts, audit, requests) = (
+        support::unique("mon-predictions"),
+        support::unique("mon-dead"),
+        support::unique("mon-alerts"),
+        support::unique("mon-audit"),
+        support::unique("mon-requests"),
+    );
+    let specs: Vec<_> =
+        [&predictions, &dead, &alerts, &audit].iter().map(|t| streamscore_kafka::TopicSpec::event(t, 1)).collect();
+    streamscore_kafka::ensure_topics(&kafka, &specs).await.unwrap();
+    let request_codec = Codec::<InferenceRequest>::with_url(&registry.url, &requests);
+    let outcome_codec = Codec::<PredictionOutcome>::with_url(&registry.url, &predictions);
+    let dead_codec = Codec::<DeadLetter>::with_url(&registry.url, &dead);
+    for registered in [request_codec.register().await, outcome_codec.register().await, dead_codec.register().await] {
+        registered.unwrap();
+    }
+
+    let base_us = streamscore_contracts::now_micros();
+    let (mut scored, mut dead_letters) = (Vec::new(), Vec::new());
+    for i in 0..600_i64 {
+        let mut request = request(i, base_us);
+        let source = SourceOffset::new(&requests, 0, i);
+        if i % 2 == 0 {
+            let validated = ValidatedRequest {
+                lineage: Lineage::derive(
+                    source,
+                    Stage::Ingest,
+                    "validated",
+                    "test",
+                    Some(request.request_id.clone()),
+                    None,
+                ),
+                request: request.clone(),
+                writer_schema_id: 1,
+            };
+            let mut outcome = streamscore_infer::rejected(&validated, "test", "-", "", None);
+            outcome.status = OutcomeStatus::Scored;
+            outcome.reason = None;
+            outcome.model_version = Some("1".to_owned());
+            outcome.score = Some(0.02);
+            outcome.features = request.features;
+            outcome.request_created_at = request.created_at;
+            scored.push((b"tenant-01".to_vec(), outcome_codec.encode(&outcome).unwrap()));
+        } else {
+            request.features.remove("amount");
+            let dead_letter = DeadLetter {
+                lineage: Lineage::derive(
+                    source,
+                    Stage::Ingest,
+                    "dead-letter",
+                    "test",
+                    Some(request.request_id.clone()),
+                    None,
+                ),
+                reason: DeadLetterReason::FeatureMissing,
+                detail: "feature amount is missing".to_owned(),
+                original_key: None,
+                original_value: Some(request_codec.encode(&request).unwrap()),
+                writer_schema_id: None,
+                original_timestamp_ms: None,
+            };
+            dead_letters.push((Vec::new(), dead_codec.encode(&dead_letter).unwrap()));
+        }
+    }
+    support::produce(&predictions, &scored).await;
+    support::produce(&dead, &dead_letters).await;
+
+    let mut config = MonitorConfig::new(kafka, &registry.url, "test-monitor");
+    config.group = support::unique("monitor");
+    config.predictions_topic = predictions;
+    config.dead_letter_topic = dead;
+    config.alerts_topic = alerts.clone();
+    config.audit_topic = audit;
+    config.report_every = Duration::from_secs(3600);
+    config.lag_targets = Vec::new();
+    config.detector = DetectorConfig {
+        window_us: 3_600_000_000,
+        window_events: 100,
+        sliding_windows: 1,
+        consecutive: 2,
+        min_events: 50,
+        ..DetectorConfig::default()
+    };
+    let models = streamscore_modelstore::ModelStore::open(support::models_dir()).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor = tokio::spawn(streamscore_monitor::stage::run(config, models, async {
+        let _ = stopped.await;
+    }));
+
+    let alert_codec = Codec::<DriftAlert>::with_url(&registry.url, &alerts);
+    let mut missing_alerts: Vec<DriftAlert> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while missing_alerts.iter().all(|a| a.feature != "amount") && tokio::time::Instant::now() < deadline {
+        let topic = alerts.clone();
+        let records =
+            tokio::task::spawn_blocking(move || support::read_all(&[&topic], Duration::from_secs(2))).await.unwrap();
+        missing_alerts.clear();
+        for record in records {
+            let alert = alert_codec.decode(record.payload().unwrap()).await.unwrap().value;
+            if alert.method == DriftMethod::MissingRatio {
+                missing_alerts.push(alert);
+            }
+        }
+    }
+    stop.send(()).unwrap();
+    let summary = monitor.await.unwrap().unwrap();
+    assert_eq!(summary.dead_letters, 300);
+    assert_eq!(summary.rejected_inputs, 300, "every missing-feature dead letter counted in the windows");
+    assert_eq!(summary.predictions, 300);
+    let features: std::collections::BTreeSet<&str> = missing_alerts.iter().map(|a| a.feature.as_str()).collect();
+    assert_eq!(features, std::collections::BTreeSet::from(["amount"]), "only amount is missing: {missing_alerts:?}");
+    assert!(missing_alerts.iter().all(|a| a.model == "fraud" && a.model_version == "1" && a.statistic > 0.3));
+    registry.stop().await;
 }

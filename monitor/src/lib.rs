@@ -1,4 +1,5 @@
-//! Monitor: metrics today; drift and latency land with the monitor issue.
+//! Monitor: drift per model version ([`drift`]), latency ([`latency`]), consumer lag
+//! ([`lag`]), the live view ([`live`]) and the stage that runs them ([`stage`]).
 //!
 //! [`install_recorder`] installs the process-wide Prometheus recorder once; every stage then
 //! records with the `metrics` macros and serves [`PrometheusHandle::render`] on `/metrics`.

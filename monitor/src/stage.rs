@@ -9,7 +9,9 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
-use streamscore_contracts::{topics, Codec, DeadLetter, DriftAlert, OutcomeStatus, PredictionOutcome};
+use streamscore_contracts::{
+    topics, Codec, DeadLetter, DeadLetterReason, DriftAlert, InferenceRequest, OutcomeStatus, PredictionOutcome,
+};
 use streamscore_kafka::audit::AuditWriter;
 use streamscore_kafka::KafkaConfig;
 use streamscore_modelstore::ModelStore;
@@ -81,6 +83,8 @@ impl MonitorConfig {
 pub struct MonitorSummary {
     pub predictions: u64,
     pub dead_letters: u64,
+    /// Dead letters refused for missing or non-finite features, counted by the drift windows.
+    pub rejected_inputs: u64,
     pub alerts: Vec<DriftAlert>,
     pub latencies: LatencyBook,
 }
@@ -113,6 +117,8 @@ pub async fn run_with_stats(
     consumer.subscribe(&[&config.predictions_topic, &config.dead_letter_topic])?;
     let predictions = Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic);
     let dead_letters = Codec::<DeadLetter>::with_url(&config.registry_url, &config.dead_letter_topic);
+    // Reads the original bytes of requests dead-lettered for their features.
+    let requests = Codec::<InferenceRequest>::with_url(&config.registry_url, topics::REQUESTS);
     let alerts_codec = Codec::<DriftAlert>::with_url(&config.registry_url, &config.alerts_topic);
     alerts_codec.register().await?;
     let audit =
@@ -150,34 +156,43 @@ pub async fn run_with_stats(
             message = consumer.recv() => {
                 let message = message?;
                 let bytes = message.payload().unwrap_or_default();
-                if message.topic() == config.dead_letter_topic {
-                    if let Ok(dl) = dead_letters.decode(bytes).await {
-                        summary.dead_letters += 1;
-                        metrics::counter!("streamscore_monitor_dead_letters_total", "reason" => dl.value.reason.code()).increment(1);
-                    }
-                    continue;
-                }
-                let outcome = match predictions.decode(bytes).await {
-                    Ok(decoded) => decoded.value,
-                    Err(e) => {
-                        tracing::error!(error = %e, "undecodable prediction; skipped");
+                let seen = if message.topic() == config.dead_letter_topic {
+                    let Ok(dl) = dead_letters.decode(bytes).await else { continue };
+                    summary.dead_letters += 1;
+                    metrics::counter!("streamscore_monitor_dead_letters_total", "reason" => dl.value.reason.code()).increment(1);
+                    let Some(seen) = rejected_inputs(&requests, &models, &dl.value).await else { continue };
+                    summary.rejected_inputs += 1;
+                    seen
+                } else {
+                    let outcome = match predictions.decode(bytes).await {
+                        Ok(decoded) => decoded.value,
+                        Err(e) => {
+                            tracing::error!(error = %e, "undecodable prediction; skipped");
+                            continue;
+                        }
+                    };
+                    if outcome.status != OutcomeStatus::Scored {
                         continue;
                     }
+                    summary.predictions += 1;
+                    summary.latencies.record(&outcome);
+                    let Some(version) = outcome.model_version else { continue };
+                    Seen {
+                        model: outcome.model,
+                        version,
+                        event_us: outcome.request_created_at,
+                        features: outcome.features,
+                        score: outcome.score,
+                    }
                 };
-                if outcome.status != OutcomeStatus::Scored {
-                    continue;
-                }
-                summary.predictions += 1;
-                summary.latencies.record(&outcome);
-                let Some(version) = outcome.model_version.clone() else { continue };
-                let key = (outcome.model.clone(), version.clone());
+                let key = (seen.model, seen.version);
                 if !detectors.contains_key(&key) {
                     let Some(model) = models.get(&key.0, &key.1) else { continue };
                     detectors.insert(key.clone(), Detector::new(Reference::from_metadata(&model.meta), config.detector, &config.instance));
                 }
                 let Some(detector) = detectors.get_mut(&key) else { continue };
                 let now = streamscore_contracts::now_micros();
-                for alert in detector.observe(outcome.request_created_at, &outcome.features, outcome.score, now) {
+                for alert in detector.observe(seen.event_us, &seen.features, seen.score, now) {
                     publish(&producer, &alerts_codec, &config.alerts_topic, &audit, &alert).await?;
                     if let Some(live) = &live {
                         let line = format!("{:?} {}/{} {} {:?} {:.3}", alert.severity, alert.model, alert.model_version, alert.feature, alert.method, alert.statistic);
@@ -192,6 +207,30 @@ pub async fn run_with_stats(
         }
     }
     Ok(summary)
+}
+
+/// What a detector counts: a scored prediction's inputs and score, or the inputs of a request
+/// refused for its features.
+struct Seen {
+    model: String,
+    version: String,
+    event_us: i64,
+    features: HashMap<String, f64>,
+    score: Option<f64>,
+}
+
+/// The inputs of a request dead-lettered for missing or non-finite features, decoded from its
+/// original bytes, so the drift windows count them in the missing/non-finite ratio (without a
+/// score: it was never scored). A request that named no version is counted against the
+/// model's default version (tenant pins are the infer stage's, not known here). Anything else
+/// dead-lettered is counted by reason only.
+async fn rejected_inputs(requests: &Codec<InferenceRequest>, models: &ModelStore, dl: &DeadLetter) -> Option<Seen> {
+    if !matches!(dl.reason, DeadLetterReason::FeatureMissing | DeadLetterReason::NonFinite) {
+        return None;
+    }
+    let request = requests.decode(dl.original_value.as_deref()?).await.ok()?.value;
+    let version = request.model_version.or_else(|| models.default_version(&request.model).map(str::to_owned))?;
+    Some(Seen { model: request.model, version, event_us: request.created_at, features: request.features, score: None })
 }
 
 async fn publish(
