@@ -94,6 +94,9 @@ impl Scorer for TractScorer {
         if input.len() != rows * self.features {
             return Err(BackendError::Shape { got: input.len(), rows, features: self.features });
         }
+        if rows == 0 {
+            return Ok(Vec::new());
+        }
         let run_error = |e: TractError| BackendError::Run { rows, reason: format!("{e:#}") };
         let tensor = Tensor::from_shape(&[rows, self.features], input).map_err(run_error)?;
         let outputs = self.plan.run(tvec!(tensor.into())).map_err(run_error)?;
@@ -103,7 +106,7 @@ impl Scorer for TractScorer {
             .try_as_plain_ram()
             .and_then(|view| view.as_slice::<f32>().map(<[f32]>::to_vec))
             .map_err(run_error)?;
-        if rows == 0 || scores.len() % rows != 0 {
+        if scores.len() % rows != 0 {
             return Err(BackendError::Run { rows, reason: format!("{} scores for {rows} rows", scores.len()) });
         }
         let outputs = scores.len() / rows;

@@ -25,6 +25,7 @@ fn tract_matches_the_golden_outputs_of_every_shipped_version() {
         let input: Vec<f32> = golden.rows.iter().flatten().copied().collect();
         // All rows at once, and in uneven batches: the batch dimension is symbolic.
         let all = scorer.score(&input, golden.rows.len()).expect("scores");
+        assert_eq!(scorer.score(&[], 0).expect("an empty batch"), Vec::<f32>::new());
         let mut batched = Vec::new();
         let features = scorer.features();
         for chunk in input.chunks(37 * features) {

@@ -158,6 +158,9 @@ fn batches_across_chunks_keep_row_order_on_both_plans() -> Result<(), Failed> {
         if scorer.fused() != fused {
             return Err(format!("asked for fused={fused}, planned fused={}", scorer.fused()).into());
         }
+        if !scorer.score(&[], 0)?.is_empty() {
+            return Err("an empty batch gave scores".into());
+        }
         for rows in [1, 2, CHUNK_ROWS - 1, CHUNK_ROWS, CHUNK_ROWS + 1, 3 * CHUNK_ROWS + 17, 10_000] {
             // Rows far apart in value, so a chunk landing in the wrong place cannot pass.
             let x = rng.values(rows * mlp.inputs(), 3.0);
