@@ -9,15 +9,13 @@ use std::collections::HashMap;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use streamscore_modelstore::ModelStore;
 use streamscore_monitor::drift::{Detector, DetectorConfig, Reference};
-use streamscore_synth::{Generator, FEATURES};
+use streamscore_synth::Generator;
 
 fn drift(c: &mut Criterion) {
     let store = ModelStore::open(concat!(env!("CARGO_MANIFEST_DIR"), "/models")).expect("models");
     let reference = Reference::from_metadata(&store.get("fraud", "1").expect("fraud/1").meta);
     let mut generator = Generator::new(5);
-    let rows: Vec<HashMap<String, f64>> = (0..4096)
-        .map(|i| FEATURES.iter().zip(generator.next(i).features).map(|(f, v)| (f.name.to_owned(), v)).collect())
-        .collect();
+    let rows: Vec<HashMap<String, f64>> = (0..4096).map(|i| generator.next(i).by_name()).collect();
     let mut group = c.benchmark_group("drift");
     group.throughput(Throughput::Elements(1));
     // Windows of one hour of event time: observing never closes one here.

@@ -24,11 +24,7 @@ fn decide(c: &mut Criterion) {
         tenant: "tenant-01".to_owned(),
         model: "fraud".to_owned(),
         model_version: None,
-        features: streamscore_synth::FEATURES
-            .iter()
-            .zip(generator.next(0).features)
-            .map(|(f, v)| (f.name.to_owned(), v))
-            .collect(),
+        features: generator.next(0).by_name(),
         created_at: 0,
         reply_to: None,
         attributes: Default::default(),

@@ -222,7 +222,7 @@ fn plan(
         tenant: tenant.clone(),
         model: config.model.clone(),
         model_version: version,
-        features: FEATURES.iter().zip(transaction.features).map(|(f, v)| (f.name.to_owned(), v)).collect(),
+        features: transaction.by_name(),
         created_at: now,
         reply_to: None,
         attributes: Default::default(),

@@ -29,11 +29,7 @@ fn validated(offset: i64, tenant: &str, version: Option<&str>) -> ValidatedReque
         tenant: tenant.to_owned(),
         model: "fraud".to_owned(),
         model_version: version.map(str::to_owned),
-        features: streamscore_synth::FEATURES
-            .iter()
-            .zip(generator.next(0).features)
-            .map(|(f, v)| (f.name.to_owned(), v))
-            .collect(),
+        features: generator.next(0).by_name(),
         created_at: streamscore_contracts::now_micros(),
         reply_to: None,
         attributes: HashMap::new(),

@@ -62,11 +62,7 @@ fn request(i: i64, base_us: i64) -> InferenceRequest {
         tenant: "tenant-01".to_owned(),
         model: "fraud".to_owned(),
         model_version: None,
-        features: streamscore_synth::FEATURES
-            .iter()
-            .zip(generator.next(0).features)
-            .map(|(f, v)| (f.name.to_owned(), v))
-            .collect(),
+        features: generator.next(0).by_name(),
         created_at: base_us + i * 1_000,
         reply_to: None,
         attributes: HashMap::new(),

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use streamscore_contracts::{DriftMethod, Severity};
 use streamscore_modelstore::ModelStore;
 use streamscore_monitor::drift::{Detector, DetectorConfig, Reference};
-use streamscore_synth::{feature_index, Drift, Generator, FEATURES};
+use streamscore_synth::{feature_index, Drift, Generator};
 
 fn reference() -> Reference {
     let store = ModelStore::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")).expect("models");
@@ -24,8 +24,7 @@ fn run(seconds: i64, rate: i64, drift: Option<Drift>, seed: u64) -> Vec<(i64, st
     for i in 0..seconds * rate {
         let at = i * 1_000_000 / rate;
         let t = generator.next(at);
-        let features: HashMap<String, f64> =
-            FEATURES.iter().zip(t.features).map(|(f, v)| (f.name.to_owned(), v)).collect();
+        let features: HashMap<String, f64> = t.by_name();
         for alert in detector.observe(at, &features, None, at) {
             alerts.push((at, alert));
         }

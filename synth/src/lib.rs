@@ -167,6 +167,13 @@ pub struct Transaction {
     pub fraud_probability: f64,
 }
 
+impl Transaction {
+    /// The features by name, as a request carries them.
+    pub fn by_name(&self) -> std::collections::HashMap<String, f64> {
+        FEATURES.iter().zip(self.features).map(|(f, v)| (f.name.to_owned(), v)).collect()
+    }
+}
+
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
