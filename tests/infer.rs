@@ -11,7 +11,7 @@ use std::time::Duration;
 use rdkafka::message::Message;
 use streamscore::loadgen::{self, LoadConfig};
 use streamscore_contracts::{
-    Codec, InferenceRequest, Lineage, OutcomeStatus, PredictionOutcome, SourceOffset, Stage, ValidatedRequest,
+    Codec, InferenceRequest, OutcomeStatus, PredictionOutcome, SourceOffset, ValidatedRequest,
 };
 use streamscore_infer::{BatchConfig, InferConfig, TractBackend};
 use streamscore_kafka::Ack;
@@ -22,30 +22,14 @@ mod support;
 use support::{StageTopics, TestRegistry};
 
 fn validated(offset: i64, tenant: &str, version: Option<&str>) -> ValidatedRequest {
-    let mut generator = streamscore_synth::Generator::new(u64::try_from(offset).unwrap());
-    let source = SourceOffset::new("inference.requests", 0, offset);
-    let request = InferenceRequest {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        tenant: tenant.to_owned(),
-        model: "fraud".to_owned(),
-        model_version: version.map(str::to_owned),
-        features: generator.next(0).by_name(),
-        created_at: streamscore_contracts::now_micros(),
-        reply_to: None,
-        attributes: HashMap::new(),
-    };
-    ValidatedRequest {
-        lineage: Lineage::derive(
-            source,
-            Stage::Ingest,
-            "validated",
-            "test",
-            Some(request.request_id.clone()),
-            Some(tenant.to_owned()),
-        ),
-        request,
-        writer_schema_id: 1,
-    }
+    let request = support::synth_request(
+        u64::try_from(offset).unwrap(),
+        uuid::Uuid::new_v4().to_string(),
+        tenant,
+        version,
+        streamscore_contracts::now_micros(),
+    );
+    support::validated_from(request, SourceOffset::new("inference.requests", 0, offset))
 }
 
 #[tokio::test(flavor = "multi_thread")]

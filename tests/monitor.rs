@@ -10,14 +10,12 @@ use streamscore_monitor::lag::{measure, LagTarget};
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use rdkafka::message::Message;
 use streamscore_contracts::lineage::{Lineage, SourceOffset, Stage};
 use streamscore_contracts::{
     Codec, DeadLetter, DeadLetterReason, DriftAlert, DriftMethod, InferenceRequest, OutcomeStatus, PredictionOutcome,
-    ValidatedRequest,
 };
 use streamscore_monitor::drift::DetectorConfig;
 use streamscore_monitor::stage::MonitorConfig;
@@ -56,17 +54,7 @@ async fn lag_is_measured_in_records_and_seconds() {
 }
 
 fn request(i: i64, base_us: i64) -> InferenceRequest {
-    let mut generator = streamscore_synth::Generator::new(u64::try_from(i).unwrap());
-    InferenceRequest {
-        request_id: format!("req-{i}"),
-        tenant: "tenant-01".to_owned(),
-        model: "fraud".to_owned(),
-        model_version: None,
-        features: generator.next(0).by_name(),
-        created_at: base_us + i * 1_000,
-        reply_to: None,
-        attributes: HashMap::new(),
-    }
+    support::synth_request(u64::try_from(i).unwrap(), format!("req-{i}"), "tenant-01", None, base_us + i * 1_000)
 }
 
 /// Half the requests scored, half dead-lettered for a missing `amount`: the monitor decodes
@@ -99,18 +87,7 @@ async fn features_missing_from_dead_letters_count_in_the_missing_ratio() {
         let mut request = request(i, base_us);
         let source = SourceOffset::new(&requests, 0, i);
         if i % 2 == 0 {
-            let validated = ValidatedRequest {
-                lineage: Lineage::derive(
-                    source,
-                    Stage::Ingest,
-                    "validated",
-                    "test",
-                    Some(request.request_id.clone()),
-                    None,
-                ),
-                request: request.clone(),
-                writer_schema_id: 1,
-            };
+            let validated = support::validated_from(request.clone(), source);
             let mut outcome = streamscore_infer::rejected(&validated, "test", "-", "", None);
             outcome.status = OutcomeStatus::Scored;
             outcome.reason = None;

@@ -49,6 +49,15 @@ pub fn score_column(outputs: usize) -> Result<usize, String> {
     }
 }
 
+/// Checks that `input` holds `rows` rows of `features` values: every scorer's precondition.
+pub fn check_shape(input: &[f32], rows: usize, features: usize) -> Result<(), BackendError> {
+    if input.len() == rows * features {
+        Ok(())
+    } else {
+        Err(BackendError::Shape { got: input.len(), rows, features })
+    }
+}
+
 /// tract on the CPU: the ONNX graph with a symbolic batch dimension, optimized once.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct TractBackend;
@@ -91,9 +100,7 @@ impl Scorer for TractScorer {
     }
 
     fn score(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, BackendError> {
-        if input.len() != rows * self.features {
-            return Err(BackendError::Shape { got: input.len(), rows, features: self.features });
-        }
+        check_shape(input, rows, self.features)?;
         if rows == 0 {
             return Ok(Vec::new());
         }

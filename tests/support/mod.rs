@@ -233,3 +233,43 @@ pub async fn produce(topic: &str, records: &[(Vec<u8>, Vec<u8>)]) -> Vec<(i32, i
     }
     out
 }
+
+/// A request for `fraud` carrying the synthetic generator's features for `seed`.
+pub fn synth_request(
+    seed: u64,
+    request_id: String,
+    tenant: &str,
+    version: Option<&str>,
+    created_at: i64,
+) -> streamscore_contracts::InferenceRequest {
+    streamscore_contracts::InferenceRequest {
+        request_id,
+        tenant: tenant.to_owned(),
+        model: "fraud".to_owned(),
+        model_version: version.map(str::to_owned),
+        features: streamscore_synth::Generator::new(seed).next(0).by_name(),
+        created_at,
+        reply_to: None,
+        attributes: std::collections::HashMap::new(),
+    }
+}
+
+/// `request` as ingest hands it on, read from `source`.
+pub fn validated_from(
+    request: streamscore_contracts::InferenceRequest,
+    source: streamscore_contracts::lineage::SourceOffset,
+) -> streamscore_contracts::ValidatedRequest {
+    use streamscore_contracts::lineage::{Lineage, Stage};
+    streamscore_contracts::ValidatedRequest {
+        lineage: Lineage::derive(
+            source,
+            Stage::Ingest,
+            "validated",
+            "test",
+            Some(request.request_id.clone()),
+            Some(request.tenant.clone()),
+        ),
+        request,
+        writer_schema_id: 1,
+    }
+}

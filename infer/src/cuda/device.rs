@@ -22,7 +22,7 @@ use cudarc::nvrtc::Ptx;
 use streamscore_modelstore::ModelVersion;
 
 use super::{CudaError, Kernel, DENSE, MLP};
-use crate::backend::{score_column, Backend, BackendError, Scorer};
+use crate::backend::{check_shape, score_column, Backend, BackendError, Scorer};
 use crate::mlp::{Activation, Dense, Mlp};
 
 /// Launch shapes and argument packing: pure functions, shared by the device path and the
@@ -760,9 +760,7 @@ impl Scorer for CudaScorer {
     }
 
     fn score(&self, input: &[f32], rows: usize) -> Result<Vec<f32>, BackendError> {
-        if input.len() != rows * self.inputs {
-            return Err(BackendError::Shape { got: input.len(), rows, features: self.inputs });
-        }
+        check_shape(input, rows, self.inputs)?;
         if rows == 0 {
             return Ok(Vec::new());
         }
