@@ -38,7 +38,7 @@ set +a
 echo "== tests (broker $STREAMSCORE_BOOTSTRAP, registry $STREAMSCORE_REGISTRY_URL)"
 log="$data/test.log"
 status=0
-cargo test --workspace --all-targets --locked "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --all-targets --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
 read -r passed failed ignored < <(awk '/^test result:/ {
   for (i = 1; i < NF; i++) {
     if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i

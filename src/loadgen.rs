@@ -280,8 +280,13 @@ pub async fn run(kafka: &KafkaConfig, codec: Arc<Codec<InferenceRequest>>, confi
     if codec.schema_id().is_none() {
         codec.register().await.context("registering the request schema")?;
     }
-    let mut producer_config = kafka.client_config();
-    producer_config.set("linger.ms", "5").set("acks", "all").set("queue.buffering.max.messages", "200000");
+    // The stages' producer settings (linger, batch sizes; see streamscore_kafka::config), with
+    // room for a large backlog; the properties of STREAMSCORE_KAFKA_PROPERTIES apply last.
+    let mut producer_config = kafka.stage_producer_config();
+    producer_config.set("queue.buffering.max.messages", "200000").set("statistics.interval.ms", "0");
+    for (key, value) in &kafka.overrides {
+        producer_config.set(key, value);
+    }
     let producer: rdkafka::producer::FutureProducer = producer_config.create()?;
     let mut rng = Rng::new(config.seed ^ 0x5EED);
     let mut generator = Generator::new(config.seed).with_drift(config.drift.clone());
@@ -318,8 +323,8 @@ pub async fn run(kafka: &KafkaConfig, codec: Arc<Codec<InferenceRequest>>, confi
             Some(kind) => *summary.bad.entry(kind.reason().code()).or_default() += 1,
         }
         while deliveries.len() > 50_000 {
-            if let Some(Ok(Err(_)) | Err(_)) = deliveries.next().await {
-                summary.errors += 1;
+            if let Some(result) = deliveries.next().await {
+                count_delivery(&mut summary, &result);
             }
         }
         if config.progress && last_report.elapsed() >= Duration::from_secs(1) {
@@ -337,15 +342,26 @@ pub async fn run(kafka: &KafkaConfig, codec: Arc<Codec<InferenceRequest>>, confi
         }
     }
     while let Some(result) = deliveries.next().await {
-        if !matches!(result, Ok(Ok(_))) {
-            summary.errors += 1;
-        }
+        count_delivery(&mut summary, &result);
     }
     summary.elapsed = started.elapsed();
     if config.progress {
         eprintln!();
     }
     Ok(summary)
+}
+
+/// Counts a delivery that failed, and says why the first time.
+fn count_delivery(summary: &mut LoadSummary, result: &Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>) {
+    let error = match result {
+        Ok(Ok(_)) => return,
+        Ok(Err((e, _))) => e.to_string(),
+        Err(_) => "the producer dropped the record".to_owned(),
+    };
+    if summary.errors == 0 {
+        tracing::warn!(error, "a record was not acknowledged by the broker (counted; further ones are not logged)");
+    }
+    summary.errors += 1;
 }
 
 /// A human summary of a run.

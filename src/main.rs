@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use streamscore::stack::{self, StackConfig};
 use streamscore_ingest::IngestConfig;
-use streamscore_kafka::{ensure_topics, event_topics, KafkaConfig};
+use streamscore_kafka::{ensure_topics, event_topics_with, KafkaConfig};
 
 /// Event-sourced streaming inference on Kafka.
 #[derive(Debug, Parser)]
@@ -134,6 +134,9 @@ enum Command {
         /// Model store directory.
         #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
         models: PathBuf,
+        /// Where records of the validated topic that can never be read go.
+        #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
+        dead_letter_topic: String,
         /// Serve Prometheus metrics on this address (`GET /metrics`).
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
@@ -163,6 +166,10 @@ enum Command {
         /// Kafka bootstrap servers.
         #[arg(long, env = "STREAMSCORE_BOOTSTRAP", default_value = "127.0.0.1:9092")]
         bootstrap: String,
+        /// Partitions of the request, validated and prediction topics (the local stack uses 1;
+        /// see streamscore_kafka::topics).
+        #[arg(long, default_value_t = streamscore_kafka::topics::CLUSTER_PARTITIONS)]
+        partitions: i32,
     },
     /// Run the ingest stage on its own: validate requests, dead-letter bad ones, write
     /// validated requests to the validated topic.
@@ -241,6 +248,10 @@ struct InferArgs {
     /// Tenant policy file (quotas, pins, allowed models); without it no quotas apply.
     #[arg(long, env = "STREAMSCORE_POLICY")]
     policy: Option<PathBuf>,
+    /// Compacted topic where quota buckets are committed with the input offsets, so a
+    /// redelivered request gets the same quota decision (with --policy).
+    #[arg(long, default_value = streamscore_infer::stage::QUOTA_CHECKPOINTS)]
+    quota_checkpoints_topic: String,
     /// Scoring backend: cpu (tract), cuda (custom kernels; a clear error where it cannot run,
     /// never a silent CPU run), or auto (CUDA where it can run, else CPU, said in the log).
     #[arg(long, default_value = "cpu")]
@@ -273,6 +284,7 @@ impl InferArgs {
         config.pins = pairs(self.pins.as_deref())?;
         config.batch = self.batch.config();
         config.policy = self.policy.clone();
+        config.quota_state_topic = self.quota_checkpoints_topic.clone();
         Ok(config)
     }
 }
@@ -410,8 +422,8 @@ async fn run(command: Command) -> Result<()> {
             streamscore_registry::serve(Arc::new(store), Some(metrics), listener, shutdown_signal()).await;
             tracing::info!("schema registry stopped");
         }
-        Command::Topics { bootstrap } => {
-            for outcome in ensure_topics(&KafkaConfig::new(bootstrap), &event_topics()).await? {
+        Command::Topics { bootstrap, partitions } => {
+            for outcome in ensure_topics(&KafkaConfig::new(bootstrap), &event_topics_with(partitions)).await? {
                 println!("{outcome}");
             }
         }
@@ -516,28 +528,35 @@ async fn run(command: Command) -> Result<()> {
             let summary = streamscore_monitor::stage::run(config, store, shutdown_signal()).await?;
             tracing::info!(predictions = summary.predictions, alerts = summary.alerts.len(), "monitor stopped");
         }
-        Command::Infer { endpoints, infer, validated_topic, group, models, metrics_listen } => {
+        Command::Infer { endpoints, infer, validated_topic, group, models, dead_letter_topic, metrics_listen } => {
             serve_metrics(metrics_listen).await?;
             let config = infer.config(&endpoints)?;
             let store = streamscore_modelstore::SharedStore::new(
                 streamscore_modelstore::ModelStore::open(&models)
                     .with_context(|| format!("loading {}", models.display()))?,
             );
+            let kafka = KafkaConfig::new(&endpoints.bootstrap);
+            let input = streamscore_infer::source::ValidatedInput {
+                topic: validated_topic,
+                group,
+                dead_letter_topic,
+                checkpoints: config.policy.as_ref().map(|_| config.quota_state_topic.clone()),
+                instance: config.instance.clone(),
+                drain_timeout: std::time::Duration::from_secs(5),
+            };
+            if let Some(topic) = &input.checkpoints {
+                ensure_topics(&kafka, &[streamscore_kafka::TopicSpec::state(topic)]).await?;
+            }
             let (tx, rx) = tokio::sync::mpsc::channel(10_000);
             let stats = Arc::new(streamscore_monitor::LiveStats::default());
             let backend = streamscore_infer::cuda::select(infer.backend)?;
             let stage = tokio::spawn(streamscore_infer::run(config, store, backend, rx, stats));
-            let kafka = KafkaConfig::new(&endpoints.bootstrap);
-            streamscore_infer::source::consume_validated(
-                &kafka,
-                &endpoints.registry_url,
-                &validated_topic,
-                &group,
-                tx,
-                shutdown_signal(),
-            )
-            .await?;
-            stage.await??;
+            let consumed =
+                streamscore_infer::source::consume_validated(&kafka, &endpoints.registry_url, &input, tx, shutdown_signal())
+                    .await;
+            // The stage's own failure is the cause when both failed.
+            stage.await.context("the infer stage panicked")??;
+            consumed?;
         }
         Command::Ingest { endpoints, ingest, validated_topic, metrics_listen } => {
             run_ingest(endpoints, ingest, validated_topic, metrics_listen).await?;

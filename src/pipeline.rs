@@ -33,30 +33,52 @@ pub async fn run(
     stats: Arc<LiveStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<IngestSummary> {
-    // The topics this deployment uses (idempotent; tansu never auto-creates them).
-    let specs = [
-        streamscore_kafka::TopicSpec::event(&config.ingest.input_topic, 6),
+    // The topics this deployment uses, if missing (tansu never auto-creates them; the local
+    // stack and `streamscore topics` create them with their own partition counts).
+    use streamscore_kafka::topics::CLUSTER_PARTITIONS;
+    let mut specs = vec![
+        streamscore_kafka::TopicSpec::event(&config.ingest.input_topic, CLUSTER_PARTITIONS),
         streamscore_kafka::TopicSpec::event(&config.ingest.dead_letter_topic, 3),
-        streamscore_kafka::TopicSpec::event(&config.infer.predictions_topic, 6),
+        streamscore_kafka::TopicSpec::event(&config.infer.predictions_topic, CLUSTER_PARTITIONS),
         streamscore_kafka::TopicSpec::event(&config.infer.audit_topic, 1),
     ];
+    let mut ingest_config = config.ingest.clone();
+    if config.infer.policy.is_some() {
+        // Quota buckets are committed with the request offsets (a redelivery is decided as
+        // the first time).
+        specs.push(streamscore_kafka::TopicSpec::state(&config.infer.quota_state_topic));
+        ingest_config.checkpoints = Some(config.infer.quota_state_topic.clone());
+    }
     streamscore_kafka::ensure_topics(&config.ingest.kafka, &specs).await.context("creating the pipeline's topics")?;
     let store = SharedStore::new(
         ModelStore::open(&config.models)
             .with_context(|| format!("loading the model store {}", config.models.display()))?,
     );
     let codec = Arc::new(Codec::<InferenceRequest>::with_url(&config.ingest.registry_url, &config.ingest.input_topic));
+    let stats_for_infer = Arc::clone(&stats);
     let decider = RequestDecider::new(codec, config.infer.instance.clone())
         .with_tenants(config.tenants.clone())
         .with_models(store.clone())
         .with_max_record_bytes(config.max_record_bytes);
     let (tx, rx) = mpsc::channel(config.channel_capacity);
-    let infer = tokio::spawn(streamscore_infer::run(config.infer.clone(), store, backend, rx, Arc::clone(&stats)));
-    let ingest =
-        streamscore_ingest::run_with_stats(config.ingest.clone(), decider, Handoff::Channel(tx), stats, shutdown).await;
-    // Ingest has returned and dropped its end of the channel: infer drains and stops.
+    // Infer stopping (an error, a panic in a batch) stops ingest too: it would otherwise wait
+    // for records that nothing will score.
+    let (infer_stopped, infer_stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let infer = tokio::spawn(async move {
+        let result = streamscore_infer::run(config.infer.clone(), store, backend, rx, Arc::clone(&stats_for_infer)).await;
+        let _ = infer_stopped.send(());
+        result
+    });
+    let shutdown = async move {
+        tokio::select! {
+            () = shutdown => {}
+            _ = infer_stopped_rx => {}
+        }
+    };
+    let ingest = streamscore_ingest::run_with_stats(ingest_config, decider, Handoff::Channel(tx), stats, shutdown).await;
+    // Ingest has returned and dropped its end of the channel: infer drains and stops. An infer
+    // failure is the cause of ingest's "stopped taking requests", so it is reported first.
     let inferred = infer.await.context("the infer stage panicked")?;
-    let summary = ingest.context("ingest stage")?;
     inferred.context("infer stage")?;
-    Ok(summary)
+    ingest.context("ingest stage")
 }

@@ -34,6 +34,9 @@ pub struct RunConfig {
     pub backend: BackendChoice,
 }
 
+/// Start-up left out of the steady-state latency figures.
+const WARM_UP: Duration = Duration::from_secs(10);
+
 fn ms(micros: Option<u64>) -> String {
     #[allow(clippy::cast_precision_loss)]
     micros.map_or_else(|| "-".to_owned(), |m| format!("{:.1} ms", m as f64 / 1000.0))
@@ -111,9 +114,12 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
         config.batch.max_batch,
         config.batch.max_wait.as_micros()
     );
-    println!("  time      in/s     out/s  dead-lettered  rejected        p50        p99   shadow");
+    println!("  time      in/s     out/s  dead-lettered  rejected        p50        p99   shadow   (latency: request created → every output acknowledged)");
     let started = Instant::now();
     let mut all_latencies = Vec::new();
+    // The main job's latency target is over the run after its first seconds (group joins,
+    // schema lookups and model loads are start-up, not steady state).
+    let mut steady_latencies = Vec::new();
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let (mut last_in, mut last_out) = (0, 0);
@@ -146,6 +152,9 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
                         println!("        alert  {alert}");
                     }
                 }
+                if started.elapsed() > WARM_UP {
+                    steady_latencies.extend_from_slice(&window);
+                }
                 all_latencies.extend(window);
                 if generator.is_finished() {
                     break;
@@ -164,7 +173,9 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     let summary = pipeline.await.context("pipeline panicked")??;
     let _ = stop_monitor.send(());
     let monitored = monitor.await.context("monitor panicked")??;
-    all_latencies.extend(stats.take_latencies());
+    let rest = stats.take_latencies();
+    steady_latencies.extend_from_slice(&rest);
+    all_latencies.extend(rest);
 
     let elapsed = started.elapsed().as_secs_f64();
     println!();
@@ -182,11 +193,25 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
         stats.shadow.load(Relaxed),
     );
     println!(
-        "latency (request created → prediction acknowledged): p50 {}  p99 {}  max {}  over {} predictions",
+        "latency (request created → every output acknowledged): p50 {}  p99 {}  max {}  over {} requests",
         ms(quantile(&mut all_latencies, 0.50)),
         ms(quantile(&mut all_latencies, 0.99)),
         ms(quantile(&mut all_latencies, 1.0)),
         all_latencies.len()
+    );
+    println!(
+        "  after the first {} s: p50 {}  p99 {}  max {}  over {} requests",
+        WARM_UP.as_secs(),
+        ms(quantile(&mut steady_latencies, 0.50)),
+        ms(quantile(&mut steady_latencies, 0.99)),
+        ms(quantile(&mut steady_latencies, 1.0)),
+        steady_latencies.len()
+    );
+    println!(
+        "consumed {} of {} produced{}",
+        summary.consumed,
+        generated.sent,
+        if summary.consumed >= generated.sent { " (all)" } else { " — NOT ALL: the rest stays on the topic for the next run" }
     );
     println!("monitor: {} predictions seen, {} drift alerts", monitored.predictions, monitored.alerts.len());
     for alert in monitored.alerts.iter().rev().take(5) {

@@ -5,7 +5,9 @@
 //! ```text
 //! tansu/tansu.db   broker storage (sqlite; durable across restarts)
 //! tansu.pid, tansu.log, registry.pid, registry.log
-//! stack.env        STREAMSCORE_BOOTSTRAP and STREAMSCORE_REGISTRY_URL, for shells and tests
+//! stack.env        STREAMSCORE_BOOTSTRAP and STREAMSCORE_REGISTRY_URL, for shells and tests,
+//!                  and STREAMSCORE_BROKER_PID / STREAMSCORE_REGISTRY_PID, for the load
+//!                  benches that report the broker's CPU
 //! ```
 //! `up` is idempotent: running parts are reused, missing ones started. `down` stops both.
 
@@ -16,7 +18,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use streamscore_kafka::{ensure_topics, event_topics, KafkaConfig};
+use streamscore_kafka::topics::LOCAL_PARTITIONS;
+use streamscore_kafka::{ensure_topics, event_topics_with, KafkaConfig};
 
 /// The tansu version the project is tested with.
 pub const TANSU_VERSION: &str = "0.6.0";
@@ -129,9 +132,14 @@ pub fn tansu_command(tansu: &Path, data_dir: &Path, port: u16) -> Command {
         .current_dir(data_dir)
         .arg("broker")
         .args(["--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "sqlite://tansu.db"]);
+        .args(["--storage-engine", &storage_engine()]);
     command.env("RUST_LOG", std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".to_owned()));
     command
+}
+
+/// The broker's storage: `$STREAMSCORE_TANSU_STORAGE`, else sqlite in the data directory.
+pub fn storage_engine() -> String {
+    std::env::var("STREAMSCORE_TANSU_STORAGE").unwrap_or_else(|_| "sqlite://tansu.db".to_owned())
 }
 
 async fn wait_http_ok(url: &str, timeout: Duration) -> Result<()> {
@@ -155,10 +163,10 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
 
     // Broker.
     let tansu_pid = read_pid(&dir.join("tansu.pid")).filter(|&pid| alive(pid, "tansu"));
-    let bootstrap = match (tansu_pid, &previous) {
+    let (bootstrap, broker_pid) = match (tansu_pid, &previous) {
         (Some(pid), Some(prev)) => {
             println!("broker    running   tansu pid {pid} on {}", prev.bootstrap);
-            prev.bootstrap.clone()
+            (prev.bootstrap.clone(), pid)
         }
         _ => {
             let tansu = ensure_tansu()?;
@@ -172,7 +180,7 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
                 "broker    started   tansu pid {pid} on 127.0.0.1:{port} (sqlite storage in {})",
                 dir.join("tansu").display()
             );
-            format!("127.0.0.1:{port}")
+            (format!("127.0.0.1:{port}"), pid)
         }
     };
     let kafka = KafkaConfig::new(&bootstrap);
@@ -182,16 +190,16 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
         .with_context(|| format!("broker log: {}", dir.join("tansu.log").display()))?;
 
     // Topics.
-    for outcome in ensure_topics(&kafka, &event_topics()).await? {
+    for outcome in ensure_topics(&kafka, &event_topics_with(LOCAL_PARTITIONS)).await? {
         println!("topic     {outcome}");
     }
 
     // Registry.
     let registry_pid = read_pid(&dir.join("registry.pid")).filter(|&pid| alive(pid, "registry"));
-    let registry_url = match (registry_pid, &previous) {
+    let (registry_url, registry_pid) = match (registry_pid, &previous) {
         (Some(pid), Some(prev)) => {
             println!("registry  running   pid {pid} on {}", prev.registry_url);
-            prev.registry_url.clone()
+            (prev.registry_url.clone(), pid)
         }
         _ => {
             let port = if config.registry_port == 0 { free_port()? } else { config.registry_port };
@@ -199,7 +207,7 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
             command.args(["registry", "--bootstrap", &bootstrap, "--listen", &format!("127.0.0.1:{port}")]);
             let pid = spawn_daemon(command, &dir.join("registry.log"), &dir.join("registry.pid"))?;
             println!("registry  started   pid {pid} on http://127.0.0.1:{port} (state in topic _schemas)");
-            format!("http://127.0.0.1:{port}")
+            (format!("http://127.0.0.1:{port}"), pid)
         }
     };
     wait_http_ok(&format!("{registry_url}/subjects"), Duration::from_secs(60))
@@ -212,7 +220,8 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
     }
 
     let addrs = StackAddrs { bootstrap, registry_url };
-    fs::write(dir.join("stack.env"), addrs.env_file())?;
+    let env = format!("{}STREAMSCORE_BROKER_PID={broker_pid}\nSTREAMSCORE_REGISTRY_PID={registry_pid}\n", addrs.env_file());
+    fs::write(dir.join("stack.env"), env)?;
     println!("stack up: export $(cat {})", dir.join("stack.env").display());
     Ok(addrs)
 }

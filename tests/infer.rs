@@ -67,9 +67,9 @@ async fn routing_pins_shadows_and_rejections() {
     }
     let mut acked = Vec::new();
     while acked.len() < cases.len() {
-        let (_, offset) =
+        let finished =
             tokio::time::timeout(Duration::from_secs(30), acks.recv()).await.expect("acked in time").unwrap();
-        acked.push(offset);
+        acked.push(finished.offset);
     }
     drop(tx);
     stage.await.unwrap().unwrap();

@@ -113,6 +113,8 @@ async fn features_missing_from_dead_letters_count_in_the_missing_ratio() {
                 original_value: Some(request_codec.encode(&request).unwrap()),
                 writer_schema_id: None,
                 original_timestamp_ms: None,
+                original_value_length: None,
+                original_value_sha256: None,
             };
             dead_letters.push((Vec::new(), dead_codec.encode(&dead_letter).unwrap()));
         }

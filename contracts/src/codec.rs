@@ -30,6 +30,8 @@ use crate::topics::value_subject;
 
 /// Largest allocation a decoded body may ask for. Protects against garbage lengths.
 pub const MAX_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
+/// How long one call to the schema registry may take.
+pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an id the registry does not know is remembered as unknown.
 const UNKNOWN_ID_TTL: Duration = Duration::from_secs(30);
 
@@ -106,9 +108,15 @@ impl<T: Event> Codec<T> {
         }
     }
 
-    /// A codec whose registry is at `url` (e.g. `http://127.0.0.1:8081`).
+    /// A codec whose registry is at `url` (e.g. `http://127.0.0.1:8081`). Every call to the
+    /// registry gives up after [`REGISTRY_TIMEOUT`] (a retryable failure), so a registry that
+    /// accepts connections and never answers cannot hold a record for ever.
     pub fn with_url(url: &str, topic: &str) -> Self {
-        Self::new(SrSettings::new(url.to_owned()), topic)
+        let settings = SrSettings::new_builder(url.to_owned())
+            .set_timeout(REGISTRY_TIMEOUT)
+            .build()
+            .unwrap_or_else(|_| SrSettings::new(url.to_owned()));
+        Self::new(settings, topic)
     }
 
     /// Uses `id` for the contract's schema without asking the registry, and caches it for

@@ -144,6 +144,39 @@ pub struct DeadLetter {
     pub original_value: Option<Vec<u8>>,
     pub writer_schema_id: Option<i32>,
     pub original_timestamp_ms: Option<i64>,
+    /// Set when `original_value` was cut to fit: the value's length as it arrived.
+    #[serde(default)]
+    pub original_value_length: Option<i64>,
+    /// Set when `original_value` was cut: sha256 (hex) of the whole value as it arrived.
+    #[serde(default)]
+    pub original_value_sha256: Option<String>,
+}
+
+/// Room a dead letter leaves for everything but the original value: lineage, detail and the
+/// encoding's own bytes.
+const DEAD_LETTER_OVERHEAD: usize = 4096;
+
+impl DeadLetter {
+    /// Cuts `original_value` so the whole dead letter fits in `max_record_bytes` (the
+    /// producer's limit), keeping the value's first bytes, its length and its sha256. A record
+    /// too large for the dead-letter topic is still dead-lettered, never dropped.
+    pub fn fit(&mut self, max_record_bytes: usize) {
+        let others = DEAD_LETTER_OVERHEAD
+            + self.detail.len()
+            + self.original_key.as_ref().map_or(0, Vec::len)
+            + self.lineage.event_id.len()
+            + self.lineage.request_id.as_ref().map_or(0, String::len)
+            + self.lineage.tenant.as_ref().map_or(0, String::len)
+            + self.lineage.source.topic.len();
+        let budget = max_record_bytes.saturating_sub(others);
+        let Some(value) = self.original_value.as_mut() else { return };
+        if value.len() <= budget {
+            return;
+        }
+        self.original_value_length = Some(i64::try_from(value.len()).unwrap_or(i64::MAX));
+        self.original_value_sha256 = Some(crate::sha256_hex(value));
+        value.truncate(budget);
+    }
 }
 
 /// `io.streamscore.v1.AuditRecord`: one entry of the hash-chained audit log.

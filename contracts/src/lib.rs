@@ -19,3 +19,13 @@ pub use events::{
     PredictionOutcome, Severity, ValidatedRequest,
 };
 pub use lineage::{now_micros, Lineage, SourceOffset, Stage};
+
+/// The sha256 of `bytes` as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    use std::fmt::Write as _;
+    sha2::Sha256::digest(bytes).iter().fold(String::with_capacity(64), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}

@@ -2,8 +2,16 @@
 
 use streamscore_contracts::{Lineage, OutcomeStatus, PredictionOutcome, Stage, ValidatedRequest};
 
+/// The reason of an in-flight limit rejection.
+pub const IN_FLIGHT_EXCEEDED: &str = "IN_FLIGHT_EXCEEDED";
+
 /// The rejected outcome for `request`: `reason` is a typed code (e.g. `QUOTA_EXCEEDED`,
 /// `UNKNOWN_MODEL_VERSION`), `detail` says what to do about it.
+///
+/// Its event id is the request's primary outcome id, like a prediction's, because every
+/// decision behind it reproduces on a redelivery. The exception is `IN_FLIGHT_EXCEEDED`, load
+/// shedding on the wall clock that a redelivery decides anew: its id is its own, so a
+/// redelivery that is then scored never shares an id with different content.
 pub fn rejected(
     request: &ValidatedRequest,
     instance: &str,
@@ -11,10 +19,11 @@ pub fn rejected(
     detail: impl Into<String>,
     retry_after_ms: Option<i64>,
 ) -> PredictionOutcome {
+    let kind = if reason == IN_FLIGHT_EXCEEDED { "prediction/in-flight" } else { "prediction" };
     let lineage = Lineage::derive(
         request.lineage.source.clone(),
         Stage::Infer,
-        "prediction",
+        kind,
         instance,
         Some(request.request.request_id.clone()),
         Some(request.request.tenant.clone()),

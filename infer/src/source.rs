@@ -1,72 +1,149 @@
-//! Infer deployed on its own: validated requests from the `inference.validated` topic, with
-//! the same at-least-once rule (an offset is stored once its prediction is acknowledged).
+//! Infer deployed on its own: validated requests from the `inference.validated` topic through
+//! the at-least-once [`Source`] (an offset is stored once its prediction is acknowledged).
+//!
+//! The same two rules as everywhere: a record the registry cannot resolve *now* waits (never
+//! acknowledged, never dead-lettered); a record that can never be read is poison and goes to
+//! the dead-letter topic with its reason and original bytes, then its offset moves on.
 
 use std::future::Future;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use streamscore_contracts::{Codec, ValidatedRequest};
-use streamscore_kafka::{Ack, KafkaConfig, OffsetTracker};
+use rdkafka::message::{Message, OwnedMessage};
+use streamscore_contracts::{
+    Codec, DeadLetter, DecodeError, Lineage, SourceOffset, Stage, ValidatedRequest,
+};
+use streamscore_kafka::retry::{self, Attempt};
+use streamscore_kafka::{Ack, KafkaConfig, Sink, Source, SourceConfig};
 use tokio::sync::mpsc;
 
 use crate::stage::InferError;
 
-/// Consumes `topic` as group `group` and hands each validated request to `output` until
-/// `shutdown` resolves; then waits (bounded) for outstanding acknowledgements and commits.
+/// Where standalone infer reads from.
+#[derive(Debug, Clone)]
+pub struct ValidatedInput {
+    pub topic: String,
+    pub group: String,
+    /// Where records of the validated topic that can never be read go.
+    pub dead_letter_topic: String,
+    /// Offset-aligned checkpoints (with quotas on).
+    pub checkpoints: Option<String>,
+    pub instance: String,
+    pub drain_timeout: Duration,
+}
+
+/// Consumes the validated topic and hands each request to `output` until `shutdown`
+/// resolves; then closes `output` (infer finishes what it has), waits (bounded) for
+/// outstanding acknowledgements and commits.
 pub async fn consume_validated(
     kafka: &KafkaConfig,
     registry_url: &str,
-    topic: &str,
-    group: &str,
+    input: &ValidatedInput,
     output: mpsc::Sender<(ValidatedRequest, Ack)>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), InferError> {
-    let consumer: StreamConsumer = kafka.stage_consumer_config(group).create()?;
-    consumer.subscribe(&[topic])?;
-    let codec = Codec::<ValidatedRequest>::with_url(registry_url, topic);
-    let (ack_tx, mut acks) = mpsc::unbounded_channel();
-    let mut tracker = OffsetTracker::default();
-    let store = |tracker: &mut OffsetTracker, partition: i32, offset: i64| {
-        if let Some(safe) = tracker.done(partition, offset) {
-            let _ = consumer.store_offset(topic, partition, safe);
-        }
-    };
     tokio::pin!(shutdown);
+    let codec = Codec::<ValidatedRequest>::with_url(registry_url, &input.topic);
+    let dead_letters = Codec::<DeadLetter>::with_url(registry_url, &input.dead_letter_topic);
+    tokio::select! {
+        biased;
+        () = &mut shutdown => return Ok(()),
+        registered = retry::register(&dead_letters) => { registered?; }
+    }
+    let sink = Sink::new(kafka, "infer-source")?;
+    let mut config = SourceConfig::new(&input.group, &[&input.topic], "infer");
+    config.checkpoints = input.checkpoints.clone();
+    let mut source = Source::open(kafka, config)?;
+    let mut failure = None;
     loop {
-        tokio::select! {
+        let (message, ack) = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some((partition, offset)) = acks.recv() => store(&mut tracker, partition, offset),
-            message = consumer.recv() => {
-                let message = message?;
-                let (partition, offset) = (message.partition(), message.offset());
-                tracker.begin(partition, offset);
-                let ack = Ack::new(partition, offset, ack_tx.clone());
-                match codec.decode(message.payload().unwrap_or_default()).await {
-                    Ok(decoded) => {
-                        if output.send((decoded.value, ack)).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        // Our own topic: a record that does not decode is a bug upstream. Say so
-                        // loudly and move on rather than stall the partition.
-                        tracing::error!(partition, offset, error = %e, "undecodable record on the validated topic; skipped");
-                        metrics::counter!("streamscore_infer_undecodable_validated_total").increment(1);
-                        ack.done();
-                    }
+            e = sink.failed() => { failure = Some(e.into()); break }
+            next = source.next() => match next {
+                Ok(next) => next,
+                Err(e) => { failure = Some(e.into()); break }
+            },
+        };
+        let bytes = message.payload().unwrap_or_default();
+        // A registry outage makes the record wait here; a stop request still stops.
+        let decoded = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            decoded = decode_when_up(&codec, bytes) => decoded,
+        };
+        match decoded {
+            Ok(validated) => {
+                let sent = tokio::select! {
+                    biased;
+                    () = &mut shutdown => break,
+                    sent = output.send((validated, ack)) => sent,
+                };
+                if sent.is_err() {
+                    break; // infer stopped; its error is the one reported
+                }
+            }
+            Err(e) => {
+                if let Err(e) = dead_letter(&sink, &dead_letters, input, &message, &e, ack).await {
+                    failure = Some(e);
+                    break;
                 }
             }
         }
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while tracker.in_flight() > 0 {
-        match tokio::time::timeout_at(deadline, acks.recv()).await {
-            Ok(Some((partition, offset))) => store(&mut tracker, partition, offset),
-            _ => break,
-        }
+    drop(output);
+    let closed = source.close(input.drain_timeout).await;
+    sink.flush(Duration::from_secs(2));
+    if let Some(failure) = failure {
+        return Err(failure);
     }
-    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    closed?;
+    Ok(())
+}
+
+/// Decodes, waiting out registry outages; only a final answer (poison) is returned as an error.
+async fn decode_when_up(codec: &Codec<ValidatedRequest>, bytes: &[u8]) -> Result<ValidatedRequest, DecodeError> {
+    retry::until_done(
+        || async {
+            match codec.decode(bytes).await {
+                Ok(decoded) => Attempt::Done(Ok(decoded.value)),
+                Err(e) if e.is_retryable() => Attempt::Retry(e),
+                Err(e) => Attempt::Done(Err(e)),
+            }
+        },
+        |e, wait| {
+            tracing::warn!(error = %e, ?wait, "schema registry unavailable; the record waits");
+            metrics::counter!("streamscore_infer_registry_retries_total").increment(1);
+        },
+    )
+    .await
+}
+
+/// A record of the validated topic that can never be read: dead-lettered with its bytes.
+async fn dead_letter(
+    sink: &Sink,
+    codec: &Codec<DeadLetter>,
+    input: &ValidatedInput,
+    message: &OwnedMessage,
+    error: &DecodeError,
+    ack: Ack,
+) -> Result<(), InferError> {
+    let source = SourceOffset::new(message.topic(), message.partition(), message.offset());
+    tracing::error!(%source, %error, "unreadable record on the validated topic; dead-lettered");
+    metrics::counter!("streamscore_infer_undecodable_validated_total").increment(1);
+    let mut dead_letter = DeadLetter {
+        lineage: Lineage::derive(source, Stage::Infer, "dead-letter", &input.instance, None, None),
+        reason: error.reason(),
+        detail: error.to_string(),
+        original_key: message.key().map(<[u8]>::to_vec),
+        original_value: message.payload().map(<[u8]>::to_vec),
+        writer_schema_id: error.schema_id().and_then(|id| i32::try_from(id).ok()),
+        original_timestamp_ms: message.timestamp().to_millis(),
+        original_value_length: None,
+        original_value_sha256: None,
+    };
+    dead_letter.fit(sink.max_message_bytes());
+    let bytes = codec.encode(&dead_letter)?;
+    sink.send(&input.dead_letter_topic, message.key().unwrap_or_default(), &bytes, &ack).await?;
+    ack.done();
     Ok(())
 }

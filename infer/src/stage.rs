@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::try_join_all;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use futures::FutureExt;
 use streamscore_contracts::{topics, Codec, Lineage, OutcomeStatus, PredictionOutcome, Stage, ValidatedRequest};
 use streamscore_kafka::audit::AuditWriter;
-use streamscore_kafka::produce::enqueue;
-use streamscore_kafka::{Ack, KafkaConfig};
+use streamscore_kafka::retry;
+use streamscore_kafka::{Ack, KafkaConfig, Sink, SinkError};
 use streamscore_modelstore::{ModelVersion, RouteError, SharedStore};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -34,8 +33,14 @@ pub enum InferError {
     Encode(#[from] streamscore_contracts::EncodeError),
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
-    #[error("a prediction was not acknowledged by the broker: {0}")]
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Source(#[from] streamscore_kafka::SourceError),
+    #[error("{0}")]
     Delivery(String),
+    #[error("{what} panicked: {message}; the stage stops, and a restart resumes from the last committed offsets without loss")]
+    Panicked { what: String, message: String },
     #[error("loading model {0}")]
     Load(#[from] BackendError),
     #[error("model store: {0}")]
@@ -62,7 +67,9 @@ pub struct InferConfig {
     pub rescan_every: Option<Duration>,
     /// The tenant policy file; `None` = no quotas.
     pub policy: Option<std::path::PathBuf>,
-    /// Compacted topic of quota checkpoints.
+    /// Compacted topic of quota checkpoints: the quota buckets committed with the request
+    /// offsets, so a redelivered request is decided as it was the first time (the source
+    /// that feeds this stage reads and writes it; see `streamscore_kafka::checkpoint`).
     pub quota_state_topic: String,
 }
 
@@ -79,10 +86,13 @@ impl InferConfig {
             instance: instance.into(),
             rescan_every: Some(Duration::from_secs(5)),
             policy: None,
-            quota_state_topic: quota::state::TOPIC.to_owned(),
+            quota_state_topic: QUOTA_CHECKPOINTS.to_owned(),
         }
     }
 }
+
+/// The default topic of quota checkpoints.
+pub const QUOTA_CHECKPOINTS: &str = "quota.checkpoints";
 
 /// A model version ready to score.
 #[derive(Debug)]
@@ -105,7 +115,7 @@ struct Item {
 struct Shared {
     config: InferConfig,
     codec: Codec<PredictionOutcome>,
-    producer: FutureProducer,
+    sink: Sink,
     stats: Arc<LiveStats>,
     errors: mpsc::UnboundedSender<InferError>,
     /// Tenants whose admitted request got its answer (quota in-flight accounting).
@@ -121,7 +131,7 @@ pub async fn run(
     stats: Arc<LiveStats>,
 ) -> Result<(), InferError> {
     let codec = Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic);
-    codec.register().await?;
+    retry::register(&codec).await?;
     let audit = AuditWriter::new(
         &config.kafka,
         &config.registry_url,
@@ -137,20 +147,12 @@ pub async fn run(
         Some(path) => {
             let policy = Policy::load(path)?;
             audit.record("POLICY_LOADED", &path.display().to_string(), None, policy_details(&policy)).await?;
-            quota::state::ensure(&config.kafka, &config.quota_state_topic).await?;
-            let mut quotas = Quotas::new(policy);
-            let kafka = config.kafka.clone();
-            let topic = config.quota_state_topic.clone();
-            let checkpoints = tokio::task::spawn_blocking(move || quota::state::load(&kafka, &topic))
-                .await
-                .map_err(|e| InferError::Delivery(e.to_string()))??;
-            tracing::info!(tenants = checkpoints.len(), "quota state restored from checkpoints");
-            quotas.restore(checkpoints);
-            Some(quotas)
+            // Bucket state comes with each partition's assignment (offset-aligned checkpoints).
+            Some(Quotas::new(policy))
         }
     };
     let shared = Arc::new(Shared {
-        producer: config.kafka.producer()?,
+        sink: Sink::new(&config.kafka, "infer")?,
         codec,
         stats,
         errors: errors_tx,
@@ -172,9 +174,15 @@ pub async fn run(
     let mut rescan = tokio::time::interval(shared.config.rescan_every.unwrap_or(Duration::from_secs(3600)));
     rescan.tick().await;
 
-    loop {
+    let failure = loop {
         tokio::select! {
-            Some(error) = errors.recv() => return Err(error),
+            Some(error) = errors.recv() => break Some(error),
+            failed = shared.sink.failed() => break Some(failed.into()),
+            Some(joined) = tasks.join_next() => {
+                if let Err(e) = joined {
+                    break Some(panicked("a batcher", &e));
+                }
+            }
             Some(tenant) = released.recv() => {
                 if let Some(q) = quotas.as_mut() {
                     q.release(&tenant);
@@ -183,7 +191,6 @@ pub async fn run(
             _ = rescan.tick(), if shared.config.rescan_every.is_some() => {
                 if let Some(q) = quotas.as_mut() {
                     reload_policy(q, &audit).await?;
-                    quota::state::save(&shared.producer, &shared.config.quota_state_topic, &q.checkpoint()).await?;
                 }
                 match store.current().rescan() {
                     Ok((next, added)) => {
@@ -198,25 +205,45 @@ pub async fn run(
                 }
             }
             item = input.recv() => {
-                let Some((validated, ack)) = item else { break };
+                let Some((validated, ack)) = item else { break None };
                 route_one(&shared, &store, quotas.as_mut(), &batchers, validated, ack).await?;
             }
         }
+    };
+    if let Some(failure) = failure {
+        // Unfinished requests are never acknowledged: their offsets stay where they are.
+        shared.sink.flush(Duration::from_secs(2));
+        return Err(failure);
     }
     // Input closed: close the batchers, let them flush, wait for every batch.
     drop(batchers);
     while let Some(result) = tasks.join_next().await {
         if let Err(e) = result {
-            tracing::error!(error = %e, "a batch task panicked");
+            return Err(panicked("a batcher", &e));
         }
     }
     if let Ok(error) = errors.try_recv() {
         return Err(error);
     }
-    if let Some(q) = &quotas {
-        quota::state::save(&shared.producer, &shared.config.quota_state_topic, &q.checkpoint()).await?;
+    shared.sink.flush(Duration::from_secs(5));
+    if let Some(failure) = shared.sink.failure() {
+        return Err(failure.into());
     }
     Ok(())
+}
+
+/// A task's panic as the stage's error.
+fn panicked(what: &str, error: &tokio::task::JoinError) -> InferError {
+    InferError::Panicked { what: what.to_owned(), message: error.to_string() }
+}
+
+/// The message of a caught panic.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
 }
 
 fn policy_details(policy: &Policy) -> HashMap<String, String> {
@@ -232,7 +259,7 @@ fn policy_details(policy: &Policy) -> HashMap<String, String> {
 async fn reload_policy(quotas: &mut Quotas, audit: &AuditWriter) -> Result<(), InferError> {
     let path = quotas.policy().path.clone();
     let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };
-    let sha256: String = <sha2::Sha256 as sha2::Digest>::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let sha256 = streamscore_contracts::sha256_hex(&bytes);
     if sha256 == quotas.policy().sha256 {
         return Ok(());
     }
@@ -270,7 +297,15 @@ async fn route_one(
     let tenant = request.tenant.clone();
     let mut delay = None;
     if let Some(q) = quotas.as_deref_mut() {
+        // The bucket this request meets is the one committed with its partition's offset
+        // (once per assignment), and the bucket it leaves is committed with its own offset:
+        // a redelivered request is decided exactly as it was the first time.
+        let assignment = ack.assignment();
+        q.adopt(&tenant, assignment.generation, assignment.restored.get(&tenant).map(String::as_str));
         let decision = q.decide(&tenant, &request.model, request.created_at);
+        if let Some(snapshot) = q.snapshot(&tenant) {
+            ack.set_state(tenant.clone(), snapshot);
+        }
         let label = if q.policy().file.tenants.contains_key(&tenant) { tenant.clone() } else { "_default".to_owned() };
         let name = match &decision {
             QuotaDecision::Admit => "admitted",
@@ -408,9 +443,20 @@ fn start_batcher(
             let loaded = Arc::clone(&loaded);
             let shadow = shadow.clone();
             running.spawn(async move {
-                if let Err(e) = score_batch(&shared, &loaded, shadow.as_deref(), batch).await {
-                    let _ = shared.errors.send(e);
-                }
+                // A panic in a batch (a scorer, the outcome code) stops the stage with an error
+                // naming it; the batch's requests are never acknowledged, so nothing is lost.
+                let scored = std::panic::AssertUnwindSafe(score_batch(&shared, &loaded, shadow.as_deref(), batch))
+                    .catch_unwind()
+                    .await;
+                let error = match scored {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e,
+                    Err(payload) => InferError::Panicked {
+                        what: format!("a batch of {}", loaded.version.key()),
+                        message: panic_message(payload.as_ref()),
+                    },
+                };
+                let _ = shared.errors.send(error);
             });
         })
         .await;
@@ -444,19 +490,23 @@ async fn score_batch(
         }
     }
     let n = input.len() / features.max(1);
-    let primary = score(Arc::clone(&loaded.scorer), input.clone(), n).await;
+    let panicked = |version: &ModelVersion| {
+        let what = format!("the scorer of {}", version.key());
+        move |message| InferError::Panicked { what, message }
+    };
+    let primary = score(Arc::clone(&loaded.scorer), input.clone(), n).await.map_err(panicked(&loaded.version))?;
     let inference_us = micros(started.elapsed());
     let shadow_scores = match shadow {
-        Some(s) => Some((s, score(Arc::clone(&s.scorer), input.clone(), n).await)),
+        Some(s) => Some((s, score(Arc::clone(&s.scorer), input.clone(), n).await.map_err(panicked(&s.version))?)),
         None => None,
     };
     metrics::histogram!("streamscore_infer_batch_size").record(batch.len() as f64);
     metrics::histogram!("streamscore_infer_inference_seconds", "model" => loaded.version.key())
         .record(started.elapsed().as_secs_f64());
 
-    let mut deliveries = Vec::with_capacity(batch.len() * 2);
     let mut row_index = 0;
-    for (item, row) in batch.iter().zip(&rows) {
+    let quotas = shared.config.policy.is_some();
+    for (item, row) in batch.into_iter().zip(&rows) {
         let queue_wait_us = micros(started.duration_since(item.enqueued));
         metrics::histogram!("streamscore_infer_queue_wait_seconds").record(queue_wait_us as f64 / 1e6);
         let outcome = match row {
@@ -464,24 +514,24 @@ async fn score_batch(
                 let i = row_index;
                 row_index += 1;
                 let seen = seen_features(&loaded.version, &input[range.clone()]);
-                let mut outcome = outcome_for(shared, loaded, item, "prediction", false, seen.clone());
-                outcome.batch_size = i32::try_from(batch.len()).unwrap_or(i32::MAX);
+                let mut outcome = outcome_for(shared, loaded, &item, "prediction", false, seen.clone());
+                outcome.batch_size = i32::try_from(rows.len()).unwrap_or(i32::MAX);
                 outcome.queue_wait_us = queue_wait_us;
                 outcome.inference_us = inference_us;
                 fill_score(&mut outcome, &loaded.version, primary.as_ref().map(|s| s[i]));
                 if let Some((s, scores)) = &shadow_scores {
                     let mut shadow_outcome =
-                        outcome_for(shared, s, item, &format!("shadow/{}", s.version.meta.version), true, seen);
+                        outcome_for(shared, s, &item, &format!("shadow/{}", s.version.meta.version), true, seen);
                     shadow_outcome.batch_size = outcome.batch_size;
                     shadow_outcome.queue_wait_us = queue_wait_us;
                     fill_score(&mut shadow_outcome, &s.version, scores.as_ref().map(|s| s[i]));
                     shared.stats.shadow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    deliveries.push(send(shared, &shadow_outcome).await?);
+                    send(shared, &shadow_outcome, &item.ack).await?;
                 }
                 outcome
             }
             Err(detail) => {
-                let mut outcome = outcome_for(shared, loaded, item, "prediction", false, HashMap::new());
+                let mut outcome = outcome_for(shared, loaded, &item, "prediction", false, HashMap::new());
                 outcome.status = OutcomeStatus::Rejected;
                 outcome.reason = Some("FEATURES_INVALID".to_owned());
                 outcome.detail = Some(detail.clone());
@@ -489,13 +539,8 @@ async fn score_batch(
             }
         };
         count(shared, &outcome, loaded.scorer.backend());
-        deliveries.push(send(shared, &outcome).await?);
-    }
-    try_join_all(deliveries).await?;
-    let now = streamscore_contracts::now_micros();
-    let quotas = shared.config.policy.is_some();
-    for item in batch {
-        shared.stats.record_latency(u64::try_from(now - item.validated.request.created_at).unwrap_or(0));
+        send(shared, &outcome, &item.ack).await?;
+        // The request has its answer (written; acknowledged by the broker shortly).
         if quotas {
             let _ = shared.released.send(item.validated.request.tenant);
         }
@@ -504,13 +549,21 @@ async fn score_batch(
     Ok(())
 }
 
-async fn score(scorer: Arc<dyn Scorer>, input: Vec<f32>, rows: usize) -> Result<Vec<f32>, BackendError> {
+/// Scores off the reactor. `Ok(Err(_))`: the model failed (the rows get FAILED outcomes);
+/// `Err(message)`: the scorer panicked.
+async fn score(
+    scorer: Arc<dyn Scorer>,
+    input: Vec<f32>,
+    rows: usize,
+) -> Result<Result<Vec<f32>, BackendError>, String> {
     if rows == 0 {
-        return Ok(Vec::new());
+        return Ok(Ok(Vec::new()));
     }
-    tokio::task::spawn_blocking(move || scorer.score(&input, rows))
-        .await
-        .unwrap_or_else(|e| Err(BackendError::Run { rows, reason: format!("scoring task failed: {e}") }))
+    match tokio::task::spawn_blocking(move || scorer.score(&input, rows)).await {
+        Ok(scores) => Ok(scores),
+        Err(e) if e.is_panic() => Err(panic_message(e.into_panic().as_ref())),
+        Err(e) => Ok(Err(BackendError::Run { rows, reason: format!("scoring task failed: {e}") })),
+    }
 }
 
 fn micros(d: Duration) -> i64 {
@@ -590,26 +643,12 @@ fn count(shared: &Shared, outcome: &PredictionOutcome, backend: &'static str) {
     .increment(1);
 }
 
-type DeliveryResult = Result<(), InferError>;
-
-async fn send(
-    shared: &Shared,
-    outcome: &PredictionOutcome,
-) -> Result<impl std::future::Future<Output = DeliveryResult>, InferError> {
+/// Enqueues an outcome of the request `ack` belongs to.
+async fn send(shared: &Shared, outcome: &PredictionOutcome, ack: &Ack) -> Result<(), InferError> {
     let bytes = shared.codec.encode(outcome)?;
-    let key = outcome.lineage.tenant.clone().unwrap_or_default();
-    let future = enqueue(
-        &shared.producer,
-        FutureRecord::to(&shared.config.predictions_topic).key(key.as_bytes()).payload(&bytes[..]),
-    )
-    .await?;
-    Ok(async move {
-        match future.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(InferError::Delivery(e.to_string())),
-            Err(_) => Err(InferError::Delivery("producer dropped the delivery".to_owned())),
-        }
-    })
+    let key = outcome.lineage.tenant.as_deref().unwrap_or_default();
+    shared.sink.send(&shared.config.predictions_topic, key.as_bytes(), &bytes, ack).await?;
+    Ok(())
 }
 
 /// Writes a rejection for a request that cannot be scored, then acknowledges it. `admitted`:
@@ -625,21 +664,10 @@ async fn reject(
 ) -> Result<(), InferError> {
     let outcome = crate::outcome::rejected(&validated, &shared.config.instance, reason, detail, retry_after_ms);
     count(shared, &outcome, "none");
-    let delivery = send(shared, &outcome).await?;
-    let errors = shared.errors.clone();
-    let released = admitted.then(|| (shared.released.clone(), validated.request.tenant));
-    tokio::spawn(async move {
-        match delivery.await {
-            Ok(()) => {
-                if let Some((tx, tenant)) = released {
-                    let _ = tx.send(tenant);
-                }
-                ack.done();
-            }
-            Err(e) => {
-                let _ = errors.send(e);
-            }
-        }
-    });
+    send(shared, &outcome, &ack).await?;
+    if admitted {
+        let _ = shared.released.send(validated.request.tenant);
+    }
+    ack.done();
     Ok(())
 }

@@ -186,6 +186,8 @@ impl RequestDecider {
                 original_value: record.value.map(<[u8]>::to_vec),
                 writer_schema_id: schema_id.and_then(|id| i32::try_from(id).ok()),
                 original_timestamp_ms: record.timestamp_ms,
+                original_value_length: None,
+                original_value_sha256: None,
             }),
             reply,
         )

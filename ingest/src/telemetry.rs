@@ -48,17 +48,19 @@ impl RegistryUnavailable<'_> {
     }
 }
 
-/// Consumer lag of one partition.
+/// A dead letter's original value was cut to fit the producer's record limit.
 #[derive(Debug)]
-pub struct ConsumerLag {
-    pub partition: i32,
-    pub records: i64,
-}
+pub struct DeadLetterCut<'a>(pub &'a DeadLetter);
 
-impl ConsumerLag {
+impl DeadLetterCut<'_> {
     pub fn emit(self) {
-        #[allow(clippy::cast_precision_loss)]
-        metrics::gauge!("streamscore_ingest_consumer_lag_records", "partition" => self.partition.to_string())
-            .set(self.records as f64);
+        let dl = self.0;
+        tracing::warn!(
+            source = %dl.lineage.source,
+            original_bytes = dl.original_value_length.unwrap_or_default(),
+            sha256 = dl.original_value_sha256.as_deref().unwrap_or("-"),
+            "dead letter's value cut to fit the record limit (length and sha256 kept)"
+        );
+        metrics::counter!("streamscore_ingest_dead_letters_cut_total").increment(1);
     }
 }

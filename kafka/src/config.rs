@@ -10,6 +10,69 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use thiserror::Error;
 
+// Client settings that shape requests to the broker. tansu 0.6 (the local broker) serves every
+// storage operation of every client through one task, so its CPU is the pipeline's first
+// limit and the queue in front of that task is where latency tails come from: every setting
+// here was chosen by measurement on this 2-core machine, with the broker's CPU beside the
+// pipeline's (`cargo bench --bench pipeline_load -- --bench ...` and the main job,
+// `streamscore run`), and is overridable through `STREAMSCORE_KAFKA_PROPERTIES`.
+
+/// How long a stage's consumer lets the broker hold a fetch that has nothing new.
+///
+/// tansu answers every fetch only after this wait, records or not (it queries first, then
+/// sleeps the whole wait, or half of it above 250 ms), so a record waits between one and two
+/// waits per hop, and an always-fetching consumer costs the broker one fetch per wait (about
+/// 2 ms of its CPU per fetch, plus 1 ms per partition named). Measured, paced at 2,000 req/s
+/// with quotas and a shadow (1 partition): 10 ms gave p99 (prediction written − request
+/// created) 42–44 ms at 237–284 broker CPU-µs per event and a worse p99 in the main job (133
+/// against 103 ms, the broker's queue longer); 20 ms gave 60 ms at 190–206 µs. At idle the
+/// wait costs nothing: see [`IDLE_AFTER_MS`].
+pub const FETCH_WAIT_MAX_MS: &str = "20";
+
+/// A stage's consumer pauses its partitions after this long without a record ...
+///
+/// At idle a consumer would otherwise fetch every [`FETCH_WAIT_MAX_MS`]: measured with the
+/// pipeline (quotas, shadow) and the monitor idle on 6 partitions, the broker spent 37% of a
+/// core at a 50 ms wait, 17% at 100 ms, 6.7% at 500 ms. Paused, and looking at the high
+/// watermarks every [`IDLE_PROBE_EVERY_MS`] (one ListOffsets request), it spends 2.1% (1
+/// partition) to 3.2% (6 partitions), registry included; the first record after a rest waits
+/// up to one probe interval more (p99 291 ms at 0.5 req/s).
+pub const IDLE_AFTER_MS: u64 = 1000;
+/// ... and then looks at the high watermarks this often, resuming at the first new record.
+pub const IDLE_PROBE_EVERY_MS: u64 = 250;
+
+/// How long the producer lets a batch fill before sending it.
+///
+/// One produce request per partition per linger; tansu pays a fixed cost per request and
+/// holds its one storage task for it. Main job, 2,000 req/s with quotas, a shadow and the
+/// monitor, 300 s: 5 ms gave p99 102 ms after the first 10 s (broker 55–86% of a core); 10 ms
+/// gave 83 ms (broker 55%), p50 +6 ms. 20 ms (60 s runs): p99 100 ms, the linger itself now
+/// the tail.
+pub const LINGER_MS: &str = "10";
+/// Most records in one produce request per partition.
+pub const BATCH_NUM_MESSAGES: &str = "10000";
+/// Largest record the stage producers send (librdkafka's default; Apache Kafka's broker
+/// default is about the same).
+pub const MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// How long a record may wait for its acknowledgement (retries included) before the stage
+/// gives up and stops; the input is redelivered after a restart. Apache Kafka's Java default.
+pub const MESSAGE_TIMEOUT_MS: &str = "120000";
+/// How often librdkafka reports its statistics: consumer lag and requests sent, without a
+/// request of its own.
+pub const STATISTICS_INTERVAL_MS: &str = "5000";
+
+/// Environment variable with librdkafka properties for every client: `key=value;key=value`.
+pub const PROPERTIES_ENV: &str = "STREAMSCORE_KAFKA_PROPERTIES";
+
+/// Parses `key=value;key=value` (blank entries ignored).
+pub fn parse_properties(text: &str) -> BTreeMap<String, String> {
+    text.split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
+}
+
 /// Errors of the Kafka plumbing.
 #[derive(Debug, Error)]
 pub enum KafkaError {
@@ -33,8 +96,12 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
+    /// Clients of `bootstrap`, with the librdkafka properties of
+    /// [`PROPERTIES_ENV`] (`key=value;key=value`, e.g. security settings or a fetch wait to
+    /// measure) applied to every client.
     pub fn new(bootstrap: impl Into<String>) -> Self {
-        Self { bootstrap: bootstrap.into(), overrides: BTreeMap::new() }
+        let overrides = std::env::var(PROPERTIES_ENV).map(|text| parse_properties(&text)).unwrap_or_default();
+        Self { bootstrap: bootstrap.into(), overrides }
     }
 
     /// The base client configuration: bootstrap servers, then the overrides.
@@ -47,12 +114,30 @@ impl KafkaConfig {
         config
     }
 
-    /// A producer that keeps many requests in flight; `acks=all` so an acknowledged record is
-    /// durable on the broker.
+    /// A producer for control-plane writes (audit entries, checkpoints) that waits for each:
+    /// `acks=all` so an acknowledged record is durable on the broker.
     pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
         let mut config = self.client_config();
-        config.set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "30000");
+        config.set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
         config.create().map_err(|source| self.client_error(source))
+    }
+
+    /// The configuration of a stage's output producer (see [`Sink`](crate::Sink)).
+    pub fn stage_producer_config(&self) -> ClientConfig {
+        let mut config = self.client_config();
+        config
+            .set("acks", "all")
+            .set("linger.ms", LINGER_MS)
+            .set("batch.num.messages", BATCH_NUM_MESSAGES)
+            .set("message.max.bytes", MESSAGE_MAX_BYTES.to_string())
+            .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
+            .set("enable.idempotence", "false")
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+        // Overrides win over the defaults above.
+        for (key, value) in &self.overrides {
+            config.set(key, value);
+        }
+        config
     }
 
     /// The configuration of a stage's group consumer, for at-least-once: the stage stores each
@@ -71,10 +156,16 @@ impl KafkaConfig {
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
             // Also the rebalance timeout: a group waits at most this long for a member that died
-            // mid-rebalance (the default, 5 minutes, stalls a restart that long).
+            // mid-rebalance (the default, 5 minutes, stalls a restart that long). The source polls
+            // the consumer all the time (pausing partitions when the stage is behind), so a slow
+            // stage never exceeds it.
             .set("max.poll.interval.ms", "20000")
-            // Return fetched records at once instead of waiting up to 500 ms for more.
-            .set("fetch.wait.max.ms", "10");
+            .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+            .set("fetch.min.bytes", "1")
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
+        for (key, value) in &self.overrides {
+            config.set(key, value);
+        }
         config
     }
 

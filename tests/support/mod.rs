@@ -7,6 +7,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod faulty_registry;
 pub mod samples;
 
 use std::sync::{mpsc, Arc, OnceLock};
@@ -271,5 +272,57 @@ pub fn validated_from(
         ),
         request,
         writer_schema_id: 1,
+    }
+}
+
+/// A tansu broker of one test's own, on a fixed port and data directory, that the test can
+/// restart; it dies with the test binary.
+pub struct PrivateBroker {
+    pub bootstrap: String,
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateBroker {
+    pub fn start() -> Self {
+        let port = streamscore::stack::free_port().expect("free port");
+        let mut broker = Self {
+            bootstrap: format!("127.0.0.1:{port}"),
+            port,
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn spawn(&mut self) {
+        let tansu = streamscore::stack::find_tansu().expect("tansu is installed (scripts/test.sh installs it)");
+        let inner = streamscore::stack::tansu_command(&tansu, self.dir.path(), self.port);
+        let mut command = std::process::Command::new("setpriv");
+        command.arg("--pdeathsig").arg("KILL").arg(inner.get_program()).args(inner.get_args());
+        command.current_dir(self.dir.path());
+        command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        self.child = Some(command.spawn().expect("starting tansu"));
+        KafkaConfig::new(&self.bootstrap).wait_until_reachable(Duration::from_secs(30)).expect("private tansu started");
+    }
+
+    /// SIGTERM, wait for it to exit, start it again on the same port and storage.
+    pub fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+            child.wait().expect("tansu exits");
+        }
+        self.spawn();
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

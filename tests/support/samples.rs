@@ -66,6 +66,8 @@ pub fn dead_letter() -> DeadLetter {
         original_value: Some(vec![0, 0, 0, 0, 1, 0xff, 0x00, 0x7f]),
         writer_schema_id: Some(1),
         original_timestamp_ms: Some(1_764_000_000_000),
+        original_value_length: Some(8_000_000),
+        original_value_sha256: Some("ab".repeat(32)),
     }
 }
 

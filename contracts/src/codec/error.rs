@@ -84,16 +84,37 @@ impl RegistryError {
         use std::error::Error as _;
         let raw =
             err.source().and_then(|s| s.downcast_ref::<schema_registry_converter::schema_registry_common::RawError>());
-        let error_code = raw.map(|r| r.error_code);
-        Self {
-            error_code,
-            message: match raw {
-                Some(r) => format!("error_code {}: {}", r.error_code, r.message),
-                None => err.to_string(),
-            },
-            // A response with a Confluent error body is an answer, not an outage (except 5xx,
-            // which schema_registry_converter marks retriable).
-            retryable: err.retriable || raw.is_none(),
+        // schema_registry_converter reports a body that is not Confluent's error JSON as code 0.
+        let error_code = raw.map(|r| r.error_code).filter(|code| *code != 0);
+        let message = match raw {
+            Some(r) => format!("{} (error_code {}: {})", err.error, r.error_code, r.message),
+            None => err.to_string(),
+        };
+        Self { error_code, retryable: is_retryable(error_code), message }
+    }
+}
+
+/// The one rule for registry failures: only an answer about the request itself is final —
+/// Confluent's 404xx (subject, version or schema not found), 409 (incompatible) and 422xx
+/// (invalid schema or version). Anything else says nothing about the record: no answer, a
+/// body that is not Confluent's error JSON (a proxy's 404, a load balancer's 502), 401/403
+/// (credentials), 429 (rate limited), 5xx and 500xx (the registry's own trouble). Those are
+/// retried, never turned into a dead letter.
+pub fn is_retryable(error_code: Option<u32>) -> bool {
+    !matches!(error_code, Some(409 | 40400..=40499 | 42200..=42299))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_retryable;
+
+    #[test]
+    fn only_answers_about_the_request_are_final() {
+        for final_code in [40401, 40403, 409, 42201, 42202] {
+            assert!(!is_retryable(Some(final_code)), "{final_code}");
+        }
+        for outage in [None, Some(401), Some(403), Some(429), Some(500), Some(50001), Some(50002), Some(50003), Some(40101)] {
+            assert!(is_retryable(outage), "{outage:?}");
         }
     }
 }

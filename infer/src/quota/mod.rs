@@ -4,16 +4,19 @@
 //! - [`bucket`]: the event-time token bucket (exact, replayable).
 //! - [`fair`]: fair batch selection by tier and tenant.
 //!
-//! **Partitions moving between instances.** Requests are keyed by tenant, so one instance owns
-//! a tenant's bucket at a time. Bucket state is checkpointed (see [`Quotas::checkpoint`]) and a
-//! new owner — or the same one after a restart — starts from the last checkpoint instead of a
-//! full bucket, so a restart loop cannot reset quotas. Requests redelivered after the
-//! checkpoint may be charged twice: quotas err on the strict side, never the loose one.
+//! **Redeliveries and partitions moving between instances.** Requests are keyed by tenant, so
+//! one instance owns a tenant's bucket at a time. The bucket a request leaves behind is
+//! committed with the request's offset ([`Quotas::snapshot`], `streamscore_kafka::checkpoint`),
+//! and the owner of a newly assigned partition — another instance, or the same one after a
+//! crash — starts each tenant from the bucket committed there ([`Quotas::adopt`]). Buckets run
+//! on event time, so a redelivered request meets exactly the bucket it met the first time and
+//! gets the same decision; a restart loop can neither reset a quota nor charge a request twice.
+//! The one decision that depends on the wall clock, the in-flight limit, is load shedding: a
+//! redelivery decides it anew, and its rejection has an event id of its own.
 
 pub mod bucket;
 pub mod fair;
 pub mod policy;
-pub mod state;
 
 use std::collections::HashMap;
 
@@ -45,6 +48,14 @@ pub struct Checkpoint {
     pub tenant: String,
     pub tokens_micro: i128,
     pub last_us: i64,
+}
+
+impl Checkpoint {
+    /// Reads a [`Quotas::snapshot`].
+    fn parse(tenant: &str, text: &str) -> Option<Self> {
+        let (tokens, last) = text.split_once(':')?;
+        Some(Self { tenant: tenant.to_owned(), tokens_micro: tokens.parse().ok()?, last_us: last.parse().ok()? })
+    }
 }
 
 /// What the hot path needs of a tenant's policy, resolved once per tenant (and per reload).
@@ -84,11 +95,13 @@ pub struct Quotas {
     policy: Policy,
     tenants: HashMap<String, TenantState>,
     restored: HashMap<String, Checkpoint>,
+    /// The assignment generation each tenant's bucket was adopted for.
+    origins: HashMap<String, u64>,
 }
 
 impl Quotas {
     pub fn new(policy: Policy) -> Self {
-        Self { policy, tenants: HashMap::new(), restored: HashMap::new() }
+        Self { policy, tenants: HashMap::new(), restored: HashMap::new(), origins: HashMap::new() }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -101,6 +114,30 @@ impl Quotas {
             self.tenants.remove(&checkpoint.tenant);
             self.restored.insert(checkpoint.tenant.clone(), checkpoint);
         }
+    }
+
+    /// Makes `tenant`'s bucket the one committed for assignment `generation` of its partition:
+    /// `restored` (a [`Quotas::snapshot`]) or, with none, a full bucket at the next event. Once
+    /// per generation; later calls for the same generation keep the live bucket.
+    pub fn adopt(&mut self, tenant: &str, generation: u64, restored: Option<&str>) {
+        if self.origins.get(tenant) == Some(&generation) {
+            return;
+        }
+        self.origins.insert(tenant.to_owned(), generation);
+        self.tenants.remove(tenant);
+        match restored.and_then(|text| Checkpoint::parse(tenant, text)) {
+            Some(checkpoint) => {
+                self.restored.insert(tenant.to_owned(), checkpoint);
+            }
+            None => {
+                self.restored.remove(tenant);
+            }
+        }
+    }
+
+    /// The bucket `tenant` has now, as text for [`Quotas::adopt`] (`tokens_micro:last_us`).
+    pub fn snapshot(&self, tenant: &str) -> Option<String> {
+        self.tenants.get(tenant).map(|t| format!("{}:{}", t.bucket.tokens_micro(), t.bucket.last_us()))
     }
 
     /// Current bucket state of every tenant seen.
