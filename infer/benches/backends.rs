@@ -64,11 +64,18 @@ fn micros(d: Duration) -> String {
     }
 }
 
+/// The shipped models: `STREAMSCORE_MODELS_DIR` where set (a prebuilt binary on another
+/// machine, see `scripts/gpu.sh --prebuilt`), else the checkout's.
+fn models_dir() -> String {
+    std::env::var("STREAMSCORE_MODELS_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../models").to_owned())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let bench = args.iter().any(|a| a == "--bench");
     let quick = args.iter().any(|a| a == "--quick");
-    let store = ModelStore::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")).expect("shipped models");
+    let store = ModelStore::open(models_dir()).expect("shipped models");
     let mut versions: Vec<Arc<ModelVersion>> = store.versions().collect();
     versions.sort_by_key(|v| v.key());
     if !bench {

@@ -9,9 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
-use streamscore_contracts::{
-    Codec, DeadLetter, DecodeError, Lineage, SourceOffset, Stage, ValidatedRequest,
-};
+use streamscore_contracts::{Codec, DeadLetter, DecodeError, Lineage, SourceOffset, Stage, ValidatedRequest};
 use streamscore_kafka::retry::{self, Attempt};
 use streamscore_kafka::{Ack, KafkaConfig, Sink, Source, SourceConfig};
 use tokio::sync::mpsc;

@@ -208,6 +208,8 @@ fn unsupported_model() -> Result<(tempfile::TempDir, ModelStore), Failed> {
     let source = Path::new(models_root()).join("fraud/1");
     let target = dir.path().join("fraud/1");
     std::fs::create_dir_all(&target).map_err(|e| e.to_string())?;
+    let family = Path::new(models_root()).join("fraud/model.json");
+    std::fs::copy(&family, dir.path().join("fraud/model.json")).map_err(|e| e.to_string())?;
     let mut onnx = std::fs::read(source.join("model.onnx")).map_err(|e| e.to_string())?;
     let at = onnx.windows(4).position(|w| w == b"Relu").ok_or("fraud/1 has no Relu")?;
     onnx[at..at + 4].copy_from_slice(b"Selu");

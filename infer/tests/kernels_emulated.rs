@@ -104,7 +104,7 @@ impl Requests {
         let cfg = packed.config(rows).expect("a launch");
         let n = |v: u32| i32::try_from(v).expect("fits");
         self.i32s(&[3, packed.param_count(), packed.layers(), i32::try_from(rows).expect("fits")]);
-        self.i32s(&[n(cfg.grid_dim.0), n(cfg.block_dim.0), n(cfg.shared_mem_bytes)]);
+        self.i32s(&[n(cfg.grid_dim.0), n(cfg.block_dim.0), n(cfg.shared_mem_bytes), n(packed.tile(rows))]);
         self.f32s(&packed.params);
         self.i32s(&packed.dims);
         self.i32s(&packed.acts);
@@ -199,7 +199,7 @@ fn mlp_forward_matches_its_reference_on_random_networks_with_the_packed_argument
     let hidden = [Activation::Identity, Activation::Relu, Activation::Tanh, Activation::Sigmoid];
     let mut requests = Requests::default();
     let mut cases = Vec::new();
-    let mut blocks = std::collections::BTreeSet::new();
+    let mut tiles = std::collections::BTreeSet::new();
     for seed in 1..=40_u64 {
         let mut rng = Rng(seed.wrapping_mul(0xA076_1D64_78BD_642F));
         let depth = rng.range(1, 4);
@@ -218,14 +218,14 @@ fn mlp_forward_matches_its_reference_on_random_networks_with_the_packed_argument
         }
         let mlp = Mlp { layers };
         let Ok(packed) = launch::pack(&mlp, launch::DEFAULT_MAX_SHARED_BYTES) else { continue };
-        blocks.insert(packed.block);
         let rows = rng.range(1, 300);
+        tiles.insert(packed.tile(rows));
         let x = rng.values(rows * mlp.inputs(), 2.0);
         requests.mlp(&packed, &x, rows);
         cases.push((seed, mlp, x, rows));
     }
     assert!(cases.len() >= 20, "only {} random networks fit the kernel", cases.len());
-    assert!(blocks.len() >= 2, "the cases cover several block sizes: {blocks:?}");
+    assert!(tiles.len() >= 3, "the cases cover several tiles (rows per block): {tiles:?}");
     for ((seed, mlp, x, rows), ours) in cases.into_iter().zip(requests.run(&binary)) {
         let shapes: Vec<usize> = std::iter::once(mlp.inputs()).chain(mlp.layers.iter().map(|l| l.outputs)).collect();
         assert_close(&ours, &mlp.forward(&x, rows), |r| 1e-4 * (1.0 + r.abs()), &format!("seed {seed}: {shapes:?}"));

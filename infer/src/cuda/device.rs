@@ -39,8 +39,15 @@ pub mod launch {
     pub const SOFTMAX_BLOCK: u32 = 128;
     /// The widest layer the whole-network kernel takes (`MAX_WIDTH` in mlp.cu).
     pub const MAX_WIDTH: usize = 128;
-    /// Threads per block of the whole-network kernel, the largest whose shared memory fits first.
-    pub const MLP_BLOCKS: [u32; 3] = [128, 64, 32];
+    /// Threads per block of the whole-network kernel.
+    pub const MLP_THREADS: u32 = 256;
+    /// Rows per block (tile) of the whole-network kernel, the largest whose shared memory fits
+    /// first; a launch takes a smaller one where the batch is small (see [`Packed::tile`]).
+    pub const MLP_TILES: [u32; 6] = [32, 16, 8, 4, 2, 1];
+    /// Blocks a launch aims for before its tiles grow: about one per multiprocessor of the
+    /// largest devices (132 on an H100 or H200), so a small batch is spread wide and a large
+    /// one runs in full tiles.
+    pub const MLP_TARGET_BLOCKS: usize = 128;
     /// Shared memory per block a kernel may use without opting in (every architecture since 2.0).
     pub const DEFAULT_MAX_SHARED_BYTES: usize = 48 * 1024;
 
@@ -96,8 +103,8 @@ pub mod launch {
         /// Layers + 1 widths.
         pub dims: Vec<i32>,
         pub acts: Vec<i32>,
-        pub block: u32,
-        pub shared_bytes: u32,
+        /// The largest tile (rows per block) whose shared memory fits the device.
+        pub max_tile: u32,
     }
 
     impl Packed {
@@ -109,14 +116,37 @@ pub mod launch {
             i32::try_from(self.params.len()).unwrap_or(i32::MAX)
         }
 
-        /// The launch for `rows` rows.
+        /// The widest layer (inputs included).
+        pub fn width(&self) -> usize {
+            self.dims.iter().map(|&d| usize::try_from(d).unwrap_or(0)).max().unwrap_or(0)
+        }
+
+        /// Shared memory of a block with `tile` rows: the weights and two activation buffers.
+        pub fn shared_bytes(&self, tile: u32) -> usize {
+            mlp_shared_bytes(self.params.len(), self.width(), tile)
+        }
+
+        /// Rows per block for a batch of `rows`: the power of two that gives about
+        /// [`MLP_TARGET_BLOCKS`] blocks, at most [`Self::max_tile`].
+        pub fn tile(&self, rows: usize) -> u32 {
+            let wanted = rows.div_ceil(MLP_TARGET_BLOCKS).max(1).next_power_of_two();
+            u32::try_from(wanted).unwrap_or(u32::MAX).min(self.max_tile)
+        }
+
+        /// The launch for `rows` rows; the kernel's `tile` argument is [`Self::tile`]`(rows)`.
         pub fn config(&self, rows: usize) -> Result<LaunchConfig, String> {
+            let tile = self.tile(rows);
             Ok(LaunchConfig {
-                grid_dim: (blocks(rows, self.block)?, 1, 1),
-                block_dim: (self.block, 1, 1),
-                shared_mem_bytes: self.shared_bytes,
+                grid_dim: (blocks(rows, tile)?, 1, 1),
+                block_dim: (MLP_THREADS, 1, 1),
+                shared_mem_bytes: u32::try_from(self.shared_bytes(tile))
+                    .map_err(|_| "shared memory size".to_owned())?,
             })
         }
+    }
+
+    fn mlp_shared_bytes(param_count: usize, width: usize, tile: u32) -> usize {
+        (param_count + 2 * tile as usize * (width + 1)) * std::mem::size_of::<f32>()
     }
 
     /// Packs a network for the whole-network kernel, or says why the kernel cannot take it
@@ -128,21 +158,19 @@ pub mod launch {
             return Err(format!("a layer is {widest} wide, the kernel takes up to {MAX_WIDTH}"));
         }
         let param_count: usize = mlp.layers.iter().map(|l| l.weights.len() + l.bias.len()).sum();
-        let shared = |block: u32| (param_count + block as usize * (mlp.inputs() + 1)) * std::mem::size_of::<f32>();
-        let (block, shared_bytes) =
-            MLP_BLOCKS.iter().map(|&b| (b, shared(b))).find(|&(_, bytes)| bytes <= max_shared_bytes).ok_or_else(|| {
-                format!(
-                    "{param_count} weights and a tile of inputs need {} bytes of shared memory, the device has {max_shared_bytes} per block",
-                    shared(MLP_BLOCKS[MLP_BLOCKS.len() - 1]),
-                )
-            })?;
+        let shared = |tile: u32| mlp_shared_bytes(param_count, widest, tile);
+        let max_tile = MLP_TILES.iter().copied().find(|&t| shared(t) <= max_shared_bytes).ok_or_else(|| {
+            format!(
+                "{param_count} weights and one row's activations need {} bytes of shared memory, the device has {max_shared_bytes} per block",
+                shared(1),
+            )
+        })?;
         let width = |n: usize| i32::try_from(n).map_err(|_| format!("width {n}"));
         let mut packed = Packed {
             params: Vec::with_capacity(param_count),
             dims: vec![width(mlp.inputs())?],
             acts: Vec::with_capacity(mlp.layers.len()),
-            block,
-            shared_bytes: u32::try_from(shared_bytes).map_err(|_| "shared memory size".to_owned())?,
+            max_tile,
         };
         for layer in &mlp.layers {
             packed.params.extend_from_slice(&layer.weights);
@@ -151,6 +179,58 @@ pub mod launch {
             packed.acts.push(mlp_code(layer.activation));
         }
         Ok(packed)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::mlp::Dense;
+
+        fn network(widths: &[usize]) -> Mlp {
+            let layers = widths
+                .windows(2)
+                .map(|w| Dense {
+                    inputs: w[0],
+                    outputs: w[1],
+                    weights: vec![0.5; w[0] * w[1]],
+                    bias: vec![0.0; w[1]],
+                    activation: Activation::Relu,
+                })
+                .collect();
+            Mlp { layers }
+        }
+
+        #[test]
+        fn small_batches_spread_over_blocks_and_large_ones_run_in_full_tiles() {
+            let packed = pack(&network(&[16, 64, 32, 1]), DEFAULT_MAX_SHARED_BYTES).expect("fits");
+            assert_eq!(packed.max_tile, 32);
+            assert_eq!(packed.tile(1), 1);
+            assert_eq!(packed.tile(MLP_TARGET_BLOCKS), 1);
+            assert_eq!(packed.tile(MLP_TARGET_BLOCKS + 1), 2);
+            assert_eq!(packed.tile(4096), 32);
+            assert_eq!(packed.tile(1_000_000), 32, "never over the largest tile that fits");
+            for rows in [1, 7, 128, 129, 1000, 4096, 8191] {
+                let cfg = packed.config(rows).expect("a launch");
+                let tile = packed.tile(rows) as usize;
+                assert!(cfg.grid_dim.0 as usize * tile >= rows, "{rows} rows covered");
+                assert!((cfg.grid_dim.0 as usize - 1) * tile < rows, "{rows} rows: no empty block");
+                assert!(cfg.shared_mem_bytes as usize <= DEFAULT_MAX_SHARED_BYTES);
+                assert_eq!(cfg.shared_mem_bytes as usize, packed.shared_bytes(packed.tile(rows)));
+            }
+        }
+
+        #[test]
+        fn the_tile_shrinks_to_fit_shared_memory_and_a_network_too_big_is_refused() {
+            // 8,320 weights and biases (of 12,288 floats) leave room for 16 rows, not 32.
+            let wide = pack(&network(&[64, 64, 64]), DEFAULT_MAX_SHARED_BYTES).expect("fits with smaller tiles");
+            assert_eq!(wide.max_tile, 16);
+            assert!(wide.shared_bytes(wide.max_tile) <= DEFAULT_MAX_SHARED_BYTES);
+            assert!(wide.shared_bytes(wide.max_tile * 2) > DEFAULT_MAX_SHARED_BYTES);
+            let error = pack(&network(&[64, 64, 64, 64, 64]), DEFAULT_MAX_SHARED_BYTES).expect_err("too many weights");
+            assert!(error.contains("shared memory"), "{error}");
+            let error = pack(&network(&[16, 129, 1]), DEFAULT_MAX_SHARED_BYTES).expect_err("too wide");
+            assert!(error.contains("129 wide"), "{error}");
+        }
     }
 }
 
@@ -377,14 +457,15 @@ impl Device {
     ) -> Result<(), CudaError> {
         let rows_i = int(rows)?;
         let cfg = fused.packed.config(rows).map_err(sizing)?;
+        let tile = int(fused.packed.tile(rows) as usize)?;
         let (param_count, layers) = (fused.packed.param_count(), fused.packed.layers());
         let mut launch = stream.launch_builder(&self.mlp);
         launch.arg(&fused.params).arg(&param_count).arg(&fused.dims).arg(&fused.acts).arg(&layers);
-        launch.arg(x).arg(&mut *y).arg(&rows_i);
+        launch.arg(x).arg(&mut *y).arg(&rows_i).arg(&tile);
         // SAFETY: the arguments match mlp_forward's signature; the packed parameters, widths
         // and activation codes were built from one Mlp (Plan::new); x holds rows × inputs
         // values and y rows × outputs; the shared memory is what the kernel's comment asks
-        // for with this block size and was checked against the device's limit.
+        // for with this tile and was checked against the device's limit (pack).
         unsafe { launch.launch(cfg) }.map_err(CudaError::driver("launching mlp_forward"))?;
         Ok(())
     }

@@ -4,7 +4,7 @@
 //   op 1 dense_forward: i32 rows, in, out, act, grid.x, grid.y, block.x, block.y;
 //                       f32 x[rows*in], w[in*out], b[out]        -> f32 y[rows*out]
 //   op 2 softmax_rows:  i32 rows, cols, grid.x, block.x; f32 y[rows*cols] -> f32 y[rows*cols]
-//   op 3 mlp_forward:   i32 param_count, layers, rows, grid.x, block.x, shared_bytes;
+//   op 3 mlp_forward:   i32 param_count, layers, rows, grid.x, block.x, shared_bytes, tile;
 //                       f32 params[param_count]; i32 dims[layers+1], acts[layers];
 //                       f32 x[rows*dims[0]]                       -> f32 y[rows*dims[layers]]
 #include "cuda_emu.hpp"
@@ -53,12 +53,13 @@ int main() {
             const int param_count = i32(), layers = i32(), rows = i32();
             const dim3 grid{(unsigned)i32()}, block{(unsigned)i32()};
             const size_t shared_bytes = size_t(i32());
+            const int tile = i32();
             auto params = array<float>(param_count);
             auto dims = array<int32_t>(layers + 1), acts = array<int32_t>(layers);
             auto x = array<float>(size_t(rows) * dims[0]);
             std::vector<float> y(size_t(rows) * dims[layers]);
             emu_launch(grid, block, shared_bytes, [&] {
-                mlp_forward(params.data(), param_count, dims.data(), acts.data(), layers, x.data(), y.data(), rows);
+                mlp_forward(params.data(), param_count, dims.data(), acts.data(), layers, x.data(), y.data(), rows, tile);
             });
             write(y);
         } else {

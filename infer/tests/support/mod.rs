@@ -61,8 +61,14 @@ pub fn check_close(ours: &[f32], reference: &[f32], tolerance: impl Fn(f32) -> f
     Ok(())
 }
 
+/// The shipped models: `STREAMSCORE_MODELS_DIR` where set (prebuilt test binaries run on a
+/// machine without this checkout, see `scripts/gpu.sh --prebuilt`), else the checkout's.
 pub fn models_root() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../models")
+    static ROOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        std::env::var("STREAMSCORE_MODELS_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../models").to_owned())
+    })
 }
 
 /// A model version's golden file: rows and onnxruntime's scores.
