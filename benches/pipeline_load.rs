@@ -38,9 +38,16 @@ fn quantile(sorted: &[i64], q: f64) -> f64 {
 
 #[derive(Debug, Clone, Copy)]
 enum Mode {
-    Idle { seconds: f64 },
-    Drain { count: u64 },
-    Paced { rate: f64, seconds: f64 },
+    Idle {
+        seconds: f64,
+    },
+    Drain {
+        count: u64,
+    },
+    Paced {
+        rate: f64,
+        seconds: f64,
+    },
     /// Partitions of the topics the following modes create.
     Partitions(i32),
 }
@@ -53,12 +60,18 @@ fn modes(args: &[String]) -> Vec<Mode> {
             "idle" => out.push(Mode::Idle { seconds: number(i + 1).unwrap_or(20.0) }),
             "drain" => out.push(Mode::Drain { count: number(i + 1).unwrap_or(100_000.0) as u64 }),
             "partitions" => out.push(Mode::Partitions(number(i + 1).unwrap_or(6.0) as i32)),
-            "paced" => out.push(Mode::Paced { rate: number(i + 1).unwrap_or(2000.0), seconds: number(i + 2).unwrap_or(30.0) }),
+            "paced" => {
+                out.push(Mode::Paced { rate: number(i + 1).unwrap_or(2000.0), seconds: number(i + 2).unwrap_or(30.0) })
+            }
             _ => {}
         }
     }
     if out.iter().all(|m| matches!(m, Mode::Partitions(_))) {
-        out.extend([Mode::Idle { seconds: 20.0 }, Mode::Drain { count: 100_000 }, Mode::Paced { rate: 2000.0, seconds: 30.0 }]);
+        out.extend([
+            Mode::Idle { seconds: 20.0 },
+            Mode::Drain { count: 100_000 },
+            Mode::Paced { rate: 2000.0, seconds: 30.0 },
+        ]);
     }
     out
 }
@@ -113,8 +126,12 @@ impl Run {
             .env("STREAMSCORE_LOG", "warn")
             .stdout(Stdio::null());
         if main_job {
-            command
-                .args(["--shadow", "fraud:2", "--policy", concat!(env!("CARGO_MANIFEST_DIR"), "/policies/tenants.toml")]);
+            command.args([
+                "--shadow",
+                "fraud:2",
+                "--policy",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/policies/tenants.toml"),
+            ]);
         } else {
             command.args(["--tenants", "*"]);
         }
@@ -147,7 +164,10 @@ async fn metric(port: u16, name: &str) -> Option<f64> {
 async fn wait_finished(port: u16, count: u64, timeout: Duration) -> bool {
     let started = Instant::now();
     while started.elapsed() < timeout {
-        if metric(port, "streamscore_source_finish_seconds_count{stage=\"ingest\"}").await.is_some_and(|n| n >= count as f64) {
+        if metric(port, "streamscore_source_finish_seconds_count{stage=\"ingest\"}")
+            .await
+            .is_some_and(|n| n >= count as f64)
+        {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -161,7 +181,9 @@ async fn requests_sent(port: u16) -> String {
     let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else { return String::new() };
     let text = response.text().await.unwrap_or_default();
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| l.starts_with("streamscore_kafka_requests_total") || l.starts_with("streamscore_source_pauses_total")) {
+    for line in text.lines().filter(|l| {
+        l.starts_with("streamscore_kafka_requests_total") || l.starts_with("streamscore_source_pauses_total")
+    }) {
         let value = line.rsplit(' ').next().unwrap_or("?");
         let labels = line.split('{').nth(1).and_then(|l| l.split('}').next()).unwrap_or("");
         out.push(format!("{labels}={value}"));
@@ -246,7 +268,10 @@ async fn drain(kafka: &KafkaConfig, stack: &Stack, count: u64, partitions: i32) 
     let latencies = read_latencies(kafka, &stack.registry, &run, generated.good).await?;
     let read = cpu_seconds(&stack.broker_pid) - reading;
     let n = generated.sent as f64;
-    println!("  (reading the predictions back: broker CPU {:.1} µs/record)", read * 1e6 / latencies.len().max(1) as f64);
+    println!(
+        "  (reading the predictions back: broker CPU {:.1} µs/record)",
+        read * 1e6 / latencies.len().max(1) as f64
+    );
     println!("drain of {} requests ({} good) on {partitions} partitions:", generated.sent, generated.good);
     println!(
         "  (producing the backlog: {:.0}/s, broker CPU {:.1} µs/record)",
@@ -284,7 +309,11 @@ async fn paced(kafka: &KafkaConfig, stack: &Stack, rate: f64, seconds: f64, part
     if !done {
         println!("  NOT FINISHED within 120 s of the load's end");
     }
-    println!("  generator {:.0}/s; pipeline finished {} in {elapsed:.1} s", n / generated.elapsed.as_secs_f64(), generated.sent);
+    println!(
+        "  generator {:.0}/s; pipeline finished {} in {elapsed:.1} s",
+        n / generated.elapsed.as_secs_f64(),
+        generated.sent
+    );
     println!(
         "  pipeline CPU {:.1} µs/event   broker CPU {:.1} µs/event   load generator CPU {:.1} µs/event",
         (after[1] - before[1]) * 1e6 / n,
@@ -359,6 +388,9 @@ async fn main() -> anyhow::Result<()> {
             Mode::Paced { rate, seconds } => paced(&kafka, &stack, rate, seconds, partitions).await?,
         }
     }
-    println!("rerun: export $(cat .streamscore/stack.env); cargo bench --bench pipeline_load -- --bench {}", args.iter().skip_while(|a| *a != "--bench").skip(1).cloned().collect::<Vec<_>>().join(" "));
+    println!(
+        "rerun: export $(cat .streamscore/stack.env); cargo bench --bench pipeline_load -- --bench {}",
+        args.iter().skip_while(|a| *a != "--bench").skip(1).cloned().collect::<Vec<_>>().join(" ")
+    );
     Ok(())
 }

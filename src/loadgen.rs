@@ -352,7 +352,10 @@ pub async fn run(kafka: &KafkaConfig, codec: Arc<Codec<InferenceRequest>>, confi
 }
 
 /// Counts a delivery that failed, and says why the first time.
-fn count_delivery(summary: &mut LoadSummary, result: &Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>) {
+fn count_delivery(
+    summary: &mut LoadSummary,
+    result: &Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+) {
     let error = match result {
         Ok(Ok(_)) => return,
         Ok(Err((e, _))) => e.to_string(),

@@ -551,9 +551,14 @@ async fn run(command: Command) -> Result<()> {
             let stats = Arc::new(streamscore_monitor::LiveStats::default());
             let backend = streamscore_infer::cuda::select(infer.backend)?;
             let stage = tokio::spawn(streamscore_infer::run(config, store, backend, rx, stats));
-            let consumed =
-                streamscore_infer::source::consume_validated(&kafka, &endpoints.registry_url, &input, tx, shutdown_signal())
-                    .await;
+            let consumed = streamscore_infer::source::consume_validated(
+                &kafka,
+                &endpoints.registry_url,
+                &input,
+                tx,
+                shutdown_signal(),
+            )
+            .await;
             // The stage's own failure is the cause when both failed.
             stage.await.context("the infer stage panicked")??;
             consumed?;

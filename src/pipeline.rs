@@ -65,7 +65,8 @@ pub async fn run(
     // for records that nothing will score.
     let (infer_stopped, infer_stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let infer = tokio::spawn(async move {
-        let result = streamscore_infer::run(config.infer.clone(), store, backend, rx, Arc::clone(&stats_for_infer)).await;
+        let result =
+            streamscore_infer::run(config.infer.clone(), store, backend, rx, Arc::clone(&stats_for_infer)).await;
         let _ = infer_stopped.send(());
         result
     });
@@ -75,7 +76,8 @@ pub async fn run(
             _ = infer_stopped_rx => {}
         }
     };
-    let ingest = streamscore_ingest::run_with_stats(ingest_config, decider, Handoff::Channel(tx), stats, shutdown).await;
+    let ingest =
+        streamscore_ingest::run_with_stats(ingest_config, decider, Handoff::Channel(tx), stats, shutdown).await;
     // Ingest has returned and dropped its end of the channel: infer drains and stops. An infer
     // failure is the cause of ingest's "stopped taking requests", so it is reported first.
     let inferred = infer.await.context("the infer stage panicked")?;

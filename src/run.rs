@@ -211,7 +211,11 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
         "consumed {} of {} produced{}",
         summary.consumed,
         generated.sent,
-        if summary.consumed >= generated.sent { " (all)" } else { " — NOT ALL: the rest stays on the topic for the next run" }
+        if summary.consumed >= generated.sent {
+            " (all)"
+        } else {
+            " — NOT ALL: the rest stays on the topic for the next run"
+        }
     );
     println!("monitor: {} predictions seen, {} drift alerts", monitored.predictions, monitored.alerts.len());
     for alert in monitored.alerts.iter().rev().take(5) {

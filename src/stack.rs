@@ -220,7 +220,8 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
     }
 
     let addrs = StackAddrs { bootstrap, registry_url };
-    let env = format!("{}STREAMSCORE_BROKER_PID={broker_pid}\nSTREAMSCORE_REGISTRY_PID={registry_pid}\n", addrs.env_file());
+    let env =
+        format!("{}STREAMSCORE_BROKER_PID={broker_pid}\nSTREAMSCORE_REGISTRY_PID={registry_pid}\n", addrs.env_file());
     fs::write(dir.join("stack.env"), env)?;
     println!("stack up: export $(cat {})", dir.join("stack.env").display());
     Ok(addrs)

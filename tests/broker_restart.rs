@@ -121,8 +121,12 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     assert!(held.len() > 2_000, "records on both sides of the restart ({})", held.len());
 
     let outcomes = Codec::<PredictionOutcome>::with_url(&registry.url, predictions);
-    let consumer: BaseConsumer =
-        kafka.client_config().set("group.id", support::unique("reader")).set("auto.offset.reset", "earliest").create().unwrap();
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", support::unique("reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
     consumer.subscribe(&[predictions]).unwrap();
     let mut answered = HashSet::new();
     let started = Instant::now();
@@ -134,7 +138,11 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     stop.send(true).unwrap();
     let restarts = supervisor.await.unwrap();
     let missing = held.difference(&answered).count();
-    eprintln!("broker restart: {} requests held, {} answered, {restarts} pipeline restarts", held.len(), answered.len());
+    eprintln!(
+        "broker restart: {} requests held, {} answered, {restarts} pipeline restarts",
+        held.len(),
+        answered.len()
+    );
     assert_eq!(missing, 0, "every request the broker held is answered across its restart");
     registry.stop().await;
     drop(broker);

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use streamscore::loadgen::{self, LoadConfig};
-use streamscore_contracts::{Codec, DeadLetter, DeadLetterReason, InferenceRequest, PredictionOutcome, ValidatedRequest};
+use streamscore_contracts::{
+    Codec, DeadLetter, DeadLetterReason, InferenceRequest, PredictionOutcome, ValidatedRequest,
+};
 
 mod support;
 use support::faulty_registry::{Fault, FaultyRegistry};
@@ -49,7 +51,11 @@ fn committed(group: &str, topic: &str, partitions: i32) -> Vec<(i32, i64)> {
         tpl.add_partition(topic, p);
     }
     let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    committed.elements().iter().filter_map(|e| e.offset().to_raw().filter(|o| *o >= 0).map(|o| (e.partition(), o))).collect()
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| e.offset().to_raw().filter(|o| *o >= 0).map(|o| (e.partition(), o)))
+        .collect()
 }
 
 /// A stage process, killed if the test ends without stopping it.
@@ -164,16 +170,31 @@ async fn ingest_waits_out_every_registry_fault_and_stops_on_sigterm() {
     let bootstrap = support::bootstrap();
     let models = support::models_dir().display().to_string();
     let args = [
-        "ingest", "--bootstrap", &bootstrap, "--registry-url", &proxy.url, "--input-topic", &topics.requests,
-        "--validated-topic", &topics.validated, "--dead-letter-topic", &topics.dead_letter, "--group", &group,
-        "--tenants", "*", "--models", &models,
+        "ingest",
+        "--bootstrap",
+        &bootstrap,
+        "--registry-url",
+        &proxy.url,
+        "--input-topic",
+        &topics.requests,
+        "--validated-topic",
+        &topics.validated,
+        "--dead-letter-topic",
+        &topics.dead_letter,
+        "--group",
+        &group,
+        "--tenants",
+        "*",
+        "--models",
+        &models,
     ];
     sigterm_while_the_registry_hangs(&proxy, &args, &outputs).await;
     assert_eq!(committed(&group, &topics.requests, 3), vec![]);
 
     // Restarted with the registry healthy: every record validated, none dead-lettered.
     let mut again = Stage::spawn(&args);
-    let validated = tokio::task::block_in_place(|| support::read_records(&[&topics.validated], 200, Duration::from_secs(60)));
+    let validated =
+        tokio::task::block_in_place(|| support::read_records(&[&topics.validated], 200, Duration::from_secs(60)));
     again.terminate();
     let validated_codec = Codec::<ValidatedRequest>::with_url(&registry.url, &topics.validated);
     let mut sources = HashSet::new();
@@ -195,8 +216,13 @@ async fn standalone_infer_waits_out_every_registry_fault_and_stops_on_sigterm() 
     codec.register().await.unwrap();
     let records: Vec<(Vec<u8>, Vec<u8>)> = (0..100_u64)
         .map(|i| {
-            let request =
-                support::synth_request(i, uuid::Uuid::new_v4().to_string(), "tenant-01", None, streamscore_contracts::now_micros());
+            let request = support::synth_request(
+                i,
+                uuid::Uuid::new_v4().to_string(),
+                "tenant-01",
+                None,
+                streamscore_contracts::now_micros(),
+            );
             let source = streamscore_contracts::SourceOffset::new("inference.requests", 0, i64::try_from(i).unwrap());
             (b"tenant-01".to_vec(), codec.encode(&support::validated_from(request, source)).unwrap())
         })
@@ -221,8 +247,16 @@ async fn standalone_infer_waits_out_every_registry_fault_and_stops_on_sigterm() 
         drain_timeout: Duration::from_secs(5),
     };
     let (tx, rx) = tokio::sync::mpsc::channel(100);
-    let store = streamscore_modelstore::SharedStore::new(streamscore_modelstore::ModelStore::open(support::models_dir()).unwrap());
-    let infer = tokio::spawn(streamscore_infer::run(config, store, Arc::new(streamscore_infer::TractBackend), rx, Arc::default()));
+    let store = streamscore_modelstore::SharedStore::new(
+        streamscore_modelstore::ModelStore::open(support::models_dir()).unwrap(),
+    );
+    let infer = tokio::spawn(streamscore_infer::run(
+        config,
+        store,
+        Arc::new(streamscore_infer::TractBackend),
+        rx,
+        Arc::default(),
+    ));
     proxy.set(Fault::confluent(503, 50003));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let source = tokio::spawn({
@@ -244,15 +278,28 @@ async fn standalone_infer_waits_out_every_registry_fault_and_stops_on_sigterm() 
     let bootstrap = support::bootstrap();
     let models = support::models_dir().display().to_string();
     let args = [
-        "infer", "--bootstrap", &bootstrap, "--registry-url", &proxy.url, "--validated-topic", &topics.validated,
-        "--predictions-topic", &topics.predictions, "--dead-letter-topic", &topics.dead_letter, "--group", &group,
-        "--models", &models,
+        "infer",
+        "--bootstrap",
+        &bootstrap,
+        "--registry-url",
+        &proxy.url,
+        "--validated-topic",
+        &topics.validated,
+        "--predictions-topic",
+        &topics.predictions,
+        "--dead-letter-topic",
+        &topics.dead_letter,
+        "--group",
+        &group,
+        "--models",
+        &models,
     ];
     sigterm_while_the_registry_hangs(&proxy, &args, &outputs).await;
     assert_eq!(committed(&group, &topics.validated, 3), vec![]);
 
     let mut again = Stage::spawn(&args);
-    let predictions = tokio::task::block_in_place(|| support::read_records(&[&topics.predictions], 100, Duration::from_secs(60)));
+    let predictions =
+        tokio::task::block_in_place(|| support::read_records(&[&topics.predictions], 100, Duration::from_secs(60)));
     again.terminate();
     let outcomes = Codec::<PredictionOutcome>::with_url(&registry.url, &topics.predictions);
     let mut requests = HashSet::new();
@@ -274,9 +321,11 @@ async fn a_record_too_large_for_its_dead_letter_is_cut_and_ingest_goes_on() {
     codec.register().await.unwrap();
     // 1.2 MB: over ingest's 64 KiB limit (TOO_LARGE) and over the producer's 1 MB record limit
     // once wrapped in a dead letter.
-    let mut huge = codec.encode(&support::synth_request(1, uuid::Uuid::new_v4().to_string(), "tenant-01", None, 0)).unwrap();
+    let mut huge =
+        codec.encode(&support::synth_request(1, uuid::Uuid::new_v4().to_string(), "tenant-01", None, 0)).unwrap();
     huge.extend(std::iter::repeat_n(0xAB_u8, 1_200_000));
-    let good = codec.encode(&support::synth_request(2, uuid::Uuid::new_v4().to_string(), "tenant-01", None, 0)).unwrap();
+    let good =
+        codec.encode(&support::synth_request(2, uuid::Uuid::new_v4().to_string(), "tenant-01", None, 0)).unwrap();
     let producer: rdkafka::producer::FutureProducer =
         support::kafka().client_config().set("message.max.bytes", "2000000").create().unwrap();
     for value in [&huge, &good] {
@@ -290,10 +339,11 @@ async fn a_record_too_large_for_its_dead_letter_is_cut_and_ingest_goes_on() {
             .unwrap();
     }
 
-    let decider = streamscore_ingest::RequestDecider::new(Arc::new(codec), "test-oversized")
-        .with_models(streamscore_modelstore::SharedStore::new(
+    let decider = streamscore_ingest::RequestDecider::new(Arc::new(codec), "test-oversized").with_models(
+        streamscore_modelstore::SharedStore::new(
             streamscore_modelstore::ModelStore::open(support::models_dir()).unwrap(),
-        ));
+        ),
+    );
     let mut config = streamscore_ingest::IngestConfig::new(support::kafka(), &registry.url);
     config.group_id = support::unique("oversized");
     config.input_topic = topics.requests.clone();
@@ -360,7 +410,11 @@ impl streamscore_infer::Backend for Panicking {
     }
 }
 
-fn pipeline_config(registry: &TestRegistry, topics: &StageTopics, group: &str) -> streamscore::pipeline::PipelineConfig {
+fn pipeline_config(
+    registry: &TestRegistry,
+    topics: &StageTopics,
+    group: &str,
+) -> streamscore::pipeline::PipelineConfig {
     let mut ingest = streamscore_ingest::IngestConfig::new(support::kafka(), &registry.url);
     ingest.group_id = group.to_owned();
     ingest.input_topic = topics.requests.clone();

@@ -75,7 +75,13 @@ impl Content {
     }
 }
 
-fn spawn(registry: &TestRegistry, topics: &StageTopics, group: &str, policy: &std::path::Path, checkpoints: &str) -> Child {
+fn spawn(
+    registry: &TestRegistry,
+    topics: &StageTopics,
+    group: &str,
+    policy: &std::path::Path,
+    checkpoints: &str,
+) -> Child {
     Command::new(env!("CARGO_BIN_EXE_streamscore"))
         .args(["pipeline", "--bootstrap", &support::bootstrap(), "--registry-url", &registry.url])
         .args(["--input-topic", &topics.requests, "--dead-letter-topic", &topics.dead_letter])
@@ -148,8 +154,11 @@ async fn killed_with_quotas_and_a_shadow_and_restarted_decides_everything_once_a
         for record in &records {
             outcomes.push(outcomes_codec.decode(record.payload().unwrap()).await.unwrap().value);
         }
-        let primaries: std::collections::HashSet<(i32, i64)> =
-            outcomes.iter().filter(|o| !o.shadow).map(|o| (o.lineage.source.partition, o.lineage.source.offset)).collect();
+        let primaries: std::collections::HashSet<(i32, i64)> = outcomes
+            .iter()
+            .filter(|o| !o.shadow)
+            .map(|o| (o.lineage.source.partition, o.lineage.source.offset))
+            .collect();
         eprintln!("after restart: {} of {total} requests have a primary outcome", primaries.len());
         if primaries.len() >= total {
             break;
@@ -171,12 +180,20 @@ async fn killed_with_quotas_and_a_shadow_and_restarted_decides_everything_once_a
         let source = (o.lineage.source.partition, o.lineage.source.offset);
         let ids = if o.shadow { &mut shadow_ids } else { &mut primary_ids };
         if let Some(other) = ids.insert(source, o.lineage.event_id.clone()) {
-            assert_eq!(other, o.lineage.event_id, "one {} outcome per request", if o.shadow { "shadow" } else { "primary" });
+            assert_eq!(
+                other,
+                o.lineage.event_id,
+                "one {} outcome per request",
+                if o.shadow { "shadow" } else { "primary" }
+            );
         }
     }
     assert_eq!(primary_ids.len(), total, "every request has its primary outcome");
     let duplicates = outcomes.len() - by_id.len();
-    eprintln!("pipeline kill test: {total} requests, {} outcomes ({duplicates} redelivered duplicates)", outcomes.len());
+    eprintln!(
+        "pipeline kill test: {total} requests, {} outcomes ({duplicates} redelivered duplicates)",
+        outcomes.len()
+    );
 
     let (mut admitted, mut delayed, mut rejected) = (0, 0, 0);
     for (source, id) in &primary_ids {

@@ -54,7 +54,11 @@ pub enum CheckpointError {
 
 /// Reads the latest checkpoint of every partition of `group` from `topic` (one partition,
 /// compacted). Blocking: a few fetches.
-pub fn read(kafka: &KafkaConfig, topic: &str, group: &str) -> Result<HashMap<CheckpointKey, Checkpoint>, CheckpointError> {
+pub fn read(
+    kafka: &KafkaConfig,
+    topic: &str,
+    group: &str,
+) -> Result<HashMap<CheckpointKey, Checkpoint>, CheckpointError> {
     let error = |source| CheckpointError::Kafka { topic: topic.to_owned(), source };
     let consumer: BaseConsumer = kafka
         .client_config()
@@ -107,8 +111,11 @@ pub async fn write(
     let records: Vec<(Vec<u8>, Vec<u8>)> = positions
         .iter()
         .map(|position| {
-            let key =
-                CheckpointKey { group: group.to_owned(), topic: position.topic.to_string(), partition: position.partition };
+            let key = CheckpointKey {
+                group: group.to_owned(),
+                topic: position.topic.to_string(),
+                partition: position.partition,
+            };
             let value = Checkpoint { next_offset: position.next_offset, state: position.state.clone() };
             (serde_json::to_vec(&key).unwrap_or_default(), serde_json::to_vec(&value).unwrap_or_default())
         })

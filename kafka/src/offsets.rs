@@ -206,7 +206,8 @@ mod tests {
         t.begin(&p1, 3);
         assert_eq!(t.done(finished(&p1, 3)), Some(3));
         // Partition 0 assigned again: an ack of the old generation is ignored.
-        let again = Arc::new(Assignment { topic: Arc::from("t"), partition: 0, generation: 1, restored: HashMap::new() });
+        let again =
+            Arc::new(Assignment { topic: Arc::from("t"), partition: 0, generation: 1, restored: HashMap::new() });
         t.assign(&again);
         t.begin(&again, 5);
         assert_eq!(t.done(finished(&p0, 5)), None, "stale generation");

@@ -50,10 +50,7 @@ impl Backoff {
 
 /// Runs `attempt` until it is done, waiting with backoff after each retryable failure and
 /// calling `on_retry` with the failure and the wait.
-pub async fn until_done<T, E, Fut>(
-    mut attempt: impl FnMut() -> Fut,
-    mut on_retry: impl FnMut(&E, Duration),
-) -> T
+pub async fn until_done<T, E, Fut>(mut attempt: impl FnMut() -> Fut, mut on_retry: impl FnMut(&E, Duration)) -> T
 where
     Fut: Future<Output = Attempt<T, E>>,
 {
@@ -104,7 +101,13 @@ mod tests {
             || {
                 calls += 1;
                 let n = calls;
-                async move { if n < 3 { Attempt::Retry(n) } else { Attempt::Done("ok") } }
+                async move {
+                    if n < 3 {
+                        Attempt::Retry(n)
+                    } else {
+                        Attempt::Done("ok")
+                    }
+                }
             },
             |e: &i32, wait| retries.push((*e, wait)),
         )

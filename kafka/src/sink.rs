@@ -24,7 +24,9 @@ use crate::config::{KafkaConfig, KafkaError as SetupError};
 /// Why an output could not be written.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
-    #[error("the broker did not acknowledge a record for {topic}: {reason}; the input will be redelivered after a restart")]
+    #[error(
+        "the broker did not acknowledge a record for {topic}: {reason}; the input will be redelivered after a restart"
+    )]
     Delivery { topic: String, reason: String },
     #[error("a record of {bytes} bytes for {topic} is larger than the producer's message.max.bytes ({max})")]
     TooLarge { topic: String, bytes: usize, max: usize },
@@ -80,10 +82,8 @@ impl Sink {
     pub fn new(kafka: &KafkaConfig, name: &'static str) -> Result<Self, SetupError> {
         let (failure, failed) = watch::channel(None);
         let config = kafka.stage_producer_config();
-        let max_message_bytes = config
-            .get("message.max.bytes")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(crate::config::MESSAGE_MAX_BYTES);
+        let max_message_bytes =
+            config.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(crate::config::MESSAGE_MAX_BYTES);
         let producer = config
             .create_with_context(SinkContext { failure, name })
             .map_err(|source| SetupError::Client { bootstrap: kafka.bootstrap.clone(), source })?;

@@ -179,7 +179,12 @@ impl SourceContext {
                 }
             }
         }
-        tracing::info!(group = self.group, partitions = assigned.len(), checkpoints = restored.len(), "partitions assigned");
+        tracing::info!(
+            group = self.group,
+            partitions = assigned.len(),
+            checkpoints = restored.len(),
+            "partitions assigned"
+        );
         if let Err(e) = consumer.assign(tpl) {
             tracing::error!(group = self.group, error = %e, "assign failed");
             self.lock().fatal = Some(format!("assign failed: {e}"));
@@ -195,7 +200,9 @@ impl SourceContext {
             // the partitions. (In checkpoint mode only checkpointed offsets are committed.)
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                Err(e) => tracing::warn!(group = self.group, error = %e, "commit at revoke failed; records may be redelivered"),
+                Err(e) => {
+                    tracing::warn!(group = self.group, error = %e, "commit at revoke failed; records may be redelivered")
+                }
             }
         }
         let _ = consumer.unassign();
@@ -289,7 +296,9 @@ impl Source {
         let poller =
             tokio::spawn(poll(Arc::clone(&consumer), batch_tx, stop, config.stage, config.idle, Arc::clone(&epoch)));
         let committer = match &config.checkpoints {
-            Some(topic) => Some(Committer::start(kafka, topic, &config.group, Arc::clone(&consumer), Arc::clone(&assignments))?),
+            Some(topic) => {
+                Some(Committer::start(kafka, topic, &config.group, Arc::clone(&consumer), Arc::clone(&assignments))?)
+            }
             None => None,
         };
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
@@ -383,7 +392,8 @@ impl Source {
         if epoch == self.seen_epoch {
             return;
         }
-        self.local = self.assignments.lock().unwrap_or_else(PoisonError::into_inner).current.values().cloned().collect();
+        self.local =
+            self.assignments.lock().unwrap_or_else(PoisonError::into_inner).current.values().cloned().collect();
         self.seen_epoch = epoch;
         let local = &self.local;
         self.tracker.retain(|t, p| local.iter().any(|a| &*a.topic == t && a.partition == p));
@@ -493,7 +503,9 @@ impl Source {
                 self.store(&moved);
                 match self.consumer.commit_consumer_state(CommitMode::Sync) {
                     Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-                    Err(e) => tracing::warn!(error = %e, "final commit failed; the last second of records may be redelivered"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "final commit failed; the last second of records may be redelivered")
+                    }
                 }
             }
         }
@@ -535,7 +547,10 @@ impl IdlePolicy {
 
     fn from_env_default() -> Option<Self> {
         use crate::config::{IDLE_AFTER_MS, IDLE_PROBE_EVERY_MS};
-        Some(Self { after: Duration::from_millis(IDLE_AFTER_MS), probe_every: Duration::from_millis(IDLE_PROBE_EVERY_MS) })
+        Some(Self {
+            after: Duration::from_millis(IDLE_AFTER_MS),
+            probe_every: Duration::from_millis(IDLE_PROBE_EVERY_MS),
+        })
     }
 }
 
@@ -756,15 +771,14 @@ fn has_new_records(consumer: &Consumer_, committed: &mut HashMap<(String, i32), 
 /// up to a second. A small request on the same connection — a high-watermark query of one
 /// assigned partition — wakes it, and it fetches at once.
 async fn wake_fetcher(consumer: &Arc<Consumer_>) {
-    let Some((topic, partition)) = consumer
-        .assignment()
-        .ok()
-        .and_then(|a| a.elements().first().map(|e| (e.topic().to_owned(), e.partition())))
+    let Some((topic, partition)) =
+        consumer.assignment().ok().and_then(|a| a.elements().first().map(|e| (e.topic().to_owned(), e.partition())))
     else {
         return;
     };
     let consumer = Arc::clone(consumer);
-    let _ = tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2))).await;
+    let _ =
+        tokio::task::spawn_blocking(move || consumer.fetch_watermarks(&topic, partition, Duration::from_secs(2))).await;
 }
 
 /// Sleeps until `at`, or for ever.

@@ -97,7 +97,8 @@ impl LagProbe {
                 lagging.push((element.partition(), position, (high - position).max(0)));
             }
             for (partition, position, records) in lagging {
-                let seconds = if records == 0 { 0.0 } else { self.age_of(&target.topic, partition, position).unwrap_or(0.0) };
+                let seconds =
+                    if records == 0 { 0.0 } else { self.age_of(&target.topic, partition, position).unwrap_or(0.0) };
                 let lag = Lag { group: target.group.clone(), topic: target.topic.clone(), partition, records, seconds };
                 #[allow(clippy::cast_precision_loss)]
                 {

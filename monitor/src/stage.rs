@@ -219,9 +219,19 @@ pub async fn run_with_stats(
             } => seen,
         };
         if let Some(seen) = seen {
-            if let Err(e) =
-                observe(&config, &models, &mut detectors, &mut summary, live.as_deref(), &sink, &alerts_codec, &audit, seen, &ack)
-                    .await
+            if let Err(e) = observe(
+                &config,
+                &models,
+                &mut detectors,
+                &mut summary,
+                live.as_deref(),
+                &sink,
+                &alerts_codec,
+                &audit,
+                seen,
+                &ack,
+            )
+            .await
             {
                 failure = Some(e);
                 break;
@@ -279,7 +289,10 @@ async fn observe(
     let key = (seen.model, seen.version);
     if !detectors.contains_key(&key) {
         let Some(model) = models.get(&key.0, &key.1) else { return Ok(()) };
-        detectors.insert(key.clone(), Detector::new(Reference::from_metadata(&model.meta), config.detector, &config.instance));
+        detectors.insert(
+            key.clone(),
+            Detector::new(Reference::from_metadata(&model.meta), config.detector, &config.instance),
+        );
     }
     let Some(detector) = detectors.get_mut(&key) else { return Ok(()) };
     let now = streamscore_contracts::now_micros();

@@ -15,7 +15,11 @@ use tokio::net::{TcpListener, TcpStream};
 pub enum Fault {
     Pass,
     /// An HTTP status with a body and content type.
-    Status { status: u16, body: String, content_type: &'static str },
+    Status {
+        status: u16,
+        body: String,
+        content_type: &'static str,
+    },
     /// Forwarded after this long.
     Slow(Duration),
     /// The connection is closed without an answer.
@@ -123,7 +127,8 @@ async fn serve(mut stream: TcpStream, shared: &Shared, client: &reqwest::Client)
     let head = String::from_utf8_lossy(&buffer[..header_end]).into_owned();
     let mut lines = head.lines();
     let mut request_line = lines.next().unwrap_or_default().split_whitespace();
-    let (method, path) = (request_line.next().unwrap_or("GET").to_owned(), request_line.next().unwrap_or("/").to_owned());
+    let (method, path) =
+        (request_line.next().unwrap_or("GET").to_owned(), request_line.next().unwrap_or("/").to_owned());
     let length: usize = lines
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
@@ -165,7 +170,13 @@ async fn serve(mut stream: TcpStream, shared: &Shared, client: &reqwest::Client)
     stream.shutdown().await
 }
 
-async fn forward(shared: &Shared, client: &reqwest::Client, method: &str, path: &str, body: Vec<u8>) -> (u16, String, Vec<u8>) {
+async fn forward(
+    shared: &Shared,
+    client: &reqwest::Client,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> (u16, String, Vec<u8>) {
     let url = format!("{}{path}", shared.upstream);
     let request = match method {
         "POST" => client.post(&url),

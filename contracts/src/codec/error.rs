@@ -113,7 +113,9 @@ mod tests {
         for final_code in [40401, 40403, 409, 42201, 42202] {
             assert!(!is_retryable(Some(final_code)), "{final_code}");
         }
-        for outage in [None, Some(401), Some(403), Some(429), Some(500), Some(50001), Some(50002), Some(50003), Some(40101)] {
+        for outage in
+            [None, Some(401), Some(403), Some(429), Some(500), Some(50001), Some(50002), Some(50003), Some(40101)]
+        {
             assert!(is_retryable(outage), "{outage:?}");
         }
     }
