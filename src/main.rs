@@ -72,6 +72,12 @@ enum Command {
         /// run, never a silent CPU run), or auto (CUDA where it can run a model, else CPU).
         #[arg(long, default_value = "cpu")]
         backend: streamscore_infer::cuda::BackendChoice,
+        /// Port of the HTTP bridge on 127.0.0.1 (0 = any free port).
+        #[arg(long, default_value_t = 8080)]
+        bridge_port: u16,
+        /// Run without the HTTP bridge.
+        #[arg(long)]
+        no_bridge: bool,
     },
     /// Run ingest and infer fused in one process (the default deployment).
     Pipeline {
@@ -191,6 +197,40 @@ enum Command {
         endpoints: Endpoints,
         #[command(flatten)]
         load: LoadArgs,
+    },
+    /// Serve synchronous HTTP callers over the pipeline: Open Inference Protocol v2
+    /// (/v2/models/{model}/infer, as KServe and Triton clients send it) and streamscore's
+    /// JSON (/v1/models/{model}/predict). API keys from the tenant policy decide the tenant.
+    Bridge {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        /// Address to listen on (also serves /metrics, /healthz, /ready, /openapi.json).
+        #[arg(long, env = "STREAMSCORE_BRIDGE_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Tenant policy file: API keys (api_key_sha256), allowed models, pins, quotas.
+        #[arg(long, default_value = "policies/tenants.toml")]
+        policy: PathBuf,
+        /// Model store directory.
+        #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
+        models: PathBuf,
+        /// Topic requests are published to.
+        #[arg(long, default_value = streamscore_contracts::topics::REQUESTS)]
+        requests_topic: String,
+        /// Topic outcomes are read from.
+        #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
+        predictions_topic: String,
+        /// How long a caller waits for its outcome before a 504, in milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        deadline_ms: u64,
+        /// Callers (rows) waiting at once before new calls get 503.
+        #[arg(long, default_value_t = streamscore_bridge::DEFAULT_MAX_WAITERS)]
+        max_waiters: usize,
+        /// Largest request body in bytes (chunked bodies included): 413 above.
+        #[arg(long, default_value_t = streamscore_bridge::DEFAULT_MAX_BODY_BYTES)]
+        max_body_bytes: usize,
+        /// This instance's reply_to id (default: bridge:host:pid:random, new at every start).
+        #[arg(long)]
+        instance: Option<String>,
     },
     /// Write synthetic transactions (the models' training data) as CSV.
     Synth {
@@ -441,6 +481,8 @@ async fn run(command: Command) -> Result<()> {
             drift,
             policy,
             backend,
+            bridge_port,
+            no_bridge,
         } => {
             let shadow = (!shadow.is_empty())
                 .then(|| {
@@ -462,6 +504,7 @@ async fn run(command: Command) -> Result<()> {
                 drift,
                 policy,
                 backend,
+                bridge_port: (!no_bridge).then_some(bridge_port),
             };
             streamscore::run::run(config, shutdown_signal()).await?;
         }
@@ -567,6 +610,39 @@ async fn run(command: Command) -> Result<()> {
             run_ingest(endpoints, ingest, validated_topic, metrics_listen).await?;
         }
         Command::Produce { endpoints, load } => run_produce(endpoints, load).await?,
+        Command::Bridge {
+            endpoints,
+            listen,
+            policy,
+            models,
+            requests_topic,
+            predictions_topic,
+            deadline_ms,
+            max_waiters,
+            max_body_bytes,
+            instance,
+        } => {
+            let mut config = streamscore_bridge::BridgeConfig::new(
+                KafkaConfig::new(&endpoints.bootstrap),
+                &endpoints.registry_url,
+                models,
+                policy,
+            );
+            config.requests_topic = requests_topic;
+            config.predictions_topic = predictions_topic;
+            config.deadline = std::time::Duration::from_millis(deadline_ms);
+            config.max_waiters = max_waiters;
+            config.max_body_bytes = max_body_bytes;
+            if let Some(instance) = instance {
+                config.instance = instance;
+            }
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+            let prometheus = streamscore_monitor::install_recorder();
+            let metrics: streamscore_bridge::MetricsRender = Arc::new(move || prometheus.render());
+            println!("bridge on http://{listen} (Open Inference Protocol v2 on /v2, streamscore JSON on /v1)");
+            streamscore_bridge::serve(config, listener, Some(metrics), shutdown_signal()).await?;
+            tracing::info!("bridge stopped");
+        }
         Command::Synth { seed, rows, out } => {
             let writer: Box<dyn std::io::Write> = match &out {
                 Some(path) => {

@@ -32,6 +32,8 @@ pub struct RunConfig {
     pub drift: Option<String>,
     pub policy: std::path::PathBuf,
     pub backend: BackendChoice,
+    /// Port of the HTTP bridge on 127.0.0.1 (0 = any free port; `None` = no bridge).
+    pub bridge_port: Option<u16>,
 }
 
 /// Start-up left out of the steady-state latency figures.
@@ -85,6 +87,11 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
             let _ = monitor_stopped.await;
         },
     ));
+
+    let bridge = match config.bridge_port {
+        Some(port) => Some(start_bridge(&kafka, &addrs.registry_url, &config.policy, port).await?),
+        None => None,
+    };
 
     let stop_load = Arc::new(AtomicBool::new(false));
     let mut load = LoadConfig::new(streamscore_contracts::topics::REQUESTS);
@@ -169,6 +176,10 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     while stats.consumed.load(Relaxed) < generated.sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if let Some((stop, task)) = bridge {
+        let _ = stop.send(());
+        task.await.context("the bridge panicked")?.context("the bridge")?;
+    }
     let _ = stop_pipeline.send(());
     let summary = pipeline.await.context("pipeline panicked")??;
     let _ = stop_monitor.send(());
@@ -229,4 +240,41 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
         streamscore_contracts::topics::PREDICTIONS
     );
     Ok(())
+}
+
+type BridgeTask = tokio::task::JoinHandle<Result<(), streamscore_bridge::BridgeError>>;
+
+/// Starts the HTTP bridge on 127.0.0.1:`port` (a free port if that one is taken, said so) and
+/// prints its URL with a curl example.
+async fn start_bridge(
+    kafka: &KafkaConfig,
+    registry_url: &str,
+    policy: &std::path::Path,
+    port: u16,
+) -> Result<(tokio::sync::oneshot::Sender<()>, BridgeTask)> {
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            println!("bridge: 127.0.0.1:{port} is not free ({e}); using another port (--bridge-port picks one)");
+            tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.context("binding the bridge")?
+        }
+    };
+    let addr = listener.local_addr()?;
+    let config = streamscore_bridge::BridgeConfig::new(
+        kafka.clone(),
+        registry_url,
+        std::path::PathBuf::from("models"),
+        policy.to_owned(),
+    );
+    let prometheus = streamscore_monitor::install_recorder();
+    let metrics: streamscore_bridge::MetricsRender = Arc::new(move || prometheus.render());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(streamscore_bridge::serve(config, listener, Some(metrics), async {
+        let _ = stopped.await;
+    }));
+    let features = streamscore_synth::Generator::new(7).next(0).by_name();
+    let example = serde_json::json!({ "features": features });
+    println!("bridge: http://{addr} (Open Inference Protocol v2 on /v2, streamscore JSON on /v1; API key of tenant-01 in policies/tenants.toml)");
+    println!("  curl -s -H 'Authorization: Bearer acme-demo-key' -d '{example}' http://{addr}/v1/models/fraud/predict");
+    Ok((stop, task))
 }

@@ -251,7 +251,9 @@ pub fn route_reason(error: &RouteError) -> DeadLetterReason {
 }
 
 /// Checks a decoded request: id, tenant, then (with a store) model, version and features.
-fn check(
+/// Ingest's own check, also used by the HTTP bridge before it publishes a request, so a caller
+/// hears synchronously what ingest would dead-letter.
+pub fn check(
     request: &InferenceRequest,
     tenants: &Tenants,
     models: Option<&ModelStore>,

@@ -231,7 +231,8 @@ mod tests {
         }
         let done: Vec<Finished> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         let mut done = done.into_iter();
-        let (first, second, third) = (done.next().unwrap(), done.next().unwrap(), done.next().unwrap());
+        let (first, second, third) =
+            (done.next().expect("done"), done.next().expect("done"), done.next().expect("done"));
         // Finish out of order: nothing is folded until the gap closes.
         assert_eq!(t.done(third), None);
         assert_eq!(t.done(second), None);

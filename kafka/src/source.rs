@@ -171,7 +171,7 @@ impl SourceContext {
             };
             assigned.insert((Arc::clone(&assignment.topic), assignment.partition), Arc::new(assignment));
         }
-        for ((topic, partition), _) in &assigned {
+        for (topic, partition) in assigned.keys() {
             let key = CheckpointKey { group: self.group.clone(), topic: topic.to_string(), partition: *partition };
             if let Some(checkpoint) = restored.get(&key) {
                 if let Err(e) = tpl.set_partition_offset(topic, *partition, Offset::Offset(checkpoint.next_offset)) {

@@ -1,0 +1,868 @@
+//! The HTTP API: Open Inference Protocol v2 (KServe/Triton's), streamscore's own JSON, and
+//! health, readiness, metrics and the OpenAPI document.
+//!
+//! One request's path: authenticate (the key decides the tenant), route and check with
+//! ingest's own code (bad input is answered now, never dead-lettered), register the waiter,
+//! publish the `InferenceRequest` (Confluent-framed, `reply_to` = this instance, a request id
+//! the bridge generates), wait for the outcome on the predictions topic, answer.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use streamscore_contracts::{DeadLetterReason, InferenceRequest, OutcomeStatus, PredictionOutcome};
+use streamscore_modelstore::{ModelVersion, RouteError};
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use warp::Filter;
+
+use crate::auth;
+use crate::waiters::{Lookup, WaitError};
+use crate::Bridge;
+
+/// Rows one call may carry.
+pub const MAX_ROWS: usize = 1000;
+
+/// Which error shape a route answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    /// `{"error": "<message>", ...}` (Open Inference Protocol v2).
+    Oip,
+    /// `{"error": {"code", "message", "details", "request_id"}}`.
+    Own,
+}
+
+/// An error answer: status, stable code, message, details, and the headers it needs.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Value,
+    retry_after_secs: Option<u64>,
+    rate_limit: Option<(u32, u32)>,
+    unauthorized: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            details: Value::Null,
+            retry_after_secs: None,
+            rate_limit: None,
+            unauthorized: false,
+        }
+    }
+
+    fn details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs.max(1));
+        self
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+    }
+
+    fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    fn unauthorized(message: &str) -> Self {
+        let mut error = Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message);
+        error.unauthorized = true;
+        error
+    }
+
+    fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
+    }
+
+    fn render(&self, dialect: Dialect, request_id: &str) -> warp::reply::Response {
+        let body = match dialect {
+            Dialect::Oip => json!({
+                "error": self.message,
+                "code": self.code,
+                "details": self.details,
+                "request_id": request_id,
+            }),
+            Dialect::Own => json!({"error": {
+                "code": self.code,
+                "message": self.message,
+                "details": self.details,
+                "request_id": request_id,
+            }}),
+        };
+        let mut response = json_response(self.status, &body);
+        let headers = response.headers_mut();
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert("retry-after", HeaderValue::from(secs));
+        }
+        if let Some((limit, burst)) = self.rate_limit {
+            let reset = self.retry_after_secs.unwrap_or(1);
+            headers.insert("ratelimit-limit", HeaderValue::from(burst));
+            headers.insert("ratelimit-remaining", HeaderValue::from(0_u32));
+            headers.insert("ratelimit-reset", HeaderValue::from(reset));
+            if let Ok(policy) = HeaderValue::from_str(&format!("{burst};w=1;rate={limit}")) {
+                headers.insert("ratelimit-policy", policy);
+            }
+        }
+        if self.unauthorized {
+            headers.insert(
+                warp::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"streamscore\", charset=\"UTF-8\""),
+            );
+        }
+        response
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> warp::reply::Response {
+    let mut response = warp::reply::Response::new(body.to_string().into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(warp::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn empty(status: StatusCode) -> warp::reply::Response {
+    let mut response = warp::reply::Response::new(String::new().into());
+    *response.status_mut() = status;
+    response
+}
+
+/// The warp filter serving every route.
+pub fn routes(bridge: Arc<Bridge>) -> impl Filter<Extract = (warp::reply::Response,), Error = Infallible> + Clone {
+    let answer = answer(bridge);
+    answer
+        .recover(|rejection: warp::Rejection| async move {
+            // Only warp's own extractors reject (a malformed request line or headers).
+            let error = ApiError::bad_request(format!("malformed request: {rejection:?}"));
+            Ok::<_, Infallible>(error.render(Dialect::Own, &uuid::Uuid::new_v4().to_string()))
+        })
+        .unify()
+}
+
+fn answer(bridge: Arc<Bridge>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
+    warp::method().and(warp::path::full()).and(warp::header::headers_cloned()).and(warp::body::stream()).then(
+        move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
+            let bridge = Arc::clone(&bridge);
+            async move {
+                let started = Instant::now();
+                let body = read_limited(body, bridge.config.max_body_bytes).await;
+                let (route, response) = bridge.handle(&method, path.as_str(), &headers, body).await;
+                metrics::counter!(
+                    "streamscore_bridge_requests_total",
+                    "route" => route,
+                    "code" => status_label(response.status()),
+                )
+                .increment(1);
+                metrics::histogram!("streamscore_bridge_request_duration_seconds", "route" => route)
+                    .record(started.elapsed().as_secs_f64());
+                response
+            }
+        },
+    )
+}
+
+/// Status codes as metric labels: the ones the bridge answers with, anything else `other`.
+fn status_label(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        413 => "413",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        504 => "504",
+        _ => "other",
+    }
+}
+
+/// Why a body was not read.
+#[derive(Debug)]
+enum BodyError {
+    TooLarge(usize),
+    Read(String),
+}
+
+/// Reads a body up to `limit` bytes, counting what actually arrives (chunked bodies too).
+async fn read_limited<S, B>(stream: S, limit: usize) -> Result<Bytes, BodyError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut stream = std::pin::pin!(stream);
+    let mut body = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+        if body.len() + chunk.remaining() > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        while chunk.has_remaining() {
+            let piece = chunk.chunk();
+            body.extend_from_slice(piece);
+            let n = piece.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
+}
+
+/// What one call scored: per row, its request id and outcome.
+struct Scored {
+    rows: Vec<(String, PredictionOutcome)>,
+}
+
+impl Bridge {
+    async fn handle(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: Result<Bytes, BodyError>,
+    ) -> (&'static str, warp::reply::Response) {
+        let call_id = uuid::Uuid::new_v4().to_string();
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let dialect = if segments.first() == Some(&"v2") { Dialect::Oip } else { Dialect::Own };
+        let (route, result) = self.dispatch(method, &segments, headers, body, &call_id).await;
+        let mut response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                if error.status.is_server_error() {
+                    tracing::warn!(route, code = error.code, "{}", error.message);
+                }
+                error.render(dialect, &call_id)
+            }
+        };
+        if let Ok(value) = HeaderValue::from_str(&call_id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        (route, response)
+    }
+
+    async fn dispatch(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        headers: &HeaderMap,
+        body: Result<Bytes, BodyError>,
+        call_id: &str,
+    ) -> (&'static str, Result<warp::reply::Response, ApiError>) {
+        let body = match body {
+            Ok(body) => body,
+            Err(BodyError::TooLarge(limit)) => {
+                let error = ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "BODY_TOO_LARGE",
+                    format!("the body is over the limit of {limit} bytes"),
+                );
+                return ("other", Err(error));
+            }
+            Err(BodyError::Read(e)) => return ("other", Err(ApiError::bad_request(format!("reading the body: {e}")))),
+        };
+        let get = method == Method::GET;
+        let post = method == Method::POST;
+        match segments {
+            ["healthz"] if get => ("healthz", Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))),
+            ["ready"] if get => ("ready", Ok(self.readiness().await.1)),
+            ["metrics"] if get => ("metrics", Ok(self.metrics())),
+            ["openapi.json"] if get => ("openapi", Ok(json_response(StatusCode::OK, &crate::openapi::document()))),
+            ["v2"] if get => ("v2_server", Ok(json_response(StatusCode::OK, &self.server_metadata()))),
+            ["v2", "health", "live"] if get => ("v2_health", Ok(empty(StatusCode::OK))),
+            ["v2", "health", "ready"] if get => {
+                let ready = self.readiness().await.0;
+                ("v2_health", Ok(empty(if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST })))
+            }
+            ["v2", "models", model, "ready"] if get => ("v2_model_ready", Ok(self.model_ready(model, None).await)),
+            ["v2", "models", model, "versions", version, "ready"] if get => {
+                ("v2_model_ready", Ok(self.model_ready(model, Some(version)).await))
+            }
+            ["v2", "models", model] if get => ("v2_model_metadata", self.model_metadata(headers, model, None)),
+            ["v2", "models", model, "versions", version] if get => {
+                ("v2_model_metadata", self.model_metadata(headers, model, Some(version)))
+            }
+            ["v2", "models", model, "infer"] if post => {
+                ("v2_infer", self.oip_infer(headers, model, None, &body, call_id).await)
+            }
+            ["v2", "models", model, "versions", version, "infer"] if post => {
+                ("v2_infer", self.oip_infer(headers, model, Some(version), &body, call_id).await)
+            }
+            ["v1", "models", model, "predict"] if post => {
+                ("v1_predict", self.predict(headers, model, &body, call_id).await)
+            }
+            ["v1", "requests", id] if get => ("v1_request", self.request_status(headers, id)),
+            _ => ("other", Err(ApiError::not_found("NOT_FOUND", format!("no route {method} /{}", segments.join("/"))))),
+        }
+    }
+
+    fn tenant(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        let key = auth::presented_key(headers)
+            .ok_or_else(|| ApiError::unauthorized("an API key is required (Authorization: Bearer KEY or X-API-Key)"))?;
+        self.keys.tenant(key).map(str::to_owned).ok_or_else(|| ApiError::unauthorized("unknown API key"))
+    }
+
+    fn metrics(&self) -> warp::reply::Response {
+        let text = self.metrics.as_ref().map_or_else(String::new, |render| render());
+        let mut response = warp::reply::Response::new(text.into());
+        response
+            .headers_mut()
+            .insert(warp::http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+        response
+    }
+
+    /// Broker, registry and models, each checked; ready when all are.
+    pub async fn readiness(&self) -> (bool, warp::reply::Response) {
+        let registry = self.request_codec.schema_id().is_some();
+        let models = !self.store.current().models().is_empty();
+        let broker = {
+            let producer = self.producer.clone();
+            let topic = self.config.requests_topic.clone();
+            tokio::task::spawn_blocking(move || {
+                use rdkafka::producer::Producer;
+                producer.client().fetch_metadata(Some(&topic), Duration::from_secs(1)).is_ok()
+            })
+            .await
+            .unwrap_or(false)
+        };
+        let ready = registry && models && broker;
+        let body = json!({
+            "ready": ready,
+            "checks": {"broker": broker, "registry": registry, "models": models},
+            "instance": self.config.instance,
+        });
+        (ready, json_response(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body))
+    }
+
+    fn server_metadata(&self) -> Value {
+        json!({"name": "streamscore", "version": env!("CARGO_PKG_VERSION"), "extensions": []})
+    }
+
+    /// The version a call runs: the path's, else the tenant's pin, else the default.
+    fn route(&self, tenant: Option<&str>, model: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, ApiError> {
+        let pin =
+            tenant.and_then(|t| self.policy.tenant(t)).and_then(|p| p.pinned_versions.get(model)).map(String::as_str);
+        self.store.current().route(model, version, pin).map_err(|e| match e {
+            RouteError::UnknownModel { .. } => ApiError::not_found("UNKNOWN_MODEL", e.to_string()),
+            RouteError::UnknownVersion { .. } => ApiError::not_found("UNKNOWN_MODEL_VERSION", e.to_string()),
+        })
+    }
+
+    async fn model_ready(&self, model: &str, version: Option<&str>) -> warp::reply::Response {
+        let known = self.route(None, model, version).is_ok();
+        let ready = known && self.readiness().await.0;
+        empty(if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST })
+    }
+
+    fn model_metadata(
+        &self,
+        headers: &HeaderMap,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<warp::reply::Response, ApiError> {
+        let tenant = self.tenant(headers)?;
+        let routed = self.route(Some(&tenant), model, version)?;
+        let versions: Vec<String> = match version {
+            Some(v) => vec![v.to_owned()],
+            None => {
+                let store = self.store.current();
+                let mut all: Vec<String> =
+                    store.versions().filter(|v| v.meta.name == model).map(|v| v.meta.version.clone()).collect();
+                all.sort();
+                all
+            }
+        };
+        let features = routed.meta.features.len();
+        Ok(json_response(
+            StatusCode::OK,
+            &json!({
+                "name": model,
+                "versions": versions,
+                "platform": "onnxruntime_onnx",
+                "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, features]}],
+                "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1, 1]}],
+                "parameters": {
+                    "feature_names": routed.meta.features.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+                    "version_for_this_key": routed.meta.version,
+                },
+            }),
+        ))
+    }
+
+    fn allowed(&self, tenant: &str, model: &str) -> Result<(), ApiError> {
+        match self.policy.tenant(tenant) {
+            None => {
+                Err(ApiError::new(StatusCode::FORBIDDEN, "UNKNOWN_TENANT", format!("tenant {tenant} may not call")))
+            }
+            Some(p) if !p.allowed_models.is_empty() && !p.allowed_models.iter().any(|m| m == model) => {
+                Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "MODEL_NOT_ALLOWED",
+                    format!("tenant {tenant} may not use {model}"),
+                ))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    async fn oip_infer(
+        &self,
+        headers: &HeaderMap,
+        model: &str,
+        version: Option<&str>,
+        body: &[u8],
+        call_id: &str,
+    ) -> Result<warp::reply::Response, ApiError> {
+        let tenant = self.tenant(headers)?;
+        let routed = self.route(Some(&tenant), model, version)?;
+        self.allowed(&tenant, model)?;
+        if headers.contains_key("inference-header-content-length") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "BINARY_TENSORS_UNSUPPORTED",
+                "the binary tensor data extension is not supported: send the tensor as JSON `data`",
+            ));
+        }
+        let request: OipRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not an inference request: {e}")))?;
+        let names: Vec<&str> = routed.meta.features.iter().map(|f| f.name.as_str()).collect();
+        let rows = request.rows(&names)?;
+        let scored = self.score(call_id, &tenant, model, version, rows, request.id.as_deref()).await?;
+        let data: Vec<f64> = scored.rows.iter().map(|(_, o)| o.score.unwrap_or(f64::NAN)).collect();
+        let first = &scored.rows[0].1;
+        let mut body = json!({
+            "model_name": model,
+            "model_version": first.model_version,
+            "outputs": [{"name": "score", "datatype": "FP32", "shape": [data.len(), 1], "data": data}],
+            "parameters": {
+                "request_ids": scored.rows.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(),
+                "backend": first.backend,
+                "labels": scored.rows.iter().map(|(_, o)| o.label.as_deref()).collect::<Vec<_>>(),
+            },
+        });
+        if let Some(id) = request.id {
+            body["id"] = Value::String(id);
+        }
+        Ok(json_response(StatusCode::OK, &body))
+    }
+
+    async fn predict(
+        &self,
+        headers: &HeaderMap,
+        model: &str,
+        body: &[u8],
+        call_id: &str,
+    ) -> Result<warp::reply::Response, ApiError> {
+        let tenant = self.tenant(headers)?;
+        let request: PredictRequest = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not a prediction request: {e}")))?;
+        self.route(Some(&tenant), model, request.version.as_deref())?;
+        self.allowed(&tenant, model)?;
+        let rows = match (request.features, request.instances) {
+            (Some(features), None) => vec![features],
+            (None, Some(instances)) if (1..=MAX_ROWS).contains(&instances.len()) => instances,
+            (None, Some(instances)) => {
+                return Err(ApiError::bad_request(format!(
+                    "instances has {} rows; a call takes 1 to {MAX_ROWS}",
+                    instances.len()
+                )))
+            }
+            _ => return Err(ApiError::bad_request("give either `features` (one row) or `instances` (a batch)")),
+        };
+        let scored =
+            self.score(call_id, &tenant, model, request.version.as_deref(), rows, request.id.as_deref()).await?;
+        let predictions: Vec<Value> = scored.rows.iter().map(|(id, o)| prediction_json(id, o)).collect();
+        let mut body = json!({"predictions": predictions});
+        if let Some(id) = request.id {
+            body["id"] = Value::String(id);
+        }
+        Ok(json_response(StatusCode::OK, &body))
+    }
+
+    fn request_status(&self, headers: &HeaderMap, id: &str) -> Result<warp::reply::Response, ApiError> {
+        let tenant = self.tenant(headers)?;
+        match self.waiters.lookup(&tenant, id) {
+            Lookup::Answered(outcome) => {
+                match outcome_error(std::slice::from_ref(&(id.to_owned(), *outcome.clone())), &self.policy) {
+                    None => Ok(json_response(
+                        StatusCode::OK,
+                        &json!({"status": "answered", "prediction": prediction_json(id, &outcome)}),
+                    )),
+                    Some(error) => Err(error),
+                }
+            }
+            Lookup::Pending | Lookup::Waiting => {
+                Ok(json_response(StatusCode::ACCEPTED, &json!({"status": "pending", "request_id": id})))
+            }
+            Lookup::Unknown => Err(ApiError::not_found(
+                "REQUEST_NOT_FOUND",
+                format!(
+                    "request {id} is not one this bridge instance is keeping for your tenant (answers are kept {} s)",
+                    crate::waiters::KEEP_LATE.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// Checks, publishes and waits for the outcomes of one call's rows.
+    async fn score(
+        &self,
+        call_id: &str,
+        tenant: &str,
+        model: &str,
+        version: Option<&str>,
+        rows: Vec<HashMap<String, f64>>,
+        client_id: Option<&str>,
+    ) -> Result<Scored, ApiError> {
+        let started = Instant::now();
+        let deadline = self.config.deadline;
+        let left = || deadline.saturating_sub(started.elapsed());
+        let store = self.store.current();
+        let ids: Vec<String> = if rows.len() == 1 {
+            vec![call_id.to_owned()]
+        } else {
+            rows.iter().map(|_| uuid::Uuid::new_v4().to_string()).collect()
+        };
+        let now = streamscore_contracts::now_micros();
+        let mut payloads = Vec::with_capacity(rows.len());
+        for (row, (features, id)) in rows.into_iter().zip(&ids).enumerate() {
+            let mut attributes = HashMap::from([("via".to_owned(), "bridge".to_owned())]);
+            if let Some(client) = client_id {
+                attributes.insert("client_request_id".to_owned(), client.to_owned());
+            }
+            let request = InferenceRequest {
+                request_id: id.clone(),
+                tenant: tenant.to_owned(),
+                model: model.to_owned(),
+                model_version: version.map(str::to_owned),
+                features,
+                created_at: now,
+                reply_to: Some(self.config.instance.clone()),
+                attributes,
+            };
+            if let Some((reason, detail)) = streamscore_ingest::check_request(&request, &self.tenants, Some(&store)) {
+                return Err(check_error(reason, detail).details(json!({"row": row, "reason": reason.code()})));
+            }
+            let bytes = self.request_codec.encode(&request).map_err(|e| {
+                ApiError::unavailable("REGISTRY_UNAVAILABLE", format!("cannot encode the request: {e}"))
+            })?;
+            payloads.push(bytes);
+        }
+        let receivers = self.waiters.register(tenant, &ids, left()).await.map_err(|e| match e {
+            WaitError::Full { .. } => ApiError::unavailable("TOO_MANY_WAITING", e.to_string()),
+            WaitError::NotListening => ApiError::unavailable("BROKER_UNAVAILABLE", e.to_string()),
+        })?;
+        if let Err(error) = self.publish(tenant, payloads, left()).await {
+            match error.status {
+                StatusCode::GATEWAY_TIMEOUT => self.waiters.give_up(&ids),
+                _ => self.waiters.forget(&ids),
+            }
+            return Err(error.details(json!({"request_ids": ids})));
+        }
+        let mut rows = Vec::with_capacity(ids.len());
+        for (id, receiver) in ids.iter().zip(receivers) {
+            match tokio::time::timeout(left(), receiver).await {
+                Ok(Ok(outcome)) => rows.push((id.clone(), outcome)),
+                _ => {
+                    let pending: Vec<String> = ids[rows.len()..].to_vec();
+                    self.waiters.give_up(&pending);
+                    return Err(ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "DEADLINE_EXCEEDED",
+                        format!(
+                            "no outcome within {} ms; GET /v1/requests/{{id}} answers when it comes",
+                            deadline.as_millis()
+                        ),
+                    )
+                    .details(json!({"request_ids": pending})));
+                }
+            }
+        }
+        match outcome_error(&rows, &self.policy) {
+            Some(error) => Err(error),
+            None => Ok(Scored { rows }),
+        }
+    }
+
+    /// Publishes the rows and waits for the broker's acknowledgements.
+    async fn publish(&self, tenant: &str, payloads: Vec<Vec<u8>>, wait: Duration) -> Result<(), ApiError> {
+        use rdkafka::producer::FutureRecord;
+        let mut deliveries = Vec::with_capacity(payloads.len());
+        for payload in &payloads {
+            let record =
+                FutureRecord::to(&self.config.requests_topic).key(tenant.as_bytes()).payload(payload.as_slice());
+            let delivery = streamscore_kafka::produce::enqueue(&self.producer, record)
+                .await
+                .map_err(|e| ApiError::unavailable("BROKER_UNAVAILABLE", format!("cannot publish the request: {e}")))?;
+            deliveries.push(delivery);
+        }
+        let all = futures::future::join_all(deliveries);
+        match tokio::time::timeout(wait, all).await {
+            Err(_) => Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "DEADLINE_EXCEEDED",
+                "the broker did not acknowledge the request in time; it may still be scored",
+            )),
+            Ok(results) => {
+                for result in results {
+                    match result {
+                        Ok(Ok(_)) => {}
+                        Ok(Err((e, _))) => {
+                            return Err(ApiError::unavailable(
+                                "BROKER_UNAVAILABLE",
+                                format!("the broker refused the request: {e}"),
+                            ))
+                        }
+                        Err(_) => return Err(ApiError::unavailable("BROKER_UNAVAILABLE", "the producer went away")),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The answer a refusal by ingest's check gets: what the caller sent is wrong (4xx).
+fn check_error(reason: DeadLetterReason, detail: String) -> ApiError {
+    let status = match reason {
+        DeadLetterReason::UnknownModel | DeadLetterReason::UnknownModelVersion => StatusCode::NOT_FOUND,
+        DeadLetterReason::UnknownTenant => StatusCode::FORBIDDEN,
+        DeadLetterReason::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    ApiError::new(status, reason.code(), detail)
+}
+
+/// The error a call's outcomes give, if any row was not scored (the first such row decides).
+fn outcome_error(rows: &[(String, PredictionOutcome)], policy: &streamscore_infer::quota::Policy) -> Option<ApiError> {
+    let (row, (id, outcome)) = rows.iter().enumerate().find(|(_, (_, o))| o.status != OutcomeStatus::Scored)?;
+    let reason = outcome.reason.clone().unwrap_or_else(|| "UNKNOWN".to_owned());
+    let detail = outcome.detail.clone().unwrap_or_else(|| reason.clone());
+    let details = json!({"row": row, "request_id": id, "reason": reason});
+    let code: &'static str = match reason.as_str() {
+        "QUOTA_EXCEEDED" => "QUOTA_EXCEEDED",
+        "IN_FLIGHT_EXCEEDED" => "IN_FLIGHT_EXCEEDED",
+        "MODEL_NOT_ALLOWED" => "MODEL_NOT_ALLOWED",
+        "UNKNOWN_TENANT" => "UNKNOWN_TENANT",
+        "UNKNOWN_MODEL" => "UNKNOWN_MODEL",
+        "UNKNOWN_MODEL_VERSION" => "UNKNOWN_MODEL_VERSION",
+        "MODEL_NOT_LOADED" => "MODEL_NOT_LOADED",
+        "MODEL_ERROR" => "MODEL_ERROR",
+        _ if outcome.status == OutcomeStatus::Failed => "MODEL_ERROR",
+        _ => "REJECTED",
+    };
+    let status = match (outcome.status, code) {
+        (OutcomeStatus::Failed, _) | (_, "MODEL_ERROR") => StatusCode::INTERNAL_SERVER_ERROR,
+        (_, "QUOTA_EXCEEDED" | "IN_FLIGHT_EXCEEDED") => StatusCode::TOO_MANY_REQUESTS,
+        (_, "MODEL_NOT_ALLOWED" | "UNKNOWN_TENANT") => StatusCode::FORBIDDEN,
+        (_, "UNKNOWN_MODEL" | "UNKNOWN_MODEL_VERSION") => StatusCode::NOT_FOUND,
+        (_, "MODEL_NOT_LOADED") => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    let mut error = ApiError::new(status, code, detail).details(details);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let millis = u64::try_from(outcome.retry_after_ms.unwrap_or(1000)).unwrap_or(1000);
+        error = error.retry_after(millis.div_ceil(1000));
+        if let Some(tenant) = outcome.lineage.tenant.as_deref().and_then(|t| policy.tenant(t)) {
+            error.rate_limit = Some((tenant.rate_per_sec, tenant.burst));
+        }
+    } else if status == StatusCode::SERVICE_UNAVAILABLE {
+        error = error.retry_after(1);
+    }
+    Some(error)
+}
+
+fn prediction_json(id: &str, outcome: &PredictionOutcome) -> Value {
+    json!({
+        "request_id": id,
+        "score": outcome.score,
+        "label": outcome.label,
+        "model": outcome.model,
+        "version": outcome.model_version,
+        "backend": outcome.backend,
+    })
+}
+
+/// `POST /v1/models/{model}/predict`.
+#[derive(Debug, Deserialize)]
+struct PredictRequest {
+    /// One row: feature name to value.
+    #[serde(default)]
+    features: Option<HashMap<String, f64>>,
+    /// A batch of rows.
+    #[serde(default)]
+    instances: Option<Vec<HashMap<String, f64>>>,
+    /// A version; else the tenant's pin, else the default.
+    #[serde(default)]
+    version: Option<String>,
+    /// The caller's own id, echoed back (never the pipeline's request id).
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// An Open Inference Protocol v2 inference request (JSON tensors only).
+#[derive(Debug, Deserialize)]
+struct OipRequest {
+    #[serde(default)]
+    id: Option<String>,
+    inputs: Vec<OipTensor>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OipTensor {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, Value>>,
+}
+
+impl OipRequest {
+    /// The rows of the `features` tensor, each a map from feature name to value.
+    fn rows(&self, names: &[&str]) -> Result<Vec<HashMap<String, f64>>, ApiError> {
+        let [tensor] = self.inputs.as_slice() else {
+            return Err(ApiError::bad_request(format!(
+                "expected one input tensor named features, got {}",
+                self.inputs.len()
+            )));
+        };
+        if tensor.name != "features" {
+            return Err(ApiError::bad_request(format!("unknown input {:?}: the model takes `features`", tensor.name)));
+        }
+        if tensor.parameters.as_ref().is_some_and(|p| p.contains_key("binary_data_size")) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "BINARY_TENSORS_UNSUPPORTED",
+                "the binary tensor data extension is not supported: send the tensor as JSON `data`",
+            ));
+        }
+        if !matches!(tensor.datatype.as_str(), "FP32" | "FP64") {
+            return Err(ApiError::bad_request(format!("datatype {} is not supported: send FP32", tensor.datatype)));
+        }
+        let width = names.len();
+        let rows = match tensor.shape.as_slice() {
+            [n, k] if *k == width as i64 && *n >= 1 => usize::try_from(*n).unwrap_or(usize::MAX),
+            [k] if *k == width as i64 => 1,
+            shape => {
+                return Err(ApiError::bad_request(format!(
+                    "shape {shape:?} does not fit the model: expected [rows, {width}] with rows ≥ 1"
+                )))
+            }
+        };
+        if rows > MAX_ROWS {
+            return Err(ApiError::bad_request(format!("{rows} rows; a call takes 1 to {MAX_ROWS}")));
+        }
+        let data = tensor.data.as_ref().ok_or_else(|| ApiError::bad_request("the features tensor has no `data`"))?;
+        let mut flat = Vec::with_capacity(rows * width);
+        flatten(data, &mut flat)?;
+        if flat.len() != rows * width {
+            return Err(ApiError::bad_request(format!(
+                "data has {} values, shape {:?} needs {}",
+                flat.len(),
+                tensor.shape,
+                rows * width
+            )));
+        }
+        Ok(flat
+            .chunks(width)
+            .map(|row| names.iter().zip(row).map(|(name, value)| ((*name).to_owned(), *value)).collect())
+            .collect())
+    }
+}
+
+/// Flat or nested JSON arrays of numbers, in row-major order.
+fn flatten(value: &Value, out: &mut Vec<f64>) -> Result<(), ApiError> {
+    match value {
+        Value::Array(items) => items.iter().try_for_each(|item| flatten(item, out)),
+        Value::Number(n) => {
+            out.push(n.as_f64().ok_or_else(|| ApiError::bad_request(format!("{n} is not a number the model takes")))?);
+            Ok(())
+        }
+        other => Err(ApiError::bad_request(format!("tensor data must be numbers, found {other}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(shape: Vec<i64>, data: Value) -> OipRequest {
+        OipRequest {
+            id: None,
+            inputs: vec![OipTensor {
+                name: "features".to_owned(),
+                shape,
+                datatype: "FP32".to_owned(),
+                data: Some(data),
+                parameters: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn flat_and_nested_data_give_the_same_rows() {
+        let names = ["a", "b"];
+        let flat = tensor(vec![2, 2], json!([1, 2, 3, 4])).rows(&names).expect("flat");
+        let nested = tensor(vec![2, 2], json!([[1, 2], [3, 4]])).rows(&names).expect("nested");
+        assert_eq!(flat, nested);
+        assert_eq!(flat[1]["b"], 4.0);
+        assert_eq!(tensor(vec![2], json!([5, 6])).rows(&names).expect("one row")[0]["a"], 5.0);
+    }
+
+    #[test]
+    fn bad_tensors_are_client_errors_naming_the_problem() {
+        let names = ["a", "b"];
+        let cases = [
+            (tensor(vec![2, 3], json!([1, 2, 3, 4, 5, 6])), "shape"),
+            (tensor(vec![2, 2], json!([1, 2, 3])), "3 values"),
+            (tensor(vec![1, 2], json!([1, "x"])), "numbers"),
+            (tensor(vec![1, 2], json!([1, null])), "numbers"),
+            (tensor(vec![0, 2], json!([])), "rows ≥ 1"),
+            (tensor(vec![1001, 2], json!([])), "1 to 1000"),
+        ];
+        for (request, says) in cases {
+            let error = request.rows(&names).expect_err(says);
+            assert!(error.status.is_client_error(), "{says}: {}", error.status);
+            assert!(error.message.contains(says), "{says}: {}", error.message);
+        }
+        let mut int = tensor(vec![1, 2], json!([1, 2]));
+        int.inputs[0].datatype = "BYTES".to_owned();
+        assert_eq!(int.rows(&names).expect_err("datatype").status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn quota_rejections_are_429_with_retry_after_rounded_up() {
+        let policy = streamscore_infer::quota::Policy::parse(
+            std::path::Path::new("p.toml"),
+            b"version = 1\n[tenants.acme]\nrate_per_sec = 5\nburst = 10\n",
+        )
+        .expect("policy");
+        let mut outcome: PredictionOutcome = crate::tests::outcome("acme", "r1");
+        outcome.status = OutcomeStatus::Rejected;
+        outcome.reason = Some("QUOTA_EXCEEDED".to_owned());
+        outcome.retry_after_ms = Some(1200);
+        let error = outcome_error(&[("r1".to_owned(), outcome)], &policy).expect("an error");
+        assert_eq!(error.status, StatusCode::TOO_MANY_REQUESTS);
+        let response = error.render(Dialect::Own, "call");
+        assert_eq!(response.headers()["retry-after"], "2");
+        assert_eq!(response.headers()["ratelimit-limit"], "10");
+        assert_eq!(response.headers()["ratelimit-remaining"], "0");
+    }
+}

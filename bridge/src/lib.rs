@@ -1,0 +1,219 @@
+//! The HTTP bridge: synchronous callers over the Kafka pipeline.
+//!
+//! `streamscore bridge` serves Open Inference Protocol v2 (so KServe and Triton clients work
+//! unchanged) and streamscore's own JSON. Each call becomes `InferenceRequest`s on the
+//! requests topic, `reply_to` this instance; the answer is the pipeline's outcome, read back
+//! from the predictions topic ([`listen`]), with callers parked in a bounded map
+//! ([`waiters`]). API keys from the tenant policy decide the tenant ([`auth`]).
+
+pub mod api;
+pub mod auth;
+pub mod listen;
+pub mod openapi;
+pub mod waiters;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::FutureProducer;
+use streamscore_contracts::{Codec, InferenceRequest, PredictionOutcome};
+use streamscore_infer::quota::Policy;
+use streamscore_ingest::Tenants;
+use streamscore_kafka::KafkaConfig;
+use streamscore_modelstore::{ModelStore, SharedStore};
+
+/// Renders the process's metrics in Prometheus text format (`GET /metrics`).
+pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Default time a caller waits for its outcome.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2);
+/// Default bound on callers waiting at once (rows, for batches).
+pub const DEFAULT_MAX_WAITERS: usize = 10_000;
+/// Default body limit.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What the bridge needs.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    pub kafka: KafkaConfig,
+    pub registry_url: String,
+    pub requests_topic: String,
+    pub predictions_topic: String,
+    pub models: PathBuf,
+    /// The tenant policy: API keys, allowed models, pins, quotas (for `RateLimit-*`).
+    pub policy: PathBuf,
+    /// This instance's `reply_to` id; unique per running bridge.
+    pub instance: String,
+    pub deadline: Duration,
+    pub max_waiters: usize,
+    pub max_body_bytes: usize,
+}
+
+impl BridgeConfig {
+    /// Defaults for everything but where things are; the instance id is the host, the pid and
+    /// a random suffix, so a restarted bridge (the same pid in a container) is a new instance.
+    pub fn new(kafka: KafkaConfig, registry_url: &str, models: PathBuf, policy: PathBuf) -> Self {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            kafka,
+            registry_url: registry_url.to_owned(),
+            requests_topic: streamscore_contracts::topics::REQUESTS.to_owned(),
+            predictions_topic: streamscore_contracts::topics::PREDICTIONS.to_owned(),
+            models,
+            policy,
+            instance: format!("bridge:{}:{}", streamscore_contracts::lineage::default_instance(), &suffix[..8]),
+            deadline: DEFAULT_DEADLINE,
+            max_waiters: DEFAULT_MAX_WAITERS,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Why the bridge could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("tenant policy: {0}")]
+    Policy(String),
+    #[error("model store {path}: {reason}")]
+    Models { path: PathBuf, reason: String },
+    #[error("Kafka: {0}")]
+    Kafka(String),
+    #[error("starting the predictions listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// A running bridge's shared state.
+pub struct Bridge {
+    pub config: BridgeConfig,
+    store: SharedStore,
+    policy: Policy,
+    keys: auth::Keys,
+    tenants: Tenants,
+    request_codec: Arc<Codec<InferenceRequest>>,
+    producer: FutureProducer,
+    waiters: Arc<waiters::Waiters>,
+    metrics: Option<MetricsRender>,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge").field("config", &self.config).field("keys", &self.keys).finish_non_exhaustive()
+    }
+}
+
+/// Serves the bridge on `listener` until `shutdown` resolves.
+pub async fn serve(
+    config: BridgeConfig,
+    listener: tokio::net::TcpListener,
+    metrics: Option<MetricsRender>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BridgeError> {
+    let policy = Policy::load(&config.policy).map_err(|e| BridgeError::Policy(e.to_string()))?;
+    let keys = auth::Keys::from_policy(&policy).map_err(BridgeError::Policy)?;
+    if keys.is_empty() {
+        tracing::warn!(policy = %config.policy.display(), "no tenant has an api_key_sha256: every call will be refused (401)");
+    }
+    let tenants = Tenants::Only(policy.file.tenants.keys().cloned().collect());
+    let store = SharedStore::new(
+        ModelStore::open(&config.models)
+            .map_err(|e| BridgeError::Models { path: config.models.clone(), reason: e.to_string() })?,
+    );
+    let producer: FutureProducer = {
+        let mut client = config.kafka.client_config();
+        client
+            .set("acks", "all")
+            // A caller waits on this record: send it now rather than batch it.
+            .set("linger.ms", "1")
+            .set("enable.idempotence", "false")
+            // A broker that cannot take the record within the caller's deadline is down for
+            // that caller (503), not a record to deliver minutes later.
+            .set("message.timeout.ms", config.deadline.as_millis().max(1).to_string());
+        for (key, value) in &config.kafka.overrides {
+            client.set(key, value);
+        }
+        client.create().map_err(|e| BridgeError::Kafka(e.to_string()))?
+    };
+    let request_codec = Arc::new(Codec::<InferenceRequest>::with_url(&config.registry_url, &config.requests_topic));
+    let outcome_codec = Arc::new(Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic));
+    let waiters = Arc::new(waiters::Waiters::new(config.max_waiters));
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener_thread = listen::spawn(
+        listen::ListenConfig {
+            kafka: config.kafka.clone(),
+            predictions_topic: config.predictions_topic.clone(),
+            instance: config.instance.clone(),
+        },
+        outcome_codec,
+        Arc::clone(&waiters),
+        Arc::clone(&stop),
+        tokio::runtime::Handle::current(),
+    )
+    .map_err(BridgeError::Listener)?;
+    // The request schema's id: calls are refused (503) until the registry has answered.
+    let registration = {
+        let codec = Arc::clone(&request_codec);
+        tokio::spawn(async move {
+            if let Err(e) = streamscore_kafka::retry::register(codec.as_ref()).await {
+                tracing::error!(error = %e, "the registry refused the request schema; the bridge cannot publish");
+            }
+        })
+    };
+    tracing::info!(instance = %config.instance, deadline_ms = config.deadline.as_millis() as u64, keys = keys.len(), "bridge serving");
+    let bridge = Arc::new(Bridge {
+        config,
+        store,
+        policy,
+        keys,
+        tenants,
+        request_codec,
+        producer,
+        waiters: Arc::clone(&waiters),
+        metrics,
+    });
+    warp::serve(api::routes(bridge)).incoming(listener).graceful(shutdown).run().await;
+    registration.abort();
+    stop.store(true, Ordering::Relaxed);
+    waiters.wake_listener();
+    let _ = tokio::task::spawn_blocking(move || listener_thread.join()).await;
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::HashMap;
+
+    use streamscore_contracts::{Lineage, OutcomeStatus, PredictionOutcome, SourceOffset, Stage};
+
+    pub fn outcome(tenant: &str, id: &str) -> PredictionOutcome {
+        PredictionOutcome {
+            lineage: Lineage::derive(
+                SourceOffset::new("t", 0, 0),
+                Stage::Infer,
+                "prediction",
+                "test",
+                Some(id.to_owned()),
+                Some(tenant.to_owned()),
+            ),
+            status: OutcomeStatus::Scored,
+            shadow: false,
+            model: "fraud".to_owned(),
+            model_version: Some("1".to_owned()),
+            model_sha256: None,
+            backend: Some("cpu".to_owned()),
+            score: Some(0.5),
+            label: Some("legit".to_owned()),
+            reason: None,
+            detail: None,
+            retry_after_ms: None,
+            features: HashMap::new(),
+            batch_size: 1,
+            queue_wait_us: 0,
+            inference_us: 0,
+            request_created_at: 0,
+            reply_to: Some("me".to_owned()),
+        }
+    }
+}

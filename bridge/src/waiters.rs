@@ -1,0 +1,354 @@
+//! Callers waiting for their outcomes: a bounded map from request id to a one-shot channel,
+//! the answers that came after their caller gave up (for `GET /v1/requests/{id}`), and the
+//! handshake with the predictions listener (see [`crate::listen`]).
+//!
+//! The listener reads the predictions topic only while someone waits. A caller registers
+//! before it publishes; if the listener is idle, the caller waits until the listener has
+//! positioned itself at the topic's end ([`Waiters::register`]), so an outcome can never
+//! be written before the position the listener reads from.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use streamscore_contracts::PredictionOutcome;
+use tokio::sync::{oneshot, watch};
+
+/// How long an id whose caller gave up (504) is still looked for, and an answer kept.
+pub const KEEP_LATE: Duration = Duration::from_secs(300);
+/// How many such ids and answers are kept, oldest dropped first.
+pub const MAX_LATE: usize = 100_000;
+
+/// Why a caller cannot wait.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    #[error("{waiting} requests are waiting for outcomes, the limit is {capacity}; retry shortly")]
+    Full { waiting: usize, capacity: usize },
+    #[error("the predictions listener did not start reading in time")]
+    NotListening,
+}
+
+/// What `GET /v1/requests/{id}` finds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// The outcome, kept for a caller that gave up.
+    Answered(Box<PredictionOutcome>),
+    /// Its caller gave up and the outcome has not come yet.
+    Pending,
+    /// Waited on by a caller right now.
+    Waiting,
+    /// Not a request of this tenant that this bridge instance knows.
+    Unknown,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    tenant: String,
+    tx: oneshot::Sender<PredictionOutcome>,
+}
+
+#[derive(Debug)]
+struct Late {
+    tenant: String,
+    since: Instant,
+    outcome: Option<Box<PredictionOutcome>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    waiting: HashMap<String, Waiter>,
+    late: HashMap<String, Late>,
+    /// `late`'s ids, oldest first.
+    late_order: VecDeque<String>,
+    /// Whether the listener reads from a position at or before every registered request.
+    live: bool,
+}
+
+impl Inner {
+    fn prune(&mut self, now: Instant) {
+        while let Some(id) = self.late_order.front() {
+            let expired = self.late.get(id).is_none_or(|l| now.duration_since(l.since) > KEEP_LATE);
+            if !expired && self.late_order.len() <= MAX_LATE {
+                break;
+            }
+            if let Some(id) = self.late_order.pop_front() {
+                self.late.remove(&id);
+            }
+        }
+    }
+
+    /// Ids the listener must look for: callers waiting, and late ones not answered yet.
+    fn wanted(&self) -> bool {
+        !self.waiting.is_empty() || self.late.values().any(|l| l.outcome.is_none())
+    }
+}
+
+/// The waiters of one bridge instance.
+#[derive(Debug)]
+pub struct Waiters {
+    inner: Mutex<Inner>,
+    capacity: usize,
+    /// Wakes the listener when the first caller registers.
+    wake: Condvar,
+    live_tx: watch::Sender<bool>,
+}
+
+impl Waiters {
+    pub fn new(capacity: usize) -> Self {
+        Self { inner: Mutex::default(), capacity, wake: Condvar::new(), live_tx: watch::channel(false).0 }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Callers waiting now.
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting.len()
+    }
+
+    /// Registers one caller's requests (all or none), then waits, at most `wait`, until the
+    /// listener reads from a position before anything they could cause.
+    pub async fn register(
+        &self,
+        tenant: &str,
+        ids: &[String],
+        wait: Duration,
+    ) -> Result<Vec<oneshot::Receiver<PredictionOutcome>>, WaitError> {
+        let mut receivers = Vec::with_capacity(ids.len());
+        let live = {
+            let mut inner = self.lock();
+            if inner.waiting.len() + ids.len() > self.capacity {
+                return Err(WaitError::Full { waiting: inner.waiting.len(), capacity: self.capacity });
+            }
+            for id in ids {
+                let (tx, rx) = oneshot::channel();
+                inner.waiting.insert(id.clone(), Waiter { tenant: tenant.to_owned(), tx });
+                receivers.push(rx);
+            }
+            inner.live
+        };
+        metrics::gauge!("streamscore_bridge_waiters").set(self.waiting() as f64);
+        if !live {
+            self.wake.notify_all();
+            let mut live_rx = self.live_tx.subscribe();
+            let started = tokio::time::timeout(wait, live_rx.wait_for(|live| *live)).await;
+            if !matches!(started, Ok(Ok(_))) {
+                self.forget(ids);
+                return Err(WaitError::NotListening);
+            }
+        }
+        Ok(receivers)
+    }
+
+    /// Drops callers that will not wait (they failed before publishing).
+    pub fn forget(&self, ids: &[String]) {
+        let mut inner = self.lock();
+        for id in ids {
+            inner.waiting.remove(id);
+        }
+        drop(inner);
+        metrics::gauge!("streamscore_bridge_waiters").set(self.waiting() as f64);
+    }
+
+    /// The caller of `ids` gave up (deadline): their outcomes are kept when they come.
+    pub fn give_up(&self, ids: &[String]) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        for id in ids {
+            if let Some(waiter) = inner.waiting.remove(id) {
+                inner.late.insert(id.clone(), Late { tenant: waiter.tenant, since: now, outcome: None });
+                inner.late_order.push_back(id.clone());
+            }
+        }
+        inner.prune(now);
+        drop(inner);
+        metrics::gauge!("streamscore_bridge_waiters").set(self.waiting() as f64);
+    }
+
+    /// An outcome addressed to this instance: hands it to its caller, or keeps it for a caller
+    /// that gave up. Returns whether anyone wanted it.
+    pub fn complete(&self, request_id: &str, outcome: PredictionOutcome) -> bool {
+        let mut inner = self.lock();
+        if let Some(waiter) = inner.waiting.remove(request_id) {
+            drop(inner);
+            metrics::gauge!("streamscore_bridge_waiters").set(self.waiting() as f64);
+            if let Err(outcome) = waiter.tx.send(outcome) {
+                // The caller went away between its deadline and here: keep the answer.
+                self.keep(request_id, waiter.tenant, outcome);
+            }
+            return true;
+        }
+        if let Some(late) = inner.late.get_mut(request_id) {
+            late.outcome.get_or_insert_with(|| Box::new(outcome));
+            return true;
+        }
+        false
+    }
+
+    fn keep(&self, request_id: &str, tenant: String, outcome: PredictionOutcome) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.late.insert(request_id.to_owned(), Late { tenant, since: now, outcome: Some(Box::new(outcome)) });
+        inner.late_order.push_back(request_id.to_owned());
+        inner.prune(now);
+    }
+
+    /// A request of `tenant` by id.
+    pub fn lookup(&self, tenant: &str, request_id: &str) -> Lookup {
+        let mut inner = self.lock();
+        inner.prune(Instant::now());
+        if inner.waiting.get(request_id).is_some_and(|w| w.tenant == tenant) {
+            return Lookup::Waiting;
+        }
+        match inner.late.get(request_id) {
+            Some(late) if late.tenant == tenant => match &late.outcome {
+                Some(outcome) => Lookup::Answered(outcome.clone()),
+                None => Lookup::Pending,
+            },
+            _ => Lookup::Unknown,
+        }
+    }
+
+    // The listener's side.
+
+    /// Whether any outcome is wanted now.
+    pub fn wanted(&self) -> bool {
+        let mut inner = self.lock();
+        inner.prune(Instant::now());
+        inner.wanted()
+    }
+
+    /// The listener stops reading, unless someone registered meanwhile. Returns whether it
+    /// went idle.
+    pub fn go_idle(&self) -> bool {
+        let mut inner = self.lock();
+        if inner.wanted() {
+            return false;
+        }
+        inner.live = false;
+        self.live_tx.send_replace(false);
+        true
+    }
+
+    /// Blocks the listener thread until someone wants an outcome or `timeout` passes.
+    pub fn wait_until_wanted(&self, timeout: Duration) -> bool {
+        let inner = self.lock();
+        let (inner, _) = self
+            .wake
+            .wait_timeout_while(inner, timeout, |inner| !inner.wanted())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        inner.wanted()
+    }
+
+    /// The listener reads from the topic's end as of now: callers registered so far may publish.
+    pub fn set_live(&self) {
+        let mut inner = self.lock();
+        inner.live = true;
+        self.live_tx.send_replace(true);
+    }
+
+    /// Wakes a listener blocked in [`Self::wait_until_wanted`] (at shutdown).
+    pub fn wake_listener(&self) {
+        self.wake.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use streamscore_contracts::{Lineage, OutcomeStatus, SourceOffset, Stage};
+
+    use super::*;
+
+    fn outcome(id: &str) -> PredictionOutcome {
+        PredictionOutcome {
+            lineage: Lineage::derive(
+                SourceOffset::new("t", 0, 0),
+                Stage::Infer,
+                "prediction",
+                "test",
+                Some(id.to_owned()),
+                Some("acme".to_owned()),
+            ),
+            status: OutcomeStatus::Scored,
+            shadow: false,
+            model: "fraud".to_owned(),
+            model_version: Some("1".to_owned()),
+            model_sha256: None,
+            backend: Some("cpu".to_owned()),
+            score: Some(0.5),
+            label: Some("legit".to_owned()),
+            reason: None,
+            detail: None,
+            retry_after_ms: None,
+            features: HashMap::new(),
+            batch_size: 1,
+            queue_wait_us: 0,
+            inference_us: 0,
+            request_created_at: 0,
+            reply_to: Some("me".to_owned()),
+        }
+    }
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_caller_waits_for_the_listener_then_gets_its_own_outcome() {
+        let waiters = std::sync::Arc::new(Waiters::new(10));
+        let listener = {
+            let waiters = std::sync::Arc::clone(&waiters);
+            std::thread::spawn(move || {
+                assert!(waiters.wait_until_wanted(Duration::from_secs(5)), "woken by the registration");
+                waiters.set_live();
+            })
+        };
+        let mut rx = waiters.register("acme", &ids(&["a"]), Duration::from_secs(5)).await.expect("registered");
+        listener.join().expect("listener");
+        assert!(!waiters.go_idle(), "someone waits: the listener stays");
+        assert!(!waiters.complete("b", outcome("b")), "not ours");
+        assert!(waiters.complete("a", outcome("a")));
+        assert_eq!(rx.remove(0).await.expect("answer").lineage.request_id.as_deref(), Some("a"));
+        assert!(waiters.go_idle(), "nobody waits: idle");
+    }
+
+    #[tokio::test]
+    async fn the_map_is_bounded_and_all_or_none_of_a_callers_ids_are_registered() {
+        let waiters = Waiters::new(2);
+        waiters.set_live();
+        let _held = waiters.register("acme", &ids(&["a"]), Duration::from_secs(1)).await.expect("one");
+        let full = waiters.register("acme", &ids(&["b", "c"]), Duration::from_secs(1)).await.expect_err("full");
+        assert_eq!(full, WaitError::Full { waiting: 1, capacity: 2 });
+        assert_eq!(waiters.waiting(), 1, "nothing of the refused caller stays");
+    }
+
+    #[tokio::test]
+    async fn an_answer_after_the_deadline_is_kept_for_its_tenant_only() {
+        let waiters = Waiters::new(10);
+        waiters.set_live();
+        let _rx = waiters.register("acme", &ids(&["a"]), Duration::from_secs(1)).await.expect("registered");
+        assert_eq!(waiters.lookup("acme", "a"), Lookup::Waiting);
+        waiters.give_up(&ids(&["a"]));
+        assert_eq!(waiters.lookup("acme", "a"), Lookup::Pending);
+        assert!(waiters.wanted(), "the listener still looks for it");
+        assert!(waiters.complete("a", outcome("a")));
+        assert!(matches!(waiters.lookup("acme", "a"), Lookup::Answered(_)));
+        assert_eq!(waiters.lookup("other", "a"), Lookup::Unknown, "another tenant cannot read it");
+        assert!(!waiters.wanted(), "answered: nothing left to look for");
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_never_starts_fails_the_caller_and_forgets_it() {
+        let waiters = Waiters::new(10);
+        let error = waiters.register("acme", &ids(&["a"]), Duration::from_millis(50)).await.expect_err("no listener");
+        assert_eq!(error, WaitError::NotListening);
+        assert_eq!(waiters.waiting(), 0);
+    }
+}
