@@ -128,9 +128,9 @@ pub async fn serve(
             // A caller waits on this record: send it now rather than batch it.
             .set("linger.ms", "1")
             .set("enable.idempotence", "false")
-            // A broker that cannot take the record within the caller's deadline is down for
-            // that caller (503), not a record to deliver minutes later.
-            .set("message.timeout.ms", config.deadline.as_millis().max(1).to_string());
+            // A broker that cannot take the record within most of the caller's deadline is
+            // down for that caller (503), not a record to deliver minutes later.
+            .set("message.timeout.ms", (config.deadline.as_millis() * 3 / 4).max(1).to_string());
         for (key, value) in &config.kafka.overrides {
             client.set(key, value);
         }
