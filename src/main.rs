@@ -16,6 +16,42 @@ use streamscore_kafka::{ensure_topics, event_topics_with, KafkaConfig};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// A librdkafka property for every Kafka client, `key=value` (repeatable), e.g.
+    /// `--kafka-config security.protocol=SASL_SSL`; applied after --kafka-config-file.
+    #[arg(long, global = true, value_name = "KEY=VALUE")]
+    kafka_config: Vec<String>,
+    /// A properties file of librdkafka settings for every Kafka client (`key=value` per line,
+    /// `#` comments), e.g. a cluster's SASL and TLS settings.
+    #[arg(long, global = true, env = "STREAMSCORE_KAFKA_CONFIG_FILE", value_name = "FILE")]
+    kafka_config_file: Option<PathBuf>,
+}
+
+/// Checks the Kafka client settings and hands them to every client (and to the processes
+/// this one starts) through the environment, before any thread exists.
+fn apply_kafka_settings(cli: &Cli) -> Result<()> {
+    use streamscore_kafka::config::{parse_properties_file, CONFIG_FILE_ENV, PROPERTIES_ENV};
+    if let Some(path) = &cli.kafka_config_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("--kafka-config-file {}", path.display()))?;
+        parse_properties_file(&text).map_err(|e| anyhow::anyhow!("--kafka-config-file {}: {e}", path.display()))?;
+        std::env::set_var(CONFIG_FILE_ENV, path);
+    }
+    if !cli.kafka_config.is_empty() {
+        for entry in &cli.kafka_config {
+            match entry.split_once('=') {
+                Some((key, _)) if !key.trim().is_empty() && !entry.contains(';') => {}
+                _ => anyhow::bail!("--kafka-config {entry:?}: expected key=value without ';' (use --kafka-config-file for such values)"),
+            }
+        }
+        let mut properties = std::env::var(PROPERTIES_ENV).unwrap_or_default();
+        for entry in &cli.kafka_config {
+            if !properties.is_empty() {
+                properties.push(';');
+            }
+            properties.push_str(entry);
+        }
+        std::env::set_var(PROPERTIES_ENV, properties);
+    }
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -166,6 +202,13 @@ enum Command {
         /// Topic holding the registry's state.
         #[arg(long, default_value = streamscore_registry::DEFAULT_TOPIC)]
         topic: String,
+        /// Users allowed to write: one `name:role:sha256-of-password` per line, role reader,
+        /// writer (register) or admin (delete, config). Without it the registry is open to all.
+        #[arg(long, env = "STREAMSCORE_REGISTRY_USERS_FILE")]
+        users_file: Option<PathBuf>,
+        /// Reads need a user too (default: reads are open).
+        #[arg(long)]
+        auth_reads: bool,
     },
     /// Create the event topics (idempotent).
     Topics {
@@ -434,6 +477,7 @@ fn main() -> Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init();
     }
+    apply_kafka_settings(&cli)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run(cli.command))
 }
@@ -451,7 +495,21 @@ async fn run(command: Command) -> Result<()> {
                 }
             }
         },
-        Command::Registry { bootstrap, listen, topic } => {
+        Command::Registry { bootstrap, listen, topic, users_file, auth_reads } => {
+            let auth = match &users_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    streamscore_registry::Auth::parse(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                        .with_authenticated_reads(auth_reads)
+                }
+                None => {
+                    tracing::warn!(
+                        "no --users-file: anyone who can reach the registry may register, delete and reconfigure"
+                    );
+                    streamscore_registry::Auth::open()
+                }
+            };
             let kafka = KafkaConfig::new(bootstrap);
             let store =
                 streamscore_registry::Store::open(&kafka, &topic).await.context("opening the registry's topic")?;
@@ -459,7 +517,8 @@ async fn run(command: Command) -> Result<()> {
             tracing::info!(%listen, topic, "schema registry serving");
             let prometheus = streamscore_monitor::install_recorder();
             let metrics: streamscore_registry::api::MetricsRender = Arc::new(move || prometheus.render());
-            streamscore_registry::serve(Arc::new(store), Some(metrics), listener, shutdown_signal()).await;
+            streamscore_registry::serve(Arc::new(store), Arc::new(auth), Some(metrics), listener, shutdown_signal())
+                .await;
             tracing::info!("schema registry stopped");
         }
         Command::Topics { bootstrap, partitions } => {

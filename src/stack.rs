@@ -38,20 +38,76 @@ pub struct StackConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackAddrs {
     pub bootstrap: String,
+    /// The registry's URL with the writer's credentials in it (`http://user:password@host:port`),
+    /// which every client here sends as HTTP basic authentication.
     pub registry_url: String,
+    /// `admin:password` of the registry's admin (deletes, config), for operators.
+    pub registry_admin: Option<String>,
 }
 
 impl StackAddrs {
     fn env_file(&self) -> String {
-        format!("STREAMSCORE_BOOTSTRAP={}\nSTREAMSCORE_REGISTRY_URL={}\n", self.bootstrap, self.registry_url)
+        let mut env =
+            format!("STREAMSCORE_BOOTSTRAP={}\nSTREAMSCORE_REGISTRY_URL={}\n", self.bootstrap, self.registry_url);
+        if let Some(admin) = &self.registry_admin {
+            env.push_str(&format!("STREAMSCORE_REGISTRY_ADMIN_USER_INFO={admin}\n"));
+        }
+        env
     }
 
     fn parse_env_file(text: &str) -> Option<Self> {
         let get = |key: &str| {
             text.lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('='))).map(str::to_owned)
         };
-        Some(Self { bootstrap: get("STREAMSCORE_BOOTSTRAP")?, registry_url: get("STREAMSCORE_REGISTRY_URL")? })
+        Some(Self {
+            bootstrap: get("STREAMSCORE_BOOTSTRAP")?,
+            registry_url: get("STREAMSCORE_REGISTRY_URL")?,
+            registry_admin: get("STREAMSCORE_REGISTRY_ADMIN_USER_INFO"),
+        })
     }
+}
+
+/// `url` without its credentials, for printing.
+pub fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.find('@')) {
+        (Some((scheme, rest)), Some(_)) => match rest.split_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+/// Writes `text` to `path` readable by its owner only (credentials).
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    // An existing file keeps its mode on open: set it.
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(())
+}
+
+/// New credentials for the registry: its users file (hashes) and the plain `user:password`
+/// of the writer (the stages) and of the admin.
+fn registry_credentials(dir: &Path) -> Result<(PathBuf, String, String)> {
+    let writer = uuid::Uuid::new_v4().simple().to_string();
+    let admin = uuid::Uuid::new_v4().simple().to_string();
+    let users = format!(
+        "# streamscore registry users (name:role:sha256-of-password), written by `streamscore stack up`\n\
+         streamscore:writer:{}\nadmin:admin:{}\n",
+        streamscore_registry::auth::password_sha256(&writer),
+        streamscore_registry::auth::password_sha256(&admin),
+    );
+    let path = dir.join("registry-users");
+    write_private(&path, &users)?;
+    Ok((path, format!("streamscore:{writer}"), format!("admin:{admin}")))
 }
 
 /// The tansu binary: `$STREAMSCORE_TANSU`, then cargo's bin directory, then `PATH`.
@@ -196,18 +252,24 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
 
     // Registry.
     let registry_pid = read_pid(&dir.join("registry.pid")).filter(|&pid| alive(pid, "registry"));
-    let (registry_url, registry_pid) = match (registry_pid, &previous) {
+    let (registry_url, registry_admin, registry_pid) = match (registry_pid, &previous) {
         (Some(pid), Some(prev)) => {
-            println!("registry  running   pid {pid} on {}", prev.registry_url);
-            (prev.registry_url.clone(), pid)
+            println!("registry  running   pid {pid} on {}", redact(&prev.registry_url));
+            (prev.registry_url.clone(), prev.registry_admin.clone(), pid)
         }
         _ => {
             let port = if config.registry_port == 0 { free_port()? } else { config.registry_port };
+            // Writes need credentials: the stages register as `streamscore` (writer), deletes
+            // and config changes need `admin`; both passwords are new at every start.
+            let (users, writer, admin) = registry_credentials(&dir)?;
             let mut command = Command::new(std::env::current_exe()?);
             command.args(["registry", "--bootstrap", &bootstrap, "--listen", &format!("127.0.0.1:{port}")]);
+            command.arg("--users-file").arg(&users);
             let pid = spawn_daemon(command, &dir.join("registry.log"), &dir.join("registry.pid"))?;
-            println!("registry  started   pid {pid} on http://127.0.0.1:{port} (state in topic _schemas)");
-            (format!("http://127.0.0.1:{port}"), pid)
+            println!(
+                "registry  started   pid {pid} on http://127.0.0.1:{port} (state in topic _schemas; writes need the credentials in stack.env)"
+            );
+            (format!("http://{writer}@127.0.0.1:{port}"), Some(admin), pid)
         }
     };
     wait_http_ok(&format!("{registry_url}/subjects"), Duration::from_secs(60))
@@ -219,10 +281,10 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
         println!("schema    {subject:<32} id {id}");
     }
 
-    let addrs = StackAddrs { bootstrap, registry_url };
+    let addrs = StackAddrs { bootstrap, registry_url, registry_admin };
     let env =
         format!("{}STREAMSCORE_BROKER_PID={broker_pid}\nSTREAMSCORE_REGISTRY_PID={registry_pid}\n", addrs.env_file());
-    fs::write(dir.join("stack.env"), env)?;
+    write_private(&dir.join("stack.env"), &env)?;
     println!("stack up: export $(cat {})", dir.join("stack.env").display());
     Ok(addrs)
 }
@@ -271,7 +333,7 @@ pub fn status(data_dir: &Path) -> Result<bool> {
         }
     }
     if let Some(addrs) = addrs {
-        println!("bootstrap {}\nregistry  {}", addrs.bootstrap, addrs.registry_url);
+        println!("bootstrap {}\nregistry  {}", addrs.bootstrap, redact(&addrs.registry_url));
     }
     Ok(all)
 }

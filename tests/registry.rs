@@ -262,3 +262,103 @@ async fn state_survives_a_restart_with_the_same_ids() {
     assert!(new > b1.as_u64().unwrap(), "ids keep increasing after a restart");
     second.stop().await;
 }
+
+/// Writes need a user (HTTP basic authentication, as Confluent's clients send it, or the
+/// credentials in the URL), deletes and config changes need the admin role, reads stay open;
+/// bodies are limited on the bytes that arrive (chunked too) and subjects are checked.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_need_credentials_and_deletes_the_admin_role() {
+    use streamscore_registry::auth::{password_sha256, Auth};
+    let users = format!("writer:writer:{}\nadmin:admin:{}\n", password_sha256("w-pass"), password_sha256("a-pass"));
+    let registry = TestRegistry::start_with(&support::unique("_schemas-auth"), Auth::parse(&users).unwrap()).await;
+    let client = Client::new();
+    let url = &registry.url;
+    let subject = support::unique("auth");
+    let register = |user: Option<(&str, &str)>| {
+        let mut request = client.post(format!("{url}/subjects/{subject}/versions")).json(&json!({ "schema": V1 }));
+        if let Some((name, password)) = user {
+            request = request.basic_auth(name, Some(password));
+        }
+        request.send()
+    };
+
+    let anonymous = register(None).await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert!(anonymous.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
+    assert_eq!(anonymous.json::<Value>().await.unwrap()["error_code"], 40101);
+    assert_eq!(register(Some(("writer", "wrong"))).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let registered = register(Some(("writer", "w-pass"))).await.unwrap();
+    assert_eq!(registered.status(), StatusCode::OK);
+    let id = registered.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+
+    // Reads are open.
+    let read = client.get(format!("{url}/schemas/ids/{id}")).send().await.unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+
+    // Our codec, with the credentials in the URL (as `streamscore stack up` writes it).
+    let authed_url = url.replacen("http://", "http://writer:w-pass@", 1);
+    let topic = support::unique("auth-topic");
+    let codec = streamscore_contracts::Codec::<streamscore_contracts::InferenceRequest>::with_url(&authed_url, &topic);
+    codec.register().await.expect("the codec registers with the URL's credentials");
+    let refused = streamscore_contracts::Codec::<streamscore_contracts::InferenceRequest>::with_url(url, &topic);
+    // (A 401 counts as retryable, as every registry answer not about the request itself:
+    // a stage with wrong credentials waits, saying so, rather than dead-letter data.)
+    refused.register().await.expect_err("no credentials, no registration");
+
+    // Deletes and config: the writer is refused (403), the admin may.
+    let delete = |name: &str, password: &str| {
+        client.delete(format!("{url}/subjects/{subject}")).basic_auth(name, Some(password)).send()
+    };
+    let forbidden = delete("writer", "w-pass").await.unwrap();
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    assert_eq!(forbidden.json::<Value>().await.unwrap()["error_code"], 40301);
+    let config = client.put(format!("{url}/config")).json(&json!({"compatibility": "NONE"})).send().await.unwrap();
+    assert_eq!(config.status(), StatusCode::UNAUTHORIZED, "PUT /config NONE needs the admin");
+    assert_eq!(delete("admin", "a-pass").await.unwrap().status(), StatusCode::OK);
+
+    // A subject that is too long, or holds a control character: 422 with Confluent's code.
+    for bad in ["x".repeat(256), "bad%0Asubject".to_owned()] {
+        let response = client
+            .post(format!("{url}/subjects/{bad}/versions"))
+            .basic_auth("writer", Some("w-pass"))
+            .json(&json!({ "schema": V1 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        assert_eq!(response.json::<Value>().await.unwrap()["error_code"], 42208);
+    }
+    registry.stop().await;
+}
+
+/// The body limit counts the bytes that arrive: a chunked body (no Content-Length) over it is
+/// refused with 413, before anything parses it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chunked_body_over_the_limit_is_refused() {
+    use std::io::{Read, Write};
+    let registry = TestRegistry::start().await;
+    let addr = registry.url.trim_start_matches("http://").to_owned();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+        write!(
+            stream,
+            "POST /subjects/big-value/versions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .unwrap();
+        let chunk = vec![b' '; 1024 * 1024];
+        for _ in 0..20 {
+            if write!(stream, "{:x}\r\n", chunk.len()).is_err() || stream.write_all(&chunk).is_err() || stream.write_all(b"\r\n").is_err() {
+                break;
+            }
+        }
+        let _ = stream.write_all(b"0\r\n\r\n");
+        let mut response = [0_u8; 64];
+        let n = stream.read(&mut response).unwrap();
+        String::from_utf8_lossy(&response[..n]).split_whitespace().nth(1).unwrap_or("").to_owned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, "413");
+    registry.stop().await;
+}

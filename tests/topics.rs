@@ -39,3 +39,46 @@ fn event_topics_keep_events_forever() {
     let audit = event_topics().into_iter().find(|t| t.name == "audit.log").unwrap();
     assert_eq!(audit.partitions, 1, "one hash chain needs one partition");
 }
+
+/// `--kafka-config` and `--kafka-config-file` reach the clients: a property librdkafka refuses
+/// stops the command naming it, a file with a bad line is refused naming the line, and valid
+/// ones let it run against the real broker.
+#[test]
+fn kafka_settings_from_flags_and_a_file_reach_every_client() {
+    let binary = env!("CARGO_BIN_EXE_streamscore");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(binary)
+            .args(args)
+            .env_remove("STREAMSCORE_KAFKA_PROPERTIES")
+            .env_remove("STREAMSCORE_KAFKA_CONFIG_FILE")
+            .output()
+            .unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).to_string())
+    };
+    let bootstrap = support::bootstrap();
+    let (ok, stderr) = run(&["topics", "--bootstrap", &bootstrap, "--kafka-config", "security.protocol=bogus"]);
+    assert!(!ok, "a refused property stops the command");
+    assert!(stderr.contains("security.protocol"), "names the property: {stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.properties");
+    std::fs::write(&bad, "# cluster\nsecurity.protocol=PLAINTEXT\nnot a property\n").unwrap();
+    let (ok, stderr) = run(&["topics", "--bootstrap", &bootstrap, "--kafka-config-file", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("line 3"), "names the line: {stderr}");
+
+    let good = dir.path().join("good.properties");
+    std::fs::write(&good, "security.protocol=PLAINTEXT\nclient.id=streamscore-test\n").unwrap();
+    let (ok, stderr) = run(&[
+        "topics",
+        "--bootstrap",
+        &bootstrap,
+        "--partitions",
+        "1",
+        "--kafka-config-file",
+        good.to_str().unwrap(),
+        "--kafka-config",
+        "socket.timeout.ms=30000",
+    ]);
+    assert!(ok, "valid settings run: {stderr}");
+}

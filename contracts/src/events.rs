@@ -82,6 +82,7 @@ pub struct PredictionOutcome {
 
 /// `io.streamscore.v1.DeadLetterReason`: why a record could not become a valid request.
 ///
+/// `TENANT_MISMATCH`: the record key names another tenant than the body.
 /// `UNDECODABLE`: not Confluent-framed Avro, or a body that does not decode;
 /// `UNKNOWN_SCHEMA`: the header's schema id is not in the registry; `SCHEMA_INVALID`: the
 /// writer's schema cannot be resolved to the request schema; the rest name the failed check.
@@ -103,6 +104,7 @@ pub enum DeadLetterReason {
     FeatureOutOfRange,
     NonFinite,
     TooLarge,
+    TenantMismatch,
     Other,
 }
 
@@ -124,6 +126,7 @@ impl DeadLetterReason {
             Self::FeatureOutOfRange => "FEATURE_OUT_OF_RANGE",
             Self::NonFinite => "NON_FINITE",
             Self::TooLarge => "TOO_LARGE",
+            Self::TenantMismatch => "TENANT_MISMATCH",
             Self::Other => "OTHER",
         }
     }

@@ -144,6 +144,22 @@ impl RequestDecider {
         if let Some((reason, detail)) = check(&request, &self.tenants, models.as_deref()) {
             return self.dead_letter(record, reason, detail, Some(decoded.schema_id), Some(&request));
         }
+        // The key is the tenant (quotas, partitioning): a body claiming another tenant than
+        // its key is refused. A record without a key is taken on its body's word.
+        if let Some(key) = record.key.filter(|key| *key != request.tenant.as_bytes()) {
+            let detail = format!(
+                "the record key {:?} names another tenant than the body's {:?}",
+                String::from_utf8_lossy(key),
+                request.tenant
+            );
+            return self.dead_letter(
+                record,
+                DeadLetterReason::TenantMismatch,
+                detail,
+                Some(decoded.schema_id),
+                Some(&request),
+            );
+        }
         let lineage = Lineage::derive(
             record.source(),
             Stage::Ingest,
@@ -356,5 +372,32 @@ mod tests {
                 other => panic!("expected a dead letter for {bytes:?}, got {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_claiming_another_tenant_than_its_key_is_refused() {
+        // The schema id is known: nothing asks the registry.
+        let codec =
+            Arc::new(Codec::<InferenceRequest>::with_url("http://127.0.0.1:9", "inference.requests").with_known_id(1));
+        let decider = RequestDecider::new(Arc::clone(&codec), "test").with_tenants(Tenants::parse("acme,globex"));
+        let value = codec.encode(&request("2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b", 1.0)).expect("encodes");
+        let record = |key: Option<&'static [u8]>| RawRecord {
+            topic: "inference.requests",
+            partition: 0,
+            offset: 3,
+            key,
+            value: Some(&value),
+            timestamp_ms: Some(1),
+        };
+        match decider.decide(record(Some(b"globex"))).await {
+            Decision::DeadLetter(dl, _) => {
+                assert_eq!(dl.reason, DeadLetterReason::TenantMismatch);
+                assert!(dl.detail.contains("globex") && dl.detail.contains("acme"), "{}", dl.detail);
+                assert_eq!(dl.lineage.tenant.as_deref(), Some("acme"));
+            }
+            other => panic!("a key naming globex on acme's body: {other:?}"),
+        }
+        assert!(matches!(decider.decide(record(Some(b"acme"))).await, Decision::Valid(_)), "its own key");
+        assert!(matches!(decider.decide(record(None)).await, Decision::Valid(_)), "no key: the body's word");
     }
 }

@@ -73,6 +73,45 @@ pub fn parse_properties(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Environment variable naming a properties file (`key=value` per line, `#` or `!` comments)
+/// of librdkafka properties for every client, e.g. a cluster's SASL and TLS settings; the
+/// values may hold any character. [`PROPERTIES_ENV`] is applied after it.
+pub const CONFIG_FILE_ENV: &str = "STREAMSCORE_KAFKA_CONFIG_FILE";
+
+/// Parses a properties file: `key=value` (or `key: value`) per line, blank lines and `#`/`!`
+/// comments ignored; says which line is wrong.
+pub fn parse_properties_file(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut properties = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let split = line.find(['=', ':']).map(|at| (&line[..at], &line[at + 1..]));
+        match split {
+            Some((key, value)) if !key.trim().is_empty() => {
+                properties.insert(key.trim().to_owned(), value.trim().to_owned());
+            }
+            _ => return Err(format!("line {}: expected key=value, got {line:?}", n + 1)),
+        }
+    }
+    Ok(properties)
+}
+
+/// The properties every client gets: the file of [`CONFIG_FILE_ENV`], then [`PROPERTIES_ENV`].
+/// A file that cannot be read or parsed is an error (the CLI checks it at start).
+pub fn client_properties_from_env() -> Result<BTreeMap<String, String>, String> {
+    let mut overrides = BTreeMap::new();
+    if let Ok(path) = std::env::var(CONFIG_FILE_ENV) {
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{CONFIG_FILE_ENV}={path}: {e}"))?;
+        overrides.extend(parse_properties_file(&text).map_err(|e| format!("{path}: {e}"))?);
+    }
+    if let Ok(text) = std::env::var(PROPERTIES_ENV) {
+        overrides.extend(parse_properties(&text));
+    }
+    Ok(overrides)
+}
+
 /// Errors of the Kafka plumbing.
 #[derive(Debug, Error)]
 pub enum KafkaError {
@@ -96,11 +135,15 @@ pub struct KafkaConfig {
 }
 
 impl KafkaConfig {
-    /// Clients of `bootstrap`, with the librdkafka properties of
-    /// [`PROPERTIES_ENV`] (`key=value;key=value`, e.g. security settings or a fetch wait to
-    /// measure) applied to every client.
+    /// Clients of `bootstrap`, with the librdkafka properties of the file named by
+    /// [`CONFIG_FILE_ENV`] and of [`PROPERTIES_ENV`] (`key=value;key=value`, e.g. security
+    /// settings or a fetch wait to measure) applied to every client.
     pub fn new(bootstrap: impl Into<String>) -> Self {
-        let overrides = std::env::var(PROPERTIES_ENV).map(|text| parse_properties(&text)).unwrap_or_default();
+        let overrides = client_properties_from_env().unwrap_or_else(|e| {
+            // The CLI refuses a bad file before any client exists; a library user hears it here.
+            tracing::error!(error = %e, "Kafka client properties not applied");
+            BTreeMap::new()
+        });
         Self { bootstrap: bootstrap.into(), overrides }
     }
 
@@ -195,5 +238,21 @@ impl KafkaConfig {
 
     fn client_error(&self, source: rdkafka::error::KafkaError) -> KafkaError {
         KafkaError::Client { bootstrap: self.bootstrap.clone(), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_properties_file_reads_as_java_properties_do() {
+        let file = "# a cluster\nsecurity.protocol=SASL_SSL\n! also a comment\n\nsasl.password = p;w=d\nsasl.mechanism: PLAIN\n";
+        let properties = parse_properties_file(file).expect("parses");
+        assert_eq!(properties["security.protocol"], "SASL_SSL");
+        assert_eq!(properties["sasl.password"], "p;w=d", "values keep ; and =");
+        assert_eq!(properties["sasl.mechanism"], "PLAIN");
+        assert!(parse_properties_file("ok=1\nno separator\n").expect_err("line 2").contains("line 2"));
+        assert!(parse_properties_file("=value").is_err(), "an empty key");
     }
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use warp::http::{Method, StatusCode};
+use warp::http::{HeaderMap, Method, StatusCode};
 use warp::Filter;
 
+use crate::auth::Auth;
 use crate::compat::Level;
 use crate::error::{ApiError, CONTENT_TYPE};
 use crate::state::{RegisterPlan, State, VersionSel};
@@ -79,36 +80,24 @@ struct ConfigRequest {
     compatibility: String,
 }
 
-/// A body over [`MAX_BODY_BYTES`].
-#[derive(Debug)]
-struct TooLarge;
-impl warp::reject::Reject for TooLarge {}
-
 /// Renders the process's metrics in Prometheus text format, served on `GET /metrics`.
 pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// The warp filter serving the API (and `/metrics` when `metrics` is given).
 pub fn routes(
     store: Arc<Store>,
+    auth: Arc<Auth>,
     metrics: Option<MetricsRender>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    let body = warp::header::optional::<u64>("content-length")
-        .and_then(|length: Option<u64>| async move {
-            if length.unwrap_or(0) > MAX_BODY_BYTES {
-                Err(warp::reject::custom(TooLarge))
-            } else {
-                Ok(())
-            }
-        })
-        .untuple_one()
-        .and(warp::body::bytes());
     warp::method()
         .and(warp::path::full())
         .and(query)
-        .and(body)
-        .then(move |method: Method, path: warp::path::FullPath, query: String, body: bytes::Bytes| {
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(move |method: Method, path: warp::path::FullPath, query: String, headers: HeaderMap, body| {
             let store = Arc::clone(&store);
+            let auth = Arc::clone(&auth);
             let metrics = metrics.clone();
             async move {
                 if let (true, Some(render)) = (path.as_str() == "/metrics" && method == Method::GET, &metrics) {
@@ -123,10 +112,17 @@ pub fn routes(
                     path.as_str().split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
                 let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
                 let query = parse_query(&query);
-                let result = handle(&store, &method, &segments, &query, &body).await;
+                // Who may, then the body (counted as it arrives, chunked too), then the rest.
+                let result = match auth.check(&headers, Auth::needed(&method, &segments)) {
+                    Err(e) => Err(e),
+                    Ok(()) => match read_limited(body, MAX_BODY_BYTES).await {
+                        Err(e) => Err(e),
+                        Ok(body) => handle(&store, &method, &segments, &query, &body).await,
+                    },
+                };
                 metrics::counter!(
                     "streamscore_registry_requests_total",
-                    "method" => method.to_string(),
+                    "method" => method_label(&method),
                     "outcome" => if result.is_ok() { "ok" } else { "error" },
                 )
                 .increment(1);
@@ -137,13 +133,60 @@ pub fn routes(
             }
         })
         .recover(|rejection: warp::Rejection| async move {
-            let error = if rejection.find::<TooLarge>().is_some() {
-                ApiError::payload_too_large(MAX_BODY_BYTES)
-            } else {
-                ApiError::bad_request(format!("{rejection:?}"))
-            };
+            let error = ApiError::bad_request(format!("{rejection:?}"));
             Ok::<_, std::convert::Infallible>(response(Err(error)))
         })
+}
+
+/// HTTP methods as a metric label: the ones the API has, anything else `other`.
+fn method_label(method: &Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        _ => "other",
+    }
+}
+
+/// Reads a body up to `limit` bytes, counting the bytes that arrive (a chunked body has no
+/// length to check first): 413 as soon as it is over, before anything parses it.
+async fn read_limited<S, B>(stream: S, limit: u64) -> Result<bytes::Bytes, ApiError>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures::StreamExt;
+    let mut stream = std::pin::pin!(stream);
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+        if (body.len() + chunk.remaining()) as u64 > limit {
+            return Err(ApiError::payload_too_large(limit));
+        }
+        while chunk.has_remaining() {
+            let piece = chunk.chunk();
+            let n = piece.len();
+            body.extend_from_slice(piece);
+            chunk.advance(n);
+        }
+    }
+    Ok(body.freeze())
+}
+
+/// Longest subject accepted.
+pub const MAX_SUBJECT_CHARS: usize = 255;
+
+/// A subject name must be 1 to 255 characters, none of them a control character.
+fn check_subject(subject: &str) -> Result<(), ApiError> {
+    if subject.is_empty() || subject.chars().count() > MAX_SUBJECT_CHARS {
+        return Err(ApiError::invalid_subject(subject, "a subject has 1 to 255 characters"));
+    }
+    if subject.chars().any(char::is_control) {
+        return Err(ApiError::invalid_subject(subject, "control characters are not allowed"));
+    }
+    Ok(())
 }
 
 /// Parses `a=1&b=true` into a map (later keys win).
@@ -293,6 +336,7 @@ fn known_path_or_404(method: &Method, path: &[&str]) -> ApiError {
 }
 
 async fn register(store: &Store, subject: &str, body: &[u8]) -> Result<Reply, ApiError> {
+    check_subject(subject)?;
     let request = SchemaRequest::parse(body)?;
     let _writer = store.write_lock().await;
     let plan = store.read().plan_register(subject, &request.schema)?;
@@ -324,6 +368,9 @@ fn compatibility(
 }
 
 async fn set_config(store: &Store, subject: Option<&str>, body: &[u8]) -> Result<Reply, ApiError> {
+    if let Some(subject) = subject {
+        check_subject(subject)?;
+    }
     let request: ConfigRequest = serde_json::from_slice(body).map_err(ApiError::bad_request)?;
     let level = parse_level(&request.compatibility)?;
     let _writer = store.write_lock().await;

@@ -91,6 +91,15 @@ impl ApiError {
     pub fn payload_too_large(limit: u64) -> Self {
         Self::new(413, format!("Request body is larger than {limit} bytes"))
     }
+    pub fn unauthorized(reason: &str) -> Self {
+        Self::new(40101, format!("Unauthorized: {reason}"))
+    }
+    pub fn forbidden(user: &str, needed: crate::auth::Role) -> Self {
+        Self::new(40301, format!("User {user} is denied this operation: it needs the {needed:?} role"))
+    }
+    pub fn invalid_subject(subject: &str, reason: &str) -> Self {
+        Self::new(42208, format!("Invalid subject {subject:?}: {reason}"))
+    }
     pub fn route_not_found() -> Self {
         Self::new(404, "HTTP 404 Not Found")
     }
@@ -113,6 +122,12 @@ impl warp::Reply for ApiError {
         *response.status_mut() = self.status();
         if let Ok(value) = warp::http::HeaderValue::from_str(CONTENT_TYPE) {
             response.headers_mut().insert(warp::http::header::CONTENT_TYPE, value);
+        }
+        if self.error_code == 40101 {
+            response.headers_mut().insert(
+                warp::http::header::WWW_AUTHENTICATE,
+                warp::http::HeaderValue::from_static("Basic realm=\"streamscore-registry\""),
+            );
         }
         response
     }

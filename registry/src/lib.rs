@@ -9,6 +9,7 @@
 //! [`serve`] runs it on a bound listener until a shutdown future resolves.
 
 pub mod api;
+pub mod auth;
 pub mod compat;
 pub mod error;
 pub mod state;
@@ -17,6 +18,7 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
+pub use auth::Auth;
 pub use error::ApiError;
 pub use store::{Store, StoreError};
 
@@ -24,12 +26,13 @@ pub use store::{Store, StoreError};
 pub const DEFAULT_TOPIC: &str = "_schemas";
 
 /// Serves the API (and `/metrics`, when a renderer is given) on `listener` until `shutdown`
-/// resolves.
+/// resolves, with `auth` deciding who may do what.
 pub async fn serve(
     store: Arc<Store>,
+    auth: Arc<Auth>,
     metrics: Option<api::MetricsRender>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(api::routes(store, metrics)).incoming(listener).graceful(shutdown).run().await;
+    warp::serve(api::routes(store, auth, metrics)).incoming(listener).graceful(shutdown).run().await;
 }

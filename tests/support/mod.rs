@@ -81,11 +81,16 @@ impl TestRegistry {
 
     /// A registry over `topic` (existing state is loaded).
     pub async fn start_on(topic: &str) -> Self {
+        Self::start_with(topic, streamscore_registry::Auth::open()).await
+    }
+
+    /// A registry over `topic` with users deciding who may write.
+    pub async fn start_with(topic: &str, auth: streamscore_registry::Auth) -> Self {
         let store = Store::open(&kafka(), topic).await.expect("registry store opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(streamscore_registry::serve(Arc::new(store), None, listener, async {
+        let task = tokio::spawn(streamscore_registry::serve(Arc::new(store), Arc::new(auth), None, listener, async {
             let _ = rx.await;
         }));
         Self { url, topic: topic.to_owned(), shutdown: Some(tx), task: Some(task) }
