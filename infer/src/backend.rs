@@ -79,8 +79,10 @@ impl Backend for TractBackend {
     fn load(&self, version: &ModelVersion) -> Result<Arc<dyn Scorer>, BackendError> {
         let load_error = |e: TractError| BackendError::Load { model: version.key(), reason: format!("{e:#}") };
         let features = version.meta.features.len();
+        let bytes =
+            version.read_verified().map_err(|e| BackendError::Load { model: version.key(), reason: e.to_string() })?;
         let plan = tract_onnx::onnx()
-            .model_for_path(&version.onnx_path)
+            .model_for_read(&mut std::io::Cursor::new(bytes))
             .map_err(load_error)?
             .into_optimized()
             .map_err(load_error)?

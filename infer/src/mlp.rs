@@ -66,8 +66,13 @@ fn floats(tensor: &pb::TensorProto) -> Result<(Vec<f32>, Vec<usize>), GraphError
     } else {
         tensor.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
     };
-    let dims: Vec<usize> = tensor.dims.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
-    if values.len() != dims.iter().product::<usize>() {
+    let dims = tensor
+        .dims
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| error("a negative dimension")))
+        .collect::<Result<Vec<usize>, _>>()?;
+    let count = dims.iter().try_fold(1_usize, |n, &d| n.checked_mul(d)).ok_or_else(|| error("dims overflow"))?;
+    if values.len() != count {
         return Err(error("value count does not match its dims"));
     }
     Ok((values, dims))
@@ -77,6 +82,15 @@ impl Mlp {
     /// Reads an ONNX file.
     pub fn from_onnx(path: &Path) -> Result<Self, GraphError> {
         let proto = tract_onnx::onnx().proto_model_for_path(path).map_err(|e| GraphError::Read(format!("{e:#}")))?;
+        Self::from_proto(&proto)
+    }
+
+    /// Reads an ONNX model from its bytes (those that were hashed: see
+    /// `ModelVersion::read_verified`).
+    pub fn from_onnx_bytes(bytes: &[u8]) -> Result<Self, GraphError> {
+        let proto = tract_onnx::onnx()
+            .proto_model_for_read(&mut std::io::Cursor::new(bytes))
+            .map_err(|e| GraphError::Read(format!("{e:#}")))?;
         Self::from_proto(&proto)
     }
 

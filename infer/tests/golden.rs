@@ -60,3 +60,48 @@ fn a_tampered_model_file_is_refused() {
     let error = ModelStore::open(dir.path()).expect_err("a file whose sha256 does not match is refused");
     assert!(error.to_string().contains("sha256"), "{error}");
 }
+
+/// A copy of the shipped fraud family with version 1 only, in a temp dir.
+fn copy_of_fraud_1() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fraud"));
+    let family = dir.path().join("fraud");
+    std::fs::create_dir_all(family.join("1")).expect("mkdir");
+    for file in ["model.json", "1/metadata.json", "1/model.onnx"] {
+        std::fs::copy(source.join(file), family.join(file)).expect("copy");
+    }
+    (dir, family)
+}
+
+/// What a backend loads is what was hashed: a file swapped after the store checked it is
+/// refused by both backends' loads, not run.
+#[test]
+fn a_model_file_swapped_after_the_check_is_refused_at_load() {
+    use streamscore_infer::{Backend, TractBackend};
+    let (dir, family) = copy_of_fraud_1();
+    let store = ModelStore::open(dir.path()).expect("the copy is valid");
+    let version = store.get("fraud", "1").expect("fraud/1");
+    assert!(TractBackend.load(&version).is_ok(), "loads as checked");
+    let mut onnx = std::fs::read(family.join("1/model.onnx")).expect("read");
+    let last = onnx.len() - 1;
+    onnx[last] ^= 0x01;
+    std::fs::write(family.join("1/model.onnx"), onnx).expect("swap");
+    let error = TractBackend.load(&version).err().expect("the swapped file is refused");
+    assert!(error.to_string().contains("sha256"), "{error}");
+}
+
+/// `onnx_file` names a file inside the version folder: an absolute path or a way out of the
+/// folder is refused.
+#[test]
+fn an_onnx_file_outside_the_version_folder_is_refused() {
+    for outside in ["/etc/passwd", "../2/model.onnx", "sub/../../x.onnx", ""] {
+        let (dir, family) = copy_of_fraud_1();
+        let path = family.join("1/metadata.json");
+        let mut meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        meta["onnx_file"] = serde_json::Value::String(outside.to_owned());
+        std::fs::write(&path, meta.to_string()).expect("write");
+        let error = ModelStore::open(dir.path()).expect_err(outside);
+        assert!(error.to_string().contains("inside the version folder"), "{outside}: {error}");
+    }
+}

@@ -76,3 +76,19 @@ fn gemm_reads_like_matmul_and_only_with_unit_alpha_beta_and_data_first() {
         other => panic!("expected W · x refused, got {other:?}"),
     }
 }
+
+/// Initializer dims whose product overflows, or that are negative, are refused, never used
+/// to index.
+#[test]
+fn hostile_initializer_dims_are_refused() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fraud/1/model.onnx");
+    let proto = tract_onnx::onnx().proto_model_for_path(path).expect("parses");
+    for (dims, says) in [(vec![i64::MAX, i64::MAX], "overflow"), (vec![-1, 16], "negative")] {
+        let mut hostile = proto.clone();
+        let graph = hostile.graph.as_mut().expect("graph");
+        let weights = graph.initializer.iter_mut().find(|t| t.dims.len() == 2).expect("a weight matrix");
+        weights.dims = dims;
+        let error = Mlp::from_proto(&hostile).expect_err(says).to_string();
+        assert!(error.contains(says), "{says}: {error}");
+    }
+}

@@ -42,6 +42,24 @@ pub struct ModelVersion {
 
 impl ModelVersion {
     /// `name/version`, for logs and metrics.
+    /// The ONNX file's bytes, checked against the metadata's sha256: what a backend loads is
+    /// exactly what was hashed (the file is read once; a file changed since the store was
+    /// opened is refused).
+    pub fn read_verified(&self) -> Result<Vec<u8>, StoreError> {
+        use sha2::Digest;
+        let bytes =
+            std::fs::read(&self.onnx_path).map_err(|source| StoreError::Io { path: self.onnx_path.clone(), source })?;
+        let actual: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        if !actual.eq_ignore_ascii_case(&self.meta.sha256) {
+            return Err(StoreError::Sha256Mismatch {
+                path: self.onnx_path.clone(),
+                expected: self.meta.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
     pub fn key(&self) -> String {
         format!("{}/{}", self.meta.name, self.meta.version)
     }
@@ -102,7 +120,15 @@ fn load_version(dir: &Path, family: &str) -> Result<ModelVersion, StoreError> {
             return Err(invalid(format!("feature {} has min {} above max {}", f.name, f.min, f.max)));
         }
     }
-    let onnx_path = dir.join(&meta.onnx_file);
+    // The ONNX file lives in the version's folder: no absolute path, no way out of it.
+    let relative = Path::new(&meta.onnx_file);
+    if meta.onnx_file.is_empty()
+        || relative.is_absolute()
+        || relative.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return Err(invalid(format!("onnx_file {:?} must be a path inside the version folder", meta.onnx_file)));
+    }
+    let onnx_path = dir.join(relative);
     let actual = sha256_file(&onnx_path)?;
     if !actual.eq_ignore_ascii_case(&meta.sha256) {
         return Err(StoreError::Sha256Mismatch { path: onnx_path, expected: meta.sha256.clone(), actual });

@@ -710,7 +710,9 @@ impl Backend for CudaBackend {
     }
 
     fn load(&self, version: &ModelVersion) -> Result<Arc<dyn Scorer>, BackendError> {
-        let mlp = Mlp::from_onnx(&version.onnx_path).map_err(|e| BackendError::Load {
+        let bytes =
+            version.read_verified().map_err(|e| BackendError::Load { model: version.key(), reason: e.to_string() })?;
+        let mlp = Mlp::from_onnx_bytes(&bytes).map_err(|e| BackendError::Load {
             model: version.key(),
             reason: format!("the CUDA backend cannot run it: {e}"),
         })?;
