@@ -362,3 +362,54 @@ async fn a_chunked_body_over_the_limit_is_refused() {
     assert_eq!(status, "413");
     registry.stop().await;
 }
+
+/// A write acknowledged by the broker but not applied in time answers 50002; the next write
+/// must not be planned on the stale state (it would hand the same id to another schema): it
+/// waits for the earlier record or answers 50002 itself, and once the state catches up each
+/// schema has its own id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_after_a_50002_is_never_planned_on_stale_state() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let topic = support::unique("_schemas-race");
+    let mut store = streamscore_registry::Store::open(&support::kafka(), &topic).await.unwrap();
+    store.set_write_timeout(Duration::from_millis(1500));
+    let store = Arc::new(store);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(streamscore_registry::serve(Arc::clone(&store), Arc::default(), None, listener, async {
+        let _ = stopped.await;
+    }));
+    let client = Client::new();
+    let subject = support::unique("race");
+    let other =
+        r#"{"type":"record","name":"Refund","namespace":"io.example","fields":[{"name":"amount","type":"double"}]}"#;
+    let register = |schema: &str| {
+        client
+            .post(format!("{url}/subjects/{subject}-{}/versions", schema.len()))
+            .json(&json!({ "schema": schema }))
+            .send()
+    };
+
+    store.hold_applying(true);
+    let first = register(V1).await.unwrap();
+    assert_eq!(first.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(first.json::<Value>().await.unwrap()["error_code"], 50002, "acknowledged, not applied in time");
+    let second = register(other).await.unwrap();
+    assert_eq!(second.status(), StatusCode::INTERNAL_SERVER_ERROR, "not planned on the stale state");
+    assert_eq!(second.json::<Value>().await.unwrap()["error_code"], 50002);
+
+    store.hold_applying(false);
+    let second = register(other).await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    let other_id = second.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+    let first_id = register(V1).await.unwrap().json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+    assert_ne!(first_id, other_id, "two schemas, two ids");
+    for (id, name) in [(first_id, "Payment"), (other_id, "Refund")] {
+        let schema: Value = client.get(format!("{url}/schemas/ids/{id}")).send().await.unwrap().json().await.unwrap();
+        assert!(schema["schema"].as_str().unwrap().contains(name), "id {id} is {name}: {schema}");
+    }
+    let _ = stop.send(());
+    server.await.unwrap();
+}

@@ -35,6 +35,43 @@ pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an id the registry does not know is remembered as unknown.
 const UNKNOWN_ID_TTL: Duration = Duration::from_secs(30);
 
+/// How many unknown ids are remembered at once: random ids on the wire cannot grow the
+/// memory without bound (each still costs one registry lookup per [`UNKNOWN_ID_TTL`]).
+const MAX_UNKNOWN_IDS: usize = 10_000;
+
+/// Ids the registry said it does not know, each remembered for [`UNKNOWN_ID_TTL`], at most
+/// [`MAX_UNKNOWN_IDS`] of them (expired ones go first, then the oldest).
+#[derive(Debug, Default)]
+struct UnknownIds {
+    seen: HashMap<u32, Instant>,
+}
+
+impl UnknownIds {
+    /// Whether `id` is known to be unknown at `now` (forgetting it once its time is up).
+    fn remembers(&mut self, id: u32, now: Instant) -> bool {
+        match self.seen.get(&id) {
+            Some(&at) if now.duration_since(at) < UNKNOWN_ID_TTL => true,
+            Some(_) => {
+                self.seen.remove(&id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn insert(&mut self, id: u32, now: Instant) {
+        if self.seen.len() >= MAX_UNKNOWN_IDS && !self.seen.contains_key(&id) {
+            self.seen.retain(|_, &mut at| now.duration_since(at) < UNKNOWN_ID_TTL);
+            if self.seen.len() >= MAX_UNKNOWN_IDS {
+                if let Some(oldest) = self.seen.iter().min_by_key(|(_, &at)| at).map(|(&id, _)| id) {
+                    self.seen.remove(&oldest);
+                }
+            }
+        }
+        self.seen.insert(id, now);
+    }
+}
+
 /// A decoded value and the schema id it was written with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decoded<T> {
@@ -72,7 +109,7 @@ pub struct Codec<T: Event> {
     writer: GenericDatumWriter<'static>,
     schema_id: OnceLock<u32>,
     writers: RwLock<HashMap<u32, Arc<Writer>>>,
-    unknown: Mutex<HashMap<u32, Instant>>,
+    unknown: Mutex<UnknownIds>,
     _event: PhantomData<fn() -> T>,
 }
 
@@ -204,12 +241,8 @@ impl<T: Event> Codec<T> {
     async fn fetch_writer(&self, id: u32) -> Result<Arc<Writer>, DecodeError> {
         {
             let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
-            match unknown.get(&id) {
-                Some(at) if at.elapsed() < UNKNOWN_ID_TTL => return Err(DecodeError::UnknownSchema { id }),
-                Some(_) => {
-                    unknown.remove(&id);
-                }
-                None => {}
+            if unknown.remembers(id, Instant::now()) {
+                return Err(DecodeError::UnknownSchema { id });
             }
         }
         let registered = match get_schema_by_id(id, &self.registry).await {
@@ -265,5 +298,32 @@ impl<T: Event> Codec<T> {
             return Err(DecodeError::TrailingBytes { id, extra: rest.len() });
         }
         Ok(Decoded { value, schema_id: id })
+    }
+}
+
+#[cfg(test)]
+mod unknown_ids_tests {
+    use super::*;
+
+    #[test]
+    fn unknown_ids_are_remembered_for_their_time_and_bounded() {
+        let start = Instant::now();
+        let mut ids = UnknownIds::default();
+        ids.insert(7, start);
+        assert!(ids.remembers(7, start + Duration::from_secs(1)));
+        assert!(!ids.remembers(8, start));
+        assert!(!ids.remembers(7, start + UNKNOWN_ID_TTL), "forgotten once its time is up");
+        assert!(ids.seen.is_empty());
+        // Random ids cannot grow it past the bound: expired ones go first, then the oldest.
+        for id in 0..u32::try_from(MAX_UNKNOWN_IDS).unwrap_or(u32::MAX) {
+            ids.insert(id, start + Duration::from_millis(u64::from(id)));
+        }
+        assert_eq!(ids.seen.len(), MAX_UNKNOWN_IDS);
+        ids.insert(1_000_000, start + Duration::from_secs(20));
+        assert_eq!(ids.seen.len(), MAX_UNKNOWN_IDS);
+        assert!(!ids.seen.contains_key(&0), "the oldest made room");
+        let later = start + UNKNOWN_ID_TTL + Duration::from_secs(15);
+        ids.insert(2_000_000, later);
+        assert!(ids.seen.len() < MAX_UNKNOWN_IDS, "the expired ones were dropped first");
     }
 }

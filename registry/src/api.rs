@@ -273,14 +273,14 @@ async fn handle(
             Ok(Reply::json(&store.read().lookup(subject, &request.schema, deleted)?))
         }
         ("DELETE", ["subjects", subject]) => {
-            let _writer = store.write_lock().await;
+            let _writer = store.writer().await?;
             let (versions, records) = store.read().plan_delete_subject(subject, permanent)?;
             store.append(&records).await?;
             Ok(Reply::json(&versions))
         }
         ("DELETE", ["subjects", subject, "versions", version]) => {
             let sel = VersionSel::parse(version)?;
-            let _writer = store.write_lock().await;
+            let _writer = store.writer().await?;
             let (version, record) = store.read().plan_delete_version(subject, sel, permanent)?;
             store.append(&[record]).await?;
             Ok(Reply::json(&version))
@@ -307,7 +307,7 @@ async fn handle(
         }
         ("PUT", ["config", subject]) => set_config(store, Some(subject), body).await,
         ("DELETE", ["config", subject]) => {
-            let _writer = store.write_lock().await;
+            let _writer = store.writer().await?;
             let previous = store.read().subject_level(subject).ok_or_else(|| ApiError::subject_not_found(subject))?;
             store.append(&[State::plan_config(Some(subject), None)]).await?;
             Ok(Reply::json(&json!({"compatibilityLevel": previous})))
@@ -338,7 +338,7 @@ fn known_path_or_404(method: &Method, path: &[&str]) -> ApiError {
 async fn register(store: &Store, subject: &str, body: &[u8]) -> Result<Reply, ApiError> {
     check_subject(subject)?;
     let request = SchemaRequest::parse(body)?;
-    let _writer = store.write_lock().await;
+    let _writer = store.writer().await?;
     let plan = store.read().plan_register(subject, &request.schema)?;
     let id = match plan {
         RegisterPlan::Existing { id } => id,
@@ -373,7 +373,7 @@ async fn set_config(store: &Store, subject: Option<&str>, body: &[u8]) -> Result
     }
     let request: ConfigRequest = serde_json::from_slice(body).map_err(ApiError::bad_request)?;
     let level = parse_level(&request.compatibility)?;
-    let _writer = store.write_lock().await;
+    let _writer = store.writer().await?;
     store.append(&[State::plan_config(subject, Some(level))]).await?;
     Ok(Reply::json(&json!({"compatibility": level})))
 }

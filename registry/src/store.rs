@@ -6,7 +6,7 @@
 //! Writes of one instance are serialized by [`Store::write_lock`]. Run one registry instance
 //! per topic: instances do not elect a leader, so two writers could allocate the same id.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -46,6 +46,12 @@ pub struct Store {
     producer: FutureProducer,
     applied: watch::Receiver<i64>,
     write_lock: Mutex<()>,
+    /// The offset after the last record this store wrote (acknowledged by the broker), applied
+    /// or not: writes are planned only once the state has caught up with it.
+    written: AtomicI64,
+    write_timeout: Duration,
+    /// Tests only: the reader stops applying records while set.
+    hold: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
 }
@@ -74,13 +80,15 @@ impl Store {
         let state = Arc::new(RwLock::new(State::default()));
         let (applied_tx, applied) = watch::channel(0_i64);
         let stop = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(AtomicBool::new(false));
         let reader = {
             let state = Arc::clone(&state);
             let stop = Arc::clone(&stop);
+            let hold = Arc::clone(&hold);
             let topic = topic.to_owned();
             std::thread::Builder::new()
                 .name("registry-reader".to_owned())
-                .spawn(move || tail(&consumer, &topic, &state, &applied_tx, &stop))
+                .spawn(move || tail(&consumer, &topic, &state, &applied_tx, &stop, &hold))
                 .map_err(|e| {
                     StoreError::Kafka(KafkaError::CreateTopic {
                         topic: "reader thread".to_owned(),
@@ -94,6 +102,9 @@ impl Store {
             producer: kafka.producer()?,
             applied,
             write_lock: Mutex::new(()),
+            written: AtomicI64::new(0),
+            write_timeout: WRITE_TIMEOUT,
+            hold,
             stop,
             reader: Some(reader),
         };
@@ -110,9 +121,31 @@ impl Store {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Serializes writers: plan under this guard, then [`Store::append`].
-    pub async fn write_lock(&self) -> MutexGuard<'_, ()> {
-        self.write_lock.lock().await
+    /// Serializes writers: plan under this guard, then [`Store::append`]. The guard is given
+    /// only once every record this store wrote is applied, so a write is never planned on
+    /// stale state: after a 50002 (a record acknowledged but not applied in time) the next
+    /// writer waits for it, or gets a 50002 itself, rather than hand out that record's id
+    /// again to another schema.
+    pub async fn writer(&self) -> Result<MutexGuard<'_, ()>, ApiError> {
+        let guard = self.write_lock.lock().await;
+        let written = self.written.load(Ordering::SeqCst);
+        self.wait_applied(written, self.write_timeout).await.map_err(|reached| {
+            ApiError::timeout(format!(
+                "an earlier write (up to offset {written}) is not applied yet (at {reached}); no write is planned on stale state"
+            ))
+        })?;
+        Ok(guard)
+    }
+
+    /// How long a write waits to be acknowledged and applied (default 15 s).
+    pub fn set_write_timeout(&mut self, timeout: Duration) {
+        self.write_timeout = timeout;
+    }
+
+    /// Tests only: while `on`, the reader applies nothing (a registry whose reads lag its writes).
+    #[doc(hidden)]
+    pub fn hold_applying(&self, on: bool) {
+        self.hold.store(on, Ordering::SeqCst);
     }
 
     /// Appends records and waits until they are applied to the state.
@@ -124,11 +157,13 @@ impl Store {
             if let Some(value) = &record.value {
                 message = message.payload(value.as_str());
             }
-            let delivery = self.producer.send(message, WRITE_TIMEOUT).await.map_err(|(e, _)| ApiError::store(e))?;
+            let delivery =
+                self.producer.send(message, self.write_timeout).await.map_err(|(e, _)| ApiError::store(e))?;
+            self.written.fetch_max(delivery.offset + 1, Ordering::SeqCst);
             last = Some(delivery.offset);
         }
         if let Some(offset) = last {
-            self.wait_applied(offset + 1, WRITE_TIMEOUT).await.map_err(|reached| {
+            self.wait_applied(offset + 1, self.write_timeout).await.map_err(|reached| {
                 ApiError::timeout(format!("record at offset {offset} not applied yet (at {reached})"))
             })?;
         }
@@ -169,8 +204,19 @@ impl Drop for Store {
 }
 
 /// Applies every record of the topic, in order, until told to stop.
-fn tail(consumer: &BaseConsumer, topic: &str, state: &RwLock<State>, applied: &watch::Sender<i64>, stop: &AtomicBool) {
+fn tail(
+    consumer: &BaseConsumer,
+    topic: &str,
+    state: &RwLock<State>,
+    applied: &watch::Sender<i64>,
+    stop: &AtomicBool,
+    hold: &AtomicBool,
+) {
     while !stop.load(Ordering::Relaxed) {
+        if hold.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
             Some(Ok(message)) => {
