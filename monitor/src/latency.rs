@@ -39,7 +39,8 @@ impl LatencyBook {
             outcome.model_version.clone().unwrap_or_default(),
             outcome.backend.clone().unwrap_or_default(),
         );
-        let end_to_end = u64::try_from(outcome.lineage.written_at - outcome.request_created_at).unwrap_or(0).max(1);
+        let end_to_end =
+            u64::try_from(outcome.lineage.written_at.saturating_sub(outcome.request_created_at)).unwrap_or(0).max(1);
         let queue = u64::try_from(outcome.queue_wait_us).unwrap_or(0).max(1);
         let inference = u64::try_from(outcome.inference_us).unwrap_or(0).max(1);
         let entry = self.by_version.entry(key.clone()).or_default();
@@ -88,6 +89,15 @@ mod tests {
             request_created_at: created,
             reply_to: None,
         }
+    }
+
+    #[test]
+    fn hostile_event_times_are_counted_without_overflow() {
+        let mut book = LatencyBook::default();
+        book.record(&outcome(i64::MAX, i64::MIN));
+        book.record(&outcome(i64::MIN, i64::MAX));
+        let h = &book.by_version[&("fraud".to_owned(), "1".to_owned(), "cpu".to_owned())].end_to_end;
+        assert_eq!(h.len(), 2, "both counted (a negative age as the smallest bucket, a huge one saturated)");
     }
 
     #[test]

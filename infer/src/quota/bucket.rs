@@ -36,9 +36,12 @@ impl Bucket {
     }
 
     /// Restores a bucket from a checkpoint.
+    /// Tokens are clamped: at most the burst, and no more debt than an hour of refill (a
+    /// checkpoint cannot hold a bucket shut for longer).
     pub fn restore(rate: u32, burst: u32, tokens_micro: i128, last_us: i64) -> Self {
         let mut bucket = Self { tokens: tokens_micro, last_us, rate, burst };
-        bucket.tokens = bucket.tokens.min(bucket.capacity());
+        let most_debt = -(i128::from(rate.max(1)) * SCALE * 3600);
+        bucket.tokens = bucket.tokens.clamp(most_debt, bucket.capacity());
         bucket
     }
 
@@ -65,8 +68,9 @@ impl Bucket {
     fn refill(&mut self, at_us: i64) {
         // Event time may step back (out-of-order clients): no refill then, never negative.
         if at_us > self.last_us {
-            let earned = i128::from(at_us - self.last_us) * i128::from(self.rate);
-            self.tokens = (self.tokens + earned).min(self.capacity());
+            // i128 throughout: any two i64 event times, any rate, cannot overflow.
+            let earned = (i128::from(at_us) - i128::from(self.last_us)) * i128::from(self.rate);
+            self.tokens = self.tokens.saturating_add(earned).min(self.capacity());
             self.last_us = at_us;
         }
     }
@@ -79,14 +83,14 @@ impl Bucket {
             self.tokens -= SCALE;
             return BucketDecision::Admit;
         }
-        let deficit = SCALE - self.tokens;
+        let deficit = SCALE.saturating_sub(self.tokens);
         let rate = i128::from(self.rate.max(1));
-        let wait_us = i64::try_from((deficit + rate - 1) / rate).unwrap_or(i64::MAX);
+        let wait_us = i64::try_from(deficit.saturating_add(rate - 1) / rate).unwrap_or(i64::MAX);
         if max_delay_us > 0 && wait_us <= max_delay_us {
             self.tokens -= SCALE;
             return BucketDecision::Delay { wait_us };
         }
-        BucketDecision::Reject { retry_after_ms: (wait_us + 999) / 1000 }
+        BucketDecision::Reject { retry_after_ms: wait_us.saturating_add(999) / 1000 }
     }
 }
 

@@ -181,3 +181,19 @@ fn a_redelivered_stream_meets_the_committed_bucket_and_decides_the_same() {
     fresh.adopt("t", 7, None);
     assert_eq!(fresh.decide("t", "fraud", 0), QuotaDecision::Admit);
 }
+
+#[test]
+fn extreme_event_times_never_overflow_the_bucket() {
+    let mut bucket = Bucket::full(1_000_000, 10, i64::MIN);
+    assert_eq!(
+        bucket.decide(i64::MAX, 0),
+        BucketDecision::Admit,
+        "a refill across the whole range saturates at the burst"
+    );
+    let mut restored = Bucket::restore(u32::MAX, u32::MAX, 0, i64::MIN);
+    assert_eq!(restored.decide(i64::MAX, 0), BucketDecision::Admit);
+    // A hostile checkpoint's debt is clamped to an hour of refill: the bucket opens again.
+    let mut indebted = Bucket::restore(10, 10, i128::MIN, 0);
+    assert!(matches!(indebted.decide(0, 0), BucketDecision::Reject { retry_after_ms } if retry_after_ms <= 3_600_100));
+    assert_eq!(indebted.decide(3_600_000_000 + 100_000, 0), BucketDecision::Admit);
+}

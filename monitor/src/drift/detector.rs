@@ -193,8 +193,11 @@ impl Detector {
     }
 
     fn window_at(&self, event_us: i64) -> Window {
-        let start = event_us.div_euclid(self.config.window_us) * self.config.window_us;
-        Window::new(start, start + self.config.window_us, &self.reference.feature_edges, &self.reference.score_edges)
+        // Saturating: an event time near i64's ends (a hostile created_at that got through)
+        // gives a window at the edge, never an overflow.
+        let start = event_us.div_euclid(self.config.window_us).saturating_mul(self.config.window_us);
+        let end = start.saturating_add(self.config.window_us);
+        Window::new(start, end, &self.reference.feature_edges, &self.reference.score_edges)
     }
 
     /// Counts one prediction (its features by name and score) at event time `event_us`;
