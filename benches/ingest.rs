@@ -25,7 +25,8 @@ fn decide(c: &mut Criterion) {
         model: "fraud".to_owned(),
         model_version: None,
         features: generator.next(0).by_name(),
-        created_at: 0,
+        // Inside ingest's event-time window (the bench's records must validate).
+        created_at: streamscore_contracts::now_micros(),
         reply_to: None,
         attributes: Default::default(),
     };

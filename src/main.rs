@@ -392,6 +392,21 @@ struct IngestArgs {
     /// Largest record value accepted, in bytes (larger ones are dead-lettered TOO_LARGE).
     #[arg(long, default_value_t = streamscore_ingest::decide::DEFAULT_MAX_RECORD_BYTES)]
     max_record_bytes: usize,
+    /// Oldest accepted `created_at`, in seconds before ingest time (older: TIMESTAMP_OUT_OF_RANGE).
+    #[arg(long, default_value_t = 86_400)]
+    max_event_age_secs: u64,
+    /// Furthest accepted `created_at`, in seconds after ingest time (clock skew).
+    #[arg(long, default_value_t = 300)]
+    max_event_lead_secs: u64,
+}
+
+impl IngestArgs {
+    fn event_window(&self) -> streamscore_ingest::decide::EventTimeWindow {
+        streamscore_ingest::decide::EventTimeWindow {
+            past: std::time::Duration::from_secs(self.max_event_age_secs),
+            future: std::time::Duration::from_secs(self.max_event_lead_secs),
+        }
+    }
 }
 
 /// The tenants the load generator uses by default (`tenant-01` ... `tenant-08`).
@@ -574,6 +589,7 @@ async fn run(command: Command) -> Result<()> {
             ingest_config.input_topic = ingest.input_topic.clone();
             ingest_config.dead_letter_topic = ingest.dead_letter_topic.clone();
             ingest_config.predictions_topic = infer.predictions_topic.clone();
+            ingest_config.event_window = ingest.event_window();
             let config = streamscore::pipeline::PipelineConfig {
                 ingest: ingest_config,
                 infer: infer.config(&endpoints)?,
@@ -756,7 +772,8 @@ async fn run_ingest(
     let decider = RequestDecider::new(codec, streamscore_contracts::lineage::default_instance())
         .with_tenants(Tenants::parse(&args.tenants))
         .with_models(streamscore_modelstore::SharedStore::new(models))
-        .with_max_record_bytes(args.max_record_bytes);
+        .with_max_record_bytes(args.max_record_bytes)
+        .with_event_time_window(args.event_window());
     let mut config = IngestConfig::new(kafka, &endpoints.registry_url);
     config.group_id = args.group;
     config.input_topic = args.input_topic;

@@ -59,7 +59,8 @@ pub async fn run(
     let decider = RequestDecider::new(codec, config.infer.instance.clone())
         .with_tenants(config.tenants.clone())
         .with_models(store.clone())
-        .with_max_record_bytes(config.max_record_bytes);
+        .with_max_record_bytes(config.max_record_bytes)
+        .with_event_time_window(config.ingest.event_window);
     let (tx, rx) = mpsc::channel(config.channel_capacity);
     // Infer stopping (an error, a panic in a batch) stops ingest too: it would otherwise wait
     // for records that nothing will score.

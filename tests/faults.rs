@@ -324,8 +324,15 @@ async fn a_record_too_large_for_its_dead_letter_is_cut_and_ingest_goes_on() {
     let mut huge =
         codec.encode(&support::synth_request(1, uuid::Uuid::new_v4().to_string(), "tenant-01", None, 0)).unwrap();
     huge.extend(std::iter::repeat_n(0xAB_u8, 1_200_000));
-    let good =
-        codec.encode(&support::synth_request(2, uuid::Uuid::new_v4().to_string(), "tenant-01", None, 0)).unwrap();
+    let good = codec
+        .encode(&support::synth_request(
+            2,
+            uuid::Uuid::new_v4().to_string(),
+            "tenant-01",
+            None,
+            streamscore_contracts::now_micros(),
+        ))
+        .unwrap();
     let producer: rdkafka::producer::FutureProducer =
         support::kafka().client_config().set("message.max.bytes", "2000000").create().unwrap();
     for value in [&huge, &good] {

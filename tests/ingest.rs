@@ -188,6 +188,16 @@ async fn a_mixed_stream_gives_exactly_the_generators_counts() {
                 match name.as_str() {
                     "request_id" => *field = apache_avro::types::Value::String(uuid::Uuid::new_v4().to_string()),
                     "tenant" => *field = apache_avro::types::Value::String("tenant-02".to_owned()),
+                    // Inside ingest's event-time window.
+                    "created_at" => {
+                        let now = streamscore_contracts::now_micros();
+                        *field = match field {
+                            apache_avro::types::Value::TimestampMicros(_) => {
+                                apache_avro::types::Value::TimestampMicros(now)
+                            }
+                            _ => apache_avro::types::Value::Long(now),
+                        }
+                    }
                     "model_version" => {
                         *field = apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null))
                     }

@@ -260,40 +260,10 @@ impl Waiters {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
-    use streamscore_contracts::{Lineage, OutcomeStatus, SourceOffset, Stage};
-
     use super::*;
 
     fn outcome(id: &str) -> PredictionOutcome {
-        PredictionOutcome {
-            lineage: Lineage::derive(
-                SourceOffset::new("t", 0, 0),
-                Stage::Infer,
-                "prediction",
-                "test",
-                Some(id.to_owned()),
-                Some("acme".to_owned()),
-            ),
-            status: OutcomeStatus::Scored,
-            shadow: false,
-            model: "fraud".to_owned(),
-            model_version: Some("1".to_owned()),
-            model_sha256: None,
-            backend: Some("cpu".to_owned()),
-            score: Some(0.5),
-            label: Some("legit".to_owned()),
-            reason: None,
-            detail: None,
-            retry_after_ms: None,
-            features: HashMap::new(),
-            batch_size: 1,
-            queue_wait_us: 0,
-            inference_us: 0,
-            request_created_at: 0,
-            reply_to: Some("me".to_owned()),
-        }
+        crate::tests::outcome("acme", id)
     }
 
     fn ids(names: &[&str]) -> Vec<String> {

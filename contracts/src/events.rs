@@ -82,7 +82,8 @@ pub struct PredictionOutcome {
 
 /// `io.streamscore.v1.DeadLetterReason`: why a record could not become a valid request.
 ///
-/// `TENANT_MISMATCH`: the record key names another tenant than the body.
+/// `TENANT_MISMATCH`: the record key names another tenant than the body;
+/// `TIMESTAMP_OUT_OF_RANGE`: `created_at` is outside ingest's event-time window.
 /// `UNDECODABLE`: not Confluent-framed Avro, or a body that does not decode;
 /// `UNKNOWN_SCHEMA`: the header's schema id is not in the registry; `SCHEMA_INVALID`: the
 /// writer's schema cannot be resolved to the request schema; the rest name the failed check.
@@ -105,6 +106,7 @@ pub enum DeadLetterReason {
     NonFinite,
     TooLarge,
     TenantMismatch,
+    TimestampOutOfRange,
     Other,
 }
 
@@ -127,6 +129,7 @@ impl DeadLetterReason {
             Self::NonFinite => "NON_FINITE",
             Self::TooLarge => "TOO_LARGE",
             Self::TenantMismatch => "TENANT_MISMATCH",
+            Self::TimestampOutOfRange => "TIMESTAMP_OUT_OF_RANGE",
             Self::Other => "OTHER",
         }
     }

@@ -81,6 +81,36 @@ pub enum Decision {
     Retry(DecodeError),
 }
 
+/// How far a request's `created_at` may lie before and after the moment ingest sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTimeWindow {
+    pub past: std::time::Duration,
+    pub future: std::time::Duration,
+}
+
+impl Default for EventTimeWindow {
+    /// A day back (late and replayed producers), five minutes ahead (clock skew).
+    fn default() -> Self {
+        Self { past: std::time::Duration::from_secs(24 * 3600), future: std::time::Duration::from_secs(300) }
+    }
+}
+
+impl EventTimeWindow {
+    /// Why `created_at` (µs) is outside the window around `now` (µs), if it is.
+    pub fn check(&self, created_at: i64, now: i64) -> Option<String> {
+        let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        let earliest = now.saturating_sub(micros(self.past));
+        let latest = now.saturating_add(micros(self.future));
+        (created_at < earliest || created_at > latest).then(|| {
+            format!(
+                "created_at {created_at} µs is outside [{earliest}, {latest}]: more than {} s before or {} s after ingest time",
+                self.past.as_secs(),
+                self.future.as_secs()
+            )
+        })
+    }
+}
+
 /// Decides records of the request topic.
 #[derive(Debug)]
 pub struct RequestDecider {
@@ -89,6 +119,9 @@ pub struct RequestDecider {
     max_record_bytes: usize,
     tenants: Tenants,
     models: Option<SharedStore>,
+    window: EventTimeWindow,
+    /// The clock, µs since the epoch (tests set their own).
+    now: fn() -> i64,
 }
 
 impl RequestDecider {
@@ -101,7 +134,23 @@ impl RequestDecider {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             tenants: Tenants::Any,
             models: None,
+            window: EventTimeWindow::default(),
+            now: streamscore_contracts::now_micros,
         }
+    }
+
+    /// The event-time window `created_at` must fall in (default: a day back, 5 minutes ahead).
+    #[must_use]
+    pub fn with_event_time_window(mut self, window: EventTimeWindow) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// The clock the window is measured from (tests).
+    #[must_use]
+    pub fn with_clock(mut self, now: fn() -> i64) -> Self {
+        self.now = now;
+        self
     }
 
     #[must_use]
@@ -143,6 +192,17 @@ impl RequestDecider {
         let models = self.models.as_ref().map(SharedStore::current);
         if let Some((reason, detail)) = check(&request, &self.tenants, models.as_deref()) {
             return self.dead_letter(record, reason, detail, Some(decoded.schema_id), Some(&request));
+        }
+        // Event time drives quotas and drift windows: one far-future created_at would freeze a
+        // tenant's refill (and be checkpointed) or push a version's drift windows ahead.
+        if let Some(detail) = self.window.check(request.created_at, (self.now)()) {
+            return self.dead_letter(
+                record,
+                DeadLetterReason::TimestampOutOfRange,
+                detail,
+                Some(decoded.schema_id),
+                Some(&request),
+            );
         }
         // The key is the tenant (quotas, partitioning): a body claiming another tenant than
         // its key is refused. A record without a key is taken on its body's word.
@@ -380,7 +440,9 @@ mod tests {
         let codec =
             Arc::new(Codec::<InferenceRequest>::with_url("http://127.0.0.1:9", "inference.requests").with_known_id(1));
         let decider = RequestDecider::new(Arc::clone(&codec), "test").with_tenants(Tenants::parse("acme,globex"));
-        let value = codec.encode(&request("2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b", 1.0)).expect("encodes");
+        let mut body = request("2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b", 1.0);
+        body.created_at = streamscore_contracts::now_micros();
+        let value = codec.encode(&body).expect("encodes");
         let record = |key: Option<&'static [u8]>| RawRecord {
             topic: "inference.requests",
             partition: 0,
@@ -399,5 +461,44 @@ mod tests {
         }
         assert!(matches!(decider.decide(record(Some(b"acme"))).await, Decision::Valid(_)), "its own key");
         assert!(matches!(decider.decide(record(None)).await, Decision::Valid(_)), "no key: the body's word");
+    }
+
+    #[tokio::test]
+    async fn created_at_outside_the_event_time_window_is_refused() {
+        const NOW: i64 = 1_800_000_000_000_000;
+        let codec =
+            Arc::new(Codec::<InferenceRequest>::with_url("http://127.0.0.1:9", "inference.requests").with_known_id(1));
+        let decider = RequestDecider::new(Arc::clone(&codec), "test").with_clock(|| NOW);
+        let hour = 3_600_000_000_i64;
+        for (created_at, valid) in [
+            (NOW, true),
+            (NOW - 23 * hour, true),
+            (NOW + 4 * 60_000_000, true),
+            (NOW - 25 * hour, false),
+            (NOW + 6 * 60_000_000, false),
+            (i64::MAX, false),
+            (i64::MIN, false),
+            (0, false),
+        ] {
+            let mut body = request("2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b", 1.0);
+            body.created_at = created_at;
+            let value = codec.encode(&body).expect("encodes");
+            let record = RawRecord {
+                topic: "inference.requests",
+                partition: 0,
+                offset: 1,
+                key: Some(b"acme"),
+                value: Some(&value),
+                timestamp_ms: Some(1),
+            };
+            match decider.decide(record).await {
+                Decision::Valid(_) => assert!(valid, "{created_at} passed"),
+                Decision::DeadLetter(dl, _) => {
+                    assert!(!valid, "{created_at}: {}", dl.detail);
+                    assert_eq!(dl.reason, DeadLetterReason::TimestampOutOfRange);
+                }
+                Decision::Retry(e) => panic!("{created_at}: {e}"),
+            }
+        }
     }
 }

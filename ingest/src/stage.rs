@@ -62,6 +62,9 @@ pub struct IngestConfig {
     pub checkpoints: Option<String>,
     /// How long a stop waits for records in flight before committing and leaving.
     pub drain_timeout: Duration,
+    /// The event-time window of `created_at` (applied by the decider the fused pipeline builds;
+    /// see [`RequestDecider::with_event_time_window`](crate::RequestDecider::with_event_time_window)).
+    pub event_window: crate::decide::EventTimeWindow,
 }
 
 impl IngestConfig {
@@ -76,6 +79,7 @@ impl IngestConfig {
             max_in_flight: 20_000,
             checkpoints: None,
             drain_timeout: Duration::from_secs(5),
+            event_window: crate::decide::EventTimeWindow::default(),
         }
     }
 
