@@ -59,8 +59,9 @@ struct Endpoints {
     /// Kafka bootstrap servers.
     #[arg(long, env = "STREAMSCORE_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     bootstrap: String,
-    /// Schema registry URL.
-    #[arg(long, env = "STREAMSCORE_REGISTRY_URL", default_value = "http://127.0.0.1:8081")]
+    /// Schema registry URL (`http://user:password@host:port` to send credentials; `--help`
+    /// never shows the environment's value).
+    #[arg(long, env = "STREAMSCORE_REGISTRY_URL", hide_env_values = true, default_value = "http://127.0.0.1:8081")]
     registry_url: String,
 }
 
