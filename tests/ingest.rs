@@ -64,9 +64,16 @@ struct RequestEntry {
     remove_features: Vec<String>,
     #[serde(default)]
     attribute_bytes: usize,
+    /// The record key, when it is not the request's tenant.
+    #[serde(default)]
+    key: Option<String>,
+    /// `created_at` = the time the test runs (inside ingest's event-time window).
+    #[serde(default)]
+    created_now: bool,
 }
 
-fn corpus_requests() -> Vec<(String, String, InferenceRequest)> {
+/// Each bad request of the corpus: what it is, its expected reason, its record key, the request.
+fn corpus_requests() -> Vec<(String, String, Vec<u8>, InferenceRequest)> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus/bad-requests");
     let base: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("base.json")).unwrap()).unwrap();
@@ -93,7 +100,11 @@ fn corpus_requests() -> Vec<(String, String, InferenceRequest)> {
             if entry.attribute_bytes > 0 {
                 request.attributes.insert("padding".to_owned(), "x".repeat(entry.attribute_bytes));
             }
-            (entry.what, entry.reason, request)
+            if entry.created_now {
+                request.created_at = streamscore_contracts::now_micros();
+            }
+            let key = entry.key.map_or_else(|| request.tenant.clone().into_bytes(), String::into_bytes);
+            (entry.what, entry.reason, key, request)
         })
         .collect()
 }
@@ -113,8 +124,8 @@ async fn the_bad_input_corpus_is_dead_lettered_with_its_reason_and_bytes() {
         let value = std::fs::read(dir.join("bad-bytes").join(&entry.file)).unwrap();
         expected.push((entry.file, entry.reason, b"tenant-01".to_vec(), value));
     }
-    for (what, reason, request) in corpus_requests() {
-        expected.push((what, reason, request.tenant.clone().into_bytes(), codec.encode(&request).unwrap()));
+    for (what, reason, key, request) in corpus_requests() {
+        expected.push((what, reason, key, codec.encode(&request).unwrap()));
     }
     let records: Vec<(Vec<u8>, Vec<u8>)> = expected.iter().map(|(_, _, k, v)| (k.clone(), v.clone())).collect();
     let coordinates = support::produce(&topics.requests, &records).await;
@@ -145,7 +156,7 @@ async fn the_bad_input_corpus_is_dead_lettered_with_its_reason_and_bytes() {
 
     // A refused request that named a reply-to also gets a rejected outcome its caller can read.
     let waiting: Vec<usize> =
-        corpus_requests().iter().enumerate().filter(|(_, (_, _, r))| r.reply_to.is_some()).map(|(i, _)| i).collect();
+        corpus_requests().iter().enumerate().filter(|(_, (_, _, _, r))| r.reply_to.is_some()).map(|(i, _)| i).collect();
     assert!(!waiting.is_empty(), "the corpus has a request with a reply-to");
     let rejections = support::read_records(&[&topics.predictions], waiting.len(), Duration::from_secs(30));
     assert_eq!(rejections.len(), waiting.len());
