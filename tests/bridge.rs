@@ -88,6 +88,10 @@ impl Stack {
     }
 
     fn start_pipeline(&mut self) {
+        self.start_pipeline_on(Arc::new(TractBackend));
+    }
+
+    fn start_pipeline_on(&mut self, backend: Arc<dyn Backend>) {
         let mut ingest = streamscore_ingest::IngestConfig::new(support::kafka(), &self.registry.url);
         ingest.group_id = support::unique("bridge-pipeline");
         ingest.input_topic = self.topics.requests.clone();
@@ -108,7 +112,7 @@ impl Stack {
         };
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            streamscore::pipeline::run(config, Arc::new(TractBackend), Arc::default(), async {
+            streamscore::pipeline::run(config, backend, Arc::default(), async {
                 let _ = stop_rx.await;
             })
             .await
@@ -592,6 +596,52 @@ async fn tritonclient_runs_live_ready_metadata_and_an_8_row_infer() {
     assert_close(&scores, &tract_scores("1", &ordered), "tritonclient");
     assert_eq!(out["response"]["id"], "client-42");
     assert_eq!(out["unknown_key"]["status"], "401", "{out}");
+    bridge.stop().await;
+    stack.stop().await;
+}
+
+/// A backend whose every batch fails (a lost device): the pipeline answers FAILED.
+#[derive(Debug)]
+struct Broken;
+
+#[derive(Debug)]
+struct BrokenScorer;
+
+impl streamscore_infer::Scorer for BrokenScorer {
+    fn features(&self) -> usize {
+        16
+    }
+    fn backend(&self) -> &'static str {
+        "broken"
+    }
+    fn score(&self, _: &[f32], rows: usize) -> Result<Vec<f32>, streamscore_infer::BackendError> {
+        Err(streamscore_infer::BackendError::Run { rows, reason: "device lost".to_owned() })
+    }
+}
+
+impl Backend for Broken {
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+    fn load(
+        &self,
+        _: &streamscore_modelstore::ModelVersion,
+    ) -> Result<Arc<dyn streamscore_infer::Scorer>, streamscore_infer::BackendError> {
+        Ok(Arc::new(BrokenScorer))
+    }
+}
+
+/// Our failure, not the caller's: the pipeline's FAILED outcome is a 500 with MODEL_ERROR and
+/// the pipeline's reason; nothing a client sends gives a 5xx (the status-code test).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_failure_is_a_500_naming_it() {
+    let mut stack = Stack::start("bridge-failed").await;
+    stack.start_pipeline_on(Arc::new(Broken));
+    let bridge = Bridge::start(stack.config()).await;
+    let (by_name, _) = rows(61, 1);
+    let (status, _, body) = bridge.post("/v1/models/fraud/predict", Some(ACME), &json!({"features": by_name[0]})).await;
+    assert_eq!((status, error_code(&body)), (500, "MODEL_ERROR"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("device lost"), "{body}");
     bridge.stop().await;
     stack.stop().await;
 }
