@@ -60,6 +60,8 @@ struct Inner {
     late: HashMap<String, Late>,
     /// `late`'s ids, oldest first.
     late_order: VecDeque<String>,
+    /// Entries of `late` still without an outcome (kept so the listener's check is O(1)).
+    unanswered: usize,
     /// Whether the listener reads from a position at or before every registered request.
     live: bool,
 }
@@ -72,14 +74,29 @@ impl Inner {
                 break;
             }
             if let Some(id) = self.late_order.pop_front() {
-                self.late.remove(&id);
+                if self.late.remove(&id).is_some_and(|l| l.outcome.is_none()) {
+                    self.unanswered -= 1;
+                }
             }
         }
     }
 
     /// Ids the listener must look for: callers waiting, and late ones not answered yet.
     fn wanted(&self) -> bool {
-        !self.waiting.is_empty() || self.late.values().any(|l| l.outcome.is_none())
+        !self.waiting.is_empty() || self.unanswered > 0
+    }
+
+    /// Keeps `late` under `id`, counting it while it has no outcome.
+    fn insert_late(&mut self, id: &str, late: Late) {
+        let unanswered = late.outcome.is_none();
+        match self.late.insert(id.to_owned(), late) {
+            Some(previous) if previous.outcome.is_none() => self.unanswered -= 1,
+            Some(_) => {}
+            None => self.late_order.push_back(id.to_owned()),
+        }
+        if unanswered {
+            self.unanswered += 1;
+        }
     }
 }
 
@@ -161,8 +178,7 @@ impl Waiters {
         let mut inner = self.lock();
         for id in ids {
             if let Some(waiter) = inner.waiting.remove(id) {
-                inner.late.insert(id.clone(), Late { tenant: waiter.tenant, since: now, outcome: None });
-                inner.late_order.push_back(id.clone());
+                inner.insert_late(id, Late { tenant: waiter.tenant, since: now, outcome: None });
             }
         }
         inner.prune(now);
@@ -184,7 +200,10 @@ impl Waiters {
             return true;
         }
         if let Some(late) = inner.late.get_mut(request_id) {
-            late.outcome.get_or_insert_with(|| Box::new(outcome));
+            if late.outcome.is_none() {
+                late.outcome = Some(Box::new(outcome));
+                inner.unanswered -= 1;
+            }
             return true;
         }
         false
@@ -193,8 +212,7 @@ impl Waiters {
     fn keep(&self, request_id: &str, tenant: String, outcome: PredictionOutcome) {
         let now = Instant::now();
         let mut inner = self.lock();
-        inner.late.insert(request_id.to_owned(), Late { tenant, since: now, outcome: Some(Box::new(outcome)) });
-        inner.late_order.push_back(request_id.to_owned());
+        inner.insert_late(request_id, Late { tenant, since: now, outcome: Some(Box::new(outcome)) });
         inner.prune(now);
     }
 
@@ -312,6 +330,21 @@ mod tests {
         assert!(matches!(waiters.lookup("acme", "a"), Lookup::Answered(_)));
         assert_eq!(waiters.lookup("other", "a"), Lookup::Unknown, "another tenant cannot read it");
         assert!(!waiters.wanted(), "answered: nothing left to look for");
+    }
+
+    #[tokio::test]
+    async fn late_answers_are_bounded_and_counted_right_when_the_oldest_go() {
+        let waiters = Waiters::new(MAX_LATE + 1);
+        waiters.set_live();
+        let all: Vec<String> = (0..=MAX_LATE).map(|i| format!("r{i}")).collect();
+        let _rx = waiters.register("acme", &all, Duration::from_secs(1)).await.expect("registered");
+        waiters.give_up(&all);
+        assert_eq!(waiters.lookup("acme", "r0"), Lookup::Unknown, "the oldest made room");
+        assert_eq!(waiters.lookup("acme", "r1"), Lookup::Pending);
+        for id in &all[1..] {
+            assert!(waiters.complete(id, outcome(id)));
+        }
+        assert!(!waiters.wanted(), "every kept id answered: nothing left to look for");
     }
 
     #[tokio::test]
