@@ -35,7 +35,7 @@ set -a
 . "$data/stack.env"
 set +a
 
-echo "== tests (broker $STREAMSCORE_BOOTSTRAP, registry $STREAMSCORE_REGISTRY_URL)"
+echo "== tests (broker $STREAMSCORE_BOOTSTRAP, registry $(printf %s "$STREAMSCORE_REGISTRY_URL" | sed 's#//[^@/]*@#//***@#'))"
 log="$data/test.log"
 status=0
 cargo test --workspace --all-targets --locked --no-fail-fast "$@" 2>&1 | tee "$log" || status=$?
