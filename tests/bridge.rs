@@ -92,24 +92,16 @@ impl Stack {
     }
 
     fn start_pipeline_on(&mut self, backend: Arc<dyn Backend>) {
-        let mut ingest = streamscore_ingest::IngestConfig::new(support::kafka(), &self.registry.url);
-        ingest.group_id = support::unique("bridge-pipeline");
-        ingest.input_topic = self.topics.requests.clone();
-        ingest.dead_letter_topic = self.topics.dead_letter.clone();
-        ingest.predictions_topic = self.topics.predictions.clone();
-        let mut infer = streamscore_infer::InferConfig::new(support::kafka(), &self.registry.url, "bridge-test");
-        infer.predictions_topic = self.topics.predictions.clone();
-        infer.audit_topic = support::unique("audit");
-        infer.quota_state_topic = support::unique("quota");
-        infer.policy = Some(self.policy.clone());
-        let config = streamscore::pipeline::PipelineConfig {
-            ingest,
-            infer,
-            models: support::models_dir(),
-            tenants: streamscore_ingest::Tenants::Any,
-            max_record_bytes: streamscore_ingest::decide::DEFAULT_MAX_RECORD_BYTES,
-            channel_capacity: 1000,
-        };
+        let mut config = support::pipeline_config(
+            &support::kafka(),
+            &self.registry.url,
+            self.topics.pipeline(),
+            &support::unique("bridge-pipeline"),
+            "bridge-test",
+        );
+        config.infer.audit_topic = support::unique("audit");
+        config.infer.quota_state_topic = support::unique("quota");
+        config.infer.policy = Some(self.policy.clone());
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             streamscore::pipeline::run(config, backend, Arc::default(), async {
@@ -600,43 +592,12 @@ async fn tritonclient_runs_live_ready_metadata_and_an_8_row_infer() {
     stack.stop().await;
 }
 
-/// A backend whose every batch fails (a lost device): the pipeline answers FAILED.
-#[derive(Debug)]
-struct Broken;
-
-#[derive(Debug)]
-struct BrokenScorer;
-
-impl streamscore_infer::Scorer for BrokenScorer {
-    fn features(&self) -> usize {
-        16
-    }
-    fn backend(&self) -> &'static str {
-        "broken"
-    }
-    fn score(&self, _: &[f32], rows: usize) -> Result<Vec<f32>, streamscore_infer::BackendError> {
-        Err(streamscore_infer::BackendError::Run { rows, reason: "device lost".to_owned() })
-    }
-}
-
-impl Backend for Broken {
-    fn name(&self) -> &'static str {
-        "broken"
-    }
-    fn load(
-        &self,
-        _: &streamscore_modelstore::ModelVersion,
-    ) -> Result<Arc<dyn streamscore_infer::Scorer>, streamscore_infer::BackendError> {
-        Ok(Arc::new(BrokenScorer))
-    }
-}
-
 /// Our failure, not the caller's: the pipeline's FAILED outcome is a 500 with MODEL_ERROR and
 /// the pipeline's reason; nothing a client sends gives a 5xx (the status-code test).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_model_failure_is_a_500_naming_it() {
     let mut stack = Stack::start("bridge-failed").await;
-    stack.start_pipeline_on(Arc::new(Broken));
+    stack.start_pipeline_on(Arc::new(support::broken::Broken));
     let bridge = Bridge::start(stack.config()).await;
     let (by_name, _) = rows(61, 1);
     let (status, _, body) = bridge.post("/v1/models/fraud/predict", Some(ACME), &json!({"features": by_name[0]})).await;

@@ -34,21 +34,13 @@ async fn a_broker_restart_mid_stream_loses_nothing() {
     .await
     .unwrap();
 
-    let mut ingest = streamscore_ingest::IngestConfig::new(kafka.clone(), &registry.url);
-    ingest.group_id = "restart-pipeline".to_owned();
-    ingest.input_topic = requests.to_owned();
-    ingest.dead_letter_topic = dead.to_owned();
-    ingest.predictions_topic = predictions.to_owned();
-    let mut infer = streamscore_infer::InferConfig::new(kafka.clone(), &registry.url, "test-restart");
-    infer.predictions_topic = predictions.to_owned();
-    let config = streamscore::pipeline::PipelineConfig {
-        ingest,
-        infer,
-        models: support::models_dir(),
-        tenants: streamscore_ingest::Tenants::Any,
-        max_record_bytes: streamscore_ingest::decide::DEFAULT_MAX_RECORD_BYTES,
-        channel_capacity: 1000,
-    };
+    let config = support::pipeline_config(
+        &kafka,
+        &registry.url,
+        (requests, dead, predictions),
+        "restart-pipeline",
+        "test-restart",
+    );
     // A supervisor: the pipeline runs until told to stop; if it stops on an error (a write the
     // broker refused for good while going down), it is started again, as a process supervisor
     // would. At-least-once holds across both.

@@ -422,22 +422,9 @@ fn pipeline_config(
     topics: &StageTopics,
     group: &str,
 ) -> streamscore::pipeline::PipelineConfig {
-    let mut ingest = streamscore_ingest::IngestConfig::new(support::kafka(), &registry.url);
-    ingest.group_id = group.to_owned();
-    ingest.input_topic = topics.requests.clone();
-    ingest.dead_letter_topic = topics.dead_letter.clone();
-    ingest.predictions_topic = topics.predictions.clone();
-    let mut infer = streamscore_infer::InferConfig::new(support::kafka(), &registry.url, "test-panic");
-    infer.predictions_topic = topics.predictions.clone();
-    infer.audit_topic = support::unique("audit");
-    streamscore::pipeline::PipelineConfig {
-        ingest,
-        infer,
-        models: support::models_dir(),
-        tenants: streamscore_ingest::Tenants::Any,
-        max_record_bytes: streamscore_ingest::decide::DEFAULT_MAX_RECORD_BYTES,
-        channel_capacity: 1000,
-    }
+    let mut config = support::pipeline_config(&support::kafka(), &registry.url, topics.pipeline(), group, "test-panic");
+    config.infer.audit_topic = support::unique("audit");
+    config
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -337,37 +337,6 @@ async fn over_quota_is_rejected_explicitly_and_a_reload_is_audited() {
     registry.stop().await;
 }
 
-/// A backend whose model fails on every batch.
-#[derive(Debug)]
-struct Broken;
-
-#[derive(Debug)]
-struct BrokenScorer;
-
-impl streamscore_infer::Scorer for BrokenScorer {
-    fn features(&self) -> usize {
-        16
-    }
-    fn backend(&self) -> &'static str {
-        "broken"
-    }
-    fn score(&self, _: &[f32], rows: usize) -> Result<Vec<f32>, streamscore_infer::BackendError> {
-        Err(streamscore_infer::BackendError::Run { rows, reason: "device lost".to_owned() })
-    }
-}
-
-impl streamscore_infer::Backend for Broken {
-    fn name(&self) -> &'static str {
-        "broken"
-    }
-    fn load(
-        &self,
-        _: &streamscore_modelstore::ModelVersion,
-    ) -> Result<Arc<dyn streamscore_infer::Scorer>, streamscore_infer::BackendError> {
-        Ok(Arc::new(BrokenScorer))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_model_error_becomes_an_explicit_failed_outcome() {
     let registry = TestRegistry::start().await;
@@ -380,7 +349,8 @@ async fn a_model_error_becomes_an_explicit_failed_outcome() {
         .unwrap();
     let store = SharedStore::new(ModelStore::open(support::models_dir()).unwrap());
     let (tx, rx) = tokio::sync::mpsc::channel(100);
-    let stage = tokio::spawn(streamscore_infer::run(config, store, Arc::new(Broken), rx, Arc::default()));
+    let stage =
+        tokio::spawn(streamscore_infer::run(config, store, Arc::new(support::broken::Broken), rx, Arc::default()));
     let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
     for offset in 0..3 {
         tx.send((validated(offset, "tenant-01", None), Ack::new(0, offset, ack_tx.clone()))).await.unwrap();

@@ -7,6 +7,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod broken;
 pub mod faulty_registry;
 pub mod samples;
 
@@ -329,5 +330,38 @@ impl Drop for PrivateBroker {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The fused pipeline on `requests` → `predictions` (bad records to `dead_letter`), any tenant,
+/// the shipped models, as consumer group `group`; callers adjust the rest.
+pub fn pipeline_config(
+    kafka: &KafkaConfig,
+    registry_url: &str,
+    (requests, dead_letter, predictions): (&str, &str, &str),
+    group: &str,
+    instance: &str,
+) -> streamscore::pipeline::PipelineConfig {
+    let mut ingest = streamscore_ingest::IngestConfig::new(kafka.clone(), registry_url);
+    ingest.group_id = group.to_owned();
+    ingest.input_topic = requests.to_owned();
+    ingest.dead_letter_topic = dead_letter.to_owned();
+    ingest.predictions_topic = predictions.to_owned();
+    let mut infer = streamscore_infer::InferConfig::new(kafka.clone(), registry_url, instance);
+    infer.predictions_topic = predictions.to_owned();
+    streamscore::pipeline::PipelineConfig {
+        ingest,
+        infer,
+        models: models_dir(),
+        tenants: streamscore_ingest::Tenants::Any,
+        max_record_bytes: streamscore_ingest::decide::DEFAULT_MAX_RECORD_BYTES,
+        channel_capacity: 1000,
+    }
+}
+
+impl StageTopics {
+    /// The pipeline's three topics, for [`pipeline_config`].
+    pub fn pipeline(&self) -> (&str, &str, &str) {
+        (&self.requests, &self.dead_letter, &self.predictions)
     }
 }
