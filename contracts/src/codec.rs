@@ -80,10 +80,52 @@ pub struct Decoded<T> {
 }
 
 /// Parsed schemas live for the whole process: the contract's few schemas and the writer schemas
-/// seen on the wire (one per registered version). Leaking them lets readers hold `'static`
-/// resolved schemas instead of re-resolving names on every record.
+/// seen on the wire. Leaking them lets readers hold `'static` resolved schemas instead of
+/// re-resolving names on every record.
 fn leak(schema: Schema) -> &'static Schema {
     Box::leak(Box::new(schema))
+}
+
+/// How many distinct writer schemas (by canonical form) the process keeps for ever. A real
+/// topic sees a handful (one per compatible version); ids registered only to be sent on the
+/// wire cannot grow the memory past this: later schemas are decoded without being kept.
+const MAX_KEPT_WRITER_SCHEMAS: usize = 1024;
+
+/// How many schema ids one codec caches. Past this, records with an id not cached fetch their
+/// schema from the registry each time (slow, bounded, never wrong).
+const MAX_CACHED_WRITER_IDS: usize = 4096;
+
+/// Writer schemas kept for the life of the process, one per canonical form, at most `capacity`.
+#[derive(Debug)]
+struct KeptSchemas {
+    by_form: std::collections::BTreeMap<String, &'static Schema>,
+    capacity: usize,
+}
+
+impl KeptSchemas {
+    const fn new(capacity: usize) -> Self {
+        Self { by_form: std::collections::BTreeMap::new(), capacity }
+    }
+
+    /// The kept schema with `schema`'s canonical form, keeping `schema` when there is room;
+    /// `Err(schema)` once full.
+    fn keep(&mut self, schema: Schema) -> Result<&'static Schema, Box<Schema>> {
+        let form = schema.canonical_form();
+        if let Some(kept) = self.by_form.get(&form) {
+            return Ok(kept);
+        }
+        if self.by_form.len() >= self.capacity {
+            return Err(Box::new(schema));
+        }
+        let kept = leak(schema);
+        self.by_form.insert(form, kept);
+        Ok(kept)
+    }
+}
+
+fn keep_writer_schema(schema: Schema) -> Result<&'static Schema, Box<Schema>> {
+    static KEPT: Mutex<KeptSchemas> = Mutex::new(KeptSchemas::new(MAX_KEPT_WRITER_SCHEMAS));
+    KEPT.lock().unwrap_or_else(PoisonError::into_inner).keep(schema)
 }
 
 fn reader_schema_of<T: Event>() -> &'static Schema {
@@ -97,6 +139,8 @@ enum Writer {
     Same(GenericDatumReader<'static>),
     /// Written with another compatible schema: decode, then resolve to the reader's.
     Resolving(GenericDatumReader<'static>),
+    /// A compatible schema past the bound on kept schemas: the reader is built per record.
+    Unkept(Box<Schema>),
     /// Cannot be read as the contract type.
     Incompatible(String),
 }
@@ -257,17 +301,24 @@ impl<T: Event> Codec<T> {
             }
         };
         let writer = Arc::new(self.writer_for(&registered.schema));
-        self.writers.write().unwrap_or_else(PoisonError::into_inner).insert(id, Arc::clone(&writer));
+        let mut writers = self.writers.write().unwrap_or_else(PoisonError::into_inner);
+        if writers.len() < MAX_CACHED_WRITER_IDS {
+            writers.insert(id, Arc::clone(&writer));
+        }
         Ok(writer)
     }
 
     fn writer_for(&self, text: &str) -> Writer {
+        self.writer_kept_in(text, keep_writer_schema)
+    }
+
+    fn writer_kept_in(&self, text: &str, keep: impl FnOnce(Schema) -> Result<&'static Schema, Box<Schema>>) -> Writer {
         let schema = match Schema::parse_str(text) {
             Ok(schema) => schema,
             Err(e) => return Writer::Incompatible(format!("registry schema does not parse: {e}")),
         };
         if schema.canonical_form() == self.reader.canonical_form() {
-            return match GenericDatumReader::builder(leak(schema)).build() {
+            return match GenericDatumReader::builder(self.reader).build() {
                 Ok(reader) => Writer::Same(reader),
                 Err(e) => Writer::Incompatible(e.to_string()),
             };
@@ -275,7 +326,16 @@ impl<T: Event> Codec<T> {
         if let Err(e) = SchemaCompatibility::can_read(&schema, self.reader) {
             return Writer::Incompatible(e.to_string());
         }
-        match GenericDatumReader::builder(leak(schema)).reader_schema(self.reader).build() {
+        let schema = match keep(schema) {
+            Ok(kept) => kept,
+            Err(unkept) => {
+                return match GenericDatumReader::builder(&unkept).reader_schema(self.reader).build() {
+                    Ok(_) => Writer::Unkept(unkept),
+                    Err(e) => Writer::Incompatible(e.to_string()),
+                }
+            }
+        };
+        match GenericDatumReader::builder(schema).reader_schema(self.reader).build() {
             Ok(reader) => Writer::Resolving(reader),
             Err(e) => Writer::Incompatible(e.to_string()),
         }
@@ -287,6 +347,12 @@ impl<T: Event> Codec<T> {
         let value = match writer {
             Writer::Same(reader) => reader.read_deser::<T>(&mut rest).map_err(body_error)?,
             Writer::Resolving(reader) => {
+                let value = reader.read_value(&mut rest).map_err(body_error)?;
+                apache_avro::from_value::<T>(&value).map_err(body_error)?
+            }
+            Writer::Unkept(schema) => {
+                let reader =
+                    GenericDatumReader::builder(schema).reader_schema(self.reader).build().map_err(body_error)?;
                 let value = reader.read_value(&mut rest).map_err(body_error)?;
                 apache_avro::from_value::<T>(&value).map_err(body_error)?
             }
@@ -325,5 +391,57 @@ mod unknown_ids_tests {
         let later = start + UNKNOWN_ID_TTL + Duration::from_secs(15);
         ids.insert(2_000_000, later);
         assert!(ids.seen.len() < MAX_UNKNOWN_IDS, "the expired ones were dropped first");
+    }
+}
+
+#[cfg(test)]
+mod kept_schemas_tests {
+    use super::*;
+    use crate::events::InferenceRequest;
+
+    /// The request's schema with one extra int field `name` (default 0) at the end: another
+    /// compatible writer schema.
+    fn padded_writer(name: &str) -> String {
+        let mut schema: serde_json::Value = serde_json::from_str(InferenceRequest::SCHEMA.text).unwrap_or_default();
+        if let Some(fields) = schema.get_mut("fields").and_then(serde_json::Value::as_array_mut) {
+            fields.push(serde_json::json!({"name": name, "type": "int", "default": 0}));
+        }
+        schema.to_string()
+    }
+
+    #[test]
+    fn writer_schemas_past_the_bound_still_decode_without_being_kept() {
+        let codec =
+            Codec::<InferenceRequest>::new(SrSettings::new("http://127.0.0.1:9".to_owned()), "t").with_known_id(1);
+        let request = InferenceRequest {
+            request_id: "r-1".into(),
+            tenant: "acme".into(),
+            model: "fraud".into(),
+            model_version: None,
+            features: HashMap::from([("amount".to_owned(), 12.5)]),
+            created_at: 1_700_000_000_000_000,
+            reply_to: None,
+            attributes: HashMap::new(),
+        };
+        let mut body = codec.encode(&request).unwrap_or_default()[HEADER_LEN..].to_vec();
+        body.push(0); // the pad field: zig-zag 0
+
+        let mut kept = KeptSchemas::new(2);
+        let first = codec.writer_kept_in(&padded_writer("pad_a"), |s| kept.keep(s));
+        let again = codec.writer_kept_in(&padded_writer("pad_a"), |s| kept.keep(s));
+        let second = codec.writer_kept_in(&padded_writer("pad_b"), |s| kept.keep(s));
+        let third = codec.writer_kept_in(&padded_writer("pad_c"), |s| kept.keep(s));
+        assert!(matches!(first, Writer::Resolving(_)));
+        assert!(matches!(again, Writer::Resolving(_)));
+        assert!(matches!(second, Writer::Resolving(_)));
+        assert!(matches!(third, Writer::Unkept(_)), "the bound of 2 distinct schemas is reached");
+        assert_eq!(kept.by_form.len(), 2, "the same schema twice is kept once");
+        for writer in [&first, &second, &third] {
+            let decoded = codec.decode_body(9, writer, &body).map(|d| d.value);
+            assert_eq!(decoded, Ok(request.clone()));
+        }
+        // The reader's own schema is never copied into the kept set.
+        assert!(matches!(codec.writer_kept_in(InferenceRequest::SCHEMA.text, |s| kept.keep(s)), Writer::Same(_)));
+        assert_eq!(kept.by_form.len(), 2);
     }
 }
