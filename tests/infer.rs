@@ -372,3 +372,73 @@ async fn a_model_error_becomes_an_explicit_failed_outcome() {
     }
     registry.stop().await;
 }
+
+/// A version that passes its sha256 but does not load (bytes that are not ONNX) is refused:
+/// `MODEL_REFUSED` in the audit log with the reason, requests routed to it rejected with that
+/// reason, and the other version served, at start-up and not only on a rescan.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_that_does_not_load_is_refused_and_audited_and_the_rest_is_served() {
+    use sha2::Digest;
+    let registry = TestRegistry::start().await;
+    let topics = StageTopics::create("refused").await;
+    let models = tempfile::tempdir().unwrap();
+    let family = models.path().join("fraud");
+    let shipped = support::models_dir().join("fraud");
+    for version in ["1", "2"] {
+        std::fs::create_dir_all(family.join(version)).unwrap();
+        std::fs::copy(shipped.join(version).join("metadata.json"), family.join(version).join("metadata.json")).unwrap();
+        std::fs::copy(shipped.join(version).join("model.onnx"), family.join(version).join("model.onnx")).unwrap();
+    }
+    std::fs::copy(shipped.join("model.json"), family.join("model.json")).unwrap();
+    let garbage = b"these bytes are hashed correctly but are not an ONNX graph";
+    std::fs::write(family.join("2/model.onnx"), garbage).unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(family.join("2/metadata.json")).unwrap()).unwrap();
+    let sha256 = format!("{:x}", sha2::Sha256::digest(garbage));
+    meta["sha256"] = sha256.clone().into();
+    std::fs::write(family.join("2/metadata.json"), meta.to_string()).unwrap();
+
+    let mut config = InferConfig::new(support::kafka(), &registry.url, "test-refused");
+    config.predictions_topic = topics.predictions.clone();
+    config.audit_topic = support::unique("audit");
+    streamscore_kafka::ensure_topics(&support::kafka(), &[streamscore_kafka::TopicSpec::event(&config.audit_topic, 1)])
+        .await
+        .unwrap();
+    let audit_topic = config.audit_topic.clone();
+    let store = SharedStore::new(ModelStore::open(models.path()).unwrap());
+    assert!(store.current().refused().is_empty(), "the store itself accepts version 2: its hash matches");
+    let (tx, rx) = tokio::sync::mpsc::channel(100);
+    let stage = tokio::spawn(streamscore_infer::run(config, store, Arc::new(TractBackend), rx, Arc::default()));
+
+    let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    tx.send((validated(0, "tenant-01", Some("2")), Ack::new(0, 0, ack_tx.clone()))).await.unwrap();
+    tx.send((validated(1, "tenant-01", Some("1")), Ack::new(0, 1, ack_tx))).await.unwrap();
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(30), acks.recv()).await.expect("answered in time").unwrap();
+    }
+    drop(tx);
+    stage.await.unwrap().expect("the stage ran with one version refused");
+
+    let codec = Codec::<PredictionOutcome>::with_url(&registry.url, &topics.predictions);
+    let mut outcomes = HashMap::new();
+    for record in support::read_records(&[&topics.predictions], 2, Duration::from_secs(30)) {
+        let outcome = codec.decode(record.payload().unwrap()).await.unwrap().value;
+        outcomes.insert(outcome.lineage.source.offset, outcome);
+    }
+    assert_eq!(outcomes[&0].status, OutcomeStatus::Rejected);
+    assert_eq!(outcomes[&0].reason.as_deref(), Some("MODEL_REFUSED"));
+    assert!(outcomes[&0].detail.as_deref().unwrap_or_default().contains("fraud/2"), "{:?}", outcomes[&0].detail);
+    assert_eq!(outcomes[&1].status, OutcomeStatus::Scored);
+
+    let codec = Codec::<streamscore_contracts::AuditRecord>::with_url(&registry.url, &audit_topic);
+    let mut entries = Vec::new();
+    for record in support::read_records(&[&audit_topic], 2, Duration::from_secs(30)) {
+        entries.push(codec.decode(record.payload().unwrap()).await.unwrap().value);
+    }
+    let refused = entries.iter().find(|e| e.kind == "MODEL_REFUSED").expect("the refusal is audited");
+    assert_eq!(refused.subject, "fraud/2");
+    assert_eq!(refused.details.get("sha256"), Some(&sha256));
+    assert!(refused.details.get("reason").is_some_and(|r| !r.is_empty()));
+    assert!(entries.iter().any(|e| e.kind == "MODEL_LOADED" && e.subject == "fraud/1"));
+    registry.stop().await;
+}

@@ -360,6 +360,7 @@ impl Bridge {
         self.store.current().route(model, version, pin).map_err(|e| match e {
             RouteError::UnknownModel { .. } => ApiError::not_found("UNKNOWN_MODEL", e.to_string()),
             RouteError::UnknownVersion { .. } => ApiError::not_found("UNKNOWN_MODEL_VERSION", e.to_string()),
+            RouteError::Refused { .. } => ApiError::unavailable("MODEL_REFUSED", e.to_string()),
         })
     }
 
@@ -662,6 +663,7 @@ fn outcome_error(rows: &[(String, PredictionOutcome)], policy: &streamscore_infe
         "UNKNOWN_MODEL" => "UNKNOWN_MODEL",
         "UNKNOWN_MODEL_VERSION" => "UNKNOWN_MODEL_VERSION",
         "MODEL_NOT_LOADED" => "MODEL_NOT_LOADED",
+        "MODEL_REFUSED" => "MODEL_REFUSED",
         "MODEL_ERROR" => "MODEL_ERROR",
         _ if outcome.status == OutcomeStatus::Failed => "MODEL_ERROR",
         _ => "REJECTED",
@@ -671,7 +673,7 @@ fn outcome_error(rows: &[(String, PredictionOutcome)], policy: &streamscore_infe
         (_, "QUOTA_EXCEEDED" | "IN_FLIGHT_EXCEEDED") => StatusCode::TOO_MANY_REQUESTS,
         (_, "MODEL_NOT_ALLOWED" | "UNKNOWN_TENANT") => StatusCode::FORBIDDEN,
         (_, "UNKNOWN_MODEL" | "UNKNOWN_MODEL_VERSION") => StatusCode::NOT_FOUND,
-        (_, "MODEL_NOT_LOADED") => StatusCode::SERVICE_UNAVAILABLE,
+        (_, "MODEL_NOT_LOADED" | "MODEL_REFUSED") => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
     let mut error = ApiError::new(status, code, detail).details(details);

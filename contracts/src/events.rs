@@ -83,7 +83,8 @@ pub struct PredictionOutcome {
 /// `io.streamscore.v1.DeadLetterReason`: why a record could not become a valid request.
 ///
 /// `TENANT_MISMATCH`: the record key names another tenant than the body;
-/// `TIMESTAMP_OUT_OF_RANGE`: `created_at` is outside ingest's event-time window.
+/// `TIMESTAMP_OUT_OF_RANGE`: `created_at` is outside ingest's event-time window;
+/// `MODEL_REFUSED`: the version the request routes to was refused when the store loaded it.
 /// `UNDECODABLE`: not Confluent-framed Avro, or a body that does not decode;
 /// `UNKNOWN_SCHEMA`: the header's schema id is not in the registry; `SCHEMA_INVALID`: the
 /// writer's schema cannot be resolved to the request schema; the rest name the failed check.
@@ -107,6 +108,7 @@ pub enum DeadLetterReason {
     TooLarge,
     TenantMismatch,
     TimestampOutOfRange,
+    ModelRefused,
     Other,
 }
 
@@ -130,6 +132,7 @@ impl DeadLetterReason {
             Self::TooLarge => "TOO_LARGE",
             Self::TenantMismatch => "TENANT_MISMATCH",
             Self::TimestampOutOfRange => "TIMESTAMP_OUT_OF_RANGE",
+            Self::ModelRefused => "MODEL_REFUSED",
             Self::Other => "OTHER",
         }
     }

@@ -11,7 +11,7 @@ use streamscore_contracts::{topics, Codec, Lineage, OutcomeStatus, PredictionOut
 use streamscore_kafka::audit::AuditWriter;
 use streamscore_kafka::retry;
 use streamscore_kafka::{Ack, KafkaConfig, Sink, SinkError};
-use streamscore_modelstore::{ModelVersion, RouteError, SharedStore};
+use streamscore_modelstore::{ModelVersion, Refused, RouteError, SharedStore};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -164,9 +164,21 @@ pub async fn run(
     let mut batchers: HashMap<String, mpsc::Sender<Item>> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     // Every version first, so shadows are loaded before the batchers that use them start.
+    // A version that does not load is refused (audited) and the others are served.
+    let mut refused = Refusals::default();
+    for refusal in store.current().refused() {
+        refused.store_refused(&audit, refusal).await?;
+    }
     let versions: Vec<Arc<ModelVersion>> = store.current().versions().collect();
+    let mut last_failure = None;
     for version in &versions {
-        load(backend.as_ref(), &audit, Arc::clone(version), &mut models).await?;
+        if let Err(e) = load(backend.as_ref(), &audit, Arc::clone(version), &mut models, &mut refused).await? {
+            last_failure = Some(e);
+        }
+    }
+    if let (true, Some(failure)) = (models.is_empty(), last_failure) {
+        // Nothing to serve: the backend cannot run any version (for CUDA, say so and stop).
+        return Err(InferError::Load(failure));
     }
     for version in &versions {
         start_batcher(&shared, &version.key(), &models, &mut batchers, &mut tasks);
@@ -194,11 +206,15 @@ pub async fn run(
                 }
                 match store.current().rescan() {
                     Ok((next, added)) => {
+                        for refusal in next.refused() {
+                            refused.store_refused(&audit, refusal).await?;
+                        }
                         store.replace(next);
                         for version in added {
                             let key = version.key();
-                            load(backend.as_ref(), &audit, version, &mut models).await?;
-                            start_batcher(&shared, &key, &models, &mut batchers, &mut tasks);
+                            if load(backend.as_ref(), &audit, version, &mut models, &mut refused).await?.is_ok() {
+                                start_batcher(&shared, &key, &models, &mut batchers, &mut tasks);
+                            }
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "model store rescan failed; keeping the loaded versions"),
@@ -206,7 +222,7 @@ pub async fn run(
             }
             item = input.recv() => {
                 let Some((validated, ack)) = item else { break None };
-                route_one(&shared, &store, quotas.as_mut(), &batchers, validated, ack).await?;
+                route_one(&shared, &store, quotas.as_mut(), &batchers, &refused, validated, ack).await?;
             }
         }
     };
@@ -290,6 +306,7 @@ async fn route_one(
     store: &SharedStore,
     mut quotas: Option<&mut Quotas>,
     batchers: &HashMap<String, mpsc::Sender<Item>>,
+    refused: &Refusals,
     validated: ValidatedRequest,
     ack: Ack,
 ) -> Result<(), InferError> {
@@ -350,6 +367,10 @@ async fn route_one(
         Ok(version) => {
             let key = version.key();
             let Some(tx) = batchers.get(&key) else {
+                if let Some(reason) = refused.0.get(&key) {
+                    let detail = format!("{key} was refused when loaded: {reason}");
+                    return reject(shared, validated, ack, "MODEL_REFUSED", detail, None, admitted).await;
+                }
                 let detail = format!("{key} is in the store but not loaded");
                 return reject(shared, validated, ack, "MODEL_NOT_LOADED", detail, None, admitted).await;
             };
@@ -371,21 +392,70 @@ async fn route_one(
             let reason = match e {
                 RouteError::UnknownModel { .. } => "UNKNOWN_MODEL",
                 RouteError::UnknownVersion { .. } => "UNKNOWN_MODEL_VERSION",
+                RouteError::Refused { .. } => "MODEL_REFUSED",
             };
             reject(shared, validated, ack, reason, e.to_string(), None, admitted).await
         }
     }
 }
 
+/// Versions refused by the store or the backend, by `model/version`, with the reason. Each
+/// refusal is audited (`MODEL_REFUSED`) once per reason, not at every rescan.
+#[derive(Debug, Default)]
+struct Refusals(HashMap<String, String>);
+
+impl Refusals {
+    async fn refuse(
+        &mut self,
+        audit: &AuditWriter,
+        key: String,
+        reason: String,
+        mut details: HashMap<String, String>,
+    ) -> Result<(), InferError> {
+        if self.0.get(&key) == Some(&reason) {
+            return Ok(());
+        }
+        details.insert("reason".to_owned(), reason.clone());
+        audit.record("MODEL_REFUSED", &key, None, details).await?;
+        metrics::counter!("streamscore_infer_models_refused_total").increment(1);
+        tracing::error!(model = key, reason, "model version refused; the other versions are served");
+        self.0.insert(key, reason);
+        Ok(())
+    }
+
+    async fn store_refused(&mut self, audit: &AuditWriter, refusal: &Refused) -> Result<(), InferError> {
+        let mut details = HashMap::from([("path".to_owned(), refusal.path.display().to_string())]);
+        if let Some(sha256) = &refusal.sha256 {
+            details.insert("sha256".to_owned(), sha256.clone());
+        }
+        self.refuse(audit, refusal.key(), refusal.reason.clone(), details).await
+    }
+}
+
 /// Loads a version into the backend and records the load (with its sha256) in the audit log.
+/// A version the backend cannot load is refused (audited) and the error returned inside `Ok`:
+/// only a failure to write the audit log stops the stage.
 async fn load(
     backend: &dyn Backend,
     audit: &AuditWriter,
     version: Arc<ModelVersion>,
     models: &mut HashMap<String, Arc<Loaded>>,
-) -> Result<(), InferError> {
+    refused: &mut Refusals,
+) -> Result<Result<(), BackendError>, InferError> {
     let key = version.key();
-    let scorer = backend.load(&version)?;
+    let scorer = match backend.load(&version) {
+        Ok(scorer) => scorer,
+        Err(e) => {
+            let details = HashMap::from([
+                ("sha256".to_owned(), version.meta.sha256.clone()),
+                ("requested_backend".to_owned(), backend.name().to_owned()),
+                ("path".to_owned(), version.onnx_path.display().to_string()),
+            ]);
+            refused.refuse(audit, key, e.to_string(), details).await?;
+            return Ok(Err(e));
+        }
+    };
+    refused.0.remove(&key);
     let runs_on = scorer.backend();
     models.insert(key.clone(), Arc::new(Loaded { version: Arc::clone(&version), scorer }));
     let details = HashMap::from([
@@ -409,7 +479,7 @@ async fn load(
         requested = backend.name(),
         "model loaded"
     );
-    Ok(())
+    Ok(Ok(()))
 }
 
 /// Starts the batcher of a loaded version (with its shadow, if one is configured and loaded).

@@ -105,3 +105,48 @@ fn an_onnx_file_outside_the_version_folder_is_refused() {
         assert!(error.to_string().contains("inside the version folder"), "{outside}: {error}");
     }
 }
+
+/// One bad version or model is refused with its reason and the rest are served: a tampered
+/// version, a model whose `model.json` does not parse, and a default version with no folder.
+/// A store where nothing loads is an error naming every refusal.
+#[test]
+fn a_bad_version_is_refused_and_the_others_are_served() {
+    use streamscore_modelstore::RouteError;
+    let (dir, family) = copy_of_fraud_1();
+    let source = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fraud"));
+    std::fs::create_dir_all(family.join("2")).expect("mkdir");
+    std::fs::copy(source.join("2/metadata.json"), family.join("2/metadata.json")).expect("copy");
+    let mut onnx = std::fs::read(source.join("2/model.onnx")).expect("read");
+    onnx[0] ^= 0x01;
+    std::fs::write(family.join("2/model.onnx"), onnx).expect("tamper");
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    std::fs::write(broken.join("model.json"), "{not json").expect("write");
+    let orphan = dir.path().join("orphan");
+    std::fs::create_dir_all(orphan.join("1")).expect("mkdir");
+    std::fs::write(orphan.join("model.json"), r#"{"name": "orphan", "default_version": "7"}"#).expect("write");
+
+    let store = ModelStore::open(dir.path()).expect("the good version is served");
+    let refused: Vec<(String, bool)> = store.refused().iter().map(|r| (r.key(), r.sha256.is_some())).collect();
+    assert_eq!(
+        refused,
+        [("broken/*".to_owned(), false), ("fraud/2".to_owned(), true), ("orphan/7".to_owned(), false)],
+        "{:?}",
+        store.refused()
+    );
+    assert!(store.refused()[1].reason.contains("sha256"), "{}", store.refused()[1].reason);
+    assert!(store.refused()[2].reason.contains("no folder"), "{}", store.refused()[2].reason);
+    assert_eq!(store.route("fraud", None, None).expect("fraud/1 is served").key(), "fraud/1");
+    match store.route("fraud", Some("2"), None) {
+        Err(RouteError::Refused { version, reason, .. }) => assert!(version == "2" && reason.contains("sha256")),
+        other => panic!("fraud/2 should be refused, got {other:?}"),
+    }
+    assert!(matches!(store.route("orphan", None, None), Err(RouteError::Refused { .. })));
+    assert!(matches!(store.route("broken", None, None), Err(RouteError::UnknownModel { .. })));
+    assert_eq!(store.versions().count(), 1);
+
+    std::fs::write(family.join("1/model.onnx"), b"not the hashed bytes").expect("tamper");
+    let error = ModelStore::open(dir.path()).expect_err("nothing loads");
+    let message = error.to_string();
+    assert!(message.contains("fraud/1 refused") && message.contains("fraud/2 refused"), "{message}");
+}

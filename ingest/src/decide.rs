@@ -323,6 +323,7 @@ pub fn route_reason(error: &RouteError) -> DeadLetterReason {
     match error {
         RouteError::UnknownModel { .. } => DeadLetterReason::UnknownModel,
         RouteError::UnknownVersion { .. } => DeadLetterReason::UnknownModelVersion,
+        RouteError::Refused { .. } => DeadLetterReason::ModelRefused,
     }
 }
 

@@ -14,4 +14,4 @@ pub mod store;
 
 pub use features::{FeatureError, FeatureVector};
 pub use metadata::{Distribution, FeatureKind, FeatureMeta, ModelMetadata};
-pub use store::{ModelStore, ModelVersion, RouteError, SharedStore, StoreError};
+pub use store::{ModelStore, ModelVersion, Refused, RouteError, SharedStore, StoreError};

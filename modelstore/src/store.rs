@@ -21,6 +21,34 @@ pub enum StoreError {
     Sha256Mismatch { path: PathBuf, expected: String, actual: String },
     #[error("no models found under {0} (expected <name>/model.json and <name>/<version>/metadata.json)")]
     Empty(PathBuf),
+    #[error("no model version under {root} could be loaded: {}", refused.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NoneLoaded { root: PathBuf, refused: Vec<Refused> },
+}
+
+/// A model version (or a whole model, `version` `*`) the store refused, and why. The store
+/// serves every other version; a request for this one is refused with this reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub model: String,
+    pub version: String,
+    /// The file at fault.
+    pub path: PathBuf,
+    pub reason: String,
+    /// The sha256 its metadata claims, when the metadata could be read.
+    pub sha256: Option<String>,
+}
+
+impl Refused {
+    /// `model/version`, as [`ModelVersion::key`].
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.model, self.version)
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} refused: {}", self.key(), self.reason)
+    }
 }
 
 /// Why a request cannot be routed to a model version.
@@ -30,6 +58,8 @@ pub enum RouteError {
     UnknownModel { model: String, known: Vec<String> },
     #[error("model {model} has no version {version:?} (known: {known:?})")]
     UnknownVersion { model: String, version: String, known: Vec<String> },
+    #[error("model {model} version {version:?} was refused when loaded: {reason}")]
+    Refused { model: String, version: String, reason: String },
 }
 
 /// A loaded, verified model version.
@@ -74,6 +104,8 @@ impl ModelVersion {
 struct Family {
     default_version: String,
     versions: BTreeMap<String, Arc<ModelVersion>>,
+    /// Versions whose folder exists but did not load, with the reason.
+    refused: BTreeMap<String, String>,
 }
 
 /// Every model version under a directory.
@@ -81,6 +113,7 @@ struct Family {
 pub struct ModelStore {
     root: PathBuf,
     families: BTreeMap<String, Family>,
+    refused: Vec<Refused>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, StoreError> {
@@ -90,6 +123,16 @@ fn read(path: &Path) -> Result<Vec<u8>, StoreError> {
 fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StoreError> {
     serde_json::from_slice(&read(path)?)
         .map_err(|e| StoreError::Invalid { path: path.to_owned(), reason: e.to_string() })
+}
+
+/// The file an error names.
+fn error_path(error: &StoreError) -> Option<&Path> {
+    match error {
+        StoreError::Io { path, .. } | StoreError::Invalid { path, .. } | StoreError::Sha256Mismatch { path, .. } => {
+            Some(path)
+        }
+        StoreError::Empty(path) | StoreError::NoneLoaded { root: path, .. } => Some(path),
+    }
 }
 
 /// Hex sha256 of a file.
@@ -137,17 +180,41 @@ fn load_version(dir: &Path, family: &str) -> Result<ModelVersion, StoreError> {
 }
 
 impl ModelStore {
-    /// Loads every model under `root`, verifying each ONNX file's sha256.
+    /// Loads every model under `root`, verifying each ONNX file's sha256. A version (or a
+    /// model) that does not load is refused, listed in [`ModelStore::refused`], and the others
+    /// are served; only a root that cannot be read or where nothing loads is an error.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
         let root = root.into();
         let mut families = BTreeMap::new();
+        let mut refused = Vec::new();
         let entries = std::fs::read_dir(&root).map_err(|source| StoreError::Io { path: root.clone(), source })?;
         let mut dirs: Vec<PathBuf> =
             entries.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.join("model.json").is_file()).collect();
         dirs.sort();
+        if dirs.is_empty() {
+            return Err(StoreError::Empty(root));
+        }
         for family_dir in dirs {
-            let family_meta: FamilyMetadata = parse(&family_dir.join("model.json"))?;
-            let mut versions = BTreeMap::new();
+            let folder = family_dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let refuse = |version: &str, error: &StoreError, sha256: Option<String>| Refused {
+                model: folder.clone(),
+                version: version.to_owned(),
+                path: error_path(error).unwrap_or(&family_dir).to_owned(),
+                reason: error.to_string(),
+                sha256,
+            };
+            let family_meta: FamilyMetadata = match parse(&family_dir.join("model.json")) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    refused.push(refuse("*", &e, None));
+                    continue;
+                }
+            };
+            let mut family = Family {
+                default_version: family_meta.default_version,
+                versions: BTreeMap::new(),
+                refused: BTreeMap::new(),
+            };
             let mut version_dirs: Vec<PathBuf> = std::fs::read_dir(&family_dir)
                 .map_err(|source| StoreError::Io { path: family_dir.clone(), source })?
                 .filter_map(Result::ok)
@@ -156,22 +223,40 @@ impl ModelStore {
                 .collect();
             version_dirs.sort();
             for dir in version_dirs {
-                let version = load_version(&dir, &family_meta.name)?;
-                versions.insert(version.meta.version.clone(), Arc::new(version));
+                let version = dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                match load_version(&dir, &family_meta.name) {
+                    Ok(loaded) => {
+                        family.versions.insert(loaded.meta.version.clone(), Arc::new(loaded));
+                    }
+                    Err(e) => {
+                        let sha256 = parse::<ModelMetadata>(&dir.join("metadata.json")).ok().map(|m| m.sha256);
+                        let mut refusal = refuse(&version, &e, sha256);
+                        refusal.model.clone_from(&family_meta.name);
+                        family.refused.insert(version, refusal.reason.clone());
+                        refused.push(refusal);
+                    }
+                }
             }
-            if !versions.contains_key(&family_meta.default_version) {
-                return Err(StoreError::Invalid {
-                    path: family_dir.join("model.json"),
-                    reason: format!("default version {:?} has no folder", family_meta.default_version),
-                });
+            let default = &family.default_version;
+            if !family.versions.contains_key(default) && !family.refused.contains_key(default) {
+                let reason = format!("default version {default:?} has no folder");
+                let error = StoreError::Invalid { path: family_dir.join("model.json"), reason };
+                let mut refusal = refuse(default, &error, None);
+                refusal.model.clone_from(&family_meta.name);
+                family.refused.insert(default.clone(), refusal.reason.clone());
+                refused.push(refusal);
             }
-            families
-                .insert(family_meta.name.clone(), Family { default_version: family_meta.default_version, versions });
+            families.insert(family_meta.name.clone(), family);
         }
-        if families.is_empty() {
-            return Err(StoreError::Empty(root));
+        if families.values().all(|f| f.versions.is_empty()) {
+            return Err(StoreError::NoneLoaded { root, refused });
         }
-        Ok(Self { root, families })
+        Ok(Self { root, families, refused })
+    }
+
+    /// What did not load, and why.
+    pub fn refused(&self) -> &[Refused] {
+        &self.refused
     }
 
     /// The directory the store was loaded from.
@@ -216,6 +301,13 @@ impl ModelStore {
             .get(model)
             .ok_or_else(|| RouteError::UnknownModel { model: model.to_owned(), known: self.models() })?;
         let version = requested.or(tenant_pin).unwrap_or(&family.default_version);
+        if let Some(reason) = family.refused.get(version) {
+            return Err(RouteError::Refused {
+                model: model.to_owned(),
+                version: version.to_owned(),
+                reason: reason.clone(),
+            });
+        }
         family.versions.get(version).cloned().ok_or_else(|| RouteError::UnknownVersion {
             model: model.to_owned(),
             version: version.to_owned(),
