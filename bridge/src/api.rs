@@ -439,10 +439,8 @@ impl Bridge {
                 "the binary tensor data extension is not supported: send the tensor as JSON `data`",
             ));
         }
-        let request: OipRequest = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("the body is not an inference request: {e}")))?;
         let names: Vec<&str> = routed.meta.features.iter().map(|f| f.name.as_str()).collect();
-        let rows = request.rows(&names)?;
+        let (request, rows) = parse_oip(body, &names)?;
         let scored = self.score(call_id, &tenant, model, version, rows, request.id.as_deref()).await?;
         let data: Vec<f64> = scored.rows.iter().map(|(_, o)| o.score.unwrap_or(f64::NAN)).collect();
         let first = &scored.rows[0].1;
@@ -470,21 +468,10 @@ impl Bridge {
         call_id: &str,
     ) -> Result<warp::reply::Response, ApiError> {
         let tenant = self.tenant(headers)?;
-        let request: PredictRequest = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("the body is not a prediction request: {e}")))?;
+        let mut request = parse_predict(body)?;
         self.route(Some(&tenant), model, request.version.as_deref())?;
         self.allowed(&tenant, model)?;
-        let rows = match (request.features, request.instances) {
-            (Some(features), None) => vec![features],
-            (None, Some(instances)) if (1..=MAX_ROWS).contains(&instances.len()) => instances,
-            (None, Some(instances)) => {
-                return Err(ApiError::bad_request(format!(
-                    "instances has {} rows; a call takes 1 to {MAX_ROWS}",
-                    instances.len()
-                )))
-            }
-            _ => return Err(ApiError::bad_request("give either `features` (one row) or `instances` (a batch)")),
-        };
+        let rows = request.take_rows()?;
         let scored =
             self.score(call_id, &tenant, model, request.version.as_deref(), rows, request.id.as_deref()).await?;
         let predictions: Vec<Value> = scored.rows.iter().map(|(id, o)| prediction_json(id, o)).collect();
@@ -700,9 +687,39 @@ fn prediction_json(id: &str, outcome: &PredictionOutcome) -> Value {
     })
 }
 
+/// Parses an Open Inference Protocol v2 inference body into its rows (feature name to value)
+/// for a model taking the features `names`. Every bad body is a 400 or 415 [`ApiError`].
+pub fn parse_oip(body: &[u8], names: &[&str]) -> Result<(OipRequest, Vec<HashMap<String, f64>>), ApiError> {
+    let request: OipRequest = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not an inference request: {e}")))?;
+    let rows = request.rows(names)?;
+    Ok((request, rows))
+}
+
+/// Parses a `/v1` predict body; [`PredictRequest::take_rows`] gives its rows.
+pub fn parse_predict(body: &[u8]) -> Result<PredictRequest, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not a prediction request: {e}")))
+}
+
+impl PredictRequest {
+    /// The call's rows: `features` (one) or `instances` (1 to [`MAX_ROWS`]).
+    pub fn take_rows(&mut self) -> Result<Vec<HashMap<String, f64>>, ApiError> {
+        match (self.features.take(), self.instances.take()) {
+            (Some(features), None) => Ok(vec![features]),
+            (None, Some(instances)) if (1..=MAX_ROWS).contains(&instances.len()) => Ok(instances),
+            (None, Some(instances)) => Err(ApiError::bad_request(format!(
+                "instances has {} rows; a call takes 1 to {MAX_ROWS}",
+                instances.len()
+            ))),
+            _ => Err(ApiError::bad_request("give either `features` (one row) or `instances` (a batch)")),
+        }
+    }
+}
+
 /// `POST /v1/models/{model}/predict`.
 #[derive(Debug, Deserialize)]
-struct PredictRequest {
+pub struct PredictRequest {
     /// One row: feature name to value.
     #[serde(default)]
     features: Option<HashMap<String, f64>>,
@@ -711,17 +728,17 @@ struct PredictRequest {
     instances: Option<Vec<HashMap<String, f64>>>,
     /// A version; else the tenant's pin, else the default.
     #[serde(default)]
-    version: Option<String>,
+    pub version: Option<String>,
     /// The caller's own id, echoed back (never the pipeline's request id).
     #[serde(default)]
-    id: Option<String>,
+    pub id: Option<String>,
 }
 
 /// An Open Inference Protocol v2 inference request (JSON tensors only).
 #[derive(Debug, Deserialize)]
-struct OipRequest {
+pub struct OipRequest {
     #[serde(default)]
-    id: Option<String>,
+    pub id: Option<String>,
     inputs: Vec<OipTensor>,
 }
 
