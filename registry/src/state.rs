@@ -311,9 +311,14 @@ impl State {
             .ok_or_else(|| ApiError::subject_not_found(subject))?;
         let (schema, normalized) = parse_schema(text)?;
         let canonical = schema.canonical_form();
-        let found = entry.versions.iter().rev().filter(|(_, v)| deleted || !v.deleted).find(|(_, v)| {
-            self.schemas.get(&v.id).is_some_and(|s| s.text == normalized || s.schema.canonical_form() == canonical)
-        });
+        let candidates = || entry.versions.iter().rev().filter(|(_, v)| deleted || !v.deleted);
+        // The very schema first (what registering it again answers), then one that differs
+        // only in what the canonical form drops (defaults, docs, aliases), newest first.
+        let found =
+            candidates().find(|(_, v)| self.schemas.get(&v.id).is_some_and(|s| s.text == normalized)).or_else(|| {
+                candidates()
+                    .find(|(_, v)| self.schemas.get(&v.id).is_some_and(|s| s.schema.canonical_form() == canonical))
+            });
         let (version, v) = found.ok_or_else(ApiError::schema_not_found)?;
         let schema = self.schemas.get(&v.id).ok_or_else(ApiError::schema_not_found)?;
         Ok(SubjectVersion { subject: subject.to_owned(), version: *version, id: v.id, schema: schema.text.clone() })
