@@ -45,5 +45,6 @@ read -r passed failed ignored < <(awk '/^test result:/ {
   }
 } END { print p + 0, f + 0, g + 0 }' "$log")
 echo
+grep '^fuzz ' "$log" || true
 echo "tests: $passed passed, $failed failed, $ignored skipped (the GPU tests skip themselves without a GPU)"
 exit "$status"
