@@ -2,6 +2,7 @@
 //! the built-in registry as background processes) and the commands' building blocks, so that
 //! tests drive the same code the CLI runs.
 
+pub mod acls;
 pub mod demo;
 pub mod loadgen;
 pub mod pipeline;

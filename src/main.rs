@@ -221,6 +221,23 @@ enum Command {
         #[arg(long, default_value_t = streamscore_kafka::topics::CLUSTER_PARTITIONS)]
         partitions: i32,
     },
+    /// Print the `kafka-acls.sh` commands that bind tenants to their producers' principals:
+    /// each tenant with `kafka_principals` in the policy gets its own requests topic, writable
+    /// only by those principals (see the README's Security section).
+    Acls {
+        /// Tenant policy file.
+        #[arg(long, default_value = "policies/tenants.toml")]
+        policy: PathBuf,
+        /// The shared requests topic; a bound tenant's topic is `<this>.<tenant>`.
+        #[arg(long, default_value = streamscore_contracts::topics::REQUESTS)]
+        requests_topic: String,
+        /// The cluster's bootstrap servers, as kafka-acls.sh reaches them.
+        #[arg(long, env = "STREAMSCORE_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// Client properties kafka-acls.sh authenticates with (its --command-config).
+        #[arg(long)]
+        command_config: Option<String>,
+    },
     /// Run the ingest stage on its own: validate requests, dead-letter bad ones, write
     /// validated requests to the validated topic.
     Ingest {
@@ -234,6 +251,10 @@ enum Command {
         /// Serve Prometheus metrics on this address (`GET /metrics`).
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Tenant policy: its tenants replace `--tenants`, and tenants with `kafka_principals`
+        /// are read from their own topics (`<input topic>.<tenant>`) and refused elsewhere.
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// Load generator: publish Confluent-framed Avro requests at a target rate.
     Produce {
@@ -537,6 +558,12 @@ async fn run(command: Command) -> Result<()> {
                 .await;
             tracing::info!("schema registry stopped");
         }
+        Command::Acls { policy, requests_topic, bootstrap, command_config } => {
+            let policy = streamscore_infer::quota::Policy::load(&policy)?;
+            for line in streamscore::acls::commands(&policy, &requests_topic, &bootstrap, command_config.as_deref()) {
+                println!("{line}");
+            }
+        }
         Command::Topics { bootstrap, partitions } => {
             for outcome in ensure_topics(&KafkaConfig::new(bootstrap), &event_topics_with(partitions)).await? {
                 println!("{outcome}");
@@ -682,8 +709,8 @@ async fn run(command: Command) -> Result<()> {
             stage.await.context("the infer stage panicked")??;
             consumed?;
         }
-        Command::Ingest { endpoints, ingest, validated_topic, metrics_listen } => {
-            run_ingest(endpoints, ingest, validated_topic, metrics_listen).await?;
+        Command::Ingest { endpoints, ingest, validated_topic, metrics_listen, policy } => {
+            run_ingest(endpoints, ingest, validated_topic, metrics_listen, policy).await?;
         }
         Command::Produce { endpoints, load } => run_produce(endpoints, load).await?,
         Command::Bridge {
@@ -762,16 +789,26 @@ async fn run_ingest(
     args: IngestArgs,
     validated_topic: String,
     metrics: Option<SocketAddr>,
+    policy: Option<PathBuf>,
 ) -> Result<()> {
     use streamscore_contracts::{Codec, InferenceRequest};
-    use streamscore_ingest::{Handoff, RequestDecider, Tenants};
+    use streamscore_ingest::{Handoff, RequestDecider, TenantTopics};
     serve_metrics(metrics).await?;
+    let tenants = tenants_for(policy.as_deref(), &args.tenants)?;
+    let tenant_topics = match &policy {
+        Some(path) => {
+            let policy = streamscore_infer::quota::Policy::load(path)?;
+            TenantTopics::new(&args.input_topic, policy.bound_tenants().map(|(t, _)| t))
+        }
+        None => TenantTopics::default(),
+    };
     let models = streamscore_modelstore::ModelStore::open(&args.models)
         .with_context(|| format!("loading the model store {}", args.models.display()))?;
     let kafka = KafkaConfig::new(&endpoints.bootstrap);
     let codec = Arc::new(Codec::<InferenceRequest>::with_url(&endpoints.registry_url, &args.input_topic));
     let decider = RequestDecider::new(codec, streamscore_contracts::lineage::default_instance())
-        .with_tenants(Tenants::parse(&args.tenants))
+        .with_tenants(tenants)
+        .with_tenant_topics(tenant_topics.clone())
         .with_models(streamscore_modelstore::SharedStore::new(models))
         .with_max_record_bytes(args.max_record_bytes)
         .with_event_time_window(args.event_window());
@@ -779,7 +816,22 @@ async fn run_ingest(
     config.group_id = args.group;
     config.input_topic = args.input_topic;
     config.dead_letter_topic = args.dead_letter_topic;
-    tracing::info!(input = config.input_topic, output = validated_topic, group = config.group_id, "ingest running");
+    config.tenant_topics = tenant_topics.topics();
+    if !tenant_topics.is_empty() {
+        let specs: Vec<_> = tenant_topics
+            .topics()
+            .iter()
+            .map(|t| streamscore_kafka::TopicSpec::event(t, streamscore_kafka::topics::CLUSTER_PARTITIONS))
+            .collect();
+        streamscore_kafka::ensure_topics(&config.kafka, &specs).await.context("creating the tenants' topics")?;
+    }
+    tracing::info!(
+        input = config.input_topic,
+        tenant_topics = ?config.tenant_topics,
+        output = validated_topic,
+        group = config.group_id,
+        "ingest running"
+    );
     let summary =
         streamscore_ingest::run(config, decider, Handoff::Topic { topic: validated_topic }, shutdown_signal()).await?;
     tracing::info!(

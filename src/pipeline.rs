@@ -43,6 +43,17 @@ pub async fn run(
         streamscore_kafka::TopicSpec::event(&config.infer.audit_topic, 1),
     ];
     let mut ingest_config = config.ingest.clone();
+    // Tenants bound to Kafka principals come on topics of their own.
+    let mut tenant_topics = streamscore_ingest::TenantTopics::default();
+    if let Some(path) = &config.infer.policy {
+        let policy = streamscore_infer::quota::Policy::load(path)?;
+        tenant_topics =
+            streamscore_ingest::TenantTopics::new(&config.ingest.input_topic, policy.bound_tenants().map(|(t, _)| t));
+        for topic in tenant_topics.topics() {
+            specs.push(streamscore_kafka::TopicSpec::event(&topic, CLUSTER_PARTITIONS));
+        }
+        ingest_config.tenant_topics = tenant_topics.topics();
+    }
     if config.infer.policy.is_some() {
         // Quota buckets are committed with the request offsets (a redelivery is decided as
         // the first time).
@@ -58,6 +69,7 @@ pub async fn run(
     let stats_for_infer = Arc::clone(&stats);
     let decider = RequestDecider::new(codec, config.infer.instance.clone())
         .with_tenants(config.tenants.clone())
+        .with_tenant_topics(tenant_topics)
         .with_models(store.clone())
         .with_max_record_bytes(config.max_record_bytes)
         .with_event_time_window(config.ingest.event_window);

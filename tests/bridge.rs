@@ -45,6 +45,8 @@ max_in_flight = 100000
 [tenants.globex]
 api_key_sha256 = ["{}"]
 pinned_versions = {{ fraud = "2" }}
+# Bound: its requests travel on <requests>.globex (the bridge writes there, ingest reads it).
+kafka_principals = ["User:globex-producer"]
 rate_per_sec = 100000
 burst = 100000
 max_in_flight = 100000
@@ -547,6 +549,16 @@ async fn sixty_four_concurrent_callers_each_get_their_own_answer_and_no_tenant_a
         assert!(request.reply_to.is_some());
         assert!(ids.contains(&request.request_id));
     }
+    // A tenant bound to Kafka principals goes through its own topic, end to end.
+    let (by_name, _) = rows(43, 1);
+    let body = json!({"features": by_name[0], "id": "bound"});
+    let (status, _, body) = bridge.post("/v1/models/fraud/predict", Some(GLOBEX), &body).await;
+    assert_eq!(status, 200, "{body}");
+    let own = streamscore_ingest::TenantTopics::topic_for(&stack.topics.requests, "globex");
+    let records = support::read_records(&[&own], 1, Duration::from_secs(30));
+    let request = codec.decode(rdkafka::message::Message::payload(&records[0]).unwrap()).await.unwrap().value;
+    assert_eq!(request.tenant, "globex");
+    assert_eq!(body["predictions"][0]["request_id"].as_str(), Some(request.request_id.as_str()));
     Arc::try_unwrap(bridge).ok().expect("all calls done").stop().await;
     stack.stop().await;
 }

@@ -269,3 +269,82 @@ async fn a_mixed_stream_gives_exactly_the_generators_counts() {
     assert!(tenants.len() >= 3, "several tenants: {tenants:?}");
     registry.stop().await;
 }
+
+/// Tenant binding: a tenant with Kafka principals is accepted only on its own topic, and its
+/// topic carries only its requests; other tenants stay on the shared topic (`TENANT_MISMATCH`
+/// otherwise, with the reason and the original bytes).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_bound_to_principals_is_accepted_only_on_its_own_topic() {
+    use streamscore_ingest::TenantTopics;
+    let registry = TestRegistry::start().await;
+    let topics = StageTopics::create("bound").await;
+    let bound = TenantTopics::new(&topics.requests, ["tenant-01"]);
+    let own_topic = bound.topic_of("tenant-01").unwrap().to_owned();
+    streamscore_kafka::ensure_topics(&support::kafka(), &[streamscore_kafka::TopicSpec::event(&own_topic, 1)])
+        .await
+        .unwrap();
+    let codec = Arc::new(Codec::<InferenceRequest>::with_url(&registry.url, &topics.requests));
+    codec.register().await.unwrap();
+    let request = |i: u64, tenant: &str| {
+        let request = support::synth_request(
+            i,
+            uuid::Uuid::new_v4().to_string(),
+            tenant,
+            None,
+            streamscore_contracts::now_micros(),
+        );
+        (tenant.as_bytes().to_vec(), codec.encode(&request).unwrap())
+    };
+    // (topic, tenant, accepted)
+    let cases = [
+        (topics.requests.clone(), "tenant-01", false),
+        (own_topic.clone(), "tenant-02", false),
+        (own_topic.clone(), "tenant-01", true),
+        (topics.requests.clone(), "tenant-02", true),
+    ];
+    for (i, (topic, tenant, _)) in cases.iter().enumerate() {
+        support::produce(topic, &[request(i as u64, tenant)]).await;
+    }
+
+    let decider = RequestDecider::new(Arc::clone(&codec), "test-ingest")
+        .with_tenants(Tenants::parse(TENANTS))
+        .with_tenant_topics(bound.clone())
+        .with_models(SharedStore::new(ModelStore::open(support::models_dir()).unwrap()));
+    let mut config = IngestConfig::new(support::kafka(), &registry.url);
+    config.group_id = support::unique("ingest");
+    config.input_topic = topics.requests.clone();
+    config.tenant_topics = bound.topics();
+    config.dead_letter_topic = topics.dead_letter.clone();
+    config.predictions_topic = topics.predictions.clone();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let handoff = Handoff::Topic { topic: topics.validated.clone() };
+    let task = tokio::spawn(streamscore_ingest::run(config, decider, handoff, async {
+        let _ = stopped.await;
+    }));
+    let outputs =
+        support::read_records(&[&topics.dead_letter, &topics.validated], cases.len(), Duration::from_secs(60));
+    let _ = stop.send(());
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!((summary.validated, summary.dead_lettered), (2, 2), "{summary:?}");
+
+    let dead_letters = Codec::<DeadLetter>::with_url(&registry.url, &topics.dead_letter);
+    let validated = Codec::<ValidatedRequest>::with_url(&registry.url, &topics.validated);
+    let mut seen = HashSet::new();
+    for message in &outputs {
+        if message.topic() == topics.dead_letter {
+            let dl = dead_letters.decode(message.payload().unwrap()).await.unwrap().value;
+            assert_eq!(dl.reason.code(), "TENANT_MISMATCH", "{}", dl.detail);
+            let tenant = String::from_utf8(dl.original_key.clone().unwrap()).unwrap();
+            assert!(cases.iter().any(|(t, n, ok)| !ok && *t == dl.lineage.source.topic && *n == tenant));
+            assert!(dl.detail.contains(&own_topic), "the detail names the bound topic: {}", dl.detail);
+            seen.insert((dl.lineage.source.topic.clone(), tenant, false));
+        } else {
+            let v = validated.decode(message.payload().unwrap()).await.unwrap().value;
+            seen.insert((v.lineage.source.topic.clone(), v.request.tenant.clone(), true));
+        }
+    }
+    let expected: HashSet<(String, String, bool)> =
+        cases.iter().map(|(t, n, ok)| (t.clone(), (*n).to_owned(), *ok)).collect();
+    assert_eq!(seen, expected);
+    registry.stop().await;
+}

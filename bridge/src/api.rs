@@ -592,8 +592,13 @@ impl Bridge {
         use rdkafka::producer::FutureRecord;
         let mut deliveries = Vec::with_capacity(payloads.len());
         for payload in &payloads {
-            let record =
-                FutureRecord::to(&self.config.requests_topic).key(tenant.as_bytes()).payload(payload.as_slice());
+            // A tenant bound to Kafka principals has its own topic (ingest refuses it on the
+            // shared one); the bridge, which authenticated the caller by API key, writes there.
+            let topic = self.policy.bound_tenants().find(|(t, _)| *t == tenant).map_or_else(
+                || self.config.requests_topic.clone(),
+                |(t, _)| streamscore_ingest::TenantTopics::topic_for(&self.config.requests_topic, t),
+            );
+            let record = FutureRecord::to(&topic).key(tenant.as_bytes()).payload(payload.as_slice());
             let delivery = streamscore_kafka::produce::enqueue(&self.producer, record)
                 .await
                 .map_err(|e| ApiError::unavailable("BROKER_UNAVAILABLE", format!("cannot publish the request: {e}")))?;

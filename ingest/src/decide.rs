@@ -37,6 +37,68 @@ impl Tenants {
     }
 }
 
+/// Tenants bound to Kafka principals, each with a topic of its own.
+///
+/// Kafka does not tell a consumer who produced a record, so the binding goes through topics:
+/// a bound tenant's requests come on `<requests topic>.<tenant>`, which only its principals
+/// may write (the broker's ACLs, printed by `streamscore acls`). Ingest reads those topics
+/// beside the shared one, and refuses (`TENANT_MISMATCH`) a record on a tenant's topic that
+/// claims another tenant, and a record on any other topic that claims a bound tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantTopics {
+    /// Topic → tenant.
+    by_topic: HashMap<String, String>,
+    /// Tenant → topic.
+    by_tenant: HashMap<String, String>,
+}
+
+impl TenantTopics {
+    /// The topic of `tenant`'s requests when it is bound: `<requests_topic>.<tenant>`.
+    pub fn topic_for(requests_topic: &str, tenant: &str) -> String {
+        format!("{requests_topic}.{tenant}")
+    }
+
+    /// Binds each of `tenants` to its topic next to `requests_topic`.
+    pub fn new<'a>(requests_topic: &str, tenants: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut topics = Self::default();
+        for tenant in tenants {
+            let topic = Self::topic_for(requests_topic, tenant);
+            topics.by_topic.insert(topic.clone(), tenant.to_owned());
+            topics.by_tenant.insert(tenant.to_owned(), topic);
+        }
+        topics
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_tenant.is_empty()
+    }
+
+    /// The tenants' topics, sorted.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.by_topic.keys().cloned().collect();
+        topics.sort();
+        topics
+    }
+
+    /// The topic a bound tenant's requests must come on.
+    pub fn topic_of(&self, tenant: &str) -> Option<&str> {
+        self.by_tenant.get(tenant).map(String::as_str)
+    }
+
+    /// Why a record on `topic` may not claim `tenant`, if it may not.
+    pub fn refusal(&self, topic: &str, tenant: &str) -> Option<String> {
+        match (self.by_topic.get(topic), self.by_tenant.get(tenant)) {
+            (Some(owner), _) if owner != tenant => {
+                Some(format!("topic {topic} carries only tenant {owner:?}'s requests, not {tenant:?}'s"))
+            }
+            (None, Some(own)) => Some(format!(
+                "tenant {tenant:?} is bound to Kafka principals: its requests are accepted only on topic {own}, not {topic}"
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Default largest record value accepted, in bytes.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
 
@@ -118,6 +180,7 @@ pub struct RequestDecider {
     instance: String,
     max_record_bytes: usize,
     tenants: Tenants,
+    tenant_topics: TenantTopics,
     models: Option<SharedStore>,
     window: EventTimeWindow,
     /// The clock, µs since the epoch (tests set their own).
@@ -133,6 +196,7 @@ impl RequestDecider {
             instance: instance.into(),
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             tenants: Tenants::Any,
+            tenant_topics: TenantTopics::default(),
             models: None,
             window: EventTimeWindow::default(),
             now: streamscore_contracts::now_micros,
@@ -156,6 +220,13 @@ impl RequestDecider {
     #[must_use]
     pub fn with_tenants(mut self, tenants: Tenants) -> Self {
         self.tenants = tenants;
+        self
+    }
+
+    /// Binds tenants to their own topics (see [`TenantTopics`]).
+    #[must_use]
+    pub fn with_tenant_topics(mut self, topics: TenantTopics) -> Self {
+        self.tenant_topics = topics;
         self
     }
 
@@ -212,6 +283,15 @@ impl RequestDecider {
                 String::from_utf8_lossy(key),
                 request.tenant
             );
+            return self.dead_letter(
+                record,
+                DeadLetterReason::TenantMismatch,
+                detail,
+                Some(decoded.schema_id),
+                Some(&request),
+            );
+        }
+        if let Some(detail) = self.tenant_topics.refusal(record.topic, &request.tenant) {
             return self.dead_letter(
                 record,
                 DeadLetterReason::TenantMismatch,
@@ -389,6 +469,20 @@ mod tests {
             reply_to: None,
             attributes: HashMap::new(),
         }
+    }
+
+    #[test]
+    fn a_bound_tenant_is_accepted_only_on_its_own_topic() {
+        let topics = TenantTopics::new("inference.requests", ["acme"]);
+        assert_eq!(topics.topics(), ["inference.requests.acme"]);
+        assert_eq!(topics.topic_of("acme"), Some("inference.requests.acme"));
+        assert_eq!(topics.refusal("inference.requests.acme", "acme"), None);
+        assert_eq!(topics.refusal("inference.requests", "globex"), None, "unbound tenants stay on the shared topic");
+        let elsewhere = topics.refusal("inference.requests", "acme").unwrap_or_default();
+        assert!(elsewhere.contains("only on topic inference.requests.acme"), "{elsewhere}");
+        let foreign = topics.refusal("inference.requests.acme", "globex").unwrap_or_default();
+        assert!(foreign.contains("carries only tenant \"acme\""), "{foreign}");
+        assert_eq!(TenantTopics::default().refusal("anything", "acme"), None);
     }
 
     #[test]

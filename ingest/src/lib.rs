@@ -13,5 +13,5 @@ pub mod decide;
 pub mod stage;
 pub mod telemetry;
 
-pub use decide::{check as check_request, Decision, RawRecord, RequestDecider, Tenants};
+pub use decide::{check as check_request, Decision, RawRecord, RequestDecider, TenantTopics, Tenants};
 pub use stage::{run, run_with_stats, Handoff, IngestConfig, IngestSummary, StageError};

@@ -65,6 +65,9 @@ pub struct IngestConfig {
     /// The event-time window of `created_at` (applied by the decider the fused pipeline builds;
     /// see [`RequestDecider::with_event_time_window`](crate::RequestDecider::with_event_time_window)).
     pub event_window: crate::decide::EventTimeWindow,
+    /// Topics of tenants bound to Kafka principals, read beside `input_topic` (see
+    /// [`TenantTopics`](crate::TenantTopics)).
+    pub tenant_topics: Vec<String>,
 }
 
 impl IngestConfig {
@@ -80,12 +83,15 @@ impl IngestConfig {
             checkpoints: None,
             drain_timeout: Duration::from_secs(5),
             event_window: crate::decide::EventTimeWindow::default(),
+            tenant_topics: Vec::new(),
         }
     }
 
     /// The source's configuration.
     pub fn source(&self) -> SourceConfig {
-        let mut source = SourceConfig::new(&self.group_id, &[&self.input_topic], "ingest");
+        let topics: Vec<&str> =
+            std::iter::once(self.input_topic.as_str()).chain(self.tenant_topics.iter().map(String::as_str)).collect();
+        let mut source = SourceConfig::new(&self.group_id, &topics, "ingest");
         source.max_in_flight = self.max_in_flight;
         source.checkpoints = self.checkpoints.clone();
         source

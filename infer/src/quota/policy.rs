@@ -75,6 +75,13 @@ pub struct TenantPolicy {
     pub on_exceed: OnExceed,
     #[serde(default)]
     pub max_delay_ms: u64,
+    /// Kafka principals (`User:name`, as the broker's SASL or mTLS authentication names them)
+    /// that produce this tenant's requests. When set, the tenant is bound: ingest accepts its
+    /// requests only from its own topic `<requests topic>.<tenant>`, whose write ACL names
+    /// these principals (`streamscore acls` prints the commands), and refuses any other topic's
+    /// record claiming it (`TENANT_MISMATCH`).
+    #[serde(default)]
+    pub kafka_principals: Vec<String>,
 }
 
 /// The whole file.
@@ -145,8 +152,38 @@ impl Policy {
                 reason,
             })?;
         }
+        if file.default.as_ref().is_some_and(|d| !d.kafka_principals.is_empty()) {
+            return Err(PolicyError::Invalid {
+                file: path.to_owned(),
+                scope: "[default]".to_owned(),
+                field: "kafka_principals",
+                reason: "principals bind a named tenant to its own topic; the default table has no name".to_owned(),
+            });
+        }
+        for (name, policy) in &file.tenants {
+            let topic_safe = !name.is_empty()
+                && name.len() <= 200
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+            if !policy.kafka_principals.is_empty() && !topic_safe {
+                return Err(PolicyError::Invalid {
+                    file: path.to_owned(),
+                    scope: format!("tenant {name}"),
+                    field: "kafka_principals",
+                    reason: "a bound tenant's name becomes a topic name: 1 to 200 of [A-Za-z0-9._-]".to_owned(),
+                });
+            }
+        }
         let sha256 = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
         Ok(Self { file, path: path.to_owned(), sha256 })
+    }
+
+    /// Tenants bound to Kafka principals, with their principals.
+    pub fn bound_tenants(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.file
+            .tenants
+            .iter()
+            .filter(|(_, p)| !p.kafka_principals.is_empty())
+            .map(|(name, p)| (name.as_str(), p.kafka_principals.as_slice()))
     }
 
     /// The policy that applies to `tenant`, if it may call at all.
@@ -177,6 +214,17 @@ fn validate(policy: &TenantPolicy) -> Result<(), (&'static str, String)> {
     if let Some(bad) = policy.api_key_sha256.iter().find(|k| k.len() != 64 || !k.bytes().all(|b| b.is_ascii_hexdigit()))
     {
         return Err(("api_key_sha256", format!("{bad:?} is not a hex sha256")));
+    }
+    let principal_ok = |p: &str| {
+        p.split_once(':').is_some_and(|(kind, name)| {
+            !kind.is_empty()
+                && kind.bytes().all(|b| b.is_ascii_alphabetic())
+                && !name.is_empty()
+                && !name.contains(char::is_control)
+        })
+    };
+    if let Some(bad) = policy.kafka_principals.iter().find(|p| !principal_ok(p)) {
+        return Err(("kafka_principals", format!("{bad:?} is not a principal like \"User:name\"")));
     }
     Ok(())
 }

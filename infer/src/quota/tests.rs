@@ -133,6 +133,18 @@ fn a_malformed_policy_is_refused_naming_the_field() {
         ("version = 1\n[tenants.a]\nrate_per_sec = 5\nburts = 5\n", "burts"),
         ("version = 1\n[tenants.a]\nrate_per_sec = \"fast\"\nburst = 5\n", "rate_per_sec"),
         ("version = 1\nunknown_tenants = \"default\"\n", "field default"),
+        (
+            "version = 1\n[tenants.a]\nrate_per_sec = 5\nburst = 5\nkafka_principals = [\"alice\"]\n",
+            "tenant a: field kafka_principals",
+        ),
+        (
+            "version = 1\n[tenants.\"a b\"]\nrate_per_sec = 5\nburst = 5\nkafka_principals = [\"User:alice\"]\n",
+            "tenant a b: field kafka_principals",
+        ),
+        (
+            "version = 1\nunknown_tenants = \"default\"\n[default]\nrate_per_sec = 5\nburst = 5\nkafka_principals = [\"User:x\"]\n",
+            "[default]: field kafka_principals",
+        ),
     ];
     for (text, expected) in cases {
         let error = Policy::parse(Path::new("policies/tenants.toml"), text.as_bytes()).expect_err(text).to_string();
@@ -196,4 +208,13 @@ fn extreme_event_times_never_overflow_the_bucket() {
     let mut indebted = Bucket::restore(10, 10, i128::MIN, 0);
     assert!(matches!(indebted.decide(0, 0), BucketDecision::Reject { retry_after_ms } if retry_after_ms <= 3_600_100));
     assert_eq!(indebted.decide(3_600_000_000 + 100_000, 0), BucketDecision::Admit);
+}
+
+#[test]
+fn tenants_with_kafka_principals_are_bound() {
+    let text = "version = 1\n[tenants.a]\nrate_per_sec = 5\nburst = 5\nkafka_principals = [\"User:alice\", \"User:CN=a,O=x\"]\n\
+                [tenants.b]\nrate_per_sec = 5\nburst = 5\n";
+    let policy = policy(text);
+    let bound: Vec<(&str, Vec<String>)> = policy.bound_tenants().map(|(t, p)| (t, p.to_vec())).collect();
+    assert_eq!(bound, [("a", vec!["User:alice".to_owned(), "User:CN=a,O=x".to_owned()])]);
 }
