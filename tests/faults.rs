@@ -477,3 +477,50 @@ async fn a_panicking_scorer_stops_the_pipeline_and_a_restart_loses_nothing() {
     assert_eq!(sources.len() as u64, generated.sent, "no request lost to the panic");
     registry.stop().await;
 }
+
+/// Records whose schema ids the registry does not know (random ids on the wire) are looked up
+/// together, not one round trip per record, each id once; each becomes an `UNKNOWN_SCHEMA`
+/// dead letter and nothing is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_schema_ids_are_looked_up_concurrently_and_once_each() {
+    let registry = TestRegistry::start().await;
+    let proxy = FaultyRegistry::start(&registry.url).await;
+    let topics = StageTopics::create("unknown-ids").await;
+    // 60 records with 30 distinct ids no one registered (each twice), one Avro-ish byte after.
+    let records: Vec<(Vec<u8>, Vec<u8>)> = (0..60_u32)
+        .map(|i| {
+            let mut value = vec![0];
+            value.extend_from_slice(&(1_000_000 + i % 30).to_be_bytes());
+            value.push(0);
+            (b"tenant-01".to_vec(), value)
+        })
+        .collect();
+    support::produce(&topics.requests, &records).await;
+    // Slow lookups: one at a time, the stage would hold each record for a full round trip.
+    proxy.set(Fault::Slow(Duration::from_millis(200)));
+    let group = support::unique("unknown-ids");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let stage = tokio::spawn(streamscore_ingest::run(
+        ingest_config(&proxy.url, &topics, &group),
+        ingest_decider(&proxy.url, &topics),
+        streamscore_ingest::Handoff::Topic { topic: topics.validated.clone() },
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let dead = tokio::task::block_in_place(|| {
+        support::read_records(&[&topics.dead_letter], records.len(), Duration::from_secs(60))
+    });
+    stop.send(()).unwrap();
+    let summary = stage.await.unwrap().unwrap();
+    assert_eq!(summary.dead_lettered, 60);
+    assert_eq!(dead.len(), 60);
+    let codec = Codec::<streamscore_contracts::DeadLetter>::with_url(&registry.url, &topics.dead_letter);
+    for record in &dead {
+        let dl = codec.decode(record.payload().unwrap()).await.unwrap().value;
+        assert_eq!(dl.reason.code(), "UNKNOWN_SCHEMA", "{}", dl.detail);
+    }
+    assert_eq!(proxy.lookups(), 30, "each unknown id is looked up once (then remembered for its TTL)");
+    assert!(proxy.most_in_flight() > 1, "lookups ran one at a time ({} at most)", proxy.most_in_flight());
+    registry.stop().await;
+}

@@ -35,6 +35,9 @@ pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an id the registry does not know is remembered as unknown.
 const UNKNOWN_ID_TTL: Duration = Duration::from_secs(30);
 
+/// How many schema lookups [`Codec::prefetch`] runs at once.
+const MAX_CONCURRENT_FETCHES: usize = 16;
+
 /// How many unknown ids are remembered at once: random ids on the wire cannot grow the
 /// memory without bound (each still costs one registry lookup per [`UNKNOWN_ID_TTL`]).
 const MAX_UNKNOWN_IDS: usize = 10_000;
@@ -276,6 +279,26 @@ impl<T: Event> Codec<T> {
             source: RegistryError { error_code: None, message: "schema not fetched yet".to_owned(), retryable: true },
         })?;
         self.decode_body(id, &writer, body)
+    }
+
+    /// Whether decoding a record written with schema `id` would ask the registry now (the id
+    /// is neither cached nor remembered as unknown).
+    pub fn would_fetch(&self, id: u32) -> bool {
+        self.cached_writer(id).is_none()
+            && !self.unknown.lock().unwrap_or_else(PoisonError::into_inner).remembers(id, Instant::now())
+    }
+
+    /// Looks up the writer schemas of `ids` that [`Codec::would_fetch`], concurrently (at
+    /// most 16 at a time), caching what the registry answers, known or unknown. Failures
+    /// (the registry unreachable) are left for [`Codec::decode`] to meet and retry.
+    pub async fn prefetch(&self, ids: impl IntoIterator<Item = u32>) {
+        use futures::StreamExt;
+        let ids: std::collections::BTreeSet<u32> = ids.into_iter().filter(|&id| self.would_fetch(id)).collect();
+        futures::stream::iter(ids)
+            .for_each_concurrent(MAX_CONCURRENT_FETCHES, |id| async move {
+                let _ = self.fetch_writer(id).await;
+            })
+            .await;
     }
 
     fn cached_writer(&self, id: u32) -> Option<Arc<Writer>> {

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use streamscore_contracts::codec::DecodeError;
+use streamscore_contracts::codec::{DecodeError, WireHeader};
 use streamscore_contracts::{
     Codec, DeadLetter, DeadLetterReason, InferenceRequest, Lineage, OutcomeStatus, PredictionOutcome, SourceOffset,
     Stage, ValidatedRequest,
@@ -241,6 +241,19 @@ impl RequestDecider {
     pub fn with_max_record_bytes(mut self, max: usize) -> Self {
         self.max_record_bytes = max;
         self
+    }
+
+    /// Resolves, together, the schema ids of `values` (the record about to be decided and the
+    /// ones behind it) when the first is not known yet: a stream of new ids costs one round
+    /// of concurrent registry lookups, not one round trip per record.
+    pub async fn prefetch_schemas<'a>(&self, mut values: impl Iterator<Item = &'a [u8]>) {
+        let id = |value: &[u8]| WireHeader::parse(value).ok().map(|(header, _)| header.schema_id);
+        let Some(first) = values.next().and_then(id) else { return };
+        if !self.codec.would_fetch(first) {
+            return;
+        }
+        let ids: Vec<u32> = std::iter::once(first).chain(values.take(1024).filter_map(id)).collect();
+        self.codec.prefetch(ids).await;
     }
 
     /// Decides one record.

@@ -181,7 +181,15 @@ pub async fn run_with_stats(
         let decision = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            decision = decide_with_retry(&decider, RawRecord::from_message(&message)) => decision,
+            decision = async {
+                // New schema ids (this record's and those buffered behind it) are looked up
+                // together rather than one registry round trip per record.
+                let values = std::iter::once(&message)
+                    .chain(source.buffered())
+                    .filter_map(|m| rdkafka::message::Message::payload(m));
+                decider.prefetch_schemas(values).await;
+                decide_with_retry(&decider, RawRecord::from_message(&message)).await
+            } => decision,
         };
         let result = match decision {
             Decision::Valid(validated) => {

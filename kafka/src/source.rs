@@ -345,6 +345,12 @@ impl Source {
 
     /// The next record and what is owed for it. Cancel-safe: a record is handed out only when
     /// this returns.
+    /// The records already fetched and not handed out yet, in the order [`Source::next`] will
+    /// hand them out (a look ahead, e.g. to resolve their schema ids together).
+    pub fn buffered(&self) -> impl Iterator<Item = &OwnedMessage> {
+        self.ready.iter().filter(|(epoch, _)| *epoch == self.seen_epoch).map(|(_, message)| message)
+    }
+
     pub async fn next(&mut self) -> Result<(OwnedMessage, Ack), SourceError> {
         loop {
             self.check_fatal()?;

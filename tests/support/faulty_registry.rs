@@ -47,6 +47,9 @@ struct Shared {
     fault: Mutex<Fault>,
     faulted: AtomicU64,
     lookups: AtomicU64,
+    /// Lookups being answered now, and the most there ever were at once.
+    in_flight: AtomicU64,
+    most_in_flight: AtomicU64,
 }
 
 /// The proxy; dropped, it stops serving.
@@ -65,6 +68,8 @@ impl FaultyRegistry {
             fault: Mutex::new(Fault::Pass),
             faulted: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            most_in_flight: AtomicU64::new(0),
         });
         let serving = Arc::clone(&shared);
         let task = tokio::spawn(async move {
@@ -87,6 +92,11 @@ impl FaultyRegistry {
     /// Lookups answered with a fault so far.
     pub fn faulted(&self) -> u64 {
         self.shared.faulted.load(Ordering::Relaxed)
+    }
+
+    /// The most lookups that were being answered at the same time.
+    pub fn most_in_flight(&self) -> u64 {
+        self.shared.most_in_flight.load(Ordering::Relaxed)
     }
 
     /// Lookups seen so far (faulted or not).
@@ -145,10 +155,28 @@ async fn serve(mut stream: TcpStream, shared: &Shared, client: &reqwest::Client)
 
     let fault = if method == "GET" {
         shared.lookups.fetch_add(1, Ordering::Relaxed);
+        let now = shared.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.most_in_flight.fetch_max(now, Ordering::AcqRel);
         shared.fault.lock().unwrap().clone()
     } else {
         Fault::Pass
     };
+    let result = answer(&mut stream, shared, client, fault, &method, &path, body).await;
+    if method == "GET" {
+        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+    result
+}
+
+async fn answer(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    client: &reqwest::Client,
+    fault: Fault,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> std::io::Result<()> {
     if fault != Fault::Pass {
         shared.faulted.fetch_add(1, Ordering::Relaxed);
     }
@@ -157,9 +185,9 @@ async fn serve(mut stream: TcpStream, shared: &Shared, client: &reqwest::Client)
         Fault::Status { status, body, content_type } => (status, content_type.to_owned(), body.into_bytes()),
         Fault::Slow(wait) => {
             tokio::time::sleep(wait).await;
-            forward(shared, client, &method, &path, body).await
+            forward(shared, client, method, path, body).await
         }
-        Fault::Pass => forward(shared, client, &method, &path, body).await,
+        Fault::Pass => forward(shared, client, method, path, body).await,
     };
     let head = format!(
         "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
