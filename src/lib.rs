@@ -3,6 +3,7 @@
 //! tests drive the same code the CLI runs.
 
 pub mod acls;
+pub mod audit;
 pub mod demo;
 pub mod loadgen;
 pub mod pipeline;

@@ -221,6 +221,12 @@ enum Command {
         #[arg(long, default_value_t = streamscore_kafka::topics::CLUSTER_PARTITIONS)]
         partitions: i32,
     },
+    /// The audit log: `audit verify` checks every chain and every output event against its
+    /// commitment and names the first bad record (exit status 1).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Print the `kafka-acls.sh` commands that bind tenants to their producers' principals:
     /// each tenant with `kafka_principals` in the policy gets its own requests topic, writable
     /// only by those principals (see the README's Security section).
@@ -394,6 +400,37 @@ impl InferArgs {
     }
 }
 
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Read audit.log, the predictions and the dead letters and check them: every chain whole
+    /// (HMAC, seq, links), every output committed, every commitment found, in order.
+    Verify {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        /// Only events written from this time (RFC 3339, or µs since the epoch).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only events written until this time (RFC 3339, or µs since the epoch).
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the whole report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The audit key file (else STREAMSCORE_AUDIT_KEY_FILE or STREAMSCORE_AUDIT_KEY).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Head checkpoints the writers kept outside Kafka (catches a truncated tail).
+        #[arg(long, env = "STREAMSCORE_AUDIT_HEAD_DIR", hide_env_values = true)]
+        heads: Option<PathBuf>,
+        #[arg(long, default_value = streamscore_contracts::topics::AUDIT)]
+        audit_topic: String,
+        #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
+        predictions_topic: String,
+        #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
+        dead_letter_topic: String,
+    },
+}
+
 #[derive(Debug, clap::Args)]
 struct IngestArgs {
     /// Topic requests are read from.
@@ -515,6 +552,16 @@ fn main() -> Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init();
     }
     apply_kafka_settings(&cli)?;
+    if let Command::Run { data_dir, .. } = &cli.command {
+        // The main job's stages key their audit chains with the stack's key (before any thread).
+        let (key_file, head_dir) = stack::audit_paths(data_dir)?;
+        if std::env::var_os(streamscore_contracts::audit::KEY_FILE_ENV).is_none() {
+            std::env::set_var(streamscore_contracts::audit::KEY_FILE_ENV, key_file);
+        }
+        if std::env::var_os(streamscore_kafka::audit::HEAD_DIR_ENV).is_none() {
+            std::env::set_var(streamscore_kafka::audit::HEAD_DIR_ENV, head_dir);
+        }
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run(cli.command))
 }
@@ -557,6 +604,56 @@ async fn run(command: Command) -> Result<()> {
             streamscore_registry::serve(Arc::new(store), Arc::new(auth), Some(metrics), listener, shutdown_signal())
                 .await;
             tracing::info!("schema registry stopped");
+        }
+        Command::Audit {
+            action:
+                AuditAction::Verify {
+                    endpoints,
+                    from,
+                    to,
+                    json,
+                    key_file,
+                    heads,
+                    audit_topic,
+                    predictions_topic,
+                    dead_letter_topic,
+                },
+        } => {
+            use streamscore_contracts::audit::{AuditKey, Window};
+            let key = match key_file {
+                Some(path) => {
+                    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                    AuditKey::new(bytes.trim_ascii_end())
+                }
+                None => AuditKey::from_env().map_err(anyhow::Error::msg)?,
+            };
+            let heads = match heads {
+                Some(dir) if dir.is_dir() => streamscore_kafka::audit::read_heads(&dir).map_err(anyhow::Error::msg)?,
+                _ => Vec::new(),
+            };
+            let window = Window {
+                from: from.as_deref().map(streamscore::audit::parse_time).transpose()?.unwrap_or(i64::MIN),
+                to: to.as_deref().map(streamscore::audit::parse_time).transpose()?.unwrap_or(i64::MAX),
+            };
+            let config = streamscore::audit::VerifyConfig {
+                kafka: KafkaConfig::new(&endpoints.bootstrap),
+                registry_url: endpoints.registry_url.clone(),
+                audit_topic,
+                predictions_topic,
+                dead_letter_topic,
+                key,
+                heads,
+                window,
+            };
+            let (report, reading) = streamscore::audit::verify(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", streamscore::audit::describe(&report, reading));
+            }
+            if !report.ok() {
+                std::process::exit(1);
+            }
         }
         Command::Acls { policy, requests_topic, bootstrap, command_config } => {
             let policy = streamscore_infer::quota::Policy::load(&policy)?;

@@ -43,6 +43,9 @@ pub async fn run(
         streamscore_kafka::TopicSpec::event(&config.infer.audit_topic, 1),
     ];
     let mut ingest_config = config.ingest.clone();
+    // One audit log, each stage its own chain.
+    ingest_config.audit_topic.clone_from(&config.infer.audit_topic);
+    ingest_config.instance.clone_from(&config.infer.instance);
     // Tenants bound to Kafka principals come on topics of their own.
     let mut tenant_topics = streamscore_ingest::TenantTopics::default();
     if let Some(path) = &config.infer.policy {

@@ -6,8 +6,10 @@
 //! tansu/tansu.db   broker storage (sqlite; durable across restarts)
 //! tansu.pid, tansu.log, registry.pid, registry.log
 //! stack.env        STREAMSCORE_BOOTSTRAP and STREAMSCORE_REGISTRY_URL, for shells and tests,
-//!                  and STREAMSCORE_BROKER_PID / STREAMSCORE_REGISTRY_PID, for the load
-//!                  benches that report the broker's CPU
+//!                  STREAMSCORE_BROKER_PID / STREAMSCORE_REGISTRY_PID, for the load
+//!                  benches that report the broker's CPU, and the audit key and head paths
+//! audit.key        the audit log's HMAC key (made once, kept across restarts; never in Kafka)
+//! audit-heads/     the audit chains' head checkpoints
 //! ```
 //! `up` is idempotent: running parts are reused, missing ones started. `down` stops both.
 
@@ -92,6 +94,21 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     // An existing file keeps its mode on open: set it.
     fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     Ok(())
+}
+
+/// The audit key file (made with 256 random bits the first time, then kept: chains written
+/// before a restart must still verify) and the head checkpoint directory, absolute.
+pub fn audit_paths(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    let key_file = dir.join("audit.key");
+    if !key_file.is_file() {
+        let key = format!("{}{}\n", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        write_private(&key_file, &key)?;
+    }
+    let head_dir = dir.join("audit-heads");
+    fs::create_dir_all(&head_dir).with_context(|| format!("creating {}", head_dir.display()))?;
+    Ok((key_file, head_dir))
 }
 
 /// New credentials for the registry: its users file (hashes) and the plain `user:password`
@@ -282,8 +299,14 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
     }
 
     let addrs = StackAddrs { bootstrap, registry_url, registry_admin };
-    let env =
-        format!("{}STREAMSCORE_BROKER_PID={broker_pid}\nSTREAMSCORE_REGISTRY_PID={registry_pid}\n", addrs.env_file());
+    let (key_file, head_dir) = audit_paths(&dir)?;
+    let env = format!(
+        "{}STREAMSCORE_BROKER_PID={broker_pid}\nSTREAMSCORE_REGISTRY_PID={registry_pid}\n\
+         STREAMSCORE_AUDIT_KEY_FILE={}\nSTREAMSCORE_AUDIT_HEAD_DIR={}\n",
+        addrs.env_file(),
+        key_file.display(),
+        head_dir.display()
+    );
     write_private(&dir.join("stack.env"), &env)?;
     println!("stack up: export $(cat {})", dir.join("stack.env").display());
     Ok(addrs)

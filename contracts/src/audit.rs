@@ -1,13 +1,27 @@
-//! The hash chain of the audit log.
+//! The audit log: keyed hash chains, and commitments that cover every output event.
 //!
-//! Every writer (a stage instance) keeps its own chain: entry `n` carries the hash of entry
-//! `n-1` and a hash over its own content, so removing, reordering or editing an entry breaks
-//! the chain at that point. [`verify`] walks a writer's entries and says where it breaks.
+//! - **Chains.** Every writer (a stage instance, from one start to its stop) keeps its own
+//!   chain, named `<stage>/<instance>@<start µs>` so a restarted process (PID 1 again in a
+//!   container) starts a new chain instead of reusing the old one's ids. Entry `n` carries the
+//!   hash of entry `n-1` and an HMAC-SHA256 over its own content, every field included. The
+//!   key comes from a file or an environment variable ([`AuditKey::from_env`]) and is never
+//!   written to Kafka, so someone who can write the topic cannot forge a consistent chain.
+//!   A chain's first entry (`CHAIN_STARTED`) names the previous chain of the same stage and
+//!   instance and where it ended, so a truncated or deleted chain is seen by the next one.
+//! - **Commitments.** Each batch of outputs (predictions, shadows, rejections, dead letters)
+//!   is committed by one `BATCH_COMMITTED` entry listing every event's id and the HMAC of its
+//!   exact record bytes. [`verify`] (the `streamscore audit verify` command) checks every
+//!   chain and every event against the commitments.
+
+mod verify;
 
 use std::collections::HashMap;
 
-use sha2::{Digest, Sha256};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use uuid::Uuid;
+
+pub use verify::{verify, ChainHead, Position, Problem, ProblemKind, Report, SeenEntry, SeenEvent, Window};
 
 use crate::events::AuditRecord;
 use crate::lineage::{now_micros, Lineage, EVENT_ID_NAMESPACE};
@@ -15,18 +29,139 @@ use crate::lineage::{now_micros, Lineage, EVENT_ID_NAMESPACE};
 /// `prev_hash` of a chain's first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// A file holding the audit key (its bytes, trailing whitespace ignored).
+pub const KEY_FILE_ENV: &str = "STREAMSCORE_AUDIT_KEY_FILE";
+/// The audit key itself, when no key file is given.
+pub const KEY_ENV: &str = "STREAMSCORE_AUDIT_KEY";
+
+/// Entry kinds with a meaning for verification.
+pub mod kinds {
+    /// A chain's first entry; names the previous chain of the same writer and its head.
+    pub const CHAIN_STARTED: &str = "CHAIN_STARTED";
+    /// A stage stopping cleanly: the chain's last entry.
+    pub const STAGE_STOPPED: &str = "STAGE_STOPPED";
+    /// A batch of output events, each as `event_id:hmac`.
+    pub const BATCH_COMMITTED: &str = "BATCH_COMMITTED";
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The secret the chains and commitments are keyed with. Its id (a fingerprint, not the key)
+/// goes in every entry, so a verifier holding another key says so instead of "tampered".
+#[derive(Clone)]
+pub struct AuditKey {
+    key: Vec<u8>,
+    id: String,
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl AuditKey {
+    pub fn new(key: &[u8]) -> Self {
+        let mut fingerprint = b"streamscore audit key id\n".to_vec();
+        fingerprint.extend_from_slice(key);
+        Self { key: key.to_vec(), id: crate::sha256_hex(&fingerprint)[..16].to_owned() }
+    }
+
+    /// No secret: entries are still chained and hashed, but anyone who can write Kafka could
+    /// write a consistent forgery. Verification says so.
+    pub fn unkeyed() -> Self {
+        Self { key: Vec::new(), id: "unkeyed".to_owned() }
+    }
+
+    /// The key from [`KEY_FILE_ENV`], else [`KEY_ENV`], else [`AuditKey::unkeyed`].
+    pub fn from_env() -> Result<Self, String> {
+        if let Some(path) = std::env::var_os(KEY_FILE_ENV).filter(|p| !p.is_empty()) {
+            let bytes = std::fs::read(&path)
+                .map_err(|e| format!("reading the audit key file {} ({KEY_FILE_ENV}): {e}", path.to_string_lossy()))?;
+            let key = bytes.trim_ascii_end();
+            if key.is_empty() {
+                return Err(format!("the audit key file {} is empty", path.to_string_lossy()));
+            }
+            return Ok(Self::new(key));
+        }
+        match std::env::var(KEY_ENV) {
+            Ok(key) if !key.trim().is_empty() => Ok(Self::new(key.trim().as_bytes())),
+            _ => Ok(Self::unkeyed()),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn is_keyed(&self) -> bool {
+        !self.key.is_empty()
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        // HMAC takes a key of any length; this cannot fail.
+        <HmacSha256 as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+    }
+
+    /// The commitment hash of one event: HMAC-SHA256 of its exact record bytes, the first
+    /// 128 bits as hex.
+    pub fn event_hash(&self, record_value: &[u8]) -> String {
+        let mut mac = self.mac();
+        mac.update(record_value);
+        hex(&mac.finalize().into_bytes()[..16])
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
+}
+
+/// Where a chain ended, kept outside Kafka (see `STREAMSCORE_AUDIT_HEAD_DIR`) and named by the
+/// next chain's first entry.
+pub fn chain_id(stage: &str, instance: &str, started_at: i64) -> String {
+    format!("{stage}/{instance}@{started_at}")
+}
+
 /// The next entries of one writer's chain.
 #[derive(Debug, Clone)]
 pub struct AuditChain {
     stage: String,
     instance: String,
+    chain: String,
+    key: AuditKey,
     seq: i64,
     prev_hash: String,
 }
 
 impl AuditChain {
-    pub fn new(stage: &str, instance: &str) -> Self {
-        Self { stage: stage.to_owned(), instance: instance.to_owned(), seq: 0, prev_hash: GENESIS.to_owned() }
+    /// A chain for `stage`/`instance` started at `started_at` (µs), keyed with `key`.
+    pub fn new(stage: &str, instance: &str, key: AuditKey, started_at: i64) -> Self {
+        Self {
+            stage: stage.to_owned(),
+            instance: instance.to_owned(),
+            chain: chain_id(stage, instance, started_at),
+            key,
+            seq: 0,
+            prev_hash: GENESIS.to_owned(),
+        }
+    }
+
+    /// `<stage>/<instance>@<start>`.
+    pub fn id(&self) -> &str {
+        &self.chain
+    }
+
+    pub fn key(&self) -> &AuditKey {
+        &self.key
+    }
+
+    /// The last entry appended: its seq and hash.
+    pub fn head(&self) -> Option<ChainHead> {
+        (self.seq > 0).then(|| ChainHead { chain: self.chain.clone(), seq: self.seq - 1, hash: self.prev_hash.clone() })
     }
 
     /// Appends an entry and returns it.
@@ -35,12 +170,11 @@ impl AuditChain {
         kind: &str,
         subject: &str,
         lineage: Option<Lineage>,
-        details: HashMap<String, String>,
+        mut details: HashMap<String, String>,
     ) -> AuditRecord {
-        let audit_id = Uuid::new_v5(
-            &EVENT_ID_NAMESPACE,
-            format!("audit/{}/{}/{}", self.stage, self.instance, self.seq).as_bytes(),
-        );
+        details.insert("chain".to_owned(), self.chain.clone());
+        details.insert("key_id".to_owned(), self.key.id().to_owned());
+        let audit_id = Uuid::new_v5(&EVENT_ID_NAMESPACE, format!("audit/{}/{}", self.chain, self.seq).as_bytes());
         let mut record = AuditRecord {
             audit_id: audit_id.to_string(),
             seq: self.seq,
@@ -54,20 +188,20 @@ impl AuditChain {
             prev_hash: self.prev_hash.clone(),
             hash: String::new(),
         };
-        record.hash = content_hash(&record);
+        record.hash = content_hash(&self.key, &record);
         self.seq += 1;
         self.prev_hash = record.hash.clone();
         record
     }
 }
 
-/// Hex sha256 over an entry's content (everything but `hash`), fields length-prefixed so no
-/// two different entries serialize the same.
-pub fn content_hash(record: &AuditRecord) -> String {
-    let mut hasher = Sha256::new();
+/// HMAC-SHA256 (hex) over an entry's content: every field but `hash`, each length-prefixed so
+/// no two different entries serialize the same.
+pub fn content_hash(key: &AuditKey, record: &AuditRecord) -> String {
+    let mut mac = key.mac();
     let mut field = |bytes: &[u8]| {
-        hasher.update((bytes.len() as u64).to_be_bytes());
-        hasher.update(bytes);
+        mac.update(&(bytes.len() as u64).to_be_bytes());
+        mac.update(bytes);
     };
     field(record.audit_id.as_bytes());
     field(&record.seq.to_be_bytes());
@@ -76,60 +210,66 @@ pub fn content_hash(record: &AuditRecord) -> String {
     field(record.kind.as_bytes());
     field(record.subject.as_bytes());
     match &record.lineage {
-        None => field(b""),
+        None => field(b"-"),
         Some(l) => {
+            field(b"+");
             field(l.event_id.as_bytes());
-            field(format!("{}", l.source).as_bytes());
+            field(l.request_id.as_deref().unwrap_or("\u{0}").as_bytes());
+            field(l.tenant.as_deref().unwrap_or("\u{0}").as_bytes());
+            field(l.source.topic.as_bytes());
+            field(&l.source.partition.to_be_bytes());
+            field(&l.source.offset.to_be_bytes());
+            field(l.stage.as_bytes());
+            field(l.instance.as_bytes());
+            field(&l.written_at.to_be_bytes());
         }
     }
     let mut details: Vec<(&String, &String)> = record.details.iter().collect();
     details.sort();
+    field(&(details.len() as u64).to_be_bytes());
     for (key, value) in details {
         field(key.as_bytes());
         field(value.as_bytes());
     }
     field(&record.occurred_at.to_be_bytes());
     field(record.prev_hash.as_bytes());
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex(&mac.finalize().into_bytes())
 }
 
-/// Where a chain breaks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChainError {
-    /// Entry at this position has a hash that does not match its content.
-    Tampered { seq: i64 },
-    /// Entry at this position does not point at the previous entry.
-    Broken { seq: i64 },
-    /// Entries are missing before this position.
-    Gap { expected: i64, found: i64 },
-}
-
-/// Verifies one writer's entries, in log order.
-pub fn verify(entries: &[AuditRecord]) -> Result<(), ChainError> {
-    let mut prev = GENESIS.to_owned();
-    for (expected, entry) in (0_i64..).zip(entries) {
-        if entry.seq != expected {
-            return Err(ChainError::Gap { expected, found: entry.seq });
+/// The details of a `BATCH_COMMITTED` entry: `events` lists `event_id:hash` comma-separated in
+/// the order they were sent; `sources` the input records they answer.
+pub fn commitment_details(events: &[(String, String)], sources: String) -> HashMap<String, String> {
+    let mut list = String::with_capacity(events.len() * 70);
+    for (i, (id, hash)) in events.iter().enumerate() {
+        if i > 0 {
+            list.push(',');
         }
-        if entry.prev_hash != prev {
-            return Err(ChainError::Broken { seq: entry.seq });
-        }
-        if content_hash(entry) != entry.hash {
-            return Err(ChainError::Tampered { seq: entry.seq });
-        }
-        prev = entry.hash.clone();
+        list.push_str(id);
+        list.push(':');
+        list.push_str(hash);
     }
-    Ok(())
+    HashMap::from([
+        ("events".to_owned(), list),
+        ("count".to_owned(), events.len().to_string()),
+        ("sources".to_owned(), sources),
+    ])
+}
+
+/// The `(event_id, hash)` pairs of a commitment's details, in order.
+pub fn committed_events(details: &HashMap<String, String>) -> Vec<(&str, &str)> {
+    details
+        .get("events")
+        .map(|list| list.split(',').filter(|e| !e.is_empty()).filter_map(|e| e.split_once(':')).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn chains_verify_and_any_change_breaks_them() {
-        let mut chain = AuditChain::new("infer", "host:1");
-        let entries: Vec<AuditRecord> = (0..5)
+    fn chain(key: AuditKey) -> (AuditChain, Vec<AuditRecord>) {
+        let mut chain = AuditChain::new("infer", "host:1", key, 1_700_000_000_000_000);
+        let entries = (0..5)
             .map(|i| {
                 chain.append(
                     "MODEL_LOADED",
@@ -139,19 +279,52 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(verify(&entries), Ok(()));
+        (chain, entries)
+    }
 
-        let mut edited = entries.clone();
-        edited[2].subject = "fraud/9".to_owned();
-        assert_eq!(verify(&edited), Err(ChainError::Tampered { seq: 2 }));
+    #[test]
+    fn entries_are_keyed_and_name_their_chain() {
+        let key = AuditKey::new(b"secret");
+        let (chain, entries) = chain(key.clone());
+        assert_eq!(chain.id(), "infer/host:1@1700000000000000");
+        for entry in &entries {
+            assert_eq!(entry.details["chain"], chain.id());
+            assert_eq!(entry.details["key_id"], key.id());
+            assert_eq!(content_hash(&key, entry), entry.hash);
+            assert_ne!(content_hash(&AuditKey::new(b"other"), entry), entry.hash, "another key gives another hash");
+        }
+        assert_eq!(chain.head().map(|h| h.seq), Some(4));
+        let restarted = AuditChain::new("infer", "host:1", key.clone(), 1).append("X", "", None, HashMap::new());
+        assert_ne!(
+            entries[0].audit_id, restarted.audit_id,
+            "a restarted writer (same host:pid, another start) gets other ids"
+        );
+        // Every lineage field is covered.
+        let mut entry = entries[1].clone();
+        entry.lineage = Some(Lineage::derive(
+            crate::SourceOffset::new("t", 0, 1),
+            crate::Stage::Infer,
+            "prediction",
+            "i",
+            Some("r".to_owned()),
+            Some("acme".to_owned()),
+        ));
+        let before = content_hash(&key, &entry);
+        if let Some(l) = entry.lineage.as_mut() {
+            l.tenant = Some("globex".to_owned());
+        }
+        assert_ne!(content_hash(&key, &entry), before, "the tenant is hashed");
+    }
 
-        let mut removed = entries.clone();
-        removed.remove(1);
-        assert_eq!(verify(&removed), Err(ChainError::Gap { expected: 1, found: 2 }));
-
-        let mut rehashed = entries;
-        rehashed[3].subject = "forged".to_owned();
-        rehashed[3].hash = content_hash(&rehashed[3]);
-        assert_eq!(verify(&rehashed), Err(ChainError::Broken { seq: 4 }), "re-hashing one entry breaks the next link");
+    #[test]
+    fn commitments_round_trip() {
+        let key = AuditKey::new(b"k");
+        let events = vec![("e1".to_owned(), key.event_hash(b"one")), ("e2".to_owned(), key.event_hash(b"two"))];
+        let details = commitment_details(&events, "t/0:1-2".to_owned());
+        let parsed: Vec<(String, String)> =
+            committed_events(&details).into_iter().map(|(a, b)| (a.to_owned(), b.to_owned())).collect();
+        assert_eq!(parsed, events);
+        assert_eq!(key.event_hash(b"one").len(), 32);
+        assert_ne!(key.event_hash(b"one"), AuditKey::unkeyed().event_hash(b"one"));
     }
 }

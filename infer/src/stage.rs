@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
+use streamscore_contracts::audit::AuditKey;
 use streamscore_contracts::{topics, Codec, Lineage, OutcomeStatus, PredictionOutcome, Stage, ValidatedRequest};
-use streamscore_kafka::audit::AuditWriter;
+use streamscore_kafka::audit::{AuditWriter, Committer};
 use streamscore_kafka::retry;
 use streamscore_kafka::{Ack, KafkaConfig, Sink, SinkError};
 use streamscore_modelstore::{ModelVersion, Refused, RouteError, SharedStore};
@@ -116,6 +117,9 @@ struct Shared {
     config: InferConfig,
     codec: Codec<PredictionOutcome>,
     sink: Sink,
+    /// Commits every output in the audit log (a batch's in one entry; rejections in batches).
+    committer: Arc<Committer>,
+    audit_key: AuditKey,
     stats: Arc<LiveStats>,
     errors: mpsc::UnboundedSender<InferError>,
     /// Tenants whose admitted request got its answer (quota in-flight accounting).
@@ -132,14 +136,18 @@ pub async fn run(
 ) -> Result<(), InferError> {
     let codec = Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic);
     retry::register(&codec).await?;
-    let audit = AuditWriter::new(
-        &config.kafka,
-        &config.registry_url,
-        &config.audit_topic,
-        Stage::Infer.as_str(),
-        &config.instance,
-    )
-    .await?;
+    let audit = Arc::new(
+        AuditWriter::new(
+            &config.kafka,
+            &config.registry_url,
+            &config.audit_topic,
+            Stage::Infer.as_str(),
+            &config.instance,
+        )
+        .await?,
+    );
+    let committer = Committer::new(Arc::clone(&audit));
+    let audit_key = audit.key().await;
     let (errors_tx, mut errors) = mpsc::unbounded_channel();
     let (released_tx, mut released) = mpsc::unbounded_channel::<String>();
     let mut quotas = match &config.policy {
@@ -153,6 +161,8 @@ pub async fn run(
     };
     let shared = Arc::new(Shared {
         sink: Sink::new(&config.kafka, "infer")?,
+        committer: Arc::clone(&committer),
+        audit_key,
         codec,
         stats,
         errors: errors_tx,
@@ -185,11 +195,13 @@ pub async fn run(
     }
     let mut rescan = tokio::time::interval(shared.config.rescan_every.unwrap_or(Duration::from_secs(3600)));
     rescan.tick().await;
+    let ticking = tokio::spawn(Arc::clone(&committer).tick());
 
     let failure = loop {
         tokio::select! {
             Some(error) = errors.recv() => break Some(error),
             failed = shared.sink.failed() => break Some(failed.into()),
+            failed = audit.failed() => break Some(InferError::Audit(streamscore_kafka::audit::AuditError::Delivery(failed))),
             Some(joined) = tasks.join_next() => {
                 if let Err(e) = joined {
                     break Some(panicked("a batcher", &e));
@@ -228,6 +240,7 @@ pub async fn run(
     };
     if let Some(failure) = failure {
         // Unfinished requests are never acknowledged: their offsets stay where they are.
+        ticking.abort();
         shared.sink.flush(Duration::from_secs(2));
         return Err(failure);
     }
@@ -238,13 +251,22 @@ pub async fn run(
             return Err(panicked("a batcher", &e));
         }
     }
+    ticking.abort();
     if let Ok(error) = errors.try_recv() {
         return Err(error);
     }
+    committer.flush().await?;
     shared.sink.flush(Duration::from_secs(5));
     if let Some(failure) = shared.sink.failure() {
         return Err(failure.into());
     }
+    let stats = &shared.stats;
+    let counts = HashMap::from([
+        ("scored".to_owned(), stats.scored.load(std::sync::atomic::Ordering::Relaxed).to_string()),
+        ("rejected".to_owned(), stats.rejected.load(std::sync::atomic::Ordering::Relaxed).to_string()),
+        ("failed".to_owned(), stats.failed.load(std::sync::atomic::Ordering::Relaxed).to_string()),
+    ]);
+    audit.close(counts).await?;
     Ok(())
 }
 
@@ -576,6 +598,8 @@ async fn score_batch(
 
     let mut row_index = 0;
     let quotas = shared.config.policy.is_some();
+    let mut events = Vec::with_capacity(batch.len() * if shadow.is_some() { 2 } else { 1 });
+    let mut acks = Vec::with_capacity(batch.len());
     for (item, row) in batch.into_iter().zip(&rows) {
         let queue_wait_us = micros(started.duration_since(item.enqueued));
         metrics::histogram!("streamscore_infer_queue_wait_seconds").record(queue_wait_us as f64 / 1e6);
@@ -596,7 +620,7 @@ async fn score_batch(
                     shadow_outcome.queue_wait_us = queue_wait_us;
                     fill_score(&mut shadow_outcome, &s.version, scores.as_ref().map(|s| s[i]));
                     shared.stats.shadow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    send(shared, &shadow_outcome, &item.ack).await?;
+                    events.push(send(shared, &shadow_outcome, &item.ack).await?);
                 }
                 outcome
             }
@@ -609,13 +633,15 @@ async fn score_batch(
             }
         };
         count(shared, &outcome, loaded.scorer.backend());
-        send(shared, &outcome, &item.ack).await?;
+        events.push(send(shared, &outcome, &item.ack).await?);
         // The request has its answer (written; acknowledged by the broker shortly).
         if quotas {
             let _ = shared.released.send(item.validated.request.tenant);
         }
-        item.ack.done();
+        acks.push(item.ack);
     }
+    // One audit entry commits the batch's outputs; each request is done once it is acknowledged.
+    shared.committer.audit().commit(&events, acks).await?;
     Ok(())
 }
 
@@ -713,12 +739,13 @@ fn count(shared: &Shared, outcome: &PredictionOutcome, backend: &'static str) {
     .increment(1);
 }
 
-/// Enqueues an outcome of the request `ack` belongs to.
-async fn send(shared: &Shared, outcome: &PredictionOutcome, ack: &Ack) -> Result<(), InferError> {
+/// Enqueues an outcome of the request `ack` belongs to; returns its event id and the hash its
+/// commitment carries.
+async fn send(shared: &Shared, outcome: &PredictionOutcome, ack: &Ack) -> Result<(String, String), InferError> {
     let bytes = shared.codec.encode(outcome)?;
     let key = outcome.lineage.tenant.as_deref().unwrap_or_default();
     shared.sink.send(&shared.config.predictions_topic, key.as_bytes(), &bytes, ack).await?;
-    Ok(())
+    Ok((outcome.lineage.event_id.clone(), shared.audit_key.event_hash(&bytes)))
 }
 
 /// Writes a rejection for a request that cannot be scored, then acknowledges it. `admitted`:
@@ -734,10 +761,10 @@ async fn reject(
 ) -> Result<(), InferError> {
     let outcome = crate::outcome::rejected(&validated, &shared.config.instance, reason, detail, retry_after_ms);
     count(shared, &outcome, "none");
-    send(shared, &outcome, &ack).await?;
+    let event = send(shared, &outcome, &ack).await?;
     if admitted {
         let _ = shared.released.send(validated.request.tenant);
     }
-    ack.done();
+    shared.committer.add(vec![event], ack).await?;
     Ok(())
 }

@@ -9,7 +9,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use streamscore_contracts::audit::AuditKey;
 use streamscore_contracts::{topics, Codec, DeadLetter, PredictionOutcome, ValidatedRequest};
+use streamscore_kafka::audit::{AuditWriter, Committer};
 use streamscore_kafka::retry::{self, Attempt};
 use streamscore_kafka::{Ack, KafkaConfig, Sink, SinkError, Source, SourceConfig, SourceError};
 use tokio::sync::mpsc;
@@ -33,6 +35,8 @@ pub enum StageError {
     Encode(#[from] streamscore_contracts::EncodeError),
     #[error("the infer stage stopped taking requests")]
     HandoffClosed,
+    #[error("audit log: {0}")]
+    Audit(#[from] streamscore_kafka::audit::AuditError),
 }
 
 /// Where validated requests go.
@@ -68,6 +72,10 @@ pub struct IngestConfig {
     /// Topics of tenants bound to Kafka principals, read beside `input_topic` (see
     /// [`TenantTopics`](crate::TenantTopics)).
     pub tenant_topics: Vec<String>,
+    /// The audit log, where every dead letter and rejection is committed.
+    pub audit_topic: String,
+    /// This instance, naming its audit chain.
+    pub instance: String,
 }
 
 impl IngestConfig {
@@ -84,6 +92,8 @@ impl IngestConfig {
             drain_timeout: Duration::from_secs(5),
             event_window: crate::decide::EventTimeWindow::default(),
             tenant_topics: Vec::new(),
+            audit_topic: topics::AUDIT.to_owned(),
+            instance: streamscore_contracts::lineage::default_instance(),
         }
     }
 
@@ -121,10 +131,21 @@ struct Codecs {
     dead_letters: Codec<DeadLetter>,
     rejections: Codec<PredictionOutcome>,
     validated: Option<Codec<ValidatedRequest>>,
+    committer: Arc<Committer>,
+    audit_key: AuditKey,
 }
 
 impl Codecs {
     async fn register(config: &IngestConfig, handoff: &Handoff) -> Result<Self, StageError> {
+        let audit = AuditWriter::new(
+            &config.kafka,
+            &config.registry_url,
+            &config.audit_topic,
+            streamscore_contracts::Stage::Ingest.as_str(),
+            &config.instance,
+        )
+        .await?;
+        let audit_key = audit.key().await;
         let codecs = Self {
             dead_letters: Codec::with_url(&config.registry_url, &config.dead_letter_topic),
             rejections: Codec::with_url(&config.registry_url, &config.predictions_topic),
@@ -132,6 +153,8 @@ impl Codecs {
                 Handoff::Topic { topic } => Some(Codec::with_url(&config.registry_url, topic)),
                 Handoff::Channel(_) => None,
             },
+            committer: Committer::new(Arc::new(audit)),
+            audit_key,
         };
         retry::register(&codecs.dead_letters).await?;
         retry::register(&codecs.rejections).await?;
@@ -163,12 +186,17 @@ pub async fn run_with_stats(
     source.on_finished(move |micros| latencies.record_latency(u64::try_from(micros).unwrap_or(0)));
     let mut summary = IngestSummary::default();
     let mut failure = None;
+    let ticking = tokio::spawn(Arc::clone(&codecs.committer).tick());
 
     loop {
         let (message, ack) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             e = sink.failed() => { failure = Some(StageError::from(e)); break }
+            e = codecs.committer.audit().failed() => {
+                failure = Some(streamscore_kafka::audit::AuditError::Delivery(e).into());
+                break
+            }
             next = source.next() => match next {
                 Ok(next) => next,
                 Err(e) => { failure = Some(e.into()); break }
@@ -222,12 +250,25 @@ pub async fn run_with_stats(
 
     // Infer (in this process) sees its input close and finishes what it has.
     drop(handoff);
+    ticking.abort();
+    if failure.is_none() {
+        // What waits for its commitment is committed before the source drains.
+        if let Err(e) = codecs.committer.flush().await {
+            failure = Some(e.into());
+        }
+    }
     let closed = source.close(config.drain_timeout).await;
     sink.flush(Duration::from_secs(2));
     if let Some(failure) = failure {
         return Err(failure);
     }
     closed?;
+    let counts = std::collections::HashMap::from([
+        ("consumed".to_owned(), summary.consumed.to_string()),
+        ("validated".to_owned(), summary.validated.to_string()),
+        ("dead_lettered".to_owned(), summary.dead_lettered.to_string()),
+    ]);
+    codecs.committer.audit().close(counts).await?;
     Ok(summary)
 }
 
@@ -262,12 +303,15 @@ async fn dead_letter_one(
     let bytes = codecs.dead_letters.encode(&dead_letter)?;
     let key = dead_letter.original_key.as_deref().unwrap_or_default();
     sink.send(&config.dead_letter_topic, key, &bytes, &ack).await?;
+    let mut events = vec![(dead_letter.lineage.event_id.clone(), codecs.audit_key.event_hash(&bytes))];
     if let Some(outcome) = reply {
         let bytes = codecs.rejections.encode(&outcome)?;
         let key = outcome.lineage.tenant.as_deref().unwrap_or_default();
         sink.send(&config.predictions_topic, key.as_bytes(), &bytes, &ack).await?;
+        events.push((outcome.lineage.event_id.clone(), codecs.audit_key.event_hash(&bytes)));
     }
-    ack.done();
+    // Done once the outputs and their commitment in the audit log are acknowledged.
+    codecs.committer.add(events, ack).await?;
     Ok(())
 }
 

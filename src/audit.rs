@@ -1,0 +1,203 @@
+//! `streamscore audit verify`: reads the audit log and the output topics from the broker and
+//! checks every chain and every event against its commitment
+//! ([`streamscore_contracts::audit::verify`] says what is and is not detected).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use streamscore_contracts::audit::{AuditKey, ChainHead, Position, Report, SeenEntry, SeenEvent, Window};
+use streamscore_contracts::{AuditRecord, Codec, DeadLetter, PredictionOutcome};
+use streamscore_kafka::KafkaConfig;
+
+/// What to verify.
+#[derive(Debug, Clone)]
+pub struct VerifyConfig {
+    pub kafka: KafkaConfig,
+    pub registry_url: String,
+    pub audit_topic: String,
+    pub predictions_topic: String,
+    pub dead_letter_topic: String,
+    pub key: AuditKey,
+    pub heads: Vec<ChainHead>,
+    pub window: Window,
+}
+
+/// What was read, and how fast.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reading {
+    pub records: usize,
+    pub seconds: f64,
+}
+
+/// Every record of `topic` up to its high watermarks as they are now: `(position, bytes)`.
+fn read_topic(kafka: &KafkaConfig, topic: &str) -> Result<Vec<(Position, Vec<u8>)>> {
+    let consumer: BaseConsumer = kafka
+        .client_config()
+        .set("group.id", format!("streamscore-audit-verify-{}", uuid::Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("fetch.max.bytes", "52428800")
+        .create()
+        .context("creating a consumer")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let partitions: Vec<i32> =
+        metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect::<Vec<_>>();
+    if partitions.is_empty() {
+        anyhow::bail!("topic {topic} does not exist (or has no partitions)");
+    }
+    let mut ends = std::collections::HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for &partition in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, Duration::from_secs(10))
+            .with_context(|| format!("reading the watermarks of {topic}/{partition}"))?;
+        if high > low {
+            ends.insert(partition, high);
+            assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        }
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return Ok(records);
+    }
+    consumer.assign(&assignment)?;
+    let mut idle_since = Instant::now();
+    while !ends.is_empty() {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => {
+                idle_since = Instant::now();
+                let partition = message.partition();
+                let offset = message.offset();
+                records.push((
+                    Position { topic: topic.to_owned(), partition, offset },
+                    message.payload().unwrap_or_default().to_vec(),
+                ));
+                if ends.get(&partition).is_some_and(|&high| offset + 1 >= high) {
+                    ends.remove(&partition);
+                }
+            }
+            Some(Err(e)) => return Err(e).with_context(|| format!("reading {topic}")),
+            None if idle_since.elapsed() > Duration::from_secs(30) => {
+                anyhow::bail!("{topic}: no record for 30 s before the end of partitions {:?}", ends.keys())
+            }
+            None => {}
+        }
+    }
+    Ok(records)
+}
+
+/// Reads and checks; returns the report and what was read.
+pub async fn verify(config: &VerifyConfig) -> Result<(Report, Reading)> {
+    let started = Instant::now();
+    let kafka = config.kafka.clone();
+    let topics = [config.audit_topic.clone(), config.predictions_topic.clone(), config.dead_letter_topic.clone()];
+    let read = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<(Position, Vec<u8>)>>> {
+        topics.iter().map(|topic| read_topic(&kafka, topic)).collect()
+    })
+    .await
+    .context("the reader panicked")??;
+    let [audit, predictions, dead_letters] = <[_; 3]>::try_from(read).map_err(|_| anyhow::anyhow!("three topics"))?;
+
+    let audit_codec = Codec::<AuditRecord>::with_url(&config.registry_url, &config.audit_topic);
+    let mut entries = Vec::with_capacity(audit.len());
+    for (position, bytes) in &audit {
+        let record = audit_codec.decode(bytes).await.ok().map(|d| d.value);
+        entries.push(SeenEntry { position: position.clone(), record });
+    }
+    let outcomes = Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic);
+    let letters = Codec::<DeadLetter>::with_url(&config.registry_url, &config.dead_letter_topic);
+    let mut events = Vec::with_capacity(predictions.len() + dead_letters.len());
+    for (position, bytes) in &predictions {
+        let lineage = outcomes.decode(bytes).await.ok().map(|d| d.value.lineage);
+        events.push(seen(&config.key, position, bytes, lineage));
+    }
+    for (position, bytes) in &dead_letters {
+        let lineage = letters.decode(bytes).await.ok().map(|d| d.value.lineage);
+        events.push(seen(&config.key, position, bytes, lineage));
+    }
+    let report = streamscore_contracts::audit::verify(&config.key, &entries, &events, &config.heads, config.window);
+    let reading = Reading { records: audit.len() + events.len(), seconds: started.elapsed().as_secs_f64() };
+    Ok((report, reading))
+}
+
+fn seen(
+    key: &AuditKey,
+    position: &Position,
+    bytes: &[u8],
+    lineage: Option<streamscore_contracts::Lineage>,
+) -> SeenEvent {
+    SeenEvent {
+        position: position.clone(),
+        hash: key.event_hash(bytes),
+        written_at: lineage.as_ref().map_or(i64::MIN, |l| l.written_at),
+        event_id: lineage.map(|l| l.event_id),
+    }
+}
+
+/// A human summary of `report`.
+pub fn describe(report: &Report, reading: Reading) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let rate = reading.records as f64 / reading.seconds.max(1e-9);
+    let _ = writeln!(
+        out,
+        "read {} records in {:.2} s ({rate:.0}/s): {} chains, {} entries, {} commitments; {} events, {} committed, \
+         {} redelivered copies, {} crash leftovers{}",
+        reading.records,
+        reading.seconds,
+        report.chains,
+        report.entries,
+        report.commitments,
+        report.events,
+        report.committed_events,
+        report.duplicates,
+        report.crash_leftovers,
+        if report.legacy_entries > 0 {
+            format!(", {} legacy entries (not checked)", report.legacy_entries)
+        } else {
+            String::new()
+        }
+    );
+    if !report.keyed {
+        let _ = writeln!(
+            out,
+            "warning: verified without a key: a consistent forgery by someone who can write Kafka would pass"
+        );
+    }
+    if !report.open_chains.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: {} chain(s) still open (no STAGE_STOPPED, successor or head checkpoint): their last entries are not checked for truncation: {}",
+            report.open_chains.len(),
+            report.open_chains.join(", ")
+        );
+    }
+    if report.ok() {
+        let _ = writeln!(out, "ok: every chain is whole and every event matches its commitment");
+    } else {
+        let _ = writeln!(out, "FAILED: {} problem(s); the first:", report.problems.len());
+        for (i, problem) in report.problems.iter().take(20).enumerate() {
+            let _ = writeln!(out, "{}{problem}", if i == 0 { "  " } else { "  then: " });
+        }
+        if report.problems.len() > 20 {
+            let _ = writeln!(out, "  ... and {} more (--json lists them all)", report.problems.len() - 20);
+        }
+    }
+    out
+}
+
+/// Parses an RFC 3339 time (or µs since the epoch) into µs since the epoch.
+pub fn parse_time(text: &str) -> Result<i64> {
+    if let Ok(micros) = text.parse::<i64>() {
+        return Ok(micros);
+    }
+    let at = humantime::parse_rfc3339_weak(text)
+        .with_context(|| format!("{text:?} is neither RFC 3339 (2026-11-26T08:00:00Z) nor µs since the epoch"))?;
+    let since = at.duration_since(std::time::UNIX_EPOCH).context("a time before 1970")?;
+    Ok(i64::try_from(since.as_micros()).unwrap_or(i64::MAX))
+}
