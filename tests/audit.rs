@@ -1,0 +1,247 @@
+//! The audit log against the real broker: a pipeline run (predictions, shadows, quota
+//! rejections, dead letters) verifies clean, and each kind of tampering, applied to a copy of
+//! its topics, is named by `audit verify`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::{Message, OwnedMessage};
+use streamscore::audit::VerifyConfig;
+use streamscore::loadgen::{self, LoadConfig};
+use streamscore_contracts::audit::{committed_events, kinds, AuditKey, ChainHead, ProblemKind, Report, Window};
+use streamscore_contracts::{AuditRecord, Codec, InferenceRequest, PredictionOutcome};
+
+mod support;
+use support::{StageTopics, TestRegistry};
+
+/// The topics of one run: audit, predictions, dead letters.
+#[derive(Debug, Clone)]
+struct Logs {
+    audit: String,
+    predictions: String,
+    dead_letter: String,
+}
+
+/// The records of a run, to copy with a change.
+struct Run {
+    audit: Vec<OwnedMessage>,
+    predictions: Vec<OwnedMessage>,
+    dead_letter: Vec<OwnedMessage>,
+}
+
+type Record = (Vec<u8>, Vec<u8>);
+
+fn records(messages: &[OwnedMessage]) -> Vec<Record> {
+    messages.iter().map(|m| (m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec())).collect()
+}
+
+async fn copy(prefix: &str, audit: &[Record], predictions: &[Record], dead_letter: &[Record]) -> Logs {
+    let logs = Logs {
+        audit: support::unique(&format!("{prefix}-audit")),
+        predictions: support::unique(&format!("{prefix}-predictions")),
+        dead_letter: support::unique(&format!("{prefix}-dead")),
+    };
+    let specs: Vec<_> = [&logs.audit, &logs.predictions, &logs.dead_letter]
+        .iter()
+        .map(|t| streamscore_kafka::TopicSpec::event(t, 1))
+        .collect();
+    streamscore_kafka::ensure_topics(&support::kafka(), &specs).await.unwrap();
+    support::produce(&logs.audit, audit).await;
+    support::produce(&logs.predictions, predictions).await;
+    support::produce(&logs.dead_letter, dead_letter).await;
+    logs
+}
+
+async fn verify(registry: &str, logs: &Logs, heads: Vec<ChainHead>) -> Report {
+    let config = VerifyConfig {
+        kafka: support::kafka(),
+        registry_url: registry.to_owned(),
+        audit_topic: logs.audit.clone(),
+        predictions_topic: logs.predictions.clone(),
+        dead_letter_topic: logs.dead_letter.clone(),
+        key: AuditKey::from_env().unwrap(),
+        heads,
+        window: Window::ALL,
+    };
+    streamscore::audit::verify(&config).await.unwrap().0
+}
+
+fn kinds_of(report: &Report) -> Vec<ProblemKind> {
+    report.problems.iter().map(|p| p.kind).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_verifies_and_every_kind_of_tampering_is_named() {
+    let registry = TestRegistry::start().await;
+    let topics = StageTopics::create("audit").await;
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("tenants.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\nunknown_tenants = \"refuse\"\n[tenants.tenant-01]\nrate_per_sec = 100000\nburst = 100000\n\
+         [tenants.tenant-02]\nrate_per_sec = 100000\nburst = 100000\n\
+         [tenants.tenant-03]\nrate_per_sec = 1\nburst = 5\non_exceed = \"reject\"\n",
+    )
+    .unwrap();
+    let audit_topic = support::unique("audit-log");
+    let instance = support::unique("audit-test");
+    let mut config = support::pipeline_config(
+        &support::kafka(),
+        &registry.url,
+        topics.pipeline(),
+        &support::unique("audit-pipeline"),
+        &instance,
+    );
+    config.infer.audit_topic.clone_from(&audit_topic);
+    config.infer.policy = Some(policy);
+    config.infer.quota_state_topic = support::unique("quota");
+    config.infer.shadow.insert("fraud".to_owned(), "2".to_owned());
+    config.tenants = streamscore_ingest::Tenants::parse("tenant-01,tenant-02,tenant-03");
+
+    let codec = Arc::new(Codec::<InferenceRequest>::with_url(&registry.url, &topics.requests));
+    let mut load = LoadConfig::new(&topics.requests);
+    load.count = Some(300);
+    load.tenants = 3;
+    load.bad_share = 0.1;
+    load.seed = 5;
+    let generated = loadgen::run(&support::kafka(), codec, &load).await.unwrap();
+    assert_eq!(generated.errors, 0);
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let pipeline = tokio::spawn(streamscore::pipeline::run(
+        config,
+        Arc::new(streamscore_infer::TractBackend),
+        Arc::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    // Every request answered: a prediction (and its shadow) or a rejection, or a dead letter.
+    let outputs = tokio::task::block_in_place(|| {
+        support::read_records(&[&topics.predictions, &topics.dead_letter], 300, Duration::from_secs(60))
+    });
+    assert!(outputs.len() >= 300);
+    stop.send(()).unwrap();
+    pipeline.await.unwrap().unwrap();
+
+    let run = tokio::task::block_in_place(|| Run {
+        audit: support::read_all(&[&audit_topic], Duration::from_secs(2)),
+        predictions: support::read_all(&[&topics.predictions], Duration::from_secs(1)),
+        dead_letter: support::read_all(&[&topics.dead_letter], Duration::from_secs(1)),
+    });
+    let original = Logs {
+        audit: audit_topic.clone(),
+        predictions: topics.predictions.clone(),
+        dead_letter: topics.dead_letter.clone(),
+    };
+    let report = verify(&registry.url, &original, Vec::new()).await;
+    assert!(report.ok(), "{:#?}", report.problems);
+    assert_eq!(report.chains, 2, "ingest's chain and infer's");
+    assert!(report.open_chains.is_empty(), "both stopped cleanly: {:?}", report.open_chains);
+    assert_eq!(report.events, run.predictions.len() + run.dead_letter.len(), "every event read");
+    assert_eq!(report.committed_events, report.events, "every event committed");
+
+    // The run's pieces: the audit entries decoded, the predictions decoded.
+    let audit_codec = Codec::<AuditRecord>::with_url(&registry.url, &audit_topic);
+    audit_codec.register().await.unwrap();
+    let mut entries = Vec::new();
+    for message in &run.audit {
+        entries.push(audit_codec.decode(message.payload().unwrap()).await.unwrap().value);
+    }
+    let outcomes = Codec::<PredictionOutcome>::with_url(&registry.url, &topics.predictions);
+    outcomes.register().await.unwrap();
+    let mut predictions = Vec::new();
+    for message in &run.predictions {
+        predictions.push(outcomes.decode(message.payload().unwrap()).await.unwrap().value);
+    }
+    assert!(predictions.iter().any(|p| p.shadow), "shadows are committed too");
+    assert!(predictions.iter().any(|p| p.reason.as_deref() == Some("QUOTA_EXCEEDED")), "and quota rejections");
+    assert!(!run.dead_letter.is_empty(), "and dead letters");
+    let (audit, preds, dead) = (records(&run.audit), records(&run.predictions), records(&run.dead_letter));
+
+    // An event edited: one prediction's score changed and re-encoded.
+    let mut edited = preds.clone();
+    let target = predictions.iter().position(|p| p.score.is_some()).unwrap();
+    let mut changed = predictions[target].clone();
+    changed.score = Some(1.0 - changed.score.unwrap());
+    edited[target].1 = outcomes.encode(&changed).unwrap();
+    let logs = copy("edited-event", &audit, &edited, &dead).await;
+    let report = verify(&registry.url, &logs, Vec::new()).await;
+    assert_eq!(kinds_of(&report), [ProblemKind::EditedEvent], "{:#?}", report.problems);
+    assert_eq!(report.problems[0].position.as_ref().map(|p| p.offset), Some(target as i64));
+
+    // An event deleted.
+    let mut deleted = preds.clone();
+    deleted.remove(target);
+    let report = verify(&registry.url, &copy("deleted-event", &audit, &deleted, &dead).await, Vec::new()).await;
+    assert_eq!(kinds_of(&report), [ProblemKind::DeletedEvent], "{:#?}", report.problems);
+
+    // An event injected: a prediction with an id of its own.
+    let mut injected = preds.clone();
+    let mut forged = predictions[target].clone();
+    forged.lineage.event_id = uuid::Uuid::new_v4().to_string();
+    injected.push((preds[target].0.clone(), outcomes.encode(&forged).unwrap()));
+    let report = verify(&registry.url, &copy("injected-event", &audit, &injected, &dead).await, Vec::new()).await;
+    assert_eq!(kinds_of(&report), [ProblemKind::InjectedEvent], "{:#?}", report.problems);
+
+    // Two events of one commitment swapped.
+    let commitment_of: HashMap<&str, (i64, usize)> = entries
+        .iter()
+        .filter(|e| e.kind == kinds::BATCH_COMMITTED)
+        .flat_map(|e| committed_events(&e.details).into_iter().enumerate().map(move |(i, (id, _))| (id, (e.seq, i))))
+        .collect();
+    let swap = (0..predictions.len() - 1)
+        .find(|&i| {
+            let (a, b) = (&predictions[i].lineage.event_id, &predictions[i + 1].lineage.event_id);
+            matches!((commitment_of.get(a.as_str()), commitment_of.get(b.as_str())), (Some(x), Some(y)) if x.0 == y.0)
+        })
+        .expect("two neighbours of one commitment");
+    let mut reordered = preds.clone();
+    reordered.swap(swap, swap + 1);
+    let report = verify(&registry.url, &copy("reordered-event", &audit, &reordered, &dead).await, Vec::new()).await;
+    assert_eq!(kinds_of(&report), [ProblemKind::ReorderedEvent], "{:#?}", report.problems);
+
+    // An entry edited: a commitment's subject changed, re-encoded (the HMAC no longer fits).
+    let commitment = entries.iter().position(|e| e.kind == kinds::BATCH_COMMITTED).unwrap();
+    let mut edited_entry = entries[commitment].clone();
+    edited_entry.subject = "0 events".to_owned();
+    let mut edited_audit = audit.clone();
+    edited_audit[commitment].1 = audit_codec.encode(&edited_entry).unwrap();
+    let report = verify(&registry.url, &copy("edited-entry", &edited_audit, &preds, &dead).await, Vec::new()).await;
+    assert_eq!(kinds_of(&report), [ProblemKind::EditedEntry], "{:#?}", report.problems);
+
+    // An entry deleted: the chain has a gap (and the events it committed are uncommitted).
+    let mut without_entry = audit.clone();
+    without_entry.remove(commitment);
+    let report = verify(&registry.url, &copy("deleted-entry", &without_entry, &preds, &dead).await, Vec::new()).await;
+    assert_eq!(kinds_of(&report)[0], ProblemKind::DeletedEntry, "{:#?}", report.problems);
+
+    // The tail of infer's chain cut (its last commitment and STAGE_STOPPED): the head
+    // checkpoint the writer kept outside Kafka says where it ended.
+    let infer_chain = entries.iter().find(|e| e.stage == "infer").unwrap().details["chain"].clone();
+    let last = entries.iter().filter(|e| e.details["chain"] == infer_chain).map(|e| e.seq).max().unwrap();
+    let head = ChainHead {
+        chain: infer_chain.clone(),
+        seq: last,
+        hash: entries.iter().find(|e| e.details["chain"] == infer_chain && e.seq == last).unwrap().hash.clone(),
+    };
+    if let Some(dir) = std::env::var_os(streamscore_kafka::audit::HEAD_DIR_ENV) {
+        let kept = streamscore_kafka::audit::read_heads(std::path::Path::new(&dir)).unwrap();
+        assert!(kept.contains(&head), "the writer checkpointed its head outside Kafka");
+    }
+    let truncated: Vec<Record> = audit
+        .iter()
+        .zip(&entries)
+        .filter(|(_, e)| !(e.details["chain"] == infer_chain && e.seq >= last - 1))
+        .map(|(r, _)| r.clone())
+        .collect();
+    let logs = copy("truncated", &truncated, &preds, &dead).await;
+    let report = verify(&registry.url, &logs, Vec::new()).await;
+    assert!(report.open_chains.contains(&infer_chain), "without the head the cut chain is only open");
+    let report = verify(&registry.url, &logs, vec![head]).await;
+    assert!(kinds_of(&report).contains(&ProblemKind::TruncatedChain), "{:#?}", report.problems);
+    registry.stop().await;
+}
