@@ -90,6 +90,7 @@ struct Run {
     requests: String,
     dead: String,
     predictions: String,
+    audit: String,
 }
 
 impl Run {
@@ -99,6 +100,7 @@ impl Run {
             requests: format!("{name}.requests"),
             dead: format!("{name}.dead-letter"),
             predictions: format!("{name}.predictions"),
+            audit: format!("{name}.audit"),
             name,
         };
         ensure_topics(
@@ -107,6 +109,7 @@ impl Run {
                 TopicSpec::event(&run.requests, partitions),
                 TopicSpec::event(&run.dead, partitions.min(3)),
                 TopicSpec::event(&run.predictions, partitions),
+                TopicSpec::event(&run.audit, 1),
             ],
         )
         .await?;
@@ -120,6 +123,7 @@ impl Run {
             .args(["pipeline", "--bootstrap", &stack.bootstrap, "--registry-url", &stack.registry])
             .args(["--input-topic", &self.requests, "--dead-letter-topic", &self.dead])
             .args(["--predictions-topic", &self.predictions, "--group", &format!("{}-pipeline", self.name)])
+            .args(["--audit-topic", &self.audit])
             .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
             .arg("--models")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/models"))
@@ -285,6 +289,30 @@ async fn drain(kafka: &KafkaConfig, stack: &Stack, count: u64, partitions: i32) 
     println!("  pipeline CPU {:.1} µs/event   broker CPU {:.1} µs/event", cpu * 1e6 / n, broker * 1e6 / n);
     println!("  requests the pipeline sent: {requests}");
     print_latencies("prediction written − request created", &latencies);
+    // The audit log of the run: every output committed, checked.
+    let config = streamscore::audit::VerifyConfig {
+        kafka: kafka.clone(),
+        registry_url: stack.registry.clone(),
+        audit_topic: run.audit.clone(),
+        predictions_topic: run.predictions.clone(),
+        dead_letter_topic: run.dead.clone(),
+        key: streamscore_contracts::audit::AuditKey::from_env().map_err(anyhow::Error::msg)?,
+        heads: Vec::new(),
+        window: streamscore_contracts::audit::Window::ALL,
+    };
+    let (report, reading) = streamscore::audit::verify(&config).await?;
+    println!(
+        "  audit verify: {} records (entries and events) in {:.2} s = {:.0}/s; {} commitments; {}",
+        reading.records,
+        reading.seconds,
+        reading.records as f64 / reading.seconds.max(1e-9),
+        report.commitments,
+        if report.ok() {
+            "ok".to_owned()
+        } else {
+            format!("{} problems, first: {}", report.problems.len(), report.problems[0])
+        }
+    );
     Ok(())
 }
 

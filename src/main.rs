@@ -349,6 +349,9 @@ struct InferArgs {
     /// Topic predictions are written to.
     #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
     predictions_topic: String,
+    /// The audit log (each stage's keyed chain, and the commitments of every output).
+    #[arg(long, default_value = streamscore_contracts::topics::AUDIT)]
+    audit_topic: String,
     /// Shadow versions, `model:version,...`, scored on the same batches and written flagged.
     #[arg(long)]
     shadow: Option<String>,
@@ -391,6 +394,7 @@ impl InferArgs {
             streamscore_contracts::lineage::default_instance(),
         );
         config.predictions_topic = self.predictions_topic.clone();
+        config.audit_topic = self.audit_topic.clone();
         config.shadow = pairs(self.shadow.as_deref())?;
         config.pins = pairs(self.pins.as_deref())?;
         config.batch = self.batch.config();
