@@ -5,6 +5,7 @@
 pub mod acls;
 pub mod audit;
 pub mod demo;
+pub mod lineage;
 pub mod loadgen;
 pub mod pipeline;
 pub mod run;

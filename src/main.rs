@@ -227,6 +227,26 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Everything the topics say about one request: its record and writer schema id, ingest's
+    /// decision, each outcome (shadows too) with version, model sha256, backend, quota decision
+    /// and policy sha256, the audit entries committing them, and drift alerts covering it.
+    Lineage {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        /// The request id (as the producer or the bridge set it).
+        request_id: String,
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
+        predictions_topic: String,
+        #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
+        dead_letter_topic: String,
+        #[arg(long, default_value = streamscore_contracts::topics::AUDIT)]
+        audit_topic: String,
+        #[arg(long, default_value = streamscore_contracts::topics::ALERTS)]
+        alerts_topic: String,
+    },
     /// Print the `kafka-acls.sh` commands that bind tenants to their producers' principals:
     /// each tenant with `kafka_principals` in the policy gets its own requests topic, writable
     /// only by those principals (see the README's Security section).
@@ -656,6 +676,33 @@ async fn run(command: Command) -> Result<()> {
                 print!("{}", streamscore::audit::describe(&report, reading));
             }
             if !report.ok() {
+                std::process::exit(1);
+            }
+        }
+        Command::Lineage {
+            endpoints,
+            request_id,
+            json,
+            predictions_topic,
+            dead_letter_topic,
+            audit_topic,
+            alerts_topic,
+        } => {
+            let config = streamscore::lineage::LineageConfig {
+                kafka: KafkaConfig::new(&endpoints.bootstrap),
+                registry_url: endpoints.registry_url.clone(),
+                predictions_topic,
+                dead_letter_topic,
+                audit_topic,
+                alerts_topic,
+            };
+            let trace = streamscore::lineage::trace(&config, &request_id).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&trace)?);
+            } else {
+                print!("{}", streamscore::lineage::describe(&trace));
+            }
+            if trace.ingest == "unknown" && trace.request.is_none() {
                 std::process::exit(1);
             }
         }

@@ -162,6 +162,60 @@ async fn a_run_verifies_and_every_kind_of_tampering_is_named() {
     assert!(!run.dead_letter.is_empty(), "and dead letters");
     let (audit, preds, dead) = (records(&run.audit), records(&run.predictions), records(&run.dead_letter));
 
+    // Lineage of a request that was scored and shadowed, one refused by quotas, one
+    // dead-lettered: from the topics alone.
+    let lineage = streamscore::lineage::LineageConfig {
+        kafka: support::kafka(),
+        registry_url: registry.url.clone(),
+        predictions_topic: topics.predictions.clone(),
+        dead_letter_topic: topics.dead_letter.clone(),
+        audit_topic: audit_topic.clone(),
+        alerts_topic: support::unique("no-alerts"),
+    };
+    let scored = predictions.iter().find(|p| p.shadow).unwrap();
+    let id = scored.lineage.request_id.clone().unwrap();
+    let trace = streamscore::lineage::trace(&lineage, &id).await.unwrap();
+    assert_eq!(trace.ingest, "validated");
+    let record = trace.request.as_ref().unwrap();
+    assert_eq!(
+        (record.position.topic.as_str(), record.position.offset),
+        (topics.requests.as_str(), scored.lineage.source.offset)
+    );
+    assert_eq!(
+        record.schema_id,
+        Codec::<InferenceRequest>::with_url(&registry.url, &topics.requests).register().await.ok()
+    );
+    assert_eq!(record.key.as_deref(), scored.lineage.tenant.as_deref());
+    assert_eq!(trace.outcomes.len(), 2, "{trace:#?}");
+    let policy_sha256 = streamscore_contracts::sha256_hex(&std::fs::read(dir.path().join("tenants.toml")).unwrap());
+    for (outcome, version) in trace.outcomes.iter().zip(["1", "2"]) {
+        assert_eq!(outcome.shadow, version == "2");
+        assert_eq!(outcome.version.as_deref(), Some(version));
+        let meta: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(support::models_dir().join(format!("fraud/{version}/metadata.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(outcome.model_sha256.as_deref(), meta["sha256"].as_str());
+        assert_eq!(outcome.backend.as_deref(), Some("cpu"));
+        assert_eq!(outcome.quota, "admitted");
+        assert_eq!(outcome.policy_sha256.as_deref(), Some(policy_sha256.as_str()));
+        assert!(outcome.model_loaded.is_some(), "the load of {version} is found");
+        assert!(outcome.committed.as_ref().is_some_and(|c| c.chain.starts_with("infer/")), "{outcome:?}");
+    }
+    let refused = predictions.iter().find(|p| p.reason.as_deref() == Some("QUOTA_EXCEEDED")).unwrap();
+    let trace = streamscore::lineage::trace(&lineage, refused.lineage.request_id.as_deref().unwrap()).await.unwrap();
+    assert_eq!(trace.outcomes.len(), 1);
+    assert_eq!(trace.outcomes[0].quota, "rejected: QUOTA_EXCEEDED");
+    assert!(trace.outcomes[0].committed.is_some());
+    let letters = Codec::<streamscore_contracts::DeadLetter>::with_url(&registry.url, &topics.dead_letter);
+    let letter = letters.decode(run.dead_letter[0].payload().unwrap()).await.unwrap().value;
+    if let Some(id) = letter.lineage.request_id.as_deref() {
+        let trace = streamscore::lineage::trace(&lineage, id).await.unwrap();
+        assert_eq!(trace.ingest, "dead-lettered");
+        assert_eq!(trace.dead_letters[0].reason, letter.reason.code());
+        assert!(trace.dead_letters[0].committed.as_ref().is_some_and(|c| c.chain.starts_with("ingest/")));
+    }
+
     // An event edited: one prediction's score changed and re-encoded.
     let mut edited = preds.clone();
     let target = predictions.iter().position(|p| p.score.is_some()).unwrap();
