@@ -121,12 +121,17 @@ pub struct Trace {
     pub scanned: usize,
 }
 
-fn read(kafka: &KafkaConfig, topic: &str) -> Result<Vec<(Position, Vec<u8>)>> {
+fn read(kafka: &KafkaConfig, topic: &str) -> Result<Records> {
     crate::audit::read_topic(kafka, topic)
 }
 
+/// A record's key and value.
+type KeyValue = (Option<Vec<u8>>, Vec<u8>);
+/// The records of a topic with their positions.
+type Records = Vec<(Position, Vec<u8>)>;
+
 /// One record, by position.
-fn fetch(kafka: &KafkaConfig, position: &Position) -> Result<Option<(Option<Vec<u8>>, Vec<u8>)>> {
+fn fetch(kafka: &KafkaConfig, position: &Position) -> Result<Option<KeyValue>> {
     let consumer: BaseConsumer = kafka
         .client_config()
         .set("group.id", format!("streamscore-lineage-{}", uuid::Uuid::new_v4().simple()))
@@ -159,7 +164,7 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
         config.audit_topic.clone(),
         config.alerts_topic.clone(),
     ];
-    let read = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<(Position, Vec<u8>)>>> {
+    let read = tokio::task::spawn_blocking(move || -> Result<Vec<Records>> {
         // Alerts are optional (no monitor ran): an absent topic reads as empty.
         topics
             .iter()

@@ -342,8 +342,11 @@ fn write_head(file: &Path, head: ChainHead) {
 /// [`Committer::tick`].
 pub struct Committer {
     audit: Arc<AuditWriter>,
-    pending: SyncMutex<(Vec<(String, String)>, Vec<Ack>)>,
+    pending: SyncMutex<Pending>,
 }
+
+/// Events waiting for their commitment, and the records they answer.
+type Pending = (Vec<(String, String)>, Vec<Ack>);
 
 impl std::fmt::Debug for Committer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

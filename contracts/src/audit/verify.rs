@@ -163,6 +163,11 @@ impl Report {
     }
 }
 
+/// One commitment of an event: (hash, chain, seq, index in the batch, occurred_at).
+type Committed<'a> = (&'a str, &'a str, i64, usize, i64);
+/// A committed event's place: (offset, chain, seq, index in the batch, position).
+type Placed<'a> = (i64, &'a str, i64, usize, &'a Position);
+
 struct Chain<'a> {
     entries: Vec<(&'a Position, &'a AuditRecord)>,
 }
@@ -354,7 +359,7 @@ pub fn verify(
         return report;
     }
     // event id → every commitment of it: (hash, chain, seq, index in the batch, occurred_at).
-    let mut committed: HashMap<&str, Vec<(&str, &str, i64, usize, i64)>> = HashMap::new();
+    let mut committed: HashMap<&str, Vec<Committed<'_>>> = HashMap::new();
     for (chain, seq, _, record) in &commitments {
         for (index, (id, hash)) in committed_events(&record.details).into_iter().enumerate() {
             committed.entry(id).or_default().push((hash, chain, *seq, index, record.occurred_at));
@@ -409,7 +414,7 @@ pub fn verify(
         }
     }
     // Every event (of the window) is committed; committed ones keep their order.
-    let mut order: HashMap<(&str, i32), Vec<(i64, &str, i64, usize, &Position)>> = HashMap::new();
+    let mut order: HashMap<(&str, i32), Vec<Placed<'_>>> = HashMap::new();
     for (id, found) in &copies {
         let commits = committed.get(id).map(Vec::as_slice).unwrap_or_default();
         let mut seen_hashes = HashSet::new();
