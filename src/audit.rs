@@ -36,6 +36,14 @@ pub struct Reading {
 
 /// Every record of `topic` up to its high watermarks as they are now: `(position, bytes)`.
 pub fn read_topic(kafka: &KafkaConfig, topic: &str) -> Result<Vec<(Position, Vec<u8>)>> {
+    Ok(read_topic_with_keys(kafka, topic)?.into_iter().map(|(p, _, v)| (p, v)).collect())
+}
+
+/// A record's position, key and value.
+pub type Keyed = (Position, Option<Vec<u8>>, Vec<u8>);
+
+/// [`read_topic`] with each record's key.
+pub fn read_topic_with_keys(kafka: &KafkaConfig, topic: &str) -> Result<Vec<Keyed>> {
     let consumer: BaseConsumer = kafka
         .client_config()
         .set("group.id", format!("streamscore-audit-verify-{}", uuid::Uuid::new_v4().simple()))
@@ -77,6 +85,7 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str) -> Result<Vec<(Position, Vec
                 let offset = message.offset();
                 records.push((
                     Position { topic: topic.to_owned(), partition, offset },
+                    message.key().map(<[u8]>::to_vec),
                     message.payload().unwrap_or_default().to_vec(),
                 ));
                 if ends.get(&partition).is_some_and(|&high| offset + 1 >= high) {

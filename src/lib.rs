@@ -8,6 +8,8 @@ pub mod demo;
 pub mod lineage;
 pub mod loadgen;
 pub mod pipeline;
+pub mod replay;
+pub mod replay_parquet;
 pub mod run;
 pub mod stack;
 

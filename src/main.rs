@@ -247,6 +247,47 @@ enum Command {
         #[arg(long, default_value = streamscore_contracts::topics::ALERTS)]
         alerts_topic: String,
     },
+    /// Re-score the request history offline (never writing the live topics): same version as
+    /// the original (every score bit-identical, every quota decision the same, or exit 1) or
+    /// another (`--model fraud@2`: an agreement report). Rows to a .jsonl or .parquet file, the
+    /// report beside it (<out>.report.json).
+    Replay {
+        #[command(flatten)]
+        endpoints: Endpoints,
+        /// Start: an RFC 3339 time or µs (event time, `created_at`), or `offset:N` (every partition).
+        #[arg(long)]
+        from: Option<String>,
+        /// End (inclusive): as --from.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this tenant's requests.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Score every request for this model with this version: `name@version`.
+        #[arg(long)]
+        model: Option<String>,
+        /// Where the rows go: FILE.jsonl or FILE.parquet.
+        #[arg(long)]
+        out: PathBuf,
+        /// The tenant policy the pipeline ran with (quotas, pins, tenants); its sha256 is in the report.
+        #[arg(long, default_value = "policies/tenants.toml")]
+        policy: PathBuf,
+        /// Replay without quotas or a policy.
+        #[arg(long, conflicts_with = "policy")]
+        no_policy: bool,
+        /// Model store directory.
+        #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
+        models: PathBuf,
+        #[arg(long, default_value = streamscore_contracts::topics::REQUESTS)]
+        requests_topic: String,
+        #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
+        predictions_topic: String,
+        #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
+        dead_letter_topic: String,
+        /// Print the report as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the `kafka-acls.sh` commands that bind tenants to their producers' principals:
     /// each tenant with `kafka_principals` in the policy gets its own requests topic, writable
     /// only by those principals (see the README's Security section).
@@ -703,6 +744,54 @@ async fn run(command: Command) -> Result<()> {
                 print!("{}", streamscore::lineage::describe(&trace));
             }
             if trace.ingest == "unknown" && trace.request.is_none() {
+                std::process::exit(1);
+            }
+        }
+        Command::Replay {
+            endpoints,
+            from,
+            to,
+            tenant,
+            model,
+            out,
+            policy,
+            no_policy,
+            models,
+            requests_topic,
+            predictions_topic,
+            dead_letter_topic,
+            json,
+        } => {
+            use streamscore::replay::Bound;
+            let model = model
+                .map(|m| {
+                    m.split_once('@')
+                        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                        .with_context(|| format!("--model {m:?}: name@version, e.g. fraud@2"))
+                })
+                .transpose()?;
+            let config = streamscore::replay::ReplayConfig {
+                kafka: KafkaConfig::new(&endpoints.bootstrap),
+                registry_url: endpoints.registry_url.clone(),
+                requests_topic,
+                predictions_topic,
+                dead_letter_topic,
+                models,
+                policy: (!no_policy).then_some(policy),
+                from: from.as_deref().map(Bound::parse).transpose()?,
+                to: to.as_deref().map(Bound::parse).transpose()?,
+                tenant,
+                model,
+                out: out.clone(),
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            };
+            let report = streamscore::replay::replay(&config).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", streamscore::replay::describe(&report, &out));
+            }
+            if !report.ok() {
                 std::process::exit(1);
             }
         }

@@ -1,0 +1,632 @@
+//! `streamscore replay`: re-scores the request history offline, never writing a live topic.
+//!
+//! The requests topic is the source of truth. Each request in the range is decoded, checked as
+//! ingest checks it (content, tenant, record key, model, features), put through the quotas of
+//! the tenant policy in event time (`created_at`, partition by partition in offset order, as
+//! the pipeline meets them), routed (the request's version, else the tenant's pin, else the
+//! default; or the version `--model` forces) and scored by the CPU backend, in batches.
+//!
+//! - **Same version** (no `--model`): every score must be bit-identical to the original
+//!   prediction's and every quota decision the same; any difference is a failure.
+//! - **Another version** (`--model fraud@2`): an agreement report against the original
+//!   predictions: label agreement, quantiles of the score difference, label changes per tenant,
+//!   and the rows that flip.
+//!
+//! Ingest's event-time window is measured from when the pipeline decided each request (its
+//! original answer's `written_at`). Not reproducible offline, so not compared: in-flight
+//! limits (`IN_FLIGHT_EXCEEDED` depends on timing). A range that starts mid-history starts
+//! every quota bucket full.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use streamscore_contracts::{Codec, InferenceRequest, OutcomeStatus, PredictionOutcome};
+use streamscore_infer::quota::{Policy, QuotaDecision, Quotas};
+use streamscore_infer::{Backend, Scorer, TractBackend};
+use streamscore_kafka::KafkaConfig;
+use streamscore_modelstore::ModelStore;
+
+/// One end of the range: event time (µs) or an offset (in every partition).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Time(i64),
+    Offset(i64),
+}
+
+impl Bound {
+    /// `offset:N`, or an RFC 3339 time, or µs since the epoch.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text.strip_prefix("offset:") {
+            Some(n) => Ok(Self::Offset(n.parse().with_context(|| format!("{text:?}: offset:N"))?)),
+            None => Ok(Self::Time(crate::audit::parse_time(text)?)),
+        }
+    }
+}
+
+/// What to replay.
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    pub kafka: KafkaConfig,
+    pub registry_url: String,
+    pub requests_topic: String,
+    pub predictions_topic: String,
+    pub dead_letter_topic: String,
+    pub models: PathBuf,
+    pub policy: Option<PathBuf>,
+    pub from: Option<Bound>,
+    pub to: Option<Bound>,
+    pub tenant: Option<String>,
+    /// `(model, version)`: score every request for `model` with this version.
+    pub model: Option<(String, String)>,
+    /// `.jsonl` or `.parquet`.
+    pub out: PathBuf,
+    pub progress: bool,
+}
+
+/// One replayed request, flat.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Row {
+    pub request_id: String,
+    pub tenant: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub created_at: i64,
+    /// `scored`, `rejected` or `dead-lettered`.
+    pub decision: String,
+    pub reason: Option<String>,
+    pub model: String,
+    pub version: Option<String>,
+    pub score: Option<f64>,
+    pub label: Option<String>,
+    pub original_decision: Option<String>,
+    pub original_reason: Option<String>,
+    pub original_version: Option<String>,
+    pub original_score: Option<f64>,
+    pub original_label: Option<String>,
+    /// `score - original_score`, when both exist.
+    pub score_diff: Option<f64>,
+    pub label_changed: bool,
+    pub decision_changed: bool,
+}
+
+/// A request whose label flips under the other version.
+#[derive(Debug, Clone, Serialize)]
+pub struct Flip {
+    pub request_id: String,
+    pub tenant: String,
+    pub original_label: String,
+    pub label: String,
+    pub original_score: f64,
+    pub score: f64,
+}
+
+/// The report, printed and written as JSON beside the output.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    /// `same-version`, or `other-version <model>@<version>`.
+    pub mode: String,
+    pub requests: usize,
+    pub scored: usize,
+    pub rejected: usize,
+    pub dead_lettered: usize,
+    /// Rows with an original prediction to compare with.
+    pub compared: usize,
+    /// Originals refused for in-flight limits: timing, not reproducible offline.
+    pub not_reproducible: usize,
+    pub seconds: f64,
+    pub events_per_sec: f64,
+    pub policy_sha256: Option<String>,
+    /// Same version: scores that are not bit-identical, and decisions that differ.
+    pub score_mismatches: usize,
+    pub decision_mismatches: usize,
+    pub first_mismatches: Vec<String>,
+    /// Another version: the share of compared rows whose label is the same.
+    pub label_agreement: Option<f64>,
+    /// Another version: |score difference| at p50, p90, p99 and max.
+    pub score_diff_quantiles: BTreeMap<String, f64>,
+    /// Another version: per tenant, `[compared, labels changed]`.
+    pub label_changes_per_tenant: BTreeMap<String, [usize; 2]>,
+    /// Another version: the rows that flip (the first 1,000).
+    pub flips: Vec<Flip>,
+    pub flips_total: usize,
+}
+
+impl ReplayReport {
+    /// Same version: nothing differs.
+    pub fn ok(&self) -> bool {
+        self.score_mismatches == 0 && self.decision_mismatches == 0
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Original {
+    decision: String,
+    reason: Option<String>,
+    version: Option<String>,
+    score: Option<f64>,
+    label: Option<String>,
+    /// When the pipeline decided (ingest's event-time window is relative to it).
+    written_at: i64,
+}
+
+/// The original answers, by the request's position (the fused pipeline) and by request id
+/// (stages deployed apart, where outcomes point at the validated topic).
+#[derive(Debug, Default)]
+struct Originals {
+    by_position: HashMap<(i32, i64), Original>,
+    by_id: HashMap<String, Original>,
+}
+
+impl Originals {
+    fn add(&mut self, requests_topic: &str, lineage: &streamscore_contracts::Lineage, original: Original) {
+        if lineage.source.topic == requests_topic {
+            self.by_position
+                .entry((lineage.source.partition, lineage.source.offset))
+                .or_insert_with(|| original.clone());
+        }
+        if let Some(id) = &lineage.request_id {
+            self.by_id.entry(id.clone()).or_insert(original);
+        }
+    }
+
+    fn get(&self, partition: i32, offset: i64, request_id: Option<&str>) -> Option<&Original> {
+        self.by_position.get(&(partition, offset)).or_else(|| request_id.and_then(|id| self.by_id.get(id)))
+    }
+}
+
+fn decision_of(status: OutcomeStatus) -> &'static str {
+    match status {
+        OutcomeStatus::Scored => "scored",
+        OutcomeStatus::Rejected => "rejected",
+        OutcomeStatus::Failed => "failed",
+    }
+}
+
+fn in_range(bound: (Option<Bound>, Option<Bound>), offset: i64, created_at: i64) -> bool {
+    let after = match bound.0 {
+        None => true,
+        Some(Bound::Time(t)) => created_at >= t,
+        Some(Bound::Offset(o)) => offset >= o,
+    };
+    let before = match bound.1 {
+        None => true,
+        Some(Bound::Time(t)) => created_at <= t,
+        Some(Bound::Offset(o)) => offset <= o,
+    };
+    after && before
+}
+
+/// Replays, writes the rows to `config.out` and the report beside it; returns the report.
+pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
+    let parquet = match config.out.extension().and_then(|e| e.to_str()) {
+        Some("jsonl") => false,
+        Some("parquet") => true,
+        _ => bail!("--out {}: name a .jsonl or a .parquet file", config.out.display()),
+    };
+    let started = Instant::now();
+    let store = ModelStore::open(&config.models).with_context(|| format!("loading {}", config.models.display()))?;
+    let policy = config.policy.as_deref().map(Policy::load).transpose()?;
+    let tenants = match &policy {
+        None => streamscore_ingest::Tenants::Any,
+        Some(p) => match p.file.unknown_tenants {
+            streamscore_infer::quota::policy::UnknownTenants::Default => streamscore_ingest::Tenants::Any,
+            streamscore_infer::quota::policy::UnknownTenants::Refuse => {
+                streamscore_ingest::Tenants::Only(p.file.tenants.keys().cloned().collect())
+            }
+        },
+    };
+
+    // The history, and the original answers.
+    let readers: Vec<_> =
+        [config.requests_topic.clone(), config.predictions_topic.clone(), config.dead_letter_topic.clone()]
+            .into_iter()
+            .map(|topic| {
+                let kafka = config.kafka.clone();
+                tokio::task::spawn_blocking(move || crate::audit::read_topic_with_keys(&kafka, &topic))
+            })
+            .collect();
+    let mut read = Vec::new();
+    for reader in readers {
+        read.push(reader.await.context("a reader panicked")??);
+    }
+    let [mut requests, predictions, dead_letters] =
+        <[_; 3]>::try_from(read).map_err(|_| anyhow::anyhow!("three topics"))?;
+    let mut originals = Originals::default();
+    // Dead letters first: a refused request's rejection (to its reply-to) is ingest's too.
+    let letters = Codec::<streamscore_contracts::DeadLetter>::with_url(&config.registry_url, &config.dead_letter_topic);
+    for (_, _, bytes) in &dead_letters {
+        let Ok(decoded) = letters.decode(bytes).await else { continue };
+        let d = decoded.value;
+        let original = Original {
+            decision: "dead-lettered".to_owned(),
+            reason: Some(d.reason.code().to_owned()),
+            version: None,
+            score: None,
+            label: None,
+            written_at: d.lineage.written_at,
+        };
+        originals.add(&config.requests_topic, &d.lineage, original);
+    }
+    let outcomes = Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic);
+    for (_, _, bytes) in &predictions {
+        let Ok(decoded) = outcomes.decode(bytes).await else { continue };
+        let o = decoded.value;
+        if o.shadow || o.lineage.stage == "ingest" {
+            continue;
+        }
+        let original = Original {
+            decision: decision_of(o.status).to_owned(),
+            reason: o.reason,
+            version: o.model_version,
+            score: o.score,
+            label: o.label,
+            written_at: o.lineage.written_at,
+        };
+        originals.add(&config.requests_topic, &o.lineage, original);
+    }
+    // Partition by partition, in offset order: how the pipeline met them.
+    requests.sort_by(|a, b| (a.0.partition, a.0.offset).cmp(&(b.0.partition, b.0.offset)));
+    let codec = Codec::<InferenceRequest>::with_url(&config.registry_url, &config.requests_topic);
+    let progress = config.progress.then(|| {
+        let bar = indicatif::ProgressBar::new(requests.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} replay [{bar:40}] {pos}/{len} requests, {per_sec}, eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    });
+    let mut quotas = policy.clone().map(Quotas::new);
+    let mut adopted = std::collections::HashSet::new();
+    let mut rows: Vec<Row> = Vec::new();
+    // Rows waiting to be scored, by version: (row index, input vector).
+    let mut pending: BTreeMap<String, Vec<(usize, Vec<f32>)>> = BTreeMap::new();
+    for (i, (position, key, bytes)) in requests.iter().enumerate() {
+        if let Some(bar) = &progress {
+            if i % 1024 == 0 {
+                bar.set_position(i as u64);
+            }
+        }
+        let decoded = if bytes.len() > streamscore_ingest::decide::DEFAULT_MAX_RECORD_BYTES {
+            Err(streamscore_contracts::DeadLetterReason::TooLarge)
+        } else {
+            codec.decode(bytes).await.map(|d| d.value).map_err(|e| e.reason())
+        };
+        let request = match decoded {
+            Ok(request) => request,
+            Err(reason) => {
+                // Undecodable: in range by offset only, for no tenant.
+                let by_offset = matches!(config.from, None | Some(Bound::Offset(_)))
+                    && matches!(config.to, None | Some(Bound::Offset(_)));
+                if by_offset && config.tenant.is_none() && in_range((config.from, config.to), position.offset, 0) {
+                    let original = originals.get(position.partition, position.offset, None);
+                    rows.push(Row {
+                        request_id: String::new(),
+                        tenant: String::new(),
+                        partition: position.partition,
+                        offset: position.offset,
+                        created_at: 0,
+                        decision: "dead-lettered".to_owned(),
+                        reason: Some(reason.code().to_owned()),
+                        model: String::new(),
+                        version: None,
+                        score: None,
+                        label: None,
+                        original_decision: original.map(|o| o.decision.clone()),
+                        original_reason: original.and_then(|o| o.reason.clone()),
+                        original_version: None,
+                        original_score: None,
+                        original_label: None,
+                        score_diff: None,
+                        label_changed: false,
+                        decision_changed: false,
+                    });
+                }
+                continue;
+            }
+        };
+        if !in_range((config.from, config.to), position.offset, request.created_at) {
+            continue;
+        }
+        if config.tenant.as_ref().is_some_and(|t| *t != request.tenant) {
+            continue;
+        }
+        let original = originals.get(position.partition, position.offset, Some(&request.request_id));
+        let mut row = Row {
+            request_id: request.request_id.clone(),
+            tenant: request.tenant.clone(),
+            partition: position.partition,
+            offset: position.offset,
+            created_at: request.created_at,
+            decision: "scored".to_owned(),
+            reason: None,
+            model: request.model.clone(),
+            version: None,
+            score: None,
+            label: None,
+            original_decision: original.map(|o| o.decision.clone()),
+            original_reason: original.and_then(|o| o.reason.clone()),
+            original_version: original.and_then(|o| o.version.clone()),
+            original_score: original.and_then(|o| o.score),
+            original_label: original.and_then(|o| o.label.clone()),
+            score_diff: None,
+            label_changed: false,
+            decision_changed: false,
+        };
+        // Ingest's checks (its event-time window is relative to when it ran: not replayed).
+        let key_mismatch = key.as_deref().is_some_and(|k| k != request.tenant.as_bytes());
+        if let Some((reason, _)) = streamscore_ingest::check_request(&request, &tenants, Some(&store)) {
+            row.decision = "dead-lettered".to_owned();
+            row.reason = Some(reason.code().to_owned());
+            rows.push(row);
+            continue;
+        }
+        // The event-time window, measured from when the pipeline originally decided.
+        let window = original.and_then(|o| {
+            streamscore_ingest::decide::EventTimeWindow::default().check(request.created_at, o.written_at)
+        });
+        if window.is_some() {
+            row.decision = "dead-lettered".to_owned();
+            row.reason = Some("TIMESTAMP_OUT_OF_RANGE".to_owned());
+            rows.push(row);
+            continue;
+        }
+        if key_mismatch {
+            row.decision = "dead-lettered".to_owned();
+            row.reason = Some("TENANT_MISMATCH".to_owned());
+            rows.push(row);
+            continue;
+        }
+        // Quotas, in event time.
+        if let Some(q) = quotas.as_mut() {
+            if adopted.insert(request.tenant.clone()) {
+                q.adopt(&request.tenant, 1, None);
+            }
+            let decision = q.decide(&request.tenant, &request.model, request.created_at);
+            q.release(&request.tenant);
+            let refused = match decision {
+                QuotaDecision::Admit | QuotaDecision::Delay { .. } => None,
+                QuotaDecision::Reject { reason, .. } => Some(reason.to_owned()),
+                QuotaDecision::UnknownTenant => Some("UNKNOWN_TENANT".to_owned()),
+                QuotaDecision::ModelNotAllowed => Some("MODEL_NOT_ALLOWED".to_owned()),
+            };
+            if let Some(reason) = refused {
+                row.decision = "rejected".to_owned();
+                row.reason = Some(reason);
+                rows.push(row);
+                continue;
+            }
+        }
+        // Routing, or the version asked for.
+        let forced = config.model.as_ref().filter(|(m, _)| *m == request.model).map(|(_, v)| v.as_str());
+        let pin = policy
+            .as_ref()
+            .and_then(|p| p.tenant(&request.tenant))
+            .and_then(|p| p.pinned_versions.get(&request.model))
+            .map(String::as_str);
+        let requested = forced.or(request.model_version.as_deref());
+        let version = match store.route(&request.model, requested, if forced.is_some() { None } else { pin }) {
+            Ok(version) => version,
+            Err(e) => {
+                row.decision = "rejected".to_owned();
+                row.reason = Some(match e {
+                    streamscore_modelstore::RouteError::UnknownModel { .. } => "UNKNOWN_MODEL".to_owned(),
+                    streamscore_modelstore::RouteError::UnknownVersion { .. } => "UNKNOWN_MODEL_VERSION".to_owned(),
+                    streamscore_modelstore::RouteError::Refused { .. } => "MODEL_REFUSED".to_owned(),
+                });
+                rows.push(row);
+                continue;
+            }
+        };
+        row.version = Some(version.meta.version.clone());
+        match version.check(&request.features) {
+            Ok(vector) => {
+                pending.entry(version.key()).or_default().push((rows.len(), vector.to_vec()));
+            }
+            Err(_) => {
+                row.decision = "rejected".to_owned();
+                row.reason = Some("FEATURES_INVALID".to_owned());
+            }
+        }
+        rows.push(row);
+    }
+
+    // Scoring, by version, in batches.
+    let mut scorers: HashMap<String, Arc<dyn Scorer>> = HashMap::new();
+    for (key, items) in &pending {
+        let (model, version) = key.split_once('/').unwrap_or((key.as_str(), ""));
+        let loaded = store.get(model, version).with_context(|| format!("{key} is not in the store"))?;
+        let scorer = match scorers.get(key) {
+            Some(s) => Arc::clone(s),
+            None => {
+                let s = TractBackend.load(&loaded)?;
+                scorers.insert(key.clone(), Arc::clone(&s));
+                s
+            }
+        };
+        for chunk in items.chunks(1024) {
+            let input: Vec<f32> = chunk.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+            let scores = scorer.score(&input, chunk.len())?;
+            for ((index, _), score) in chunk.iter().zip(scores) {
+                let score = f64::from(score);
+                rows[*index].score = Some(score);
+                rows[*index].label = Some(loaded.meta.label(score).to_owned());
+            }
+        }
+    }
+    if let Some(bar) = &progress {
+        bar.finish_and_clear();
+    }
+
+    // Comparison.
+    let mut report = ReplayReport {
+        mode: config.model.as_ref().map_or("same-version".to_owned(), |(m, v)| format!("other-version {m}@{v}")),
+        requests: rows.len(),
+        policy_sha256: policy.as_ref().map(|p| p.sha256.clone()),
+        ..ReplayReport::default()
+    };
+    let mut diffs = Vec::new();
+    for row in &mut rows {
+        match row.decision.as_str() {
+            "scored" => report.scored += 1,
+            "rejected" => report.rejected += 1,
+            _ => report.dead_lettered += 1,
+        }
+        let Some(original) = row.original_decision.clone() else { continue };
+        if row.original_reason.as_deref() == Some("IN_FLIGHT_EXCEEDED") {
+            report.not_reproducible += 1;
+            continue;
+        }
+        report.compared += 1;
+        row.decision_changed =
+            original != row.decision || (row.decision != "scored" && row.reason != row.original_reason);
+        if let (Some(a), Some(b)) = (row.score, row.original_score) {
+            row.score_diff = Some(a - b);
+        }
+        row.label_changed = row.label.is_some() && row.original_label.is_some() && row.label != row.original_label;
+        if config.model.is_none() {
+            let same_bits = match (row.score, row.original_score) {
+                (Some(a), Some(b)) => a.to_bits() == b.to_bits(),
+                (None, None) => true,
+                _ => false,
+            };
+            if row.decision_changed {
+                report.decision_mismatches += 1;
+            }
+            if !same_bits && !row.decision_changed {
+                report.score_mismatches += 1;
+            }
+            if (row.decision_changed || !same_bits) && report.first_mismatches.len() < 20 {
+                report.first_mismatches.push(format!(
+                    "{} ({}/{}@{}): original {} {:?} {:?}, replayed {} {:?} {:?}",
+                    row.request_id,
+                    config.requests_topic,
+                    row.partition,
+                    row.offset,
+                    original,
+                    row.original_reason,
+                    row.original_score,
+                    row.decision,
+                    row.reason,
+                    row.score
+                ));
+            }
+        } else if let (Some(diff), Some(label), Some(original_label)) =
+            (row.score_diff, &row.label, &row.original_label)
+        {
+            diffs.push(diff.abs());
+            let tenant = report.label_changes_per_tenant.entry(row.tenant.clone()).or_default();
+            tenant[0] += 1;
+            if row.label_changed {
+                tenant[1] += 1;
+                report.flips_total += 1;
+                if report.flips.len() < 1000 {
+                    report.flips.push(Flip {
+                        request_id: row.request_id.clone(),
+                        tenant: row.tenant.clone(),
+                        original_label: original_label.clone(),
+                        label: label.clone(),
+                        original_score: row.original_score.unwrap_or_default(),
+                        score: row.score.unwrap_or_default(),
+                    });
+                }
+            }
+        }
+    }
+    if config.model.is_some() {
+        let compared: usize = report.label_changes_per_tenant.values().map(|c| c[0]).sum();
+        if compared > 0 {
+            report.label_agreement = Some(1.0 - report.flips_total as f64 / compared as f64);
+        }
+        diffs.sort_by(f64::total_cmp);
+        if !diffs.is_empty() {
+            let at = |q: f64| diffs[((q * diffs.len() as f64).ceil() as usize).clamp(1, diffs.len()) - 1];
+            for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)] {
+                report.score_diff_quantiles.insert(name.to_owned(), at(q));
+            }
+        }
+    }
+
+    if parquet {
+        crate::replay_parquet::write(&config.out, &rows)?;
+    } else {
+        let file = std::fs::File::create(&config.out).with_context(|| format!("creating {}", config.out.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        for row in &rows {
+            serde_json::to_writer(&mut out, row)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report.events_per_sec = requests.len() as f64 / report.seconds.max(1e-9);
+    let report_path = report_path(&config.out);
+    std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", report_path.display()))?;
+    Ok(report)
+}
+
+/// `<out>.report.json`.
+pub fn report_path(out: &std::path::Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".report.json");
+    PathBuf::from(name)
+}
+
+/// A human view of `report`.
+pub fn describe(report: &ReplayReport, out: &std::path::Path) -> String {
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "replayed {} requests in {:.2} s ({:.0} requests/s read and replayed): {} scored, {} rejected, {} dead-lettered; \
+         {} compared with their original prediction{}",
+        report.requests,
+        report.seconds,
+        report.events_per_sec,
+        report.scored,
+        report.rejected,
+        report.dead_lettered,
+        report.compared,
+        if report.not_reproducible > 0 {
+            format!(" ({} in-flight refusals not reproducible offline)", report.not_reproducible)
+        } else {
+            String::new()
+        }
+    );
+    if report.mode == "same-version" {
+        if report.ok() {
+            let _ = writeln!(text, "ok: every score bit-identical and every decision the same");
+        } else {
+            let _ = writeln!(
+                text,
+                "FAILED: {} scores not bit-identical, {} decisions differ; the first:",
+                report.score_mismatches, report.decision_mismatches
+            );
+            for line in &report.first_mismatches {
+                let _ = writeln!(text, "  {line}");
+            }
+        }
+    } else {
+        let _ = writeln!(
+            text,
+            "{}: label agreement {}, |score difference| {}",
+            report.mode,
+            report.label_agreement.map_or("-".to_owned(), |a| format!("{:.2}%", a * 100.0)),
+            report.score_diff_quantiles.iter().map(|(k, v)| format!("{k} {v:.6}")).collect::<Vec<_>>().join(", ")
+        );
+        for (tenant, [n, changed]) in &report.label_changes_per_tenant {
+            let _ = writeln!(text, "  {tenant}: {changed} of {n} labels change");
+        }
+        let _ = writeln!(text, "  {} rows flip (in the report)", report.flips_total);
+    }
+    let _ = writeln!(text, "rows: {}; report: {}", out.display(), report_path(out).display());
+    text
+}
