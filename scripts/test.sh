@@ -17,12 +17,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== Python packages: Confluent's client and NVIDIA's Triton client (interoperability tests), NVRTC (CUDA kernel compile test)"
+echo "== Python packages: Confluent's client and NVIDIA's Triton client (interoperability tests), NVRTC (CUDA kernel compile test), pyarrow (replay's Parquet files)"
 venv=target/interop-venv
-if ! "$venv/bin/python" -c "import confluent_kafka.schema_registry.avro, nvidia.cuda_nvrtc, tritonclient.http" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import confluent_kafka.schema_registry.avro, nvidia.cuda_nvrtc, tritonclient.http, pyarrow.parquet" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "confluent-kafka[avro,schemaregistry]==2.16.1" "nvidia-cuda-nvrtc-cu12==12.9.86" "tritonclient[http]==2.73.0"
+    "confluent-kafka[avro,schemaregistry]==2.16.1" "nvidia-cuda-nvrtc-cu12==12.9.86" "tritonclient[http]==2.73.0" \
+    "pyarrow==26.0.1"
 fi
 export STREAMSCORE_PYTHON="$PWD/$venv/bin/python"
 nvrtc_lib="$("$venv/bin/python" -c 'import nvidia.cuda_nvrtc as m; print(list(m.__path__)[0] + "/lib")')"

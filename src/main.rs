@@ -272,9 +272,12 @@ enum Command {
         /// The tenant policy the pipeline ran with (quotas, pins, tenants); its sha256 is in the report.
         #[arg(long, default_value = "policies/tenants.toml")]
         policy: PathBuf,
-        /// Replay without quotas or a policy.
-        #[arg(long, conflicts_with = "policy")]
+        /// Replay without quotas or a policy (the pipeline ran without `--policy`).
+        #[arg(long)]
         no_policy: bool,
+        /// Known tenants without a policy, as the pipeline's `--tenants`.
+        #[arg(long, env = "STREAMSCORE_TENANTS", default_value = DEFAULT_TENANTS)]
+        tenants: String,
         /// Model store directory.
         #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
         models: PathBuf,
@@ -756,6 +759,7 @@ async fn run(command: Command) -> Result<()> {
             out,
             policy,
             no_policy,
+            tenants,
             models,
             requests_topic,
             predictions_topic,
@@ -778,6 +782,7 @@ async fn run(command: Command) -> Result<()> {
                 dead_letter_topic,
                 models,
                 policy: (!no_policy).then_some(policy),
+                tenants: streamscore_ingest::Tenants::parse(&tenants),
                 from: from.as_deref().map(Bound::parse).transpose()?,
                 to: to.as_deref().map(Bound::parse).transpose()?,
                 tenant,

@@ -58,6 +58,8 @@ pub struct ReplayConfig {
     pub dead_letter_topic: String,
     pub models: PathBuf,
     pub policy: Option<PathBuf>,
+    /// Known tenants when there is no policy (the pipeline's `--tenants`).
+    pub tenants: streamscore_ingest::Tenants,
     pub from: Option<Bound>,
     pub to: Option<Bound>,
     pub tenant: Option<String>,
@@ -212,7 +214,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
     let store = ModelStore::open(&config.models).with_context(|| format!("loading {}", config.models.display()))?;
     let policy = config.policy.as_deref().map(Policy::load).transpose()?;
     let tenants = match &policy {
-        None => streamscore_ingest::Tenants::Any,
+        None => config.tenants.clone(),
         Some(p) => match p.file.unknown_tenants {
             streamscore_infer::quota::policy::UnknownTenants::Default => streamscore_ingest::Tenants::Any,
             streamscore_infer::quota::policy::UnknownTenants::Refuse => {
