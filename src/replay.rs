@@ -121,6 +121,8 @@ pub struct ReplayReport {
     /// Originals refused for in-flight limits: timing, not reproducible offline.
     pub not_reproducible: usize,
     pub seconds: f64,
+    /// Of which reading the topics from the broker.
+    pub read_seconds: f64,
     pub events_per_sec: f64,
     pub policy_sha256: Option<String>,
     /// Same version: scores that are not bit-identical, and decisions that differ.
@@ -236,6 +238,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
     for reader in readers {
         read.push(reader.await.context("a reader panicked")??);
     }
+    let read_seconds = started.elapsed().as_secs_f64();
     let [mut requests, predictions, dead_letters] =
         <[_; 3]>::try_from(read).map_err(|_| anyhow::anyhow!("three topics"))?;
     let mut originals = Originals::default();
@@ -568,6 +571,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
         out.flush()?;
     }
     report.seconds = started.elapsed().as_secs_f64();
+    report.read_seconds = read_seconds;
     report.events_per_sec = requests.len() as f64 / report.seconds.max(1e-9);
     let report_path = report_path(&config.out);
     std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)
@@ -588,11 +592,13 @@ pub fn describe(report: &ReplayReport, out: &std::path::Path) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "replayed {} requests in {:.2} s ({:.0} requests/s read and replayed): {} scored, {} rejected, {} dead-lettered; \
-         {} compared with their original prediction{}",
+        "replayed {} requests in {:.2} s ({:.0} requests/s; reading the topics {:.2} s, replaying {:.0}/s): {} scored, \
+         {} rejected, {} dead-lettered; {} compared with their original answer{}",
         report.requests,
         report.seconds,
         report.events_per_sec,
+        report.read_seconds,
+        report.requests as f64 / (report.seconds - report.read_seconds).max(1e-9),
         report.scored,
         report.rejected,
         report.dead_lettered,

@@ -69,6 +69,19 @@ async fn verify(registry: &str, logs: &Logs, heads: Vec<ChainHead>) -> Report {
     streamscore::audit::verify(&config).await.unwrap().0
 }
 
+fn head_again(entries: &[AuditRecord], chain: &str, seq: i64) -> ChainHead {
+    ChainHead {
+        chain: chain.to_owned(),
+        seq,
+        hash: entries
+            .iter()
+            .find(|e| e.details["chain"] == chain && e.seq == seq)
+            .map(|e| e.hash.clone())
+            .unwrap_or_default(),
+        topic: String::new(),
+    }
+}
+
 fn kinds_of(report: &Report) -> Vec<ProblemKind> {
     report.problems.iter().map(|p| p.kind).collect()
 }
@@ -281,6 +294,7 @@ async fn a_run_verifies_and_every_kind_of_tampering_is_named() {
         chain: infer_chain.clone(),
         seq: last,
         hash: entries.iter().find(|e| e.details["chain"] == infer_chain && e.seq == last).unwrap().hash.clone(),
+        topic: audit_topic.clone(),
     };
     if let Some(dir) = std::env::var_os(streamscore_kafka::audit::HEAD_DIR_ENV) {
         let kept = streamscore_kafka::audit::read_heads(std::path::Path::new(&dir)).unwrap();
@@ -295,7 +309,27 @@ async fn a_run_verifies_and_every_kind_of_tampering_is_named() {
     let logs = copy("truncated", &truncated, &preds, &dead).await;
     let report = verify(&registry.url, &logs, Vec::new()).await;
     assert!(report.open_chains.contains(&infer_chain), "without the head the cut chain is only open");
-    let report = verify(&registry.url, &logs, vec![head]).await;
+    // (The copy is another topic: the head is moved to it, as if the log had been cut there.)
+    let report = verify(&registry.url, &logs, vec![ChainHead { topic: logs.audit.clone(), ..head }]).await;
+    assert!(kinds_of(&report).contains(&ProblemKind::TruncatedChain), "{:#?}", report.problems);
+    // A head of another log does not concern this one.
+    let report = verify(
+        &registry.url,
+        &original,
+        vec![ChainHead {
+            topic: "another.audit".to_owned(),
+            seq: last + 5,
+            ..head_again(&entries, &infer_chain, last)
+        }],
+    )
+    .await;
+    assert!(report.ok(), "{:#?}", report.problems);
+    let report = verify(
+        &registry.url,
+        &logs,
+        vec![ChainHead { topic: logs.audit.clone(), ..head_again(&entries, &infer_chain, last) }],
+    )
+    .await;
     assert!(kinds_of(&report).contains(&ProblemKind::TruncatedChain), "{:#?}", report.problems);
     registry.stop().await;
 }

@@ -161,7 +161,12 @@ impl AuditChain {
 
     /// The last entry appended: its seq and hash.
     pub fn head(&self) -> Option<ChainHead> {
-        (self.seq > 0).then(|| ChainHead { chain: self.chain.clone(), seq: self.seq - 1, hash: self.prev_hash.clone() })
+        (self.seq > 0).then(|| ChainHead {
+            chain: self.chain.clone(),
+            seq: self.seq - 1,
+            hash: self.prev_hash.clone(),
+            topic: String::new(),
+        })
     }
 
     /// Appends an entry and returns it.

@@ -49,6 +49,7 @@ pub enum AuditError {
 #[derive(Debug)]
 struct Heads {
     chain: String,
+    topic: String,
     sent: BTreeMap<i64, String>,
     acknowledged: Option<ChainHead>,
     written: Option<Instant>,
@@ -153,7 +154,13 @@ impl AuditWriter {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
         let (failure, failed) = watch::channel(None);
         let chain = AuditChain::new(stage, instance, key, streamscore_contracts::now_micros());
-        let heads = Heads { chain: chain.id().to_owned(), sent: BTreeMap::new(), acknowledged: None, written: None };
+        let heads = Heads {
+            chain: chain.id().to_owned(),
+            topic: topic.to_owned(),
+            sent: BTreeMap::new(),
+            acknowledged: None,
+            written: None,
+        };
         let writer = Self {
             topic: topic.to_owned(),
             codec,
@@ -307,7 +314,12 @@ fn acknowledged(heads: &SyncMutex<Heads>, file: Option<&Path>, seq: i64, force: 
     let mut head = heads.acknowledged.clone();
     while let Some((&first, value)) = heads.sent.iter().next() {
         let Some(hash) = value.strip_prefix("acked:") else { break };
-        head = Some(ChainHead { chain: heads.chain.clone(), seq: first, hash: hash.to_owned() });
+        head = Some(ChainHead {
+            chain: heads.chain.clone(),
+            seq: first,
+            hash: hash.to_owned(),
+            topic: heads.topic.clone(),
+        });
         heads.sent.remove(&first);
     }
     if head.is_none() {

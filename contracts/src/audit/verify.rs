@@ -60,6 +60,9 @@ pub struct ChainHead {
     pub chain: String,
     pub seq: i64,
     pub hash: String,
+    /// The audit topic the chain is written to (heads of other logs are not this log's).
+    #[serde(default)]
+    pub topic: String,
 }
 
 /// The event-time window checked (µs; inclusive). Commitments written within `slack_us` after
@@ -217,7 +220,7 @@ pub fn verify(
     report.chains = chains.len();
     // Where each chain ended, as its successor or a head checkpoint says: chain → (seq, hash, by).
     let mut said_ends: HashMap<String, Vec<(i64, String, String)>> = HashMap::new();
-    for head in heads {
+    for head in heads.iter().filter(|h| h.topic.is_empty() || entries.iter().any(|e| e.position.topic == h.topic)) {
         said_ends.entry(head.chain.clone()).or_default().push((
             head.seq,
             head.hash.clone(),
@@ -626,7 +629,7 @@ mod tests {
         // ... and by a head checkpoint, without a next chain.
         let mut open = log();
         open.entries.truncate(3);
-        let head = ChainHead { chain: "infer/i-1@100".to_owned(), seq: 3, hash: "h".to_owned() };
+        let head = ChainHead { chain: "infer/i-1@100".to_owned(), seq: 3, hash: "h".to_owned(), topic: String::new() };
         let report = verify(&open.key, &open.entries, &open.events, &[head.clone()], Window::ALL);
         assert_eq!(kinds_of(&report), [ProblemKind::TruncatedChain]);
         let report = verify(&open.key, &[], &[], &[head], Window::ALL);
