@@ -164,6 +164,18 @@ async fn a_run_verifies_and_every_kind_of_tampering_is_named() {
     for message in &run.audit {
         entries.push(audit_codec.decode(message.payload().unwrap()).await.unwrap().value);
     }
+    // The control plane is in the log too: each stage's start and stop, the schemas it writes
+    // (with the sha256 of their text), the policy and the models it loaded.
+    for kind in
+        ["CHAIN_STARTED", "SCHEMA_REGISTERED", "POLICY_LOADED", "MODEL_LOADED", "BATCH_COMMITTED", "STAGE_STOPPED"]
+    {
+        assert!(entries.iter().any(|e| e.kind == kind), "no {kind} entry");
+    }
+    let schema_sha256 =
+        streamscore_contracts::sha256_hex(<PredictionOutcome as streamscore_contracts::Event>::SCHEMA.text.as_bytes());
+    assert!(entries.iter().any(|e| e.kind == "SCHEMA_REGISTERED"
+        && e.subject == format!("{}-value", topics.predictions)
+        && e.details["sha256"] == schema_sha256));
     let outcomes = Codec::<PredictionOutcome>::with_url(&registry.url, &topics.predictions);
     outcomes.register().await.unwrap();
     let mut predictions = Vec::new();

@@ -146,6 +146,7 @@ pub async fn run(
         )
         .await?,
     );
+    audit.schema_registered(&codec).await?;
     let committer = Committer::new(Arc::clone(&audit));
     let audit_key = audit.key().await;
     let (errors_tx, mut errors) = mpsc::unbounded_channel();

@@ -158,8 +158,12 @@ impl Codecs {
         };
         retry::register(&codecs.dead_letters).await?;
         retry::register(&codecs.rejections).await?;
+        let audit = codecs.committer.audit();
+        audit.schema_registered(&codecs.dead_letters).await?;
+        audit.schema_registered(&codecs.rejections).await?;
         if let Some(codec) = &codecs.validated {
             retry::register(codec).await?;
+            audit.schema_registered(codec).await?;
         }
         Ok(codecs)
     }

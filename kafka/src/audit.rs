@@ -179,7 +179,19 @@ impl AuditWriter {
         }
         let subject = writer.chain.lock().await.id().to_owned();
         writer.record(kinds::CHAIN_STARTED, &subject, None, details).await?;
+        writer.schema_registered(&writer.codec).await?;
         Ok(writer)
+    }
+
+    /// Records that this writer's stage writes `codec`'s contract under its registered id
+    /// (`SCHEMA_REGISTERED`: subject, id, schema name and the sha256 of its text).
+    pub async fn schema_registered<T: streamscore_contracts::Event>(&self, codec: &Codec<T>) -> Result<(), AuditError> {
+        let details = HashMap::from([
+            ("id".to_owned(), codec.schema_id().map_or_else(|| "unregistered".to_owned(), |id| id.to_string())),
+            ("schema".to_owned(), T::SCHEMA.full_name.to_owned()),
+            ("sha256".to_owned(), streamscore_contracts::sha256_hex(T::SCHEMA.text.as_bytes())),
+        ]);
+        self.record("SCHEMA_REGISTERED", codec.subject(), None, details).await.map(|_| ())
     }
 
     /// The key entries are written with.
