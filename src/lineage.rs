@@ -107,6 +107,18 @@ pub struct Alert {
     pub window_end: i64,
 }
 
+/// A replay whose range covered the request (`streamscore replay` records itself).
+#[derive(Debug, Clone, Serialize)]
+pub struct Replayed {
+    pub entry: EntryRef,
+    pub occurred_at: i64,
+    pub mode: String,
+    /// Same version: every score bit-identical and every decision the same.
+    pub ok: bool,
+    pub report_sha256: String,
+    pub out: String,
+}
+
 /// Everything found about one request.
 #[derive(Debug, Clone, Serialize)]
 pub struct Trace {
@@ -117,6 +129,7 @@ pub struct Trace {
     pub dead_letters: Vec<DeadLettered>,
     pub outcomes: Vec<Outcome>,
     pub alerts: Vec<Alert>,
+    pub replays: Vec<Replayed>,
     /// Records read to find it.
     pub scanned: usize,
 }
@@ -360,6 +373,31 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
             }
         }
     }
+    let mut replays = Vec::new();
+    if let Some(r) = &request {
+        for (position, e) in entries.iter().filter(|(_, e)| e.kind == "REPLAYED") {
+            let get = |k: &str| e.details.get(k).cloned().unwrap_or_default();
+            if get("requests_topic") != r.position.topic {
+                continue;
+            }
+            let bound =
+                |k: &str| Some(get(k)).filter(|t| !t.is_empty()).and_then(|t| crate::replay::Bound::parse(&t).ok());
+            let tenant = get("tenant");
+            let tenant_ok = tenant.is_empty() || r.tenant.as_deref() == Some(tenant.as_str());
+            if tenant_ok
+                && crate::replay::covers(bound("from"), bound("to"), r.position.offset, r.created_at.unwrap_or(0))
+            {
+                replays.push(Replayed {
+                    entry: entry_ref(position, e),
+                    occurred_at: e.occurred_at,
+                    mode: get("mode"),
+                    ok: get("ok") == "true",
+                    report_sha256: get("report_sha256"),
+                    out: get("out"),
+                });
+            }
+        }
+    }
     let ingest = if !dead_letters.is_empty() {
         "dead-lettered".to_owned()
     } else if outcomes.iter().any(|o| o.stage != "ingest") {
@@ -374,6 +412,7 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
         dead_letters,
         outcomes,
         alerts: alerts_found,
+        replays,
         scanned,
     })
 }
@@ -454,6 +493,19 @@ pub fn describe(trace: &Trace) -> String {
                 let _ = writeln!(out, "             NOT in any audit commitment");
             }
         }
+    }
+    for r in &trace.replays {
+        let _ = writeln!(
+            out,
+            "  replayed   {} ({}): {}, report sha256 {} ({}; {} seq {})",
+            r.mode,
+            if r.ok { "ok" } else { "differences" },
+            r.out,
+            r.report_sha256,
+            r.entry.position,
+            r.entry.chain,
+            r.entry.seq
+        );
     }
     for a in &trace.alerts {
         let _ = writeln!(

@@ -290,6 +290,12 @@ enum Command {
         /// Print the report as JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Where the replay is recorded (REPLAYED: range, mode, result, the report's sha256).
+        #[arg(long, default_value = streamscore_contracts::topics::AUDIT)]
+        audit_topic: String,
+        /// Do not record the replay in the audit log.
+        #[arg(long)]
+        no_audit: bool,
     },
     /// Print the `kafka-acls.sh` commands that bind tenants to their producers' principals:
     /// each tenant with `kafka_principals` in the policy gets its own requests topic, writable
@@ -765,6 +771,8 @@ async fn run(command: Command) -> Result<()> {
             predictions_topic,
             dead_letter_topic,
             json,
+            audit_topic,
+            no_audit,
         } => {
             use streamscore::replay::Bound;
             let model = model
@@ -789,6 +797,7 @@ async fn run(command: Command) -> Result<()> {
                 model,
                 out: out.clone(),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                audit_topic: (!no_audit).then_some(audit_topic),
             };
             let report = streamscore::replay::replay(&config).await?;
             if json {

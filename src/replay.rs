@@ -68,6 +68,23 @@ pub struct ReplayConfig {
     /// `.jsonl` or `.parquet`.
     pub out: PathBuf,
     pub progress: bool,
+    /// Where the replay itself is recorded (`REPLAYED`, in a chain of its own), if anywhere.
+    pub audit_topic: Option<String>,
+}
+
+impl Bound {
+    /// As [`Bound::parse`] reads it back.
+    pub fn text(&self) -> String {
+        match self {
+            Bound::Time(t) => t.to_string(),
+            Bound::Offset(o) => format!("offset:{o}"),
+        }
+    }
+}
+
+/// Whether a request at `offset` created at `created_at` is in the range `from`..=`to`.
+pub fn covers(from: Option<Bound>, to: Option<Bound>, offset: i64, created_at: i64) -> bool {
+    in_range((from, to), offset, created_at)
 }
 
 /// One replayed request, flat.
@@ -574,9 +591,46 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
     report.read_seconds = read_seconds;
     report.events_per_sec = requests.len() as f64 / report.seconds.max(1e-9);
     let report_path = report_path(&config.out);
-    std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("writing {}", report_path.display()))?;
+    let report_bytes = serde_json::to_vec_pretty(&report)?;
+    std::fs::write(&report_path, &report_bytes).with_context(|| format!("writing {}", report_path.display()))?;
+    if let Some(topic) = &config.audit_topic {
+        record(config, topic, &report, &report_bytes).await?;
+    }
     Ok(report)
+}
+
+/// The replay in the audit log: what was replayed, how, and the sha256 of its report.
+async fn record(config: &ReplayConfig, topic: &str, report: &ReplayReport, report_bytes: &[u8]) -> Result<()> {
+    let audit = streamscore_kafka::audit::AuditWriter::new(
+        &config.kafka,
+        &config.registry_url,
+        topic,
+        "replay",
+        &streamscore_contracts::lineage::default_instance(),
+    )
+    .await
+    .context("recording the replay in the audit log")?;
+    let mut details = HashMap::from([
+        ("requests_topic".to_owned(), config.requests_topic.clone()),
+        ("from".to_owned(), config.from.map(|b| b.text()).unwrap_or_default()),
+        ("to".to_owned(), config.to.map(|b| b.text()).unwrap_or_default()),
+        ("tenant".to_owned(), config.tenant.clone().unwrap_or_default()),
+        ("mode".to_owned(), report.mode.clone()),
+        ("requests".to_owned(), report.requests.to_string()),
+        ("compared".to_owned(), report.compared.to_string()),
+        ("ok".to_owned(), report.ok().to_string()),
+        ("report_sha256".to_owned(), streamscore_contracts::sha256_hex(report_bytes)),
+        ("out".to_owned(), config.out.display().to_string()),
+    ]);
+    if let Some(sha256) = &report.policy_sha256 {
+        details.insert("policy_sha256".to_owned(), sha256.clone());
+    }
+    if let Some(agreement) = report.label_agreement {
+        details.insert("label_agreement".to_owned(), agreement.to_string());
+    }
+    audit.record("REPLAYED", &config.requests_topic, None, details).await?;
+    audit.close(HashMap::new()).await?;
+    Ok(())
 }
 
 /// `<out>.report.json`.

@@ -227,6 +227,32 @@ async fn a_run_verifies_and_every_kind_of_tampering_is_named() {
         assert!(outcome.model_loaded.is_some(), "the load of {version} is found");
         assert!(outcome.committed.as_ref().is_some_and(|c| c.chain.starts_with("infer/")), "{outcome:?}");
     }
+    // Replayed later (the same version, the same policy): the replay is in the audit log, and
+    // the request's lineage shows it.
+    let replay = streamscore::replay::ReplayConfig {
+        kafka: support::kafka(),
+        registry_url: registry.url.clone(),
+        requests_topic: topics.requests.clone(),
+        predictions_topic: topics.predictions.clone(),
+        dead_letter_topic: topics.dead_letter.clone(),
+        models: support::models_dir(),
+        policy: Some(dir.path().join("tenants.toml")),
+        tenants: streamscore_ingest::Tenants::Any,
+        from: None,
+        to: None,
+        tenant: None,
+        model: None,
+        out: dir.path().join("replay.jsonl"),
+        progress: false,
+        audit_topic: Some(audit_topic.clone()),
+    };
+    let replayed = streamscore::replay::replay(&replay).await.unwrap();
+    assert!(replayed.ok(), "{:#?}", replayed.first_mismatches);
+    let trace = streamscore::lineage::trace(&lineage, &id).await.unwrap();
+    assert_eq!(trace.replays.len(), 1, "{trace:#?}");
+    assert!(trace.replays[0].ok && trace.replays[0].mode == "same-version");
+    let report = std::fs::read(streamscore::replay::report_path(&replay.out)).unwrap();
+    assert_eq!(trace.replays[0].report_sha256, streamscore_contracts::sha256_hex(&report));
     let refused = predictions.iter().find(|p| p.reason.as_deref() == Some("QUOTA_EXCEEDED")).unwrap();
     let trace = streamscore::lineage::trace(&lineage, refused.lineage.request_id.as_deref().unwrap()).await.unwrap();
     assert_eq!(trace.outcomes.len(), 1);

@@ -71,6 +71,7 @@ async fn replays_are_bit_identical_on_the_same_version_and_report_agreement_on_a
         model: model.map(|(m, v)| (m.to_owned(), v.to_owned())),
         out: dir.path().join(out),
         progress: false,
+        audit_topic: None,
     };
 
     // The same version: every score bit-identical, every decision the same.
