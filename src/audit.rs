@@ -34,16 +34,11 @@ pub struct Reading {
     pub read_seconds: f64,
 }
 
-/// Every record of `topic` up to its high watermarks as they are now: `(position, bytes)`.
-pub fn read_topic(kafka: &KafkaConfig, topic: &str) -> Result<Vec<(Position, Vec<u8>)>> {
-    Ok(read_topic_with_keys(kafka, topic)?.into_iter().map(|(p, _, v)| (p, v)).collect())
-}
-
 /// A record's position, key and value.
 pub type Keyed = (Position, Option<Vec<u8>>, Vec<u8>);
 
-/// [`read_topic`] with each record's key.
-pub fn read_topic_with_keys(kafka: &KafkaConfig, topic: &str) -> Result<Vec<Keyed>> {
+/// Every record of `topic` up to its high watermarks as they are now.
+pub fn read_topic(kafka: &KafkaConfig, topic: &str) -> Result<Vec<Keyed>> {
     let consumer: BaseConsumer = kafka
         .client_config()
         .set("group.id", format!("streamscore-audit-verify-{}", uuid::Uuid::new_v4().simple()))
@@ -102,40 +97,52 @@ pub fn read_topic_with_keys(kafka: &KafkaConfig, topic: &str) -> Result<Vec<Keye
     Ok(records)
 }
 
-/// Reads and checks; returns the report and what was read.
-pub async fn verify(config: &VerifyConfig) -> Result<(Report, Reading)> {
-    let started = Instant::now();
-    let kafka = config.kafka.clone();
-    let topics = [config.audit_topic.clone(), config.predictions_topic.clone(), config.dead_letter_topic.clone()];
-    // The three topics are read at once (the broker serves them in parallel).
+/// Reads `N` topics at once (a reader each; the broker serves them in parallel), each to its
+/// high watermarks as they are when it starts. A topic that does not exist reads as empty when
+/// `missing_is_empty`, else is an error.
+pub async fn read_topics<const N: usize>(
+    kafka: &KafkaConfig,
+    topics: [&str; N],
+    missing_is_empty: bool,
+) -> Result<[Vec<Keyed>; N]> {
     let readers: Vec<_> = topics
-        .into_iter()
+        .iter()
         .map(|topic| {
-            let kafka = kafka.clone();
+            let (kafka, topic) = (kafka.clone(), (*topic).to_owned());
             tokio::task::spawn_blocking(move || read_topic(&kafka, &topic))
         })
         .collect();
-    let mut read = Vec::new();
+    let mut read = Vec::with_capacity(N);
     for reader in readers {
-        read.push(reader.await.context("a reader panicked")??);
+        match reader.await.context("a reader panicked")? {
+            Err(_) if missing_is_empty => read.push(Vec::new()),
+            result => read.push(result?),
+        }
     }
+    <[_; N]>::try_from(read).map_err(|_| anyhow::anyhow!("{N} topics"))
+}
+
+/// Reads and checks; returns the report and what was read.
+pub async fn verify(config: &VerifyConfig) -> Result<(Report, Reading)> {
+    let started = Instant::now();
+    let topics = [config.audit_topic.as_str(), config.predictions_topic.as_str(), config.dead_letter_topic.as_str()];
+    let [audit, predictions, dead_letters] = read_topics(&config.kafka, topics, false).await?;
     let read_seconds = started.elapsed().as_secs_f64();
-    let [audit, predictions, dead_letters] = <[_; 3]>::try_from(read).map_err(|_| anyhow::anyhow!("three topics"))?;
 
     let audit_codec = Codec::<AuditRecord>::with_url(&config.registry_url, &config.audit_topic);
     let mut entries = Vec::with_capacity(audit.len());
-    for (position, bytes) in &audit {
+    for (position, _, bytes) in &audit {
         let record = audit_codec.decode(bytes).await.ok().map(|d| d.value);
         entries.push(SeenEntry { position: position.clone(), record });
     }
     let outcomes = Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic);
     let letters = Codec::<DeadLetter>::with_url(&config.registry_url, &config.dead_letter_topic);
     let mut events = Vec::with_capacity(predictions.len() + dead_letters.len());
-    for (position, bytes) in &predictions {
+    for (position, _, bytes) in &predictions {
         let lineage = outcomes.decode(bytes).await.ok().map(|d| d.value.lineage);
         events.push(seen(&config.key, position, bytes, lineage));
     }
-    for (position, bytes) in &dead_letters {
+    for (position, _, bytes) in &dead_letters {
         let lineage = letters.decode(bytes).await.ok().map(|d| d.value.lineage);
         events.push(seen(&config.key, position, bytes, lineage));
     }

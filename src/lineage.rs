@@ -134,14 +134,8 @@ pub struct Trace {
     pub scanned: usize,
 }
 
-fn read(kafka: &KafkaConfig, topic: &str) -> Result<Records> {
-    crate::audit::read_topic(kafka, topic)
-}
-
 /// A record's key and value.
 type KeyValue = (Option<Vec<u8>>, Vec<u8>);
-/// The records of a topic with their positions.
-type Records = Vec<(Position, Vec<u8>)>;
 
 /// One record, by position.
 fn fetch(kafka: &KafkaConfig, position: &Position) -> Result<Option<KeyValue>> {
@@ -170,33 +164,15 @@ fn fetch(kafka: &KafkaConfig, position: &Position) -> Result<Option<KeyValue>> {
 
 /// Finds everything about `request_id`.
 pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
-    let kafka = config.kafka.clone();
-    let topics = [
-        config.predictions_topic.clone(),
-        config.dead_letter_topic.clone(),
-        config.audit_topic.clone(),
-        config.alerts_topic.clone(),
-    ];
-    let read = tokio::task::spawn_blocking(move || -> Result<Vec<Records>> {
-        // Alerts are optional (no monitor ran): an absent topic reads as empty.
-        topics
-            .iter()
-            .enumerate()
-            .map(|(i, topic)| match read(&kafka, topic) {
-                Err(_) if i == 3 => Ok(Vec::new()),
-                other => other,
-            })
-            .collect()
-    })
-    .await
-    .context("the reader panicked")??;
-    let [predictions, dead_letters, audit, alerts] =
-        <[_; 4]>::try_from(read).map_err(|_| anyhow::anyhow!("four topics"))?;
+    let topics = [config.predictions_topic.as_str(), config.dead_letter_topic.as_str(), config.audit_topic.as_str()];
+    let [predictions, dead_letters, audit] = crate::audit::read_topics(&config.kafka, topics, false).await?;
+    // Alerts are optional (no monitor ran): an absent topic reads as empty.
+    let [alerts] = crate::audit::read_topics(&config.kafka, [config.alerts_topic.as_str()], true).await?;
     let scanned = predictions.len() + dead_letters.len() + audit.len() + alerts.len();
 
     let outcomes_codec = Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic);
     let mut found = Vec::new();
-    for (position, bytes) in &predictions {
+    for (position, _, bytes) in &predictions {
         if !contains(bytes, request_id) {
             continue; // the id's bytes are in the record: skip decoding the others
         }
@@ -208,7 +184,7 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
     }
     let letters_codec = Codec::<DeadLetter>::with_url(&config.registry_url, &config.dead_letter_topic);
     let mut letters = Vec::new();
-    for (position, bytes) in &dead_letters {
+    for (position, _, bytes) in &dead_letters {
         if !contains(bytes, request_id) {
             continue;
         }
@@ -220,7 +196,7 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
     }
     let audit_codec = Codec::<AuditRecord>::with_url(&config.registry_url, &config.audit_topic);
     let mut entries = Vec::new();
-    for (position, bytes) in &audit {
+    for (position, _, bytes) in &audit {
         if let Ok(decoded) = audit_codec.decode(bytes).await {
             entries.push((position.clone(), decoded.value));
         }
@@ -353,7 +329,7 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
     let alerts_codec = Codec::<DriftAlert>::with_url(&config.registry_url, &config.alerts_topic);
     let mut alerts_found = Vec::new();
     if let Some(at) = when {
-        for (position, bytes) in &alerts {
+        for (position, _, bytes) in &alerts {
             let Ok(decoded) = alerts_codec.decode(bytes).await else { continue };
             let a = decoded.value;
             let versions: Vec<(&str, Option<&str>)> =

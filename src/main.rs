@@ -238,12 +238,8 @@ enum Command {
         /// Print it as JSON.
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
-        predictions_topic: String,
-        #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
-        dead_letter_topic: String,
-        #[arg(long, default_value = streamscore_contracts::topics::AUDIT)]
-        audit_topic: String,
+        #[command(flatten)]
+        logs: LogTopics,
         #[arg(long, default_value = streamscore_contracts::topics::ALERTS)]
         alerts_topic: String,
     },
@@ -283,17 +279,13 @@ enum Command {
         models: PathBuf,
         #[arg(long, default_value = streamscore_contracts::topics::REQUESTS)]
         requests_topic: String,
-        #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
-        predictions_topic: String,
-        #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
-        dead_letter_topic: String,
+        #[command(flatten)]
+        logs: LogTopics,
         /// Print the report as JSON instead of text.
         #[arg(long)]
         json: bool,
-        /// Where the replay is recorded (REPLAYED: range, mode, result, the report's sha256).
-        #[arg(long, default_value = streamscore_contracts::topics::AUDIT)]
-        audit_topic: String,
-        /// Do not record the replay in the audit log.
+        /// Do not record the replay in the audit log (REPLAYED: range, mode, result, the
+        /// report's sha256).
         #[arg(long)]
         no_audit: bool,
     },
@@ -496,13 +488,23 @@ enum AuditAction {
         /// Head checkpoints the writers kept outside Kafka (catches a truncated tail).
         #[arg(long, env = "STREAMSCORE_AUDIT_HEAD_DIR", hide_env_values = true)]
         heads: Option<PathBuf>,
-        #[arg(long, default_value = streamscore_contracts::topics::AUDIT)]
-        audit_topic: String,
-        #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
-        predictions_topic: String,
-        #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
-        dead_letter_topic: String,
+        #[command(flatten)]
+        logs: LogTopics,
     },
+}
+
+/// The topics the analysts' commands read.
+#[derive(Debug, clap::Args)]
+struct LogTopics {
+    /// The predictions (outcomes of every request, shadows and rejections too).
+    #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
+    predictions_topic: String,
+    /// The dead letters.
+    #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
+    dead_letter_topic: String,
+    /// The audit log (the stages' chains and the commitments of every output).
+    #[arg(long, default_value = streamscore_contracts::topics::AUDIT)]
+    audit_topic: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -679,20 +681,7 @@ async fn run(command: Command) -> Result<()> {
                 .await;
             tracing::info!("schema registry stopped");
         }
-        Command::Audit {
-            action:
-                AuditAction::Verify {
-                    endpoints,
-                    from,
-                    to,
-                    json,
-                    key_file,
-                    heads,
-                    audit_topic,
-                    predictions_topic,
-                    dead_letter_topic,
-                },
-        } => {
+        Command::Audit { action: AuditAction::Verify { endpoints, from, to, json, key_file, heads, logs } } => {
             use streamscore_contracts::audit::{AuditKey, Window};
             let key = match key_file {
                 Some(path) => {
@@ -712,9 +701,9 @@ async fn run(command: Command) -> Result<()> {
             let config = streamscore::audit::VerifyConfig {
                 kafka: KafkaConfig::new(&endpoints.bootstrap),
                 registry_url: endpoints.registry_url.clone(),
-                audit_topic,
-                predictions_topic,
-                dead_letter_topic,
+                audit_topic: logs.audit_topic,
+                predictions_topic: logs.predictions_topic,
+                dead_letter_topic: logs.dead_letter_topic,
                 key,
                 heads,
                 window,
@@ -729,21 +718,13 @@ async fn run(command: Command) -> Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Lineage {
-            endpoints,
-            request_id,
-            json,
-            predictions_topic,
-            dead_letter_topic,
-            audit_topic,
-            alerts_topic,
-        } => {
+        Command::Lineage { endpoints, request_id, json, logs, alerts_topic } => {
             let config = streamscore::lineage::LineageConfig {
                 kafka: KafkaConfig::new(&endpoints.bootstrap),
                 registry_url: endpoints.registry_url.clone(),
-                predictions_topic,
-                dead_letter_topic,
-                audit_topic,
+                predictions_topic: logs.predictions_topic,
+                dead_letter_topic: logs.dead_letter_topic,
+                audit_topic: logs.audit_topic,
                 alerts_topic,
             };
             let trace = streamscore::lineage::trace(&config, &request_id).await?;
@@ -768,10 +749,8 @@ async fn run(command: Command) -> Result<()> {
             tenants,
             models,
             requests_topic,
-            predictions_topic,
-            dead_letter_topic,
+            logs,
             json,
-            audit_topic,
             no_audit,
         } => {
             use streamscore::replay::Bound;
@@ -786,8 +765,8 @@ async fn run(command: Command) -> Result<()> {
                 kafka: KafkaConfig::new(&endpoints.bootstrap),
                 registry_url: endpoints.registry_url.clone(),
                 requests_topic,
-                predictions_topic,
-                dead_letter_topic,
+                predictions_topic: logs.predictions_topic,
+                dead_letter_topic: logs.dead_letter_topic,
                 models,
                 policy: (!no_policy).then_some(policy),
                 tenants: streamscore_ingest::Tenants::parse(&tenants),
@@ -797,7 +776,7 @@ async fn run(command: Command) -> Result<()> {
                 model,
                 out: out.clone(),
                 progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-                audit_topic: (!no_audit).then_some(audit_topic),
+                audit_topic: (!no_audit).then_some(logs.audit_topic),
             };
             let report = streamscore::replay::replay(&config).await?;
             if json {

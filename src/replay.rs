@@ -243,21 +243,9 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
     };
 
     // The history, and the original answers.
-    let readers: Vec<_> =
-        [config.requests_topic.clone(), config.predictions_topic.clone(), config.dead_letter_topic.clone()]
-            .into_iter()
-            .map(|topic| {
-                let kafka = config.kafka.clone();
-                tokio::task::spawn_blocking(move || crate::audit::read_topic_with_keys(&kafka, &topic))
-            })
-            .collect();
-    let mut read = Vec::new();
-    for reader in readers {
-        read.push(reader.await.context("a reader panicked")??);
-    }
+    let topics = [config.requests_topic.as_str(), config.predictions_topic.as_str(), config.dead_letter_topic.as_str()];
+    let [mut requests, predictions, dead_letters] = crate::audit::read_topics(&config.kafka, topics, false).await?;
     let read_seconds = started.elapsed().as_secs_f64();
-    let [mut requests, predictions, dead_letters] =
-        <[_; 3]>::try_from(read).map_err(|_| anyhow::anyhow!("three topics"))?;
     let mut originals = Originals::default();
     // Dead letters first: a refused request's rejection (to its reply-to) is ingest's too.
     let letters = Codec::<streamscore_contracts::DeadLetter>::with_url(&config.registry_url, &config.dead_letter_topic);
