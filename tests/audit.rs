@@ -123,22 +123,9 @@ async fn a_run_verifies_and_every_kind_of_tampering_is_named() {
     let generated = loadgen::run(&support::kafka(), codec, &load).await.unwrap();
     assert_eq!(generated.errors, 0);
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let pipeline = tokio::spawn(streamscore::pipeline::run(
-        config,
-        Arc::new(streamscore_infer::TractBackend),
-        Arc::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
     // Every request answered: a prediction (and its shadow) or a rejection, or a dead letter.
-    let outputs = tokio::task::block_in_place(|| {
-        support::read_records(&[&topics.predictions, &topics.dead_letter], 300, Duration::from_secs(60))
-    });
+    let outputs = support::answer_all(config, &topics, 300, Duration::from_secs(60)).await;
     assert!(outputs.len() >= 300);
-    stop.send(()).unwrap();
-    pipeline.await.unwrap().unwrap();
 
     let run = tokio::task::block_in_place(|| Run {
         audit: support::read_all(&[&audit_topic], Duration::from_secs(2)),

@@ -39,21 +39,8 @@ async fn replays_are_bit_identical_on_the_same_version_and_report_agreement_on_a
     );
     config.infer.audit_topic = support::unique("replay-audit");
     config.tenants = streamscore_ingest::Tenants::parse(TENANTS);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let pipeline = tokio::spawn(streamscore::pipeline::run(
-        config,
-        Arc::new(streamscore_infer::TractBackend),
-        Arc::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let outputs = tokio::task::block_in_place(|| {
-        support::read_records(&[&topics.predictions, &topics.dead_letter], 10_000, Duration::from_secs(120))
-    });
+    let outputs = support::answer_all(config, &topics, 10_000, Duration::from_secs(120)).await;
     assert_eq!(outputs.len(), 10_000, "one answer per request");
-    stop.send(()).unwrap();
-    pipeline.await.unwrap().unwrap();
 
     let dir = tempfile::tempdir().unwrap();
     let replay = |model: Option<(&str, &str)>, out: &str| ReplayConfig {

@@ -365,3 +365,27 @@ impl StageTopics {
         (&self.requests, &self.dead_letter, &self.predictions)
     }
 }
+
+/// Runs the fused pipeline of `config` (tract backend) until `count` answers (predictions
+/// and dead letters of `topics`) are on the topics, stops it cleanly and returns the answers.
+pub async fn answer_all(
+    config: streamscore::pipeline::PipelineConfig,
+    topics: &StageTopics,
+    count: usize,
+    timeout: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let pipeline = tokio::spawn(streamscore::pipeline::run(
+        config,
+        Arc::new(streamscore_infer::TractBackend),
+        Arc::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let answers =
+        tokio::task::block_in_place(|| read_records(&[&topics.predictions, &topics.dead_letter], count, timeout));
+    stop.send(()).expect("the pipeline is running");
+    pipeline.await.expect("the pipeline task").expect("the pipeline ran");
+    answers
+}
