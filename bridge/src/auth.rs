@@ -5,7 +5,6 @@
 //! the time taken says nothing about how close a guess was. The tenant comes from the key
 //! only; nothing in a body can name another.
 
-use sha2::{Digest, Sha256};
 use streamscore_infer::quota::policy::Policy;
 use warp::http::HeaderMap;
 
@@ -27,7 +26,7 @@ impl Keys {
         let mut entries = Vec::new();
         for (tenant, tenant_policy) in &policy.file.tenants {
             for hex in &tenant_policy.api_key_sha256 {
-                let digest = parse_sha256(hex)
+                let digest = streamscore_contracts::sha256_from_hex(hex)
                     .ok_or_else(|| format!("tenant {tenant}: api_key_sha256 {hex:?} is not 64 hex digits"))?;
                 entries.push((digest, tenant.clone()));
             }
@@ -46,10 +45,10 @@ impl Keys {
 
     /// The tenant whose key this is.
     pub fn tenant(&self, key: &str) -> Option<&str> {
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        let digest = streamscore_contracts::sha256(key.as_bytes());
         let mut found = None;
         for (entry, tenant) in &self.entries {
-            if constant_time_eq(&digest, entry) {
+            if streamscore_contracts::digests_equal(&digest, entry) {
                 found = Some(tenant.as_str());
             }
         }
@@ -65,23 +64,6 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
         return scheme.eq_ignore_ascii_case("bearer").then(|| key.trim()).filter(|k| !k.is_empty());
     }
     headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty())
-}
-
-fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0_u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let difference = a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(difference) == 0
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::features::{self, FeatureError, FeatureVector};
@@ -76,10 +75,9 @@ impl ModelVersion {
     /// exactly what was hashed (the file is read once; a file changed since the store was
     /// opened is refused).
     pub fn read_verified(&self) -> Result<Vec<u8>, StoreError> {
-        use sha2::Digest;
         let bytes =
             std::fs::read(&self.onnx_path).map_err(|source| StoreError::Io { path: self.onnx_path.clone(), source })?;
-        let actual: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let actual = streamscore_contracts::sha256_hex(&bytes);
         if !actual.eq_ignore_ascii_case(&self.meta.sha256) {
             return Err(StoreError::Sha256Mismatch {
                 path: self.onnx_path.clone(),
@@ -137,8 +135,7 @@ fn error_path(error: &StoreError) -> Option<&Path> {
 
 /// Hex sha256 of a file.
 pub fn sha256_file(path: &Path) -> Result<String, StoreError> {
-    let digest = Sha256::digest(read(path)?);
-    Ok(digest.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(streamscore_contracts::sha256_hex(&read(path)?))
 }
 
 fn load_version(dir: &Path, family: &str) -> Result<ModelVersion, StoreError> {

@@ -14,7 +14,6 @@
 //! The users file has one user per line, `name:role:sha256-of-password` (hex), `#` comments;
 //! passwords are compared as their sha256 digests, in constant time.
 
-use sha2::{Digest, Sha256};
 use warp::http::{HeaderMap, Method};
 
 use crate::error::ApiError;
@@ -64,7 +63,7 @@ impl std::fmt::Debug for Auth {
 
 /// The sha256 of a password, in hex, as the users file holds it.
 pub fn password_sha256(password: &str) -> String {
-    format!("{:x}", Sha256::digest(password.as_bytes()))
+    streamscore_contracts::sha256_hex(password.as_bytes())
 }
 
 impl Auth {
@@ -101,8 +100,8 @@ impl Auth {
                 return Err(format!("line {}: empty user name", n + 1));
             }
             let role: Role = role.parse().map_err(|e| format!("line {}: {e}", n + 1))?;
-            let password_sha256 =
-                parse_hex(hash).ok_or_else(|| format!("line {}: the password's sha256 is not 64 hex digits", n + 1))?;
+            let password_sha256 = streamscore_contracts::sha256_from_hex(hash)
+                .ok_or_else(|| format!("line {}: the password's sha256 is not 64 hex digits", n + 1))?;
             users.push(User { name: (*name).to_owned(), password_sha256, role });
         }
         Ok(Self { users, authenticated_reads: false })
@@ -129,11 +128,11 @@ impl Auth {
         let Some((name, password)) = basic_credentials(headers) else {
             return Err(ApiError::unauthorized("credentials are required (HTTP basic authentication)"));
         };
-        let digest: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        let digest = streamscore_contracts::sha256(password.as_bytes());
         let mut found: Option<&User> = None;
         for user in &self.users {
             let name_matches = user.name == name;
-            if constant_time_eq(&digest, &user.password_sha256) && name_matches {
+            if streamscore_contracts::digests_equal(&digest, &user.password_sha256) && name_matches {
                 found = Some(user);
             }
         }
@@ -185,23 +184,6 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-fn parse_hex(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0_u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    let difference = a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(difference) == 0
 }
 
 #[cfg(test)]

@@ -25,7 +25,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 /// What to do with tenants the file does not list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -173,7 +172,7 @@ impl Policy {
                 });
             }
         }
-        let sha256 = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let sha256 = streamscore_contracts::sha256_hex(bytes);
         Ok(Self { file, path: path.to_owned(), sha256 })
     }
 
