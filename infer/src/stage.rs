@@ -196,13 +196,18 @@ pub async fn run(
     }
     let mut rescan = tokio::time::interval(shared.config.rescan_every.unwrap_or(Duration::from_secs(3600)));
     rescan.tick().await;
-    let ticking = tokio::spawn(Arc::clone(&committer).tick());
+    let mut ticking = tokio::spawn(Arc::clone(&committer).tick());
 
     let failure = loop {
         tokio::select! {
             Some(error) = errors.recv() => break Some(error),
             failed = shared.sink.failed() => break Some(failed.into()),
             failed = audit.failed() => break Some(InferError::Audit(streamscore_kafka::audit::AuditError::Delivery(failed))),
+            // The committer stopped: its requests would never finish; say why and stop.
+            stopped = &mut ticking => break Some(InferError::Audit(match stopped {
+                Ok(e) => e,
+                Err(e) => streamscore_kafka::audit::AuditError::Delivery(format!("the committer stopped: {e}")),
+            })),
             Some(joined) = tasks.join_next() => {
                 if let Err(e) = joined {
                     break Some(panicked("a batcher", &e));

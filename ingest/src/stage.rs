@@ -190,7 +190,7 @@ pub async fn run_with_stats(
     source.on_finished(move |micros| latencies.record_latency(u64::try_from(micros).unwrap_or(0)));
     let mut summary = IngestSummary::default();
     let mut failure = None;
-    let ticking = tokio::spawn(Arc::clone(&codecs.committer).tick());
+    let mut ticking = tokio::spawn(Arc::clone(&codecs.committer).tick());
 
     loop {
         let (message, ack) = tokio::select! {
@@ -199,6 +199,14 @@ pub async fn run_with_stats(
             e = sink.failed() => { failure = Some(StageError::from(e)); break }
             e = codecs.committer.audit().failed() => {
                 failure = Some(streamscore_kafka::audit::AuditError::Delivery(e).into());
+                break
+            }
+            // The committer stopped: its records would never finish; say why and stop.
+            stopped = &mut ticking => {
+                failure = Some(match stopped {
+                    Ok(e) => e.into(),
+                    Err(e) => streamscore_kafka::audit::AuditError::Delivery(format!("the committer stopped: {e}")).into(),
+                });
                 break
             }
             next = source.next() => match next {
