@@ -361,7 +361,7 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
             let tenant = get("tenant");
             let tenant_ok = tenant.is_empty() || r.tenant.as_deref() == Some(tenant.as_str());
             if tenant_ok
-                && crate::replay::covers(bound("from"), bound("to"), r.position.offset, r.created_at.unwrap_or(0))
+                && crate::replay::in_range((bound("from"), bound("to")), r.position.offset, r.created_at.unwrap_or(0))
             {
                 replays.push(Replayed {
                     entry: entry_ref(position, e),

@@ -82,11 +82,6 @@ impl Bound {
     }
 }
 
-/// Whether a request at `offset` created at `created_at` is in the range `from`..=`to`.
-pub fn covers(from: Option<Bound>, to: Option<Bound>, offset: i64, created_at: i64) -> bool {
-    in_range((from, to), offset, created_at)
-}
-
 /// One replayed request, flat.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Row {
@@ -208,7 +203,8 @@ fn decision_of(status: OutcomeStatus) -> &'static str {
     }
 }
 
-fn in_range(bound: (Option<Bound>, Option<Bound>), offset: i64, created_at: i64) -> bool {
+/// Whether a request at `offset` created at `created_at` is in the range `from`..=`to`.
+pub fn in_range(bound: (Option<Bound>, Option<Bound>), offset: i64, created_at: i64) -> bool {
     let after = match bound.0 {
         None => true,
         Some(Bound::Time(t)) => created_at >= t,
@@ -232,6 +228,11 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
     let started = Instant::now();
     let store = ModelStore::open(&config.models).with_context(|| format!("loading {}", config.models.display()))?;
     let policy = config.policy.as_deref().map(Policy::load).transpose()?;
+    // Tenants bound to Kafka principals come on topics of their own, as the pipeline has it.
+    let bound = streamscore_ingest::TenantTopics::new(
+        &config.requests_topic,
+        policy.iter().flat_map(|p| p.bound_tenants().map(|(t, _)| t)),
+    );
     let tenants = match &policy {
         None => config.tenants.clone(),
         Some(p) => match p.file.unknown_tenants {
@@ -280,7 +281,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
         originals.add(&config.requests_topic, &o.lineage, original);
     }
     // Partition by partition, in offset order: how the pipeline met them.
-    requests.sort_by(|a, b| (a.0.partition, a.0.offset).cmp(&(b.0.partition, b.0.offset)));
+    requests.sort_by_key(|r| (r.0.partition, r.0.offset));
     let codec = Codec::<InferenceRequest>::with_url(&config.registry_url, &config.requests_topic);
     let progress = config.progress.then(|| {
         let bar = indicatif::ProgressBar::new(requests.len() as u64);
@@ -370,8 +371,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             label_changed: false,
             decision_changed: false,
         };
-        // Ingest's checks (its event-time window is relative to when it ran: not replayed).
-        let key_mismatch = key.as_deref().is_some_and(|k| k != request.tenant.as_bytes());
+        // Ingest's checks, in its order.
         if let Some((reason, _)) = streamscore_ingest::check_request(&request, &tenants, Some(&store)) {
             row.decision = "dead-lettered".to_owned();
             row.reason = Some(reason.code().to_owned());
@@ -388,7 +388,9 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             rows.push(row);
             continue;
         }
-        if key_mismatch {
+        if streamscore_ingest::decide::tenant_refusal(key.as_deref(), &position.topic, &request.tenant, &bound)
+            .is_some()
+        {
             row.decision = "dead-lettered".to_owned();
             row.reason = Some("TENANT_MISMATCH".to_owned());
             rows.push(row);

@@ -99,6 +99,19 @@ impl TenantTopics {
     }
 }
 
+/// Why a record on `topic` with `key` may not carry a request of `tenant` (`TENANT_MISMATCH`):
+/// its key names another tenant (quotas and partitioning go by the key; a record without a
+/// key is taken on its body's word), or `bound` ties the tenant or the topic to another.
+pub fn tenant_refusal(key: Option<&[u8]>, topic: &str, tenant: &str, bound: &TenantTopics) -> Option<String> {
+    if let Some(key) = key.filter(|key| *key != tenant.as_bytes()) {
+        return Some(format!(
+            "the record key {:?} names another tenant than the body's {tenant:?}",
+            String::from_utf8_lossy(key)
+        ));
+    }
+    bound.refusal(topic, tenant)
+}
+
 /// Default largest record value accepted, in bytes.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
 
@@ -288,23 +301,7 @@ impl RequestDecider {
                 Some(&request),
             );
         }
-        // The key is the tenant (quotas, partitioning): a body claiming another tenant than
-        // its key is refused. A record without a key is taken on its body's word.
-        if let Some(key) = record.key.filter(|key| *key != request.tenant.as_bytes()) {
-            let detail = format!(
-                "the record key {:?} names another tenant than the body's {:?}",
-                String::from_utf8_lossy(key),
-                request.tenant
-            );
-            return self.dead_letter(
-                record,
-                DeadLetterReason::TenantMismatch,
-                detail,
-                Some(decoded.schema_id),
-                Some(&request),
-            );
-        }
-        if let Some(detail) = self.tenant_topics.refusal(record.topic, &request.tenant) {
+        if let Some(detail) = tenant_refusal(record.key, record.topic, &request.tenant, &self.tenant_topics) {
             return self.dead_letter(
                 record,
                 DeadLetterReason::TenantMismatch,
