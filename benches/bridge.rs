@@ -212,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
     let binary = env!("CARGO_BIN_EXE_streamscore");
     let pipeline = Command::new(binary)
         .args(["pipeline", "--bootstrap", &bootstrap, "--registry-url", &registry])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(["--input-topic", &requests, "--dead-letter-topic", &dead, "--predictions-topic", &predictions])
         .args(["--group", &format!("{name}-pipeline"), "--models", models, "--shadow", "fraud:2"])
         .arg("--policy")

@@ -221,6 +221,7 @@ async fn idle(kafka: &KafkaConfig, stack: &Stack, seconds: f64, partitions: i32)
     let pipeline = run.pipeline(stack, port, true)?;
     let monitor = Command::new(env!("CARGO_BIN_EXE_streamscore"))
         .args(["monitor", "--bootstrap", &stack.bootstrap, "--registry-url", &stack.registry])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(["--predictions-topic", &run.predictions, "--group", &format!("{}-monitor", run.name)])
         .arg("--models")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/models"))

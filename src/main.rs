@@ -124,9 +124,10 @@ enum Command {
         ingest: IngestArgs,
         #[command(flatten)]
         infer: InferArgs,
-        /// Serve Prometheus metrics on this address (`GET /metrics`).
-        #[arg(long)]
-        metrics_listen: Option<SocketAddr>,
+        /// Serve Prometheus metrics (`GET /metrics`, `GET /healthz`) on this address; `off`
+        /// serves none, port 0 any free port.
+        #[arg(long, default_value = "127.0.0.1:9401", value_name = "ADDR|off")]
+        metrics_listen: MetricsListen,
     },
     /// Monitor predictions: drift per model version against the reference distributions,
     /// latency, alerts on monitor.alerts and the audit log.
@@ -158,9 +159,17 @@ enum Command {
         /// (defaults: psi=0.1:0.25, js=0.1:0.2, ks=0.1:0.2, wasserstein=0.05:0.1, missing=0.01:0.05).
         #[arg(long, default_value = "")]
         thresholds: String,
-        /// Serve Prometheus metrics on this address (`GET /metrics`).
-        #[arg(long)]
-        metrics_listen: Option<SocketAddr>,
+        /// A consumer group whose lag is measured and exported, `GROUP=TOPIC` (repeatable;
+        /// default: the stages' default groups, streamscore-pipeline=inference.requests ...).
+        #[arg(long = "lag-target", value_name = "GROUP=TOPIC")]
+        lag_targets: Vec<String>,
+        /// Seconds between lag measurements (each costs the broker a few requests per group).
+        #[arg(long, default_value_t = 10.0)]
+        lag_every_secs: f64,
+        /// Serve Prometheus metrics (`GET /metrics`, `GET /healthz`) on this address; `off`
+        /// serves none, port 0 any free port.
+        #[arg(long, default_value = "127.0.0.1:9404", value_name = "ADDR|off")]
+        metrics_listen: MetricsListen,
     },
     /// Run the infer stage on its own, reading the validated topic.
     Infer {
@@ -180,9 +189,10 @@ enum Command {
         /// Where records of the validated topic that can never be read go.
         #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
         dead_letter_topic: String,
-        /// Serve Prometheus metrics on this address (`GET /metrics`).
-        #[arg(long)]
-        metrics_listen: Option<SocketAddr>,
+        /// Serve Prometheus metrics (`GET /metrics`, `GET /healthz`) on this address; `off`
+        /// serves none, port 0 any free port.
+        #[arg(long, default_value = "127.0.0.1:9403", value_name = "ADDR|off")]
+        metrics_listen: MetricsListen,
     },
     /// Manage the local stack: tansu broker, topics, built-in registry, schemas.
     Stack {
@@ -220,6 +230,19 @@ enum Command {
         /// see streamscore_kafka::topics).
         #[arg(long, default_value_t = streamscore_kafka::topics::CLUSTER_PARTITIONS)]
         partitions: i32,
+        /// Also register the event contracts (request, validated, outcome, dead letter, alert,
+        /// audit) in this schema registry, under the topics' subjects.
+        #[arg(long)]
+        registry_url: Option<String>,
+    },
+    /// Check that a stage answers: GET URL, exit 0 on a 2xx answer within --timeout-secs, else
+    /// say why and exit 1 (the container image's health check).
+    Probe {
+        /// What to get, e.g. http://127.0.0.1:9401/healthz (a stage's metrics address).
+        #[arg(env = "STREAMSCORE_PROBE_URL", default_value = "http://127.0.0.1:9401/healthz")]
+        url: String,
+        #[arg(long, default_value_t = 3.0)]
+        timeout_secs: f64,
     },
     /// The audit log: `audit verify` checks every chain and every output event against its
     /// commitment and names the first bad record (exit status 1).
@@ -316,9 +339,10 @@ enum Command {
         /// Topic validated requests are written to.
         #[arg(long, default_value = streamscore_contracts::topics::VALIDATED)]
         validated_topic: String,
-        /// Serve Prometheus metrics on this address (`GET /metrics`).
-        #[arg(long)]
-        metrics_listen: Option<SocketAddr>,
+        /// Serve Prometheus metrics (`GET /metrics`, `GET /healthz`) on this address; `off`
+        /// serves none, port 0 any free port.
+        #[arg(long, default_value = "127.0.0.1:9402", value_name = "ADDR|off")]
+        metrics_listen: MetricsListen,
         /// Tenant policy: its tenants replace `--tenants`, and tenants with `kafka_principals`
         /// are read from their own topics (`<input topic>.<tenant>`) and refused elsewhere.
         #[arg(long)]
@@ -675,7 +699,7 @@ async fn run(command: Command) -> Result<()> {
                 streamscore_registry::Store::open(&kafka, &topic).await.context("opening the registry's topic")?;
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
             tracing::info!(%listen, topic, "schema registry serving");
-            let prometheus = streamscore_monitor::install_recorder();
+            let prometheus = streamscore_telemetry::install_recorder();
             let metrics: streamscore_registry::api::MetricsRender = Arc::new(move || prometheus.render());
             streamscore_registry::serve(Arc::new(store), Arc::new(auth), Some(metrics), listener, shutdown_signal())
                 .await;
@@ -794,9 +818,30 @@ async fn run(command: Command) -> Result<()> {
                 println!("{line}");
             }
         }
-        Command::Topics { bootstrap, partitions } => {
+        Command::Topics { bootstrap, partitions, registry_url } => {
             for outcome in ensure_topics(&KafkaConfig::new(bootstrap), &event_topics_with(partitions)).await? {
                 println!("{outcome}");
+            }
+            if let Some(url) = registry_url {
+                for (subject, id) in streamscore::demo::register_contracts(&url).await? {
+                    println!("registered {subject} (id {id})");
+                }
+            }
+        }
+        Command::Probe { url, timeout_secs } => {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs_f64(timeout_secs.clamp(0.1, 300.0)))
+                .build()?;
+            match client.get(&url).send().await {
+                Ok(response) if response.status().is_success() => println!("{url}: {}", response.status()),
+                Ok(response) => {
+                    eprintln!("{url}: {}", response.status());
+                    std::process::exit(1);
+                }
+                Err(e) => {
+                    eprintln!("{url}: {:#}", anyhow::Error::from(e));
+                    std::process::exit(1);
+                }
             }
         }
         Command::Run {
@@ -856,7 +901,7 @@ async fn run(command: Command) -> Result<()> {
                 max_record_bytes: ingest.max_record_bytes,
                 channel_capacity: 10_000,
             };
-            let stats = Arc::new(streamscore_monitor::LiveStats::default());
+            let stats = Arc::new(streamscore_telemetry::LiveStats::default());
             tracing::info!("pipeline running (ingest + infer fused)");
             let backend = streamscore_infer::cuda::select(infer.backend)?;
             let summary = streamscore::pipeline::run(config, backend, stats, shutdown_signal()).await?;
@@ -877,6 +922,8 @@ async fn run(command: Command) -> Result<()> {
             consecutive,
             window_events,
             thresholds,
+            lag_targets,
+            lag_every_secs,
             metrics_listen,
         } => {
             serve_metrics(metrics_listen).await?;
@@ -889,6 +936,22 @@ async fn run(command: Command) -> Result<()> {
             );
             config.predictions_topic = predictions_topic;
             config.group = group;
+            if !lag_targets.is_empty() {
+                config.lag_targets = lag_targets
+                    .iter()
+                    .map(|t| {
+                        t.split_once('=')
+                            .filter(|(g, topic)| !g.is_empty() && !topic.is_empty())
+                            .map(|(group, topic)| streamscore_monitor::lag::LagTarget {
+                                group: group.to_owned(),
+                                topic: topic.to_owned(),
+                            })
+                            .with_context(|| format!("--lag-target {t:?}: expected GROUP=TOPIC"))
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            anyhow::ensure!(lag_every_secs.is_finite() && lag_every_secs > 0.0, "--lag-every-secs must be above 0");
+            config.lag_every = std::time::Duration::from_secs_f64(lag_every_secs);
             #[allow(clippy::cast_possible_truncation)]
             {
                 config.detector.window_us = (window_secs * 1e6) as i64;
@@ -924,7 +987,7 @@ async fn run(command: Command) -> Result<()> {
                 ensure_topics(&kafka, &[streamscore_kafka::TopicSpec::state(topic)]).await?;
             }
             let (tx, rx) = tokio::sync::mpsc::channel(10_000);
-            let stats = Arc::new(streamscore_monitor::LiveStats::default());
+            let stats = Arc::new(streamscore_telemetry::LiveStats::default());
             let backend = streamscore_infer::cuda::select(infer.backend)?;
             let stage = tokio::spawn(streamscore_infer::run(config, store, backend, rx, stats));
             let consumed = streamscore_infer::source::consume_validated(
@@ -970,7 +1033,7 @@ async fn run(command: Command) -> Result<()> {
                 config.instance = instance;
             }
             let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-            let prometheus = streamscore_monitor::install_recorder();
+            let prometheus = streamscore_telemetry::install_recorder();
             let metrics: streamscore_bridge::MetricsRender = Arc::new(move || prometheus.render());
             println!("bridge on http://{listen} (Open Inference Protocol v2 on /v2, streamscore JSON on /v1)");
             streamscore_bridge::serve(config, listener, Some(metrics), shutdown_signal()).await?;
@@ -1004,12 +1067,27 @@ fn tenants_for(policy: Option<&std::path::Path>, list: &str) -> Result<streamsco
     })
 }
 
-async fn serve_metrics(listen: Option<SocketAddr>) -> Result<()> {
-    let handle = streamscore_monitor::install_recorder();
-    if let Some(listen) = listen {
-        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        tracing::info!(%listen, "metrics on /metrics");
-        tokio::spawn(streamscore_monitor::serve_metrics(handle, listener, std::future::pending()));
+/// `--metrics-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+struct MetricsListen(Option<SocketAddr>);
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Self(None));
+        }
+        s.parse()
+            .map(|a| Self(Some(a)))
+            .map_err(|e| format!("{s:?}: {e} (expected HOST:PORT, e.g. 0.0.0.0:9401, or off)"))
+    }
+}
+
+async fn serve_metrics(listen: MetricsListen) -> Result<()> {
+    streamscore_telemetry::install_recorder();
+    if let Some(listen) = listen.0 {
+        streamscore_telemetry::serve_metrics_on(listen).await?;
     }
     Ok(())
 }
@@ -1018,7 +1096,7 @@ async fn run_ingest(
     endpoints: Endpoints,
     args: IngestArgs,
     validated_topic: String,
-    metrics: Option<SocketAddr>,
+    metrics: MetricsListen,
     policy: Option<PathBuf>,
 ) -> Result<()> {
     use streamscore_contracts::{Codec, InferenceRequest};

@@ -11,7 +11,7 @@ use streamscore_contracts::{Codec, InferenceRequest};
 use streamscore_infer::{Backend, InferConfig};
 use streamscore_ingest::{Handoff, IngestConfig, IngestSummary, RequestDecider, Tenants};
 use streamscore_modelstore::{ModelStore, SharedStore};
-use streamscore_monitor::LiveStats;
+use streamscore_telemetry::LiveStats;
 use tokio::sync::mpsc;
 
 /// What the fused pipeline needs.

@@ -12,7 +12,7 @@ use streamscore_infer::cuda::BackendChoice;
 use streamscore_infer::{BatchConfig, InferConfig};
 use streamscore_ingest::{IngestConfig, Tenants};
 use streamscore_kafka::KafkaConfig;
-use streamscore_monitor::{quantile, LiveStats};
+use streamscore_telemetry::{quantile, LiveStats};
 
 use crate::loadgen::{self, LoadConfig};
 use crate::pipeline::{self, PipelineConfig};
@@ -266,7 +266,7 @@ async fn start_bridge(
         std::path::PathBuf::from("models"),
         policy.to_owned(),
     );
-    let prometheus = streamscore_monitor::install_recorder();
+    let prometheus = streamscore_telemetry::install_recorder();
     let metrics: streamscore_bridge::MetricsRender = Arc::new(move || prometheus.render());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(streamscore_bridge::serve(config, listener, Some(metrics), async {

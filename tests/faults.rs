@@ -66,6 +66,7 @@ impl Stage {
         Self(
             Command::new(env!("CARGO_BIN_EXE_streamscore"))
                 .args(args)
+                .args(["--metrics-listen", "127.0.0.1:0"])
                 .env("STREAMSCORE_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())

@@ -16,7 +16,7 @@ use streamscore_contracts::{
 use streamscore_infer::{BatchConfig, InferConfig, TractBackend};
 use streamscore_kafka::Ack;
 use streamscore_modelstore::{ModelStore, SharedStore};
-use streamscore_monitor::LiveStats;
+use streamscore_telemetry::LiveStats;
 
 mod support;
 use support::{StageTopics, TestRegistry};

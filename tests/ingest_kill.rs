@@ -19,6 +19,7 @@ use support::{StageTopics, TestRegistry};
 fn spawn_ingest(registry: &TestRegistry, topics: &StageTopics, group: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_streamscore"))
         .args(["ingest", "--bootstrap", &support::bootstrap(), "--registry-url", &registry.url])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(["--input-topic", &topics.requests, "--validated-topic", &topics.validated])
         .args(["--dead-letter-topic", &topics.dead_letter, "--group", group])
         .args(["--tenants", "tenant-01,tenant-02,tenant-03,tenant-04"])

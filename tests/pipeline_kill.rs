@@ -84,6 +84,7 @@ fn spawn(
 ) -> Child {
     Command::new(env!("CARGO_BIN_EXE_streamscore"))
         .args(["pipeline", "--bootstrap", &support::bootstrap(), "--registry-url", &registry.url])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .args(["--input-topic", &topics.requests, "--dead-letter-topic", &topics.dead_letter])
         .args(["--predictions-topic", &topics.predictions, "--group", group])
         .args(["--shadow", "fraud:2", "--quota-checkpoints-topic", checkpoints])

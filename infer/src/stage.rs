@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::backend::{Backend, BackendError, Scorer};
 use crate::batcher::{self, BatchConfig};
 use crate::quota::{self, Policy, QuotaDecision, Quotas};
-use streamscore_monitor::LiveStats;
+use streamscore_telemetry::LiveStats;
 
 /// Errors that stop the stage (restarting resumes without loss).
 #[derive(Debug, thiserror::Error)]
@@ -735,10 +735,17 @@ fn count(shared: &Shared, outcome: &PredictionOutcome, backend: &'static str) {
         OutcomeStatus::Failed => ("failed", &shared.stats.failed),
     };
     counter.fetch_add(1, Relaxed);
+    // Labels stay bounded: a model or version the store does not have (a rejection) is
+    // `_unknown`, whatever the request named.
+    let (model, version) = match outcome.reason.as_deref() {
+        Some("UNKNOWN_MODEL") => ("_unknown".to_owned(), "_unknown".to_owned()),
+        Some("UNKNOWN_MODEL_VERSION") => (outcome.model.clone(), "_unknown".to_owned()),
+        _ => (outcome.model.clone(), outcome.model_version.clone().unwrap_or_default()),
+    };
     metrics::counter!(
         "streamscore_infer_predictions_total",
-        "model" => outcome.model.clone(),
-        "version" => outcome.model_version.clone().unwrap_or_default(),
+        "model" => model,
+        "version" => version,
         "backend" => backend,
         "status" => status,
     )

@@ -174,7 +174,7 @@ pub async fn run_with_stats(
     config: IngestConfig,
     decider: RequestDecider,
     handoff: Handoff,
-    stats: Arc<streamscore_monitor::LiveStats>,
+    stats: Arc<streamscore_telemetry::LiveStats>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<IngestSummary, StageError> {
     use std::sync::atomic::Ordering::Relaxed;

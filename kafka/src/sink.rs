@@ -39,6 +39,8 @@ pub enum SinkError {
 pub struct SinkContext {
     failure: watch::Sender<Option<SinkError>>,
     name: &'static str,
+    /// Records acknowledged (`streamscore_sink_records_total`).
+    delivered: metrics::Counter,
 }
 
 impl ClientContext for SinkContext {
@@ -52,7 +54,10 @@ impl ProducerContext for SinkContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, hold: Self::DeliveryOpaque) {
         match result {
-            Ok(_) => hold.release(),
+            Ok(_) => {
+                self.delivered.increment(1);
+                hold.release();
+            }
             Err((error, message)) => {
                 let failure = SinkError::Delivery { topic: message.topic().to_owned(), reason: error.to_string() };
                 tracing::error!(error = %failure, "output not acknowledged");
@@ -85,7 +90,11 @@ impl Sink {
         let max_message_bytes =
             config.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(crate::config::MESSAGE_MAX_BYTES);
         let producer = config
-            .create_with_context(SinkContext { failure, name })
+            .create_with_context(SinkContext {
+                failure,
+                name,
+                delivered: metrics::counter!("streamscore_sink_records_total", "stage" => name),
+            })
             .map_err(|source| SetupError::Client { bootstrap: kafka.bootstrap.clone(), source })?;
         Ok(Self { producer, failed, max_message_bytes })
     }

@@ -253,6 +253,9 @@ pub struct Source {
     consumed: u64,
     /// Record timestamp → finished, per record.
     finish_latency: metrics::Histogram,
+    /// Records consumed (`streamscore_source_records_total`), a handle kept so the hot path
+    /// only adds to an atomic.
+    records: metrics::Counter,
     on_finished: Option<Box<dyn Fn(i64) + Send + Sync>>,
 }
 
@@ -323,6 +326,7 @@ impl Source {
             committer,
             consumed: 0,
             finish_latency: metrics::histogram!("streamscore_source_finish_seconds", "stage" => config_stage),
+            records: metrics::counter!("streamscore_source_records_total", "stage" => config_stage),
             on_finished: None,
         })
     }
@@ -426,6 +430,7 @@ impl Source {
         let assignment = self.assignment_of(message.topic(), message.partition());
         self.tracker.begin(&assignment, message.offset());
         self.consumed += 1;
+        self.records.increment(1);
         let timestamp_ms = message.timestamp().to_millis().unwrap_or(-1);
         let ack = Ack::for_assignment(assignment, message.offset(), timestamp_ms, self.finished_tx.clone());
         (message, ack)

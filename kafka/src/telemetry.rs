@@ -25,9 +25,9 @@ pub fn client_requests(client: &'static str, statistics: &Statistics) {
         );
         #[allow(clippy::cast_precision_loss)]
         if let Some(rtt) = &broker.rtt {
-            metrics::gauge!("streamscore_kafka_rtt_seconds", "client" => client, "quantile" => "0.5")
+            metrics::gauge!("streamscore_kafka_rtt_seconds", "client" => client, "percentile" => "50")
                 .set(rtt.p50 as f64 / 1e6);
-            metrics::gauge!("streamscore_kafka_rtt_seconds", "client" => client, "quantile" => "0.99")
+            metrics::gauge!("streamscore_kafka_rtt_seconds", "client" => client, "percentile" => "99")
                 .set(rtt.p99 as f64 / 1e6);
         }
     }

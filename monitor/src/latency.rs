@@ -64,7 +64,7 @@ mod tests {
     use streamscore_contracts::{Lineage, OutcomeStatus, SourceOffset, Stage};
 
     use super::*;
-    use crate::live::quantile;
+    use streamscore_telemetry::quantile;
 
     fn outcome(created: i64, written: i64) -> PredictionOutcome {
         let mut lineage = Lineage::derive(SourceOffset::new("t", 0, 0), Stage::Infer, "prediction", "i", None, None);

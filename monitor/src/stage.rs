@@ -114,7 +114,7 @@ pub async fn run(
 pub async fn run_with_stats(
     config: MonitorConfig,
     models: ModelStore,
-    live: Option<std::sync::Arc<crate::LiveStats>>,
+    live: Option<std::sync::Arc<streamscore_telemetry::LiveStats>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<MonitorSummary, MonitorError> {
     tokio::pin!(shutdown);
@@ -279,7 +279,7 @@ async fn observe(
     models: &ModelStore,
     detectors: &mut HashMap<(String, String), Detector>,
     summary: &mut MonitorSummary,
-    live: Option<&crate::LiveStats>,
+    live: Option<&streamscore_telemetry::LiveStats>,
     sink: &Sink,
     alerts_codec: &Codec<DriftAlert>,
     audit: &AuditWriter,
@@ -296,7 +296,12 @@ async fn observe(
     }
     let Some(detector) = detectors.get_mut(&key) else { return Ok(()) };
     let now = streamscore_contracts::now_micros();
-    for alert in detector.observe(seen.event_us, &seen.features, seen.score, now) {
+    let closed = detector.status().windows_closed;
+    let alerts = detector.observe(seen.event_us, &seen.features, seen.score, now);
+    if detector.status().windows_closed != closed {
+        export_statistics(&key.0, &key.1, detector.status());
+    }
+    for alert in alerts {
         publish(sink, alerts_codec, &config.alerts_topic, audit, &alert, ack).await?;
         if let Some(live) = live {
             let line = format!(
@@ -311,6 +316,33 @@ async fn observe(
         summary.alerts.push(alert);
     }
     Ok(())
+}
+
+/// The latest statistic of every feature (and the score) and method, as gauges.
+fn export_statistics(model: &str, version: &str, status: &crate::drift::detector::Status) {
+    for (feature, method, statistic) in &status.latest {
+        metrics::gauge!(
+            streamscore_telemetry::catalog::DRIFT_STATISTIC,
+            "model" => model.to_owned(),
+            "version" => version.to_owned(),
+            "feature" => feature.clone(),
+            "method" => method_label(*method),
+        )
+        .set(*statistic);
+    }
+}
+
+/// A method's metric label: the names `--thresholds` takes.
+fn method_label(method: streamscore_contracts::DriftMethod) -> &'static str {
+    use streamscore_contracts::DriftMethod;
+    match method {
+        DriftMethod::Psi => "psi",
+        DriftMethod::JensenShannon => "js",
+        DriftMethod::KolmogorovSmirnov => "ks",
+        DriftMethod::Wasserstein => "wasserstein",
+        DriftMethod::MissingRatio => "missing",
+        DriftMethod::Other => "other",
+    }
 }
 
 /// What a detector counts: a scored prediction's inputs and score, or the inputs of a request

@@ -1,4 +1,4 @@
-//! Live figures of the pipeline for the run view: counts and request-to-prediction latency.
+//! Live figures of the pipeline for the main job's view: counts and request-to-prediction latency.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
