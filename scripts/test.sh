@@ -17,14 +17,24 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== Python packages: Confluent's client and NVIDIA's Triton client (interoperability tests), NVRTC (CUDA kernel compile test), pyarrow (replay's Parquet files)"
+echo "== Python packages: Confluent's client and NVIDIA's Triton client (interoperability tests), NVRTC (CUDA kernel compile test), pyarrow (replay's Parquet files), PyYAML (deployment files)"
 venv=target/interop-venv
-if ! "$venv/bin/python" -c "import confluent_kafka.schema_registry.avro, nvidia.cuda_nvrtc, tritonclient.http, pyarrow.parquet" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import confluent_kafka.schema_registry.avro, nvidia.cuda_nvrtc, tritonclient.http, pyarrow.parquet, yaml" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     "confluent-kafka[avro,schemaregistry]==2.16.1" "nvidia-cuda-nvrtc-cu12==12.9.86" "tritonclient[http]==2.73.0" \
-    "pyarrow==26.0.1"
+    "pyarrow==26.0.1" "pyyaml==6.0.3"
 fi
+
+echo "== Prometheus and promtool (Debian's prometheus package: the metrics and dashboard tests)"
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  # --no-install-recommends: no node exporter; the package's service is not needed (tests start their own).
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+prometheus --version 2>&1 | head -1
 export STREAMSCORE_PYTHON="$PWD/$venv/bin/python"
 nvrtc_lib="$("$venv/bin/python" -c 'import nvidia.cuda_nvrtc as m; print(list(m.__path__)[0] + "/lib")')"
 export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

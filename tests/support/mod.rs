@@ -8,6 +8,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod broken;
+pub mod deploy;
 pub mod faulty_registry;
 pub mod samples;
 
