@@ -140,6 +140,15 @@ enum Command {
         /// Topic predictions are read from.
         #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
         predictions_topic: String,
+        /// Topic dead letters are read from (counted by reason; refused inputs count in drift).
+        #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
+        dead_letter_topic: String,
+        /// Topic drift alerts are written to.
+        #[arg(long, default_value = streamscore_contracts::topics::ALERTS)]
+        alerts_topic: String,
+        /// Topic of the audit log.
+        #[arg(long, default_value = streamscore_contracts::topics::AUDIT)]
+        audit_topic: String,
         /// Consumer group.
         #[arg(long, default_value = "streamscore-monitor")]
         group: String,
@@ -916,6 +925,9 @@ async fn run(command: Command) -> Result<()> {
             endpoints,
             models,
             predictions_topic,
+            dead_letter_topic,
+            alerts_topic,
+            audit_topic,
             group,
             window_secs,
             sliding_windows,
@@ -935,6 +947,9 @@ async fn run(command: Command) -> Result<()> {
                 streamscore_contracts::lineage::default_instance(),
             );
             config.predictions_topic = predictions_topic;
+            config.dead_letter_topic = dead_letter_topic;
+            config.alerts_topic = alerts_topic;
+            config.audit_topic = audit_topic;
             config.group = group;
             if !lag_targets.is_empty() {
                 config.lag_targets = lag_targets

@@ -289,6 +289,16 @@ async fn observe(
     let key = (seen.model, seen.version);
     if !detectors.contains_key(&key) {
         let Some(model) = models.get(&key.0, &key.1) else { return Ok(()) };
+        // Alert counters start at 0, so the first alert is an increase Prometheus can see.
+        for severity in ["warn", "alert", "resolved"] {
+            metrics::counter!(
+                "streamscore_drift_alerts_total",
+                "model" => key.0.clone(),
+                "version" => key.1.clone(),
+                "severity" => severity,
+            )
+            .increment(0);
+        }
         detectors.insert(
             key.clone(),
             Detector::new(Reference::from_metadata(&model.meta), config.detector, &config.instance),
