@@ -17,7 +17,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use streamscore::loadgen::{self, LoadConfig};
 use streamscore_contracts::{
@@ -43,21 +42,6 @@ fn lookup_faults() -> Vec<(&'static str, Fault)> {
 }
 
 /// Committed offsets of `group` on `topic`, per partition (only those with a commit).
-fn committed(group: &str, topic: &str, partitions: i32) -> Vec<(i32, i64)> {
-    let consumer: BaseConsumer =
-        support::kafka().client_config().set("group.id", group).set("enable.auto.commit", "false").create().unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition(topic, p);
-    }
-    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    committed
-        .elements()
-        .iter()
-        .filter_map(|e| e.offset().to_raw().filter(|o| *o >= 0).map(|o| (e.partition(), o)))
-        .collect()
-}
-
 /// A stage process, killed if the test ends without stopping it.
 struct Stage(Child);
 
@@ -165,7 +149,11 @@ async fn ingest_waits_out_every_registry_fault_and_stops_on_sigterm() {
     stop.send(()).unwrap();
     let summary = stage.await.unwrap().expect("a stop while records wait is a clean stop");
     assert_eq!((summary.validated, summary.dead_lettered), (0, 0));
-    assert_eq!(committed(&group, &topics.requests, 3), vec![], "nothing is committed while records wait");
+    assert_eq!(
+        support::outcomes::committed(&group, &topics.requests, 3),
+        vec![],
+        "nothing is committed while records wait"
+    );
 
     // The real process, SIGTERM while the registry hangs.
     let bootstrap = support::bootstrap();
@@ -190,7 +178,7 @@ async fn ingest_waits_out_every_registry_fault_and_stops_on_sigterm() {
         &models,
     ];
     sigterm_while_the_registry_hangs(&proxy, &args, &outputs).await;
-    assert_eq!(committed(&group, &topics.requests, 3), vec![]);
+    assert_eq!(support::outcomes::committed(&group, &topics.requests, 3), vec![]);
 
     // Restarted with the registry healthy: every record validated, none dead-lettered.
     let mut again = Stage::spawn(&args);
@@ -273,7 +261,11 @@ async fn standalone_infer_waits_out_every_registry_fault_and_stops_on_sigterm() 
     stop.send(()).unwrap();
     source.await.unwrap().expect("a stop while records wait is a clean stop");
     infer.await.unwrap().expect("infer drains and stops");
-    assert_eq!(committed(&group, &topics.validated, 3), vec![], "nothing is committed while records wait");
+    assert_eq!(
+        support::outcomes::committed(&group, &topics.validated, 3),
+        vec![],
+        "nothing is committed while records wait"
+    );
 
     // The real process, SIGTERM while the registry hangs.
     let bootstrap = support::bootstrap();
@@ -296,7 +288,7 @@ async fn standalone_infer_waits_out_every_registry_fault_and_stops_on_sigterm() 
         &models,
     ];
     sigterm_while_the_registry_hangs(&proxy, &args, &outputs).await;
-    assert_eq!(committed(&group, &topics.validated, 3), vec![]);
+    assert_eq!(support::outcomes::committed(&group, &topics.validated, 3), vec![]);
 
     let mut again = Stage::spawn(&args);
     let predictions =

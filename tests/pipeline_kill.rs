@@ -14,9 +14,10 @@ use std::time::Duration;
 use rdkafka::message::Message;
 use streamscore::loadgen::{self, LoadConfig};
 use streamscore_contracts::{Codec, InferenceRequest, OutcomeStatus, PredictionOutcome};
-use streamscore_infer::quota::{Policy, QuotaDecision, Quotas};
+use streamscore_infer::quota::QuotaDecision;
 
 mod support;
+use support::outcomes::{expected_decisions, Content};
 use support::{StageTopics, TestRegistry};
 
 const POLICY: &str = r#"
@@ -46,34 +47,6 @@ rate_per_sec = 100000
 burst = 100000
 max_in_flight = 1000000
 "#;
-
-/// What an outcome says, apart from who wrote it, when, and how long it took.
-#[derive(Debug, Clone, PartialEq)]
-struct Content {
-    status: OutcomeStatus,
-    shadow: bool,
-    version: Option<String>,
-    score: Option<u64>,
-    label: Option<String>,
-    reason: Option<String>,
-    retry_after_ms: Option<i64>,
-    features: BTreeMap<String, u64>,
-}
-
-impl Content {
-    fn of(o: &PredictionOutcome) -> Self {
-        Self {
-            status: o.status,
-            shadow: o.shadow,
-            version: o.model_version.clone(),
-            score: o.score.map(f64::to_bits),
-            label: o.label.clone(),
-            reason: o.reason.clone(),
-            retry_after_ms: o.retry_after_ms,
-            features: o.features.iter().map(|(k, v)| (k.clone(), v.to_bits())).collect(),
-        }
-    }
-}
 
 fn spawn(
     registry: &TestRegistry,
@@ -135,17 +108,7 @@ async fn killed_with_quotas_and_a_shadow_and_restarted_decides_everything_once_a
         let request = codec.decode(record.payload().unwrap()).await.unwrap().value;
         by_partition.entry(record.partition()).or_default().push((record.offset(), request));
     }
-    let mut expected: HashMap<(i32, i64), QuotaDecision> = HashMap::new();
-    for (partition, mut records) in by_partition {
-        records.sort_by_key(|(offset, _)| *offset);
-        let mut quotas = Quotas::new(Policy::load(&policy_path).unwrap());
-        for (offset, request) in records {
-            quotas.adopt(&request.tenant, 1, None);
-            let decision = quotas.decide(&request.tenant, &request.model, request.created_at);
-            quotas.release(&request.tenant);
-            expected.insert((partition, offset), decision);
-        }
-    }
+    let expected = expected_decisions(&policy_path, &by_partition, &HashMap::new());
 
     let outcomes_codec = Codec::<PredictionOutcome>::with_url(&registry.url, &topics.predictions);
     let mut outcomes = Vec::new();

@@ -10,6 +10,7 @@
 pub mod broken;
 pub mod deploy;
 pub mod faulty_registry;
+pub mod outcomes;
 pub mod samples;
 
 use std::sync::{mpsc, Arc, OnceLock};
