@@ -115,6 +115,10 @@ enum Command {
         /// Run without the HTTP bridge.
         #[arg(long)]
         no_bridge: bool,
+        /// Port of the Prometheus endpoint (`/metrics`) on 127.0.0.1, as `pipeline` serves it
+        /// (0 = any free port; a taken port falls back to a free one, said so).
+        #[arg(long, default_value_t = 9401)]
+        metrics_port: u16,
     },
     /// Run ingest and infer fused in one process (the default deployment).
     Pipeline {
@@ -239,6 +243,13 @@ enum Command {
         /// see streamscore_kafka::topics).
         #[arg(long, default_value_t = streamscore_kafka::topics::CLUSTER_PARTITIONS)]
         partitions: i32,
+        /// Replicas of each partition (3 on a production cluster; the local stack has one broker).
+        #[arg(long, default_value_t = 1)]
+        replication_factor: i32,
+        /// `min.insync.replicas` of each topic (2 with a replication factor of 3: a write with
+        /// acks=all survives one broker down); default: the broker's.
+        #[arg(long)]
+        min_insync_replicas: Option<i32>,
         /// Also register the event contracts (request, validated, outcome, dead letter, alert,
         /// audit) in this schema registry, under the topics' subjects.
         #[arg(long)]
@@ -827,8 +838,25 @@ async fn run(command: Command) -> Result<()> {
                 println!("{line}");
             }
         }
-        Command::Topics { bootstrap, partitions, registry_url } => {
-            for outcome in ensure_topics(&KafkaConfig::new(bootstrap), &event_topics_with(partitions)).await? {
+        Command::Topics { bootstrap, partitions, replication_factor, min_insync_replicas, registry_url } => {
+            anyhow::ensure!(replication_factor >= 1, "--replication-factor must be 1 or more");
+            if let Some(m) = min_insync_replicas {
+                anyhow::ensure!(
+                    (1..=replication_factor).contains(&m),
+                    "--min-insync-replicas {m}: between 1 and the replication factor ({replication_factor})"
+                );
+            }
+            // The quota checkpoints too, so a cluster's replication applies to them (the
+            // pipeline creates them with one replica where they are missing).
+            let mut specs = event_topics_with(partitions);
+            specs.push(streamscore_kafka::TopicSpec::state(streamscore_infer::stage::QUOTA_CHECKPOINTS));
+            for spec in &mut specs {
+                spec.replication = replication_factor;
+                if let Some(m) = min_insync_replicas {
+                    spec.configs.push(("min.insync.replicas".to_owned(), m.to_string()));
+                }
+            }
+            for outcome in ensure_topics(&KafkaConfig::new(bootstrap), &specs).await? {
                 println!("{outcome}");
             }
             if let Some(url) = registry_url {
@@ -869,6 +897,7 @@ async fn run(command: Command) -> Result<()> {
             backend,
             bridge_port,
             no_bridge,
+            metrics_port,
         } => {
             let shadow = (!shadow.is_empty())
                 .then(|| {
@@ -891,6 +920,7 @@ async fn run(command: Command) -> Result<()> {
                 policy,
                 backend,
                 bridge_port: (!no_bridge).then_some(bridge_port),
+                metrics_port,
             };
             streamscore::run::run(config, shutdown_signal()).await?;
         }

@@ -34,6 +34,8 @@ pub struct RunConfig {
     pub backend: BackendChoice,
     /// Port of the HTTP bridge on 127.0.0.1 (0 = any free port; `None` = no bridge).
     pub bridge_port: Option<u16>,
+    /// Port of the Prometheus endpoint on 127.0.0.1 (`/metrics`; 0 = any free port).
+    pub metrics_port: u16,
 }
 
 /// Start-up left out of the steady-state latency figures.
@@ -88,6 +90,7 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
         },
     ));
 
+    serve_metrics(config.metrics_port).await?;
     let bridge = match config.bridge_port {
         Some(port) => Some(start_bridge(&kafka, &addrs.registry_url, &config.policy, port).await?),
         None => None,
@@ -238,6 +241,26 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     println!(
         "stack still up: `streamscore stack down` stops it; predictions are on {}",
         streamscore_contracts::topics::PREDICTIONS
+    );
+    Ok(())
+}
+
+/// Serves the process's metrics on 127.0.0.1:`port` (a free port if that one is taken, said
+/// so), as `streamscore pipeline` does, and says how to watch them.
+async fn serve_metrics(port: u16) -> Result<()> {
+    let handle = streamscore_telemetry::install_recorder();
+    let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            println!("metrics: 127.0.0.1:{port} is not free ({e}); using another port (--metrics-port picks one)");
+            tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.context("binding the metrics endpoint")?
+        }
+    };
+    let addr = listener.local_addr()?;
+    tokio::spawn(streamscore_telemetry::serve_metrics(handle, listener, std::future::pending()));
+    println!(
+        "metrics: http://{addr}/metrics (Prometheus: `prometheus --config.file=deploy/prometheus/local.yml`; \
+         the Grafana dashboard: deploy/grafana/dashboards/streamscore.json; README \"Deployment\")"
     );
     Ok(())
 }

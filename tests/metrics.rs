@@ -200,18 +200,20 @@ fn the_dashboard_covers_what_operators_ask() {
 }
 
 #[test]
-fn promtool_accepts_the_scrape_config() {
-    let output = std::process::Command::new(deploy::prometheus_tool("promtool"))
-        .args(["check", "config", "--syntax-only"])
-        .arg(deploy::root().join("deploy/prometheus/prometheus.yml"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+fn promtool_accepts_the_scrape_configs() {
+    for file in ["deploy/prometheus/prometheus.yml", "deploy/prometheus/local.yml"] {
+        let output = std::process::Command::new(deploy::prometheus_tool("promtool"))
+            .args(["check", "config", "--syntax-only"])
+            .arg(deploy::root().join(file))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{file}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }
 
 /// `docker compose config` where the docker CLI has compose; else a YAML parse (Python) and a
