@@ -405,7 +405,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             q.release(&request.tenant);
             let refused = match decision {
                 QuotaDecision::Admit | QuotaDecision::Delay { .. } => None,
-                QuotaDecision::Reject { reason, .. } => Some(reason.to_owned()),
+                QuotaDecision::Reject { reason, .. } => Some(reason.code().to_owned()),
                 QuotaDecision::UnknownTenant => Some("UNKNOWN_TENANT".to_owned()),
                 QuotaDecision::ModelNotAllowed => Some("MODEL_NOT_ALLOWED".to_owned()),
             };

@@ -88,7 +88,13 @@ async fn features_missing_from_dead_letters_count_in_the_missing_ratio() {
         let source = SourceOffset::new(&requests, 0, i);
         if i % 2 == 0 {
             let validated = support::validated_from(request.clone(), source);
-            let mut outcome = streamscore_infer::rejected(&validated, "test", "-", "", None);
+            let mut outcome = streamscore_infer::rejected(
+                &validated,
+                "test",
+                streamscore_contracts::OutcomeReason::ModelError,
+                "",
+                None,
+            );
             outcome.status = OutcomeStatus::Scored;
             outcome.reason = None;
             outcome.model_version = Some("1".to_owned());

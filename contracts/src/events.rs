@@ -219,6 +219,80 @@ pub enum DriftMethod {
     Other,
 }
 
+/// Why an outcome is not a score (`PredictionOutcome.reason`): the one typed list infer,
+/// quotas, replay, lineage and the bridge share. On the wire it stays a string (`code`), so a
+/// reason added later never breaks a reader of the outcome schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutcomeReason {
+    /// Over the tenant's rate (`retry_after_ms` says when a token is back).
+    QuotaExceeded,
+    /// Over the tenant's in-flight limit: load shedding on the wall clock, decided anew on a
+    /// redelivery.
+    InFlightExceeded,
+    /// The policy does not let this tenant call.
+    UnknownTenant,
+    /// The tenant may not use this model.
+    ModelNotAllowed,
+    UnknownModel,
+    UnknownModelVersion,
+    /// The version was refused when loaded (bad sha256, a graph the backend cannot run).
+    ModelRefused,
+    /// In the store but not loaded by this instance yet.
+    ModelNotLoaded,
+    /// The features do not fit the version that scores them.
+    FeaturesInvalid,
+    /// The backend failed on the batch.
+    ModelError,
+}
+
+impl OutcomeReason {
+    pub const ALL: [Self; 10] = [
+        Self::QuotaExceeded,
+        Self::InFlightExceeded,
+        Self::UnknownTenant,
+        Self::ModelNotAllowed,
+        Self::UnknownModel,
+        Self::UnknownModelVersion,
+        Self::ModelRefused,
+        Self::ModelNotLoaded,
+        Self::FeaturesInvalid,
+        Self::ModelError,
+    ];
+
+    /// The reason code as written on the wire.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::QuotaExceeded => "QUOTA_EXCEEDED",
+            Self::InFlightExceeded => "IN_FLIGHT_EXCEEDED",
+            Self::UnknownTenant => "UNKNOWN_TENANT",
+            Self::ModelNotAllowed => "MODEL_NOT_ALLOWED",
+            Self::UnknownModel => "UNKNOWN_MODEL",
+            Self::UnknownModelVersion => "UNKNOWN_MODEL_VERSION",
+            Self::ModelRefused => "MODEL_REFUSED",
+            Self::ModelNotLoaded => "MODEL_NOT_LOADED",
+            Self::FeaturesInvalid => "FEATURES_INVALID",
+            Self::ModelError => "MODEL_ERROR",
+        }
+    }
+
+    /// The reason a wire code names (`None` for a code this build does not know).
+    pub fn parse(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// Whether the same request, delivered again, is decided the same way (everything but the
+    /// wall-clock in-flight limit).
+    pub const fn reproducible(self) -> bool {
+        !matches!(self, Self::InFlightExceeded)
+    }
+}
+
+impl std::fmt::Display for OutcomeReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
 /// `io.streamscore.v1.Severity`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.streamscore.v1")]
@@ -273,4 +347,19 @@ impl Event for AuditRecord {
 }
 impl Event for DriftAlert {
     const SCHEMA: SchemaFile = schemas::DRIFT_ALERT;
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::OutcomeReason;
+
+    #[test]
+    fn every_outcome_reason_round_trips_through_its_code() {
+        for reason in OutcomeReason::ALL {
+            assert_eq!(OutcomeReason::parse(reason.code()), Some(reason));
+            assert_eq!(reason.to_string(), reason.code());
+        }
+        assert_eq!(OutcomeReason::parse("NOT_A_REASON"), None);
+        assert!(!OutcomeReason::InFlightExceeded.reproducible() && OutcomeReason::QuotaExceeded.reproducible());
+    }
 }

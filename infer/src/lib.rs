@@ -13,6 +13,7 @@ pub mod cuda;
 pub mod mlp;
 pub mod outcome;
 pub mod quota;
+pub mod router;
 pub mod source;
 pub mod stage;
 

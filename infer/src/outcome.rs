@@ -1,12 +1,9 @@
 //! Prediction outcomes.
 
-use streamscore_contracts::{Lineage, OutcomeStatus, PredictionOutcome, Stage, ValidatedRequest};
+use streamscore_contracts::{Lineage, OutcomeReason, OutcomeStatus, PredictionOutcome, Stage, ValidatedRequest};
 
-/// The reason of an in-flight limit rejection.
-pub const IN_FLIGHT_EXCEEDED: &str = "IN_FLIGHT_EXCEEDED";
-
-/// The rejected outcome for `request`: `reason` is a typed code (e.g. `QUOTA_EXCEEDED`,
-/// `UNKNOWN_MODEL_VERSION`), `detail` says what to do about it.
+/// The rejected outcome for `request`: `reason` is typed (written as its code, e.g.
+/// `QUOTA_EXCEEDED`), `detail` says what to do about it.
 ///
 /// Its event id is the request's primary outcome id, like a prediction's, because every
 /// decision behind it reproduces on a redelivery. The exception is `IN_FLIGHT_EXCEEDED`, load
@@ -15,11 +12,11 @@ pub const IN_FLIGHT_EXCEEDED: &str = "IN_FLIGHT_EXCEEDED";
 pub fn rejected(
     request: &ValidatedRequest,
     instance: &str,
-    reason: &str,
+    reason: OutcomeReason,
     detail: impl Into<String>,
     retry_after_ms: Option<i64>,
 ) -> PredictionOutcome {
-    let kind = if reason == IN_FLIGHT_EXCEEDED { "prediction/in-flight" } else { "prediction" };
+    let kind = if reason.reproducible() { "prediction" } else { "prediction/in-flight" };
     let lineage = Lineage::derive(
         request.lineage.source.clone(),
         Stage::Infer,
@@ -38,7 +35,7 @@ pub fn rejected(
         backend: None,
         score: None,
         label: None,
-        reason: Some(reason.to_owned()),
+        reason: Some(reason.code().to_owned()),
         detail: Some(detail.into()),
         retry_after_ms,
         features: request.request.features.clone(),
@@ -75,8 +72,8 @@ mod tests {
             },
             writer_schema_id: 1,
         };
-        let a = rejected(&validated, "i-2", "UNKNOWN_MODEL_VERSION", "no version 9", None);
-        let b = rejected(&validated, "i-3", "UNKNOWN_MODEL_VERSION", "no version 9", None);
+        let a = rejected(&validated, "i-2", OutcomeReason::UnknownModelVersion, "no version 9", None);
+        let b = rejected(&validated, "i-3", OutcomeReason::UnknownModelVersion, "no version 9", None);
         assert_eq!(a.status, OutcomeStatus::Rejected);
         assert_eq!(a.lineage.source, source);
         assert_eq!(a.lineage.event_id, b.lineage.event_id, "redelivery gives the same id");

@@ -8,17 +8,20 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use streamscore_contracts::audit::AuditKey;
-use streamscore_contracts::{topics, Codec, Lineage, OutcomeStatus, PredictionOutcome, Stage, ValidatedRequest};
+use streamscore_contracts::{
+    topics, Codec, Lineage, OutcomeReason, OutcomeStatus, PredictionOutcome, Stage, ValidatedRequest,
+};
 use streamscore_kafka::audit::{AuditWriter, Committer};
 use streamscore_kafka::retry;
 use streamscore_kafka::{Ack, KafkaConfig, Sink, SinkError};
-use streamscore_modelstore::{ModelVersion, Refused, RouteError, SharedStore};
+use streamscore_modelstore::{ModelVersion, Refused, SharedStore};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::backend::{Backend, BackendError, Scorer};
 use crate::batcher::{self, BatchConfig};
-use crate::quota::{self, Policy, QuotaDecision, Quotas};
+use crate::quota::{self, Policy, Quotas};
+use crate::router::{self, Availability, QuotaOutcome, Route};
 use streamscore_telemetry::LiveStats;
 
 /// Errors that stop the stage (restarting resumes without loss).
@@ -177,6 +180,7 @@ pub async fn run(
     // Every version first, so shadows are loaded before the batchers that use them start.
     // A version that does not load is refused (audited) and the others are served.
     let mut refused = Refusals::default();
+    let mut quota_metrics = QuotaMetrics::default();
     for refusal in store.current().refused() {
         refused.store_refused(&audit, refusal).await?;
     }
@@ -240,7 +244,7 @@ pub async fn run(
             }
             item = input.recv() => {
                 let Some((validated, ack)) = item else { break None };
-                route_one(&shared, &store, quotas.as_mut(), &batchers, &refused, validated, ack).await?;
+                route_one(&shared, &store, quotas.as_mut(), &mut quota_metrics, &batchers, &refused, validated, ack).await?;
             }
         }
     };
@@ -328,101 +332,112 @@ async fn reload_policy(quotas: &mut Quotas, audit: &AuditWriter) -> Result<(), I
     Ok(())
 }
 
-/// Quota, then routing, then the version's batcher (possibly after a quota delay).
+/// Quota, then routing ([`crate::router`]), then the version's batcher (possibly after a
+/// quota delay) or a rejection.
 async fn route_one(
     shared: &Arc<Shared>,
     store: &SharedStore,
     mut quotas: Option<&mut Quotas>,
+    quota_metrics: &mut QuotaMetrics,
     batchers: &HashMap<String, mpsc::Sender<Item>>,
     refused: &Refusals,
     validated: ValidatedRequest,
     ack: Ack,
 ) -> Result<(), InferError> {
-    let request = &validated.request;
-    let tenant = request.tenant.clone();
-    let mut delay = None;
+    let tenant = &validated.request.tenant;
     if let Some(q) = quotas.as_deref_mut() {
         // The bucket this request meets is the one committed with its partition's offset
         // (once per assignment), and the bucket it leaves is committed with its own offset:
         // a redelivered request is decided exactly as it was the first time.
         let assignment = ack.assignment();
-        q.adopt(&tenant, assignment.generation, assignment.restored.get(&tenant).map(String::as_str));
-        let decision = q.decide(&tenant, &request.model, request.created_at);
-        if let Some(snapshot) = q.snapshot(&tenant) {
+        q.adopt(tenant, assignment.generation, assignment.restored.get(tenant).map(String::as_str));
+    }
+    let availability = |key: &str| {
+        if batchers.contains_key(key) {
+            Availability::Loaded
+        } else {
+            refused.0.get(key).map_or(Availability::NotLoaded, |reason| Availability::Refused(reason.clone()))
+        }
+    };
+    let current = store.current();
+    let (route, quota) =
+        router::route(&validated.request, quotas.as_deref_mut(), &shared.config.pins, &current, availability);
+    if let Some(q) = quotas {
+        if let Some(snapshot) = q.snapshot(tenant) {
             ack.set_state(tenant.clone(), snapshot);
         }
-        let label = if q.policy().file.tenants.contains_key(&tenant) { tenant.clone() } else { "_default".to_owned() };
-        let name = match &decision {
-            QuotaDecision::Admit => "admitted",
-            QuotaDecision::Delay { .. } => "delayed",
-            QuotaDecision::Reject { .. } | QuotaDecision::UnknownTenant | QuotaDecision::ModelNotAllowed => "rejected",
-        };
-        metrics::counter!("streamscore_quota_decisions_total", "tenant" => label.clone(), "decision" => name)
-            .increment(1);
-        if let Some(tokens) = q.tokens(&tenant) {
-            metrics::gauge!("streamscore_quota_tokens", "tenant" => label).set(tokens);
-        }
-        match decision {
-            QuotaDecision::Admit => {}
-            QuotaDecision::Delay { wait_us } => {
-                metrics::histogram!("streamscore_quota_delay_seconds").record(wait_us as f64 / 1e6);
-                delay = Some(Duration::from_micros(u64::try_from(wait_us).unwrap_or(0)));
-            }
-            QuotaDecision::Reject { reason, retry_after_ms } => {
-                let detail = format!("tenant {tenant} is over its quota; retry after {retry_after_ms} ms");
-                return reject(shared, validated, ack, reason, detail, Some(retry_after_ms), false).await;
-            }
-            QuotaDecision::UnknownTenant => {
-                let detail = format!("tenant {tenant} is not in the tenant policy");
-                return reject(shared, validated, ack, "UNKNOWN_TENANT", detail, None, false).await;
-            }
-            QuotaDecision::ModelNotAllowed => {
-                let detail = format!("tenant {tenant} may not use model {}", request.model);
-                return reject(shared, validated, ack, "MODEL_NOT_ALLOWED", detail, None, false).await;
-            }
+        if let Some(outcome) = quota {
+            quota_metrics.record(q, tenant, outcome, &route);
         }
     }
-    let admitted = quotas.is_some();
-    let pin = shared.config.pins.get(&tenant).map(String::as_str).or_else(|| {
-        quotas
-            .as_deref()
-            .and_then(|q| q.policy().tenant(&tenant))
-            .and_then(|p| p.pinned_versions.get(&request.model))
-            .map(String::as_str)
-    });
-    let tier = quotas.as_deref().map_or(2, |q| q.tier(&tenant));
-    match store.current().route(&request.model, request.model_version.as_deref(), pin) {
-        Ok(version) => {
+    match route {
+        Route::Score { version, delay_us, tier, .. } => {
             let key = version.key();
             let Some(tx) = batchers.get(&key) else {
-                if let Some(reason) = refused.0.get(&key) {
-                    let detail = format!("{key} was refused when loaded: {reason}");
-                    return reject(shared, validated, ack, "MODEL_REFUSED", detail, None, admitted).await;
-                }
-                let detail = format!("{key} is in the store but not loaded");
-                return reject(shared, validated, ack, "MODEL_NOT_LOADED", detail, None, admitted).await;
+                return Err(InferError::Delivery(format!("batcher of {key} missing")));
             };
             let item = Item { validated, ack, enqueued: Instant::now(), tier };
-            match delay {
-                None => tx.send(item).await.map_err(|_| InferError::Delivery(format!("batcher of {key} stopped")))?,
-                Some(wait) => {
-                    // Other tenants go on while this request waits its turn.
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(wait).await;
-                        let _ = tx.send(item).await;
-                    });
-                }
+            if delay_us == 0 {
+                tx.send(item).await.map_err(|_| InferError::Delivery(format!("batcher of {key} stopped")))?;
+            } else {
+                // Other tenants go on while this request waits its turn.
+                let tx = tx.clone();
+                let wait = Duration::from_micros(u64::try_from(delay_us).unwrap_or(0));
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = tx.send(item).await;
+                });
             }
             Ok(())
         }
-        Err(e) => {
-            let reason = match e {
-                RouteError::UnknownModel { .. } => "UNKNOWN_MODEL",
-                RouteError::UnknownVersion { .. } => "UNKNOWN_MODEL_VERSION",
-                RouteError::Refused { .. } => "MODEL_REFUSED",
+        Route::Reject { reason, detail, retry_after_ms, admitted } => {
+            reject(shared, validated, ack, reason, detail, retry_after_ms, admitted).await
+        }
+    }
+}
+
+/// The quota metrics, with a handle per tenant label kept: no label is built per request.
+#[derive(Debug, Default)]
+struct QuotaMetrics {
+    by_tenant: HashMap<String, TenantQuotaMetrics>,
+}
+
+#[derive(Debug)]
+struct TenantQuotaMetrics {
+    admitted: metrics::Counter,
+    delayed: metrics::Counter,
+    rejected: metrics::Counter,
+    tokens: metrics::Gauge,
+}
+
+impl QuotaMetrics {
+    fn record(&mut self, quotas: &Quotas, tenant: &str, outcome: QuotaOutcome, route: &Route) {
+        // Labels stay bounded: a tenant outside the policy counts as `_default`.
+        let label = if quotas.policy().file.tenants.contains_key(tenant) { tenant } else { "_default" };
+        if !self.by_tenant.contains_key(label) {
+            let counter = |decision: &'static str| metrics::counter!("streamscore_quota_decisions_total", "tenant" => label.to_owned(), "decision" => decision);
+            let handles = TenantQuotaMetrics {
+                admitted: counter("admitted"),
+                delayed: counter("delayed"),
+                rejected: counter("rejected"),
+                tokens: metrics::gauge!("streamscore_quota_tokens", "tenant" => label.to_owned()),
             };
-            reject(shared, validated, ack, reason, e.to_string(), None, admitted).await
+            self.by_tenant.insert(label.to_owned(), handles);
+        }
+        let Some(handles) = self.by_tenant.get(label) else { return };
+        match outcome {
+            QuotaOutcome::Admitted => handles.admitted.increment(1),
+            QuotaOutcome::Delayed => handles.delayed.increment(1),
+            QuotaOutcome::Rejected => handles.rejected.increment(1),
+        }
+        if let Some(tokens) = quotas.tokens(tenant) {
+            handles.tokens.set(tokens);
+        }
+        if let Route::Score { delay_us, .. } = route {
+            if *delay_us > 0 {
+                #[allow(clippy::cast_precision_loss)]
+                metrics::histogram!("streamscore_quota_delay_seconds").record(*delay_us as f64 / 1e6);
+            }
         }
     }
 }
@@ -633,7 +648,7 @@ async fn score_batch(
             Err(detail) => {
                 let mut outcome = outcome_for(shared, loaded, &item, "prediction", false, HashMap::new());
                 outcome.status = OutcomeStatus::Rejected;
-                outcome.reason = Some("FEATURES_INVALID".to_owned());
+                outcome.reason = Some(OutcomeReason::FeaturesInvalid.code().to_owned());
                 outcome.detail = Some(detail.clone());
                 outcome
             }
@@ -720,7 +735,7 @@ fn fill_score(outcome: &mut PredictionOutcome, version: &ModelVersion, score: Re
         }
         Err(e) => {
             outcome.status = OutcomeStatus::Failed;
-            outcome.reason = Some("MODEL_ERROR".to_owned());
+            outcome.reason = Some(OutcomeReason::ModelError.code().to_owned());
             outcome.detail = Some(e.to_string());
         }
     }
@@ -737,9 +752,9 @@ fn count(shared: &Shared, outcome: &PredictionOutcome, backend: &'static str) {
     counter.fetch_add(1, Relaxed);
     // Labels stay bounded: a model or version the store does not have (a rejection) is
     // `_unknown`, whatever the request named.
-    let (model, version) = match outcome.reason.as_deref() {
-        Some("UNKNOWN_MODEL") => ("_unknown".to_owned(), "_unknown".to_owned()),
-        Some("UNKNOWN_MODEL_VERSION") => (outcome.model.clone(), "_unknown".to_owned()),
+    let (model, version) = match outcome.reason.as_deref().and_then(OutcomeReason::parse) {
+        Some(OutcomeReason::UnknownModel) => ("_unknown".to_owned(), "_unknown".to_owned()),
+        Some(OutcomeReason::UnknownModelVersion) => (outcome.model.clone(), "_unknown".to_owned()),
         _ => (outcome.model.clone(), outcome.model_version.clone().unwrap_or_default()),
     };
     metrics::counter!(
@@ -767,7 +782,7 @@ async fn reject(
     shared: &Shared,
     validated: ValidatedRequest,
     ack: Ack,
-    reason: &str,
+    reason: OutcomeReason,
     detail: String,
     retry_after_ms: Option<i64>,
     admitted: bool,

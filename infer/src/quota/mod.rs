@@ -20,6 +20,8 @@ pub mod policy;
 
 use std::collections::HashMap;
 
+use streamscore_contracts::OutcomeReason;
+
 pub use bucket::{Bucket, BucketDecision};
 pub use policy::{OnExceed, Policy, PolicyError, TenantPolicy};
 
@@ -33,7 +35,7 @@ pub enum QuotaDecision {
     },
     /// Over quota: an explicit rejection with a retry hint.
     Reject {
-        reason: &'static str,
+        reason: OutcomeReason,
         retry_after_ms: i64,
     },
     /// The policy does not let this tenant call.
@@ -195,13 +197,13 @@ impl Quotas {
             return QuotaDecision::ModelNotAllowed;
         }
         if state.in_flight >= limits.max_in_flight {
-            return QuotaDecision::Reject { reason: "IN_FLIGHT_EXCEEDED", retry_after_ms: 1 };
+            return QuotaDecision::Reject { reason: OutcomeReason::InFlightExceeded, retry_after_ms: 1 };
         }
         let decision = match state.bucket.decide(at_us, limits.max_delay_us) {
             BucketDecision::Admit => QuotaDecision::Admit,
             BucketDecision::Delay { wait_us } => QuotaDecision::Delay { wait_us },
             BucketDecision::Reject { retry_after_ms } => {
-                QuotaDecision::Reject { reason: "QUOTA_EXCEEDED", retry_after_ms }
+                QuotaDecision::Reject { reason: OutcomeReason::QuotaExceeded, retry_after_ms }
             }
         };
         if matches!(decision, QuotaDecision::Admit | QuotaDecision::Delay { .. }) {

@@ -101,7 +101,7 @@ fn delay_waits_a_bounded_time_and_restores_do_not_refill() {
     assert_eq!(quotas.decide("t", "fraud", 0), QuotaDecision::Delay { wait_us: 200_000 });
     assert!(matches!(
         quotas.decide("t", "fraud", 0),
-        QuotaDecision::Reject { reason: "QUOTA_EXCEEDED", retry_after_ms: 300 }
+        QuotaDecision::Reject { reason: streamscore_contracts::OutcomeReason::QuotaExceeded, retry_after_ms: 300 }
     ));
     // A new owner restored from the checkpoint continues from the same state, not a full bucket.
     let mut successor = Quotas::new(policy(text));

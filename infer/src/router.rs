@@ -1,0 +1,278 @@
+//! The routing decision for one validated request, as a value: the tenant's quota (delay or
+//! reject), then the version (the request's, else the tenant's pin, else the model's
+//! default), then whether this instance has that version loaded. Pure — no Kafka, no clock,
+//! no I/O — so every path has a unit test; the stage acts on the [`Route`] it returns.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use streamscore_contracts::{InferenceRequest, OutcomeReason};
+use streamscore_modelstore::{ModelStore, ModelVersion, RouteError};
+
+use crate::quota::{QuotaDecision, Quotas};
+
+/// Whether this instance can score a version (by `model/version` key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Availability {
+    Loaded,
+    /// Refused when loaded, with the reason.
+    Refused(String),
+    NotLoaded,
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// To `version`'s batcher, after `delay_us` of quota delay (0: now); `tier` orders a
+    /// backlog (1 first); `admitted`: the request holds a quota in-flight slot.
+    Score { version: Arc<ModelVersion>, delay_us: i64, tier: u8, admitted: bool },
+    /// A rejection outcome with its typed reason and what to do about it.
+    Reject { reason: OutcomeReason, detail: String, retry_after_ms: Option<i64>, admitted: bool },
+}
+
+impl Route {
+    fn reject(reason: OutcomeReason, detail: String, admitted: bool) -> Self {
+        Self::Reject { reason, detail, retry_after_ms: None, admitted }
+    }
+}
+
+/// What a quota decision was, for the metrics (`streamscore_quota_decisions_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaOutcome {
+    Admitted,
+    Delayed,
+    Rejected,
+}
+
+/// Decides one request. `quotas`: the tenant policy in force (the caller has adopted the
+/// bucket its partition committed); `pins`: the stage's own `--pins`, before the policy's.
+/// Returns the route and, with a policy, what the quota decided.
+pub fn route(
+    request: &InferenceRequest,
+    quotas: Option<&mut Quotas>,
+    pins: &HashMap<String, String>,
+    store: &ModelStore,
+    availability: impl Fn(&str) -> Availability,
+) -> (Route, Option<QuotaOutcome>) {
+    let tenant = &request.tenant;
+    let mut delay_us = 0;
+    let mut quota = None;
+    let mut tier = 2;
+    let mut policy_pin = None;
+    let admitted = quotas.is_some();
+    if let Some(q) = quotas {
+        let decision = q.decide(tenant, &request.model, request.created_at);
+        tier = q.tier(tenant);
+        policy_pin = q.policy().tenant(tenant).and_then(|p| p.pinned_versions.get(&request.model)).cloned();
+        let rejected = |route| (route, Some(QuotaOutcome::Rejected));
+        match decision {
+            QuotaDecision::Admit => quota = Some(QuotaOutcome::Admitted),
+            QuotaDecision::Delay { wait_us } => {
+                delay_us = wait_us.max(0);
+                quota = Some(QuotaOutcome::Delayed);
+            }
+            QuotaDecision::Reject { reason, retry_after_ms } => {
+                let detail = format!("tenant {tenant} is over its quota; retry after {retry_after_ms} ms");
+                return rejected(Route::Reject {
+                    reason,
+                    detail,
+                    retry_after_ms: Some(retry_after_ms),
+                    admitted: false,
+                });
+            }
+            QuotaDecision::UnknownTenant => {
+                let detail = format!("tenant {tenant} is not in the tenant policy");
+                return rejected(Route::reject(OutcomeReason::UnknownTenant, detail, false));
+            }
+            QuotaDecision::ModelNotAllowed => {
+                let detail = format!("tenant {tenant} may not use model {}", request.model);
+                return rejected(Route::reject(OutcomeReason::ModelNotAllowed, detail, false));
+            }
+        }
+    }
+    let pin = pins.get(tenant).map(String::as_str).or(policy_pin.as_deref());
+    let route = match store.route(&request.model, request.model_version.as_deref(), pin) {
+        Ok(version) => {
+            let key = version.key();
+            match availability(&key) {
+                Availability::Loaded => Route::Score { version, delay_us, tier, admitted },
+                Availability::Refused(reason) => Route::reject(
+                    OutcomeReason::ModelRefused,
+                    format!("{key} was refused when loaded: {reason}"),
+                    admitted,
+                ),
+                Availability::NotLoaded => Route::reject(
+                    OutcomeReason::ModelNotLoaded,
+                    format!("{key} is in the store but not loaded"),
+                    admitted,
+                ),
+            }
+        }
+        Err(e) => {
+            let reason = match e {
+                RouteError::UnknownModel { .. } => OutcomeReason::UnknownModel,
+                RouteError::UnknownVersion { .. } => OutcomeReason::UnknownModelVersion,
+                RouteError::Refused { .. } => OutcomeReason::ModelRefused,
+            };
+            Route::reject(reason, e.to_string(), admitted)
+        }
+    };
+    (route, quota)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::Policy;
+
+    const POLICY: &str = r#"
+version = 1
+unknown_tenants = "refuse"
+
+[tenants.acme]
+rate_per_sec = 10
+burst = 2
+max_in_flight = 1000
+tier = 1
+
+[tenants.globex]
+rate_per_sec = 10
+burst = 1
+max_in_flight = 1000
+on_exceed = "delay"
+max_delay_ms = 1000
+
+[tenants.initech]
+rate_per_sec = 1000
+burst = 1000
+pinned_versions = { fraud = "2" }
+
+[tenants.umbrella]
+rate_per_sec = 1000
+burst = 1000
+allowed_models = ["other"]
+"#;
+
+    fn store() -> ModelStore {
+        ModelStore::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")).expect("the shipped models load")
+    }
+
+    fn quotas() -> Quotas {
+        Quotas::new(Policy::parse(std::path::Path::new("test.toml"), POLICY.as_bytes()).expect("the test policy"))
+    }
+
+    fn request(tenant: &str, model: &str, version: Option<&str>, created_at: i64) -> InferenceRequest {
+        InferenceRequest {
+            request_id: format!("r-{created_at}"),
+            tenant: tenant.to_owned(),
+            model: model.to_owned(),
+            model_version: version.map(str::to_owned),
+            features: HashMap::new(),
+            created_at,
+            reply_to: None,
+            attributes: HashMap::new(),
+        }
+    }
+
+    fn loaded(_: &str) -> Availability {
+        Availability::Loaded
+    }
+
+    /// The version a request is scored with, or the rejection's code.
+    fn outcome(route: &Route) -> String {
+        match route {
+            Route::Score { version, .. } => version.key(),
+            Route::Reject { reason, .. } => reason.code().to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_named_version_the_pin_and_the_default() {
+        let store = store();
+        let default = store.route("fraud", None, None).unwrap().key();
+        let none = HashMap::new();
+        let (named, _) = route(&request("acme", "fraud", Some("2"), 0), None, &none, &store, loaded);
+        assert_eq!(outcome(&named), "fraud/2");
+        let (by_default, quota) = route(&request("acme", "fraud", None, 0), None, &none, &store, loaded);
+        assert_eq!(outcome(&by_default), default);
+        assert_eq!(quota, None, "no policy, no quota decision");
+
+        // The policy's pin, then the stage's --pins over it; a named version over both.
+        let mut q = quotas();
+        let (pinned, quota) = route(&request("initech", "fraud", None, 0), Some(&mut q), &none, &store, loaded);
+        assert_eq!((outcome(&pinned), quota), ("fraud/2".to_owned(), Some(QuotaOutcome::Admitted)));
+        let pins = HashMap::from([("initech".to_owned(), "1".to_owned())]);
+        let (overridden, _) = route(&request("initech", "fraud", None, 1), Some(&mut q), &pins, &store, loaded);
+        assert_eq!(outcome(&overridden), "fraud/1");
+        let (named, _) = route(&request("initech", "fraud", Some("1"), 2), Some(&mut q), &none, &store, loaded);
+        assert_eq!(outcome(&named), "fraud/1");
+        if let Route::Score { tier, admitted, delay_us, .. } = pinned {
+            assert_eq!((tier, admitted, delay_us), (2, true, 0));
+        }
+    }
+
+    #[test]
+    fn unknown_models_and_versions_are_rejected_with_their_reason() {
+        let store = store();
+        let none = HashMap::new();
+        let (unknown_version, _) = route(&request("acme", "fraud", Some("9"), 0), None, &none, &store, loaded);
+        assert_eq!(outcome(&unknown_version), "UNKNOWN_MODEL_VERSION");
+        let (unknown_model, _) = route(&request("acme", "nope", None, 0), None, &none, &store, loaded);
+        assert_eq!(outcome(&unknown_model), "UNKNOWN_MODEL");
+        let refused = |_: &str| Availability::Refused("sha256 mismatch".to_owned());
+        let (route_refused, _) = route(&request("acme", "fraud", Some("1"), 0), None, &none, &store, refused);
+        assert_eq!(outcome(&route_refused), "MODEL_REFUSED");
+        let (not_loaded, _) =
+            route(&request("acme", "fraud", Some("1"), 0), None, &none, &store, |_| Availability::NotLoaded);
+        assert_eq!(outcome(&not_loaded), "MODEL_NOT_LOADED");
+        if let Route::Reject { detail, admitted, .. } = route_refused {
+            assert!(detail.contains("sha256 mismatch"), "{detail}");
+            assert!(!admitted);
+        }
+    }
+
+    #[test]
+    fn quota_rejections_and_delays() {
+        let store = store();
+        let none = HashMap::new();
+        let mut q = quotas();
+        // acme: a burst of 2, then rejections with a retry hint, in event time.
+        let mut codes = Vec::new();
+        for i in 0..4 {
+            q.adopt("acme", 1, None);
+            let (r, quota) = route(&request("acme", "fraud", Some("1"), i), Some(&mut q), &none, &store, loaded);
+            codes.push((outcome(&r), quota));
+            if let Route::Reject { retry_after_ms, admitted, .. } = &r {
+                assert!(retry_after_ms.is_some_and(|ms| ms > 0), "a retry hint");
+                assert!(!admitted, "a rejected request holds no slot");
+            }
+        }
+        assert_eq!(
+            codes,
+            [
+                ("fraud/1".to_owned(), Some(QuotaOutcome::Admitted)),
+                ("fraud/1".to_owned(), Some(QuotaOutcome::Admitted)),
+                ("QUOTA_EXCEEDED".to_owned(), Some(QuotaOutcome::Rejected)),
+                ("QUOTA_EXCEEDED".to_owned(), Some(QuotaOutcome::Rejected)),
+            ]
+        );
+        // globex delays instead: the second request waits for its token (100 ms at 10/s).
+        q.adopt("globex", 1, None);
+        let (first, _) = route(&request("globex", "fraud", None, 0), Some(&mut q), &none, &store, loaded);
+        let (second, quota) = route(&request("globex", "fraud", None, 0), Some(&mut q), &none, &store, loaded);
+        assert!(matches!(first, Route::Score { delay_us: 0, .. }));
+        assert_eq!(quota, Some(QuotaOutcome::Delayed));
+        match second {
+            Route::Score { delay_us, .. } => assert!((1..=100_000).contains(&delay_us), "{delay_us} µs"),
+            other => panic!("a delay, not {other:?}"),
+        }
+        // Tenants outside the policy, and models a tenant may not use.
+        let (stranger, quota) = route(&request("stranger", "fraud", None, 0), Some(&mut q), &none, &store, loaded);
+        assert_eq!((outcome(&stranger), quota), ("UNKNOWN_TENANT".to_owned(), Some(QuotaOutcome::Rejected)));
+        let (not_allowed, _) = route(&request("umbrella", "fraud", None, 0), Some(&mut q), &none, &store, loaded);
+        assert_eq!(outcome(&not_allowed), "MODEL_NOT_ALLOWED");
+        // Tier from the policy orders a backlog.
+        let (tiered, _) = route(&request("acme", "fraud", None, 1_000_000), Some(&mut q), &none, &store, loaded);
+        assert!(matches!(tiered, Route::Score { tier: 1, .. }), "{tiered:?}");
+    }
+}
