@@ -108,7 +108,7 @@ enum Command {
         /// Scoring backend: cpu (tract), cuda (custom kernels; a clear error where it cannot
         /// run, never a silent CPU run), or auto (CUDA where it can run a model, else CPU).
         #[arg(long, default_value = "cpu")]
-        backend: streamscore_infer::cuda::BackendChoice,
+        backend: streamscore_infer::selection::BackendChoice,
         /// Port of the HTTP bridge on 127.0.0.1 (0 = any free port).
         #[arg(long, default_value_t = 8080)]
         bridge_port: u16,
@@ -475,7 +475,7 @@ struct InferArgs {
     /// Scoring backend: cpu (tract), cuda (custom kernels; a clear error where it cannot run,
     /// never a silent CPU run), or auto (CUDA where it can run, else CPU, said in the log).
     #[arg(long, default_value = "cpu")]
-    backend: streamscore_infer::cuda::BackendChoice,
+    backend: streamscore_infer::selection::BackendChoice,
     #[command(flatten)]
     batch: BatchArgs,
 }
@@ -942,7 +942,7 @@ async fn run(command: Command) -> Result<()> {
             };
             let stats = Arc::new(streamscore_telemetry::LiveStats::default());
             tracing::info!("pipeline running (ingest + infer fused)");
-            let backend = streamscore_infer::cuda::select(infer.backend)?;
+            let backend = streamscore_infer::selection::select(infer.backend)?;
             let summary = streamscore::pipeline::run(config, backend, stats, shutdown_signal()).await?;
             tracing::info!(
                 consumed = summary.consumed,
@@ -1033,7 +1033,7 @@ async fn run(command: Command) -> Result<()> {
             }
             let (tx, rx) = tokio::sync::mpsc::channel(10_000);
             let stats = Arc::new(streamscore_telemetry::LiveStats::default());
-            let backend = streamscore_infer::cuda::select(infer.backend)?;
+            let backend = streamscore_infer::selection::select(infer.backend)?;
             let stage = tokio::spawn(streamscore_infer::run(config, store, backend, rx, stats));
             let consumed = streamscore_infer::source::consume_validated(
                 &kafka,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use streamscore_contracts::{Codec, InferenceRequest};
-use streamscore_infer::cuda::BackendChoice;
+use streamscore_infer::selection::BackendChoice;
 use streamscore_infer::{BatchConfig, InferConfig};
 use streamscore_ingest::{IngestConfig, Tenants};
 use streamscore_kafka::KafkaConfig;
@@ -49,7 +49,7 @@ fn ms(micros: Option<u64>) -> String {
 /// Runs the main job.
 pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
     // Before anything starts: `--backend cuda` where it cannot run stops here, saying why.
-    let backend = streamscore_infer::cuda::select(config.backend)?;
+    let backend = streamscore_infer::selection::select(config.backend)?;
     let addrs = stack::up(&config.stack).await?;
     let kafka = KafkaConfig::new(&addrs.bootstrap);
     let instance = streamscore_contracts::lineage::default_instance();

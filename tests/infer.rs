@@ -211,7 +211,7 @@ async fn a_version_dropped_into_the_store_is_loaded_and_audited() {
     let (tx, rx) = tokio::sync::mpsc::channel(100);
     // `auto`: the audit entry and the prediction say which backend runs the version (the CPU
     // here unless this machine has a usable GPU) and that auto was asked for.
-    let backend = streamscore_infer::cuda::select(streamscore_infer::cuda::BackendChoice::Auto).unwrap();
+    let backend = streamscore_infer::selection::select(streamscore_infer::selection::BackendChoice::Auto).unwrap();
     let runs_on = if streamscore_infer::cuda::CudaBackend::open(0).is_ok() { "cuda" } else { "cpu" };
     let stage = tokio::spawn(streamscore_infer::run(config, store, backend, rx, Arc::default()));
 

@@ -1,11 +1,17 @@
 //! Infer: scores validated requests and writes prediction outcomes.
 //!
-//! - [`backend`]: the [`Backend`]/[`Scorer`] traits and the tract CPU backend.
+//! - [`router`]: the routing decision of one request as a value — quota, pins, the store's
+//!   routing, the loaded versions — pure and unit-tested.
+//! - [`quota`]: the tenant policy and the per-partition token buckets it drives.
+//! - [`backend`]: the [`Backend`]/[`Scorer`] traits and the tract CPU backend; [`mlp`] reads
+//!   the shipped ONNX graphs into dense layers; [`cuda`] runs them with custom kernels;
+//!   [`selection`] picks one (`--backend cpu|cuda|auto`, never a silent CPU run).
 //! - [`batcher`]: micro-batching on a maximum size or a maximum wait.
-//! - [`stage`]: routing (named version, tenant pin, default), per-version batches scored off
-//!   the reactor, shadow versions, hot-loaded new versions (audited), outcomes acknowledged
+//! - [`stage`]: the stage itself — policy and model loading (audited), per-version batches
+//!   scored off the reactor, shadow versions, hot-loaded new versions, outcomes acknowledged
 //!   before their requests are.
-//! - [`outcome`]: explicit rejections.
+//! - [`outcome`]: explicit rejections; [`source`]: reading the validated topic (the split
+//!   deployment).
 
 pub mod backend;
 pub mod batcher;
@@ -14,6 +20,7 @@ pub mod mlp;
 pub mod outcome;
 pub mod quota;
 pub mod router;
+pub mod selection;
 pub mod source;
 pub mod stage;
 

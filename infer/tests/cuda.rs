@@ -6,7 +6,8 @@
 //! and puts on LD_LIBRARY_PATH. Without it the compile tests say they were skipped — except
 //! under CI, where they fail.
 
-use streamscore_infer::cuda::{self, BackendChoice, CudaError};
+use streamscore_infer::cuda::{self, CudaError};
+use streamscore_infer::selection::{self, BackendChoice};
 use streamscore_modelstore::ModelStore;
 
 fn nvrtc_or_skip() -> bool {
@@ -92,13 +93,13 @@ fn a_kernel_with_an_error_does_not_compile_and_the_log_says_where() {
 
 #[test]
 fn the_cuda_backend_where_it_cannot_run_is_a_clear_error_never_a_cpu_fallback() {
-    assert_eq!(cuda::select(BackendChoice::Cpu).expect("cpu").name(), "cpu");
+    assert_eq!(selection::select(BackendChoice::Cpu).expect("cpu").name(), "cpu");
     assert!("gpu".parse::<BackendChoice>().is_err());
     if !cuda::driver_present() {
-        let error = cuda::select(BackendChoice::Cuda).expect_err("no driver: cuda must refuse");
+        let error = selection::select(BackendChoice::Cuda).expect_err("no driver: cuda must refuse");
         assert_eq!(error, CudaError::NoDriver);
         assert!(error.to_string().contains("--backend cpu"), "says what to do: {error}");
-        let auto = cuda::select(BackendChoice::Auto).expect("auto takes the CPU, saying so");
+        let auto = selection::select(BackendChoice::Auto).expect("auto takes the CPU, saying so");
         assert_eq!(auto.name(), "auto", "the audit log and metrics say what was asked for");
         let store = ModelStore::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")).expect("models");
         for version in store.versions() {
@@ -108,14 +109,14 @@ fn the_cuda_backend_where_it_cannot_run_is_a_clear_error_never_a_cpu_fallback() 
         return;
     }
     // A driver is present: `cuda` runs where a device can be opened, and otherwise names why.
-    match cuda::select(BackendChoice::Cuda) {
+    match selection::select(BackendChoice::Cuda) {
         Ok(backend) => {
             assert_eq!(backend.name(), "cuda");
-            assert_eq!(cuda::select(BackendChoice::Auto).expect("auto").name(), "auto");
+            assert_eq!(selection::select(BackendChoice::Auto).expect("auto").name(), "auto");
         }
         Err(error) => {
             assert!(matches!(error, CudaError::NoDevice { .. } | CudaError::NoNvrtc), "{error}");
-            assert_eq!(cuda::select(BackendChoice::Auto).expect("auto").name(), "auto");
+            assert_eq!(selection::select(BackendChoice::Auto).expect("auto").name(), "auto");
         }
     }
 }

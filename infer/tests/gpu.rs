@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 use streamscore_infer::cuda::device::CHUNK_ROWS;
-use streamscore_infer::cuda::{self, BackendChoice, CudaBackend};
+use streamscore_infer::cuda::{self, CudaBackend};
 use streamscore_infer::mlp::{Activation, Mlp};
+use streamscore_infer::selection::{self, BackendChoice};
 use streamscore_infer::{Backend, Scorer, TractBackend};
 use streamscore_modelstore::ModelStore;
 
@@ -232,7 +233,7 @@ fn an_unsupported_graph_stops_cuda_and_runs_on_the_cpu_under_auto() -> Result<()
         Err(e) if e.to_string().contains("Selu") => {}
         Err(e) => return Err(format!("the refusal does not name Selu: {e}").into()),
     }
-    let auto = cuda::select(BackendChoice::Auto)?;
+    let auto = selection::select(BackendChoice::Auto)?;
     if auto.name() != "auto" {
         return Err(format!("auto with a GPU is {}", auto.name()).into());
     }
