@@ -27,7 +27,8 @@ pub struct RunConfig {
     pub tenants: u32,
     pub bad_share: f64,
     pub versions: Vec<Option<String>>,
-    pub shadow: Option<(String, String)>,
+    /// Shadow versions by model.
+    pub shadow: std::collections::HashMap<String, String>,
     pub batch: BatchConfig,
     pub drift: Option<String>,
     pub policy: std::path::PathBuf,
@@ -58,9 +59,7 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     let mut infer = InferConfig::new(kafka.clone(), &addrs.registry_url, &instance);
     infer.batch = config.batch;
     infer.policy = Some(config.policy.clone());
-    if let Some((model, version)) = &config.shadow {
-        infer.shadow.insert(model.clone(), version.clone());
-    }
+    infer.shadow = config.shadow.clone();
     let policy = streamscore_infer::quota::Policy::load(&config.policy)?;
     let pipeline_config = PipelineConfig {
         ingest,

@@ -1,0 +1,450 @@
+//! The long-running stages: `pipeline`, `ingest`, `infer`, `monitor`, `bridge`, `registry`.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// Run ingest and infer fused in one process (the default deployment).
+#[derive(Debug, clap::Args)]
+pub(crate) struct PipelineCommand {
+    #[command(flatten)]
+    pub(crate) endpoints: Endpoints,
+    #[command(flatten)]
+    pub(crate) ingest: IngestArgs,
+    #[command(flatten)]
+    pub(crate) infer: InferArgs,
+    /// Serve Prometheus metrics (`GET /metrics`, `GET /healthz`) on this address; `off`
+    /// serves none, port 0 any free port.
+    #[arg(long, default_value = "127.0.0.1:9401", value_name = "ADDR|off")]
+    pub(crate) metrics_listen: MetricsListen,
+}
+
+impl PipelineCommand {
+    pub(crate) async fn run(self) -> Result<()> {
+        let Self { endpoints, ingest, infer, metrics_listen } = self;
+        serve_metrics(metrics_listen).await?;
+        let mut ingest_config = IngestConfig::new(KafkaConfig::new(&endpoints.bootstrap), &endpoints.registry_url);
+        ingest_config.group_id = ingest.group.clone();
+        ingest_config.input_topic = ingest.input_topic.clone();
+        ingest_config.dead_letter_topic = ingest.dead_letter_topic.clone();
+        ingest_config.predictions_topic = infer.predictions_topic.clone();
+        ingest_config.event_window = ingest.event_window();
+        let config = streamscore::pipeline::PipelineConfig {
+            ingest: ingest_config,
+            infer: infer.config(&endpoints)?,
+            models: ingest.models.clone(),
+            tenants: tenants_for(infer.policy.as_deref(), &ingest.tenants)?,
+            max_record_bytes: ingest.max_record_bytes,
+            channel_capacity: 10_000,
+        };
+        let stats = Arc::new(streamscore_telemetry::LiveStats::default());
+        tracing::info!("pipeline running (ingest + infer fused)");
+        let backend = streamscore_infer::selection::select(infer.backend)?;
+        let summary = streamscore::pipeline::run(config, backend, stats, shutdown_signal()).await?;
+        tracing::info!(
+            consumed = summary.consumed,
+            validated = summary.validated,
+            dead_lettered = summary.dead_lettered,
+            "pipeline stopped"
+        );
+
+        Ok(())
+    }
+}
+
+/// Run the ingest stage on its own: validate requests, dead-letter bad ones, write
+/// validated requests to the validated topic.
+#[derive(Debug, clap::Args)]
+pub(crate) struct IngestCommand {
+    #[command(flatten)]
+    pub(crate) endpoints: Endpoints,
+    #[command(flatten)]
+    pub(crate) ingest: IngestArgs,
+    /// Topic validated requests are written to.
+    #[arg(long, default_value = streamscore_contracts::topics::VALIDATED)]
+    pub(crate) validated_topic: String,
+    /// Serve Prometheus metrics (`GET /metrics`, `GET /healthz`) on this address; `off`
+    /// serves none, port 0 any free port.
+    #[arg(long, default_value = "127.0.0.1:9402", value_name = "ADDR|off")]
+    pub(crate) metrics_listen: MetricsListen,
+    /// Tenant policy: its tenants replace `--tenants`, and tenants with `kafka_principals`
+    /// are read from their own topics (`<input topic>.<tenant>`) and refused elsewhere.
+    #[arg(long)]
+    pub(crate) policy: Option<PathBuf>,
+}
+
+impl IngestCommand {
+    pub(crate) async fn run(self) -> Result<()> {
+        let Self { endpoints, ingest, validated_topic, metrics_listen, policy } = self;
+        run_ingest(endpoints, ingest, validated_topic, metrics_listen, policy).await?;
+
+        Ok(())
+    }
+}
+
+/// Run the infer stage on its own, reading the validated topic.
+#[derive(Debug, clap::Args)]
+pub(crate) struct InferCommand {
+    #[command(flatten)]
+    pub(crate) endpoints: Endpoints,
+    #[command(flatten)]
+    pub(crate) infer: InferArgs,
+    /// Topic validated requests are read from.
+    #[arg(long, default_value = streamscore_contracts::topics::VALIDATED)]
+    pub(crate) validated_topic: String,
+    /// Consumer group.
+    #[arg(long, default_value = "streamscore-infer")]
+    pub(crate) group: String,
+    /// Model store directory.
+    #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
+    pub(crate) models: PathBuf,
+    /// Where records of the validated topic that can never be read go.
+    #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
+    pub(crate) dead_letter_topic: String,
+    /// Serve Prometheus metrics (`GET /metrics`, `GET /healthz`) on this address; `off`
+    /// serves none, port 0 any free port.
+    #[arg(long, default_value = "127.0.0.1:9403", value_name = "ADDR|off")]
+    pub(crate) metrics_listen: MetricsListen,
+}
+
+impl InferCommand {
+    pub(crate) async fn run(self) -> Result<()> {
+        let Self { endpoints, infer, validated_topic, group, models, dead_letter_topic, metrics_listen } = self;
+        serve_metrics(metrics_listen).await?;
+        let config = infer.config(&endpoints)?;
+        let store = streamscore_modelstore::SharedStore::new(
+            streamscore_modelstore::ModelStore::open(&models)
+                .with_context(|| format!("loading {}", models.display()))?,
+        );
+        let kafka = KafkaConfig::new(&endpoints.bootstrap);
+        let input = streamscore_infer::source::ValidatedInput {
+            topic: validated_topic,
+            group,
+            dead_letter_topic,
+            checkpoints: config.policy.as_ref().map(|_| config.quota_state_topic.clone()),
+            instance: config.instance.clone(),
+            drain_timeout: std::time::Duration::from_secs(5),
+        };
+        if let Some(topic) = &input.checkpoints {
+            ensure_topics(&kafka, &[streamscore_kafka::TopicSpec::state(topic)]).await?;
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+        let stats = Arc::new(streamscore_telemetry::LiveStats::default());
+        let backend = streamscore_infer::selection::select(infer.backend)?;
+        let stage = tokio::spawn(streamscore_infer::run(config, store, backend, rx, stats));
+        let consumed = streamscore_infer::source::consume_validated(
+            &kafka,
+            &endpoints.registry_url,
+            &input,
+            tx,
+            shutdown_signal(),
+        )
+        .await;
+        // The stage's own failure is the cause when both failed.
+        stage.await.context("the infer stage panicked")??;
+        consumed?;
+
+        Ok(())
+    }
+}
+
+/// Monitor predictions: drift per model version against the reference distributions,
+/// latency, alerts on monitor.alerts and the audit log.
+#[derive(Debug, clap::Args)]
+pub(crate) struct MonitorCommand {
+    #[command(flatten)]
+    pub(crate) endpoints: Endpoints,
+    /// Model store directory (reference distributions).
+    #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
+    pub(crate) models: PathBuf,
+    /// Topic predictions are read from.
+    #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
+    pub(crate) predictions_topic: String,
+    /// Topic dead letters are read from (counted by reason; refused inputs count in drift).
+    #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
+    pub(crate) dead_letter_topic: String,
+    /// Topic drift alerts are written to.
+    #[arg(long, default_value = streamscore_contracts::topics::ALERTS)]
+    pub(crate) alerts_topic: String,
+    /// Topic of the audit log.
+    #[arg(long, default_value = streamscore_contracts::topics::AUDIT)]
+    pub(crate) audit_topic: String,
+    /// Consumer group.
+    #[arg(long, default_value = "streamscore-monitor")]
+    pub(crate) group: String,
+    /// Tumbling window length in event-time seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) window_secs: f64,
+    /// Windows merged into the sliding view.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) sliding_windows: usize,
+    /// Consecutive windows over a threshold before an alert.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) consecutive: u32,
+    /// Also close a window after this many predictions (0 = by time only).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) window_events: u64,
+    /// Threshold overrides, `method=warn:alert,...` for psi, js, ks, wasserstein, missing
+    /// (defaults: psi=0.1:0.25, js=0.1:0.2, ks=0.1:0.2, wasserstein=0.05:0.1, missing=0.01:0.05).
+    #[arg(long, default_value = "")]
+    pub(crate) thresholds: String,
+    /// A consumer group whose lag is measured and exported, `GROUP=TOPIC` (repeatable;
+    /// default: the stages' default groups, streamscore-pipeline=inference.requests ...).
+    #[arg(long = "lag-target", value_name = "GROUP=TOPIC")]
+    pub(crate) lag_targets: Vec<String>,
+    /// Seconds between lag measurements (each costs the broker a few requests per group).
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) lag_every_secs: f64,
+    /// Serve Prometheus metrics (`GET /metrics`, `GET /healthz`) on this address; `off`
+    /// serves none, port 0 any free port.
+    #[arg(long, default_value = "127.0.0.1:9404", value_name = "ADDR|off")]
+    pub(crate) metrics_listen: MetricsListen,
+}
+
+impl MonitorCommand {
+    pub(crate) async fn run(self) -> Result<()> {
+        let Self {
+            endpoints,
+            models,
+            predictions_topic,
+            dead_letter_topic,
+            alerts_topic,
+            audit_topic,
+            group,
+            window_secs,
+            sliding_windows,
+            consecutive,
+            window_events,
+            thresholds,
+            lag_targets,
+            lag_every_secs,
+            metrics_listen,
+        } = self;
+        serve_metrics(metrics_listen).await?;
+        let store = streamscore_modelstore::ModelStore::open(&models)
+            .with_context(|| format!("loading {}", models.display()))?;
+        let mut config = streamscore_monitor::stage::MonitorConfig::new(
+            KafkaConfig::new(&endpoints.bootstrap),
+            &endpoints.registry_url,
+            streamscore_contracts::lineage::default_instance(),
+        );
+        config.predictions_topic = predictions_topic;
+        config.dead_letter_topic = dead_letter_topic;
+        config.alerts_topic = alerts_topic;
+        config.audit_topic = audit_topic;
+        config.group = group;
+        if !lag_targets.is_empty() {
+            config.lag_targets = lag_targets
+                .iter()
+                .map(|t| {
+                    t.split_once('=')
+                        .filter(|(g, topic)| !g.is_empty() && !topic.is_empty())
+                        .map(|(group, topic)| streamscore_monitor::lag::LagTarget {
+                            group: group.to_owned(),
+                            topic: topic.to_owned(),
+                        })
+                        .with_context(|| format!("--lag-target {t:?}: expected GROUP=TOPIC"))
+                })
+                .collect::<Result<_>>()?;
+        }
+        anyhow::ensure!(lag_every_secs.is_finite() && lag_every_secs > 0.0, "--lag-every-secs must be above 0");
+        config.lag_every = std::time::Duration::from_secs_f64(lag_every_secs);
+        #[allow(clippy::cast_possible_truncation)]
+        {
+            config.detector.window_us = (window_secs * 1e6) as i64;
+        }
+        config.detector.sliding_windows = sliding_windows;
+        config.detector.consecutive = consecutive;
+        config.detector.window_events = window_events;
+        config.detector.thresholds =
+            config.detector.thresholds.with_overrides(&thresholds).map_err(|e| anyhow::anyhow!("--thresholds {e}"))?;
+        let summary = streamscore_monitor::stage::run(config, store, shutdown_signal()).await?;
+        tracing::info!(predictions = summary.predictions, alerts = summary.alerts.len(), "monitor stopped");
+
+        Ok(())
+    }
+}
+
+/// Serve synchronous HTTP callers over the pipeline: Open Inference Protocol v2
+/// (/v2/models/{model}/infer, as KServe and Triton clients send it) and streamscore's
+/// JSON (/v1/models/{model}/predict). API keys from the tenant policy decide the tenant.
+#[derive(Debug, clap::Args)]
+pub(crate) struct BridgeCommand {
+    #[command(flatten)]
+    pub(crate) endpoints: Endpoints,
+    /// Address to listen on (also serves /metrics, /healthz, /ready, /openapi.json).
+    #[arg(long, env = "STREAMSCORE_BRIDGE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+    /// Tenant policy file: API keys (api_key_sha256), allowed models, pins, quotas.
+    #[arg(long, default_value = "policies/tenants.toml")]
+    pub(crate) policy: PathBuf,
+    /// Model store directory.
+    #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
+    pub(crate) models: PathBuf,
+    /// Topic requests are published to.
+    #[arg(long, default_value = streamscore_contracts::topics::REQUESTS)]
+    pub(crate) requests_topic: String,
+    /// Topic outcomes are read from.
+    #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
+    pub(crate) predictions_topic: String,
+    /// How long a caller waits for its outcome before a 504, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub(crate) deadline_ms: u64,
+    /// Callers (rows) waiting at once before new calls get 503.
+    #[arg(long, default_value_t = streamscore_bridge::DEFAULT_MAX_WAITERS)]
+    pub(crate) max_waiters: usize,
+    /// Largest request body in bytes (chunked bodies included): 413 above.
+    #[arg(long, default_value_t = streamscore_bridge::DEFAULT_MAX_BODY_BYTES)]
+    pub(crate) max_body_bytes: usize,
+    /// This instance's reply_to id (default: bridge:host:pid:random, new at every start).
+    #[arg(long)]
+    pub(crate) instance: Option<String>,
+}
+
+impl BridgeCommand {
+    pub(crate) async fn run(self) -> Result<()> {
+        let Self {
+            endpoints,
+            listen,
+            policy,
+            models,
+            requests_topic,
+            predictions_topic,
+            deadline_ms,
+            max_waiters,
+            max_body_bytes,
+            instance,
+        } = self;
+        let mut config = streamscore_bridge::BridgeConfig::new(
+            KafkaConfig::new(&endpoints.bootstrap),
+            &endpoints.registry_url,
+            models,
+            policy,
+        );
+        config.requests_topic = requests_topic;
+        config.predictions_topic = predictions_topic;
+        config.deadline = std::time::Duration::from_millis(deadline_ms);
+        config.max_waiters = max_waiters;
+        config.max_body_bytes = max_body_bytes;
+        if let Some(instance) = instance {
+            config.instance = instance;
+        }
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let prometheus = streamscore_telemetry::install_recorder();
+        let metrics: streamscore_bridge::MetricsRender = Arc::new(move || prometheus.render());
+        println!("bridge on http://{listen} (Open Inference Protocol v2 on /v2, streamscore JSON on /v1)");
+        streamscore_bridge::serve(config, listener, Some(metrics), shutdown_signal()).await?;
+        tracing::info!("bridge stopped");
+
+        Ok(())
+    }
+}
+
+/// Serve the Confluent-compatible schema registry, its state in a Kafka topic.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RegistryCommand {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "STREAMSCORE_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub(crate) bootstrap: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub(crate) listen: SocketAddr,
+    /// Topic holding the registry's state.
+    #[arg(long, default_value = streamscore_registry::DEFAULT_TOPIC)]
+    pub(crate) topic: String,
+    /// Users allowed to write: one `name:role:sha256-of-password` per line, role reader,
+    /// writer (register) or admin (delete, config). Without it the registry is open to all.
+    #[arg(long, env = "STREAMSCORE_REGISTRY_USERS_FILE")]
+    pub(crate) users_file: Option<PathBuf>,
+    /// Reads need a user too (default: reads are open).
+    #[arg(long)]
+    pub(crate) auth_reads: bool,
+}
+
+impl RegistryCommand {
+    pub(crate) async fn run(self) -> Result<()> {
+        let Self { bootstrap, listen, topic, users_file, auth_reads } = self;
+        let auth = match &users_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                streamscore_registry::Auth::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                    .with_authenticated_reads(auth_reads)
+            }
+            None => {
+                tracing::warn!(
+                    "no --users-file: anyone who can reach the registry may register, delete and reconfigure"
+                );
+                streamscore_registry::Auth::open()
+            }
+        };
+        let kafka = KafkaConfig::new(bootstrap);
+        let store = streamscore_registry::Store::open(&kafka, &topic).await.context("opening the registry's topic")?;
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        tracing::info!(%listen, topic, "schema registry serving");
+        let prometheus = streamscore_telemetry::install_recorder();
+        let metrics: streamscore_registry::api::MetricsRender = Arc::new(move || prometheus.render());
+        streamscore_registry::serve(Arc::new(store), Arc::new(auth), Some(metrics), listener, shutdown_signal()).await;
+        tracing::info!("schema registry stopped");
+
+        Ok(())
+    }
+}
+
+pub(crate) async fn run_ingest(
+    endpoints: Endpoints,
+    args: IngestArgs,
+    validated_topic: String,
+    metrics: MetricsListen,
+    policy: Option<PathBuf>,
+) -> Result<()> {
+    use streamscore_contracts::{Codec, InferenceRequest};
+    use streamscore_ingest::{Handoff, RequestDecider, TenantTopics};
+    serve_metrics(metrics).await?;
+    let tenants = tenants_for(policy.as_deref(), &args.tenants)?;
+    let tenant_topics = match &policy {
+        Some(path) => {
+            let policy = streamscore_infer::quota::Policy::load(path)?;
+            TenantTopics::new(&args.input_topic, policy.bound_tenants().map(|(t, _)| t))
+        }
+        None => TenantTopics::default(),
+    };
+    let models = streamscore_modelstore::ModelStore::open(&args.models)
+        .with_context(|| format!("loading the model store {}", args.models.display()))?;
+    let kafka = KafkaConfig::new(&endpoints.bootstrap);
+    let codec = Arc::new(Codec::<InferenceRequest>::with_url(&endpoints.registry_url, &args.input_topic));
+    let decider = RequestDecider::new(codec, streamscore_contracts::lineage::default_instance())
+        .with_tenants(tenants)
+        .with_tenant_topics(tenant_topics.clone())
+        .with_models(streamscore_modelstore::SharedStore::new(models))
+        .with_max_record_bytes(args.max_record_bytes)
+        .with_event_time_window(args.event_window());
+    let mut config = IngestConfig::new(kafka, &endpoints.registry_url);
+    config.group_id = args.group;
+    config.input_topic = args.input_topic;
+    config.dead_letter_topic = args.dead_letter_topic;
+    config.tenant_topics = tenant_topics.topics();
+    if !tenant_topics.is_empty() {
+        let specs: Vec<_> = tenant_topics
+            .topics()
+            .iter()
+            .map(|t| streamscore_kafka::TopicSpec::event(t, streamscore_kafka::topics::CLUSTER_PARTITIONS))
+            .collect();
+        streamscore_kafka::ensure_topics(&config.kafka, &specs).await.context("creating the tenants' topics")?;
+    }
+    tracing::info!(
+        input = config.input_topic,
+        tenant_topics = ?config.tenant_topics,
+        output = validated_topic,
+        group = config.group_id,
+        "ingest running"
+    );
+    let summary =
+        streamscore_ingest::run(config, decider, Handoff::Topic { topic: validated_topic }, shutdown_signal()).await?;
+    tracing::info!(
+        consumed = summary.consumed,
+        validated = summary.validated,
+        dead_lettered = summary.dead_lettered,
+        "ingest stopped"
+    );
+    Ok(())
+}
