@@ -1,0 +1,282 @@
+//! Batch scoring: one batcher per loaded version, each batch scored off the reactor (shadow
+//! versions on the same rows), one outcome per request and shadow, written and committed in
+//! the audit log before the requests are acknowledged; rejections.
+
+#[allow(clippy::wildcard_imports)]
+use super::*;
+
+/// Starts the batcher of a loaded version (with its shadow, if one is configured and loaded).
+pub(super) fn start_batcher(
+    shared: &Arc<Shared>,
+    key: &str,
+    models: &HashMap<String, Arc<Loaded>>,
+    batchers: &mut HashMap<String, mpsc::Sender<Item>>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) {
+    let Some(loaded) = models.get(key).cloned() else { return };
+    let version = Arc::clone(&loaded.version);
+    let key = key.to_owned();
+    let (tx, rx) = mpsc::channel::<Item>(shared.config.batch.max_batch * 4);
+    batchers.insert(key.clone(), tx);
+    let shadow = shared
+        .config
+        .shadow
+        .get(&version.meta.name)
+        .filter(|v| **v != version.meta.version)
+        .and_then(|v| models.get(&format!("{}/{v}", version.meta.name)).cloned());
+    let shared_for_batches = Arc::clone(shared);
+    let config = shared.config.batch;
+    tasks.spawn(async move {
+        let mut running = tokio::task::JoinSet::new();
+        let order = |items: &[Item]| {
+            quota::fair::fair_order(items.iter().map(|i| (i.validated.request.tenant.as_str(), i.tier)))
+        };
+        batcher::run_fair(rx, config, order, |batch| {
+            let shared = Arc::clone(&shared_for_batches);
+            let loaded = Arc::clone(&loaded);
+            let shadow = shadow.clone();
+            running.spawn(async move {
+                // A panic in a batch (a scorer, the outcome code) stops the stage with an error
+                // naming it; the batch's requests are never acknowledged, so nothing is lost.
+                let scored = std::panic::AssertUnwindSafe(score_batch(&shared, &loaded, shadow.as_deref(), batch))
+                    .catch_unwind()
+                    .await;
+                let error = match scored {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e,
+                    Err(payload) => InferError::Panicked {
+                        what: format!("a batch of {}", loaded.version.key()),
+                        message: panic_message(payload.as_ref()),
+                    },
+                };
+                let _ = shared.errors.send(error);
+            });
+        })
+        .await;
+        while running.join_next().await.is_some() {}
+    });
+}
+
+/// The exact features the model saw, by name.
+pub(super) fn seen_features(version: &ModelVersion, row: &[f32]) -> HashMap<String, f64> {
+    version.meta.features.iter().zip(row).map(|(f, v)| (f.name.clone(), f64::from(*v))).collect()
+}
+
+pub(super) async fn score_batch(
+    shared: &Shared,
+    loaded: &Loaded,
+    shadow: Option<&Loaded>,
+    batch: Vec<Item>,
+) -> Result<(), InferError> {
+    let started = Instant::now();
+    let features = loaded.scorer.features();
+    let mut input = Vec::with_capacity(batch.len() * features);
+    let mut rows: Vec<Result<std::ops::Range<usize>, String>> = Vec::with_capacity(batch.len());
+    for item in &batch {
+        match loaded.version.check(&item.validated.request.features) {
+            Ok(vector) => {
+                let start = input.len();
+                input.extend_from_slice(&vector);
+                rows.push(Ok(start..input.len()));
+            }
+            Err(e) => rows.push(Err(e.to_string())),
+        }
+    }
+    let n = input.len() / features.max(1);
+    let panicked = |version: &ModelVersion| {
+        let what = format!("the scorer of {}", version.key());
+        move |message| InferError::Panicked { what, message }
+    };
+    let primary = score(Arc::clone(&loaded.scorer), input.clone(), n).await.map_err(panicked(&loaded.version))?;
+    let inference_us = micros(started.elapsed());
+    let shadow_scores = match shadow {
+        Some(s) => Some((s, score(Arc::clone(&s.scorer), input.clone(), n).await.map_err(panicked(&s.version))?)),
+        None => None,
+    };
+    metrics::histogram!("streamscore_infer_batch_size").record(batch.len() as f64);
+    metrics::histogram!("streamscore_infer_inference_seconds", "model" => loaded.version.key())
+        .record(started.elapsed().as_secs_f64());
+
+    let mut row_index = 0;
+    let quotas = shared.config.policy.is_some();
+    let mut events = Vec::with_capacity(batch.len() * if shadow.is_some() { 2 } else { 1 });
+    let mut acks = Vec::with_capacity(batch.len());
+    for (item, row) in batch.into_iter().zip(&rows) {
+        let queue_wait_us = micros(started.duration_since(item.enqueued));
+        metrics::histogram!("streamscore_infer_queue_wait_seconds").record(queue_wait_us as f64 / 1e6);
+        let outcome = match row {
+            Ok(range) => {
+                let i = row_index;
+                row_index += 1;
+                let seen = seen_features(&loaded.version, &input[range.clone()]);
+                let mut outcome = outcome_for(shared, loaded, &item, "prediction", false, seen.clone());
+                outcome.batch_size = i32::try_from(rows.len()).unwrap_or(i32::MAX);
+                outcome.queue_wait_us = queue_wait_us;
+                outcome.inference_us = inference_us;
+                fill_score(&mut outcome, &loaded.version, primary.as_ref().map(|s| s[i]));
+                if let Some((s, scores)) = &shadow_scores {
+                    let mut shadow_outcome =
+                        outcome_for(shared, s, &item, &format!("shadow/{}", s.version.meta.version), true, seen);
+                    shadow_outcome.batch_size = outcome.batch_size;
+                    shadow_outcome.queue_wait_us = queue_wait_us;
+                    fill_score(&mut shadow_outcome, &s.version, scores.as_ref().map(|s| s[i]));
+                    shared.stats.shadow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    events.push(send(shared, &shadow_outcome, &item.ack).await?);
+                }
+                outcome
+            }
+            Err(detail) => {
+                let mut outcome = outcome_for(shared, loaded, &item, "prediction", false, HashMap::new());
+                outcome.status = OutcomeStatus::Rejected;
+                outcome.reason = Some(OutcomeReason::FeaturesInvalid.code().to_owned());
+                outcome.detail = Some(detail.clone());
+                outcome
+            }
+        };
+        count(shared, &outcome, loaded.scorer.backend());
+        events.push(send(shared, &outcome, &item.ack).await?);
+        // The request has its answer (written; acknowledged by the broker shortly).
+        if quotas {
+            let _ = shared.released.send(item.validated.request.tenant);
+        }
+        acks.push(item.ack);
+    }
+    // One audit entry commits the batch's outputs; each request is done once it is acknowledged.
+    shared.committer.audit().commit(&events, acks).await?;
+    Ok(())
+}
+
+/// Scores off the reactor. `Ok(Err(_))`: the model failed (the rows get FAILED outcomes);
+/// `Err(message)`: the scorer panicked.
+pub(super) async fn score(
+    scorer: Arc<dyn Scorer>,
+    input: Vec<f32>,
+    rows: usize,
+) -> Result<Result<Vec<f32>, BackendError>, String> {
+    if rows == 0 {
+        return Ok(Ok(Vec::new()));
+    }
+    match tokio::task::spawn_blocking(move || scorer.score(&input, rows)).await {
+        Ok(scores) => Ok(scores),
+        Err(e) if e.is_panic() => Err(panic_message(e.into_panic().as_ref())),
+        Err(e) => Ok(Err(BackendError::Run { rows, reason: format!("scoring task failed: {e}") })),
+    }
+}
+
+pub(super) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+pub(super) fn outcome_for(
+    shared: &Shared,
+    loaded: &Loaded,
+    item: &Item,
+    kind: &str,
+    shadow: bool,
+    features: HashMap<String, f64>,
+) -> PredictionOutcome {
+    let request = &item.validated.request;
+    let version = &loaded.version;
+    PredictionOutcome {
+        lineage: Lineage::derive(
+            item.validated.lineage.source.clone(),
+            Stage::Infer,
+            kind,
+            &shared.config.instance,
+            Some(request.request_id.clone()),
+            Some(request.tenant.clone()),
+        ),
+        status: OutcomeStatus::Scored,
+        shadow,
+        model: request.model.clone(),
+        model_version: Some(version.meta.version.clone()),
+        model_sha256: Some(version.meta.sha256.clone()),
+        backend: Some(loaded.scorer.backend().to_owned()),
+        score: None,
+        label: None,
+        reason: None,
+        detail: None,
+        retry_after_ms: None,
+        features,
+        batch_size: 0,
+        queue_wait_us: 0,
+        inference_us: 0,
+        request_created_at: request.created_at,
+        reply_to: request.reply_to.clone(),
+    }
+}
+
+pub(super) fn fill_score(outcome: &mut PredictionOutcome, version: &ModelVersion, score: Result<f32, &BackendError>) {
+    match score {
+        Ok(score) => {
+            let score = f64::from(score);
+            outcome.score = Some(score);
+            outcome.label = Some(version.meta.label(score).to_owned());
+        }
+        Err(e) => {
+            outcome.status = OutcomeStatus::Failed;
+            outcome.reason = Some(OutcomeReason::ModelError.code().to_owned());
+            outcome.detail = Some(e.to_string());
+        }
+    }
+}
+
+/// Counts an outcome; `backend`: what scored it (`none` for a rejection before scoring).
+pub(super) fn count(shared: &Shared, outcome: &PredictionOutcome, backend: &'static str) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (status, counter) = match outcome.status {
+        OutcomeStatus::Scored => ("scored", &shared.stats.scored),
+        OutcomeStatus::Rejected => ("rejected", &shared.stats.rejected),
+        OutcomeStatus::Failed => ("failed", &shared.stats.failed),
+    };
+    counter.fetch_add(1, Relaxed);
+    // Labels stay bounded: a model or version the store does not have (a rejection) is
+    // `_unknown`, whatever the request named.
+    let (model, version) = match outcome.reason.as_deref().and_then(OutcomeReason::parse) {
+        Some(OutcomeReason::UnknownModel) => ("_unknown".to_owned(), "_unknown".to_owned()),
+        Some(OutcomeReason::UnknownModelVersion) => (outcome.model.clone(), "_unknown".to_owned()),
+        _ => (outcome.model.clone(), outcome.model_version.clone().unwrap_or_default()),
+    };
+    metrics::counter!(
+        "streamscore_infer_predictions_total",
+        "model" => model,
+        "version" => version,
+        "backend" => backend,
+        "status" => status,
+    )
+    .increment(1);
+}
+
+/// Enqueues an outcome of the request `ack` belongs to; returns its event id and the hash its
+/// commitment carries.
+pub(super) async fn send(
+    shared: &Shared,
+    outcome: &PredictionOutcome,
+    ack: &Ack,
+) -> Result<(String, String), InferError> {
+    let bytes = shared.codec.encode(outcome)?;
+    let key = outcome.lineage.tenant.as_deref().unwrap_or_default();
+    shared.sink.send(&shared.config.predictions_topic, key.as_bytes(), &bytes, ack).await?;
+    Ok((outcome.lineage.event_id.clone(), shared.audit_key.event_hash(&bytes)))
+}
+
+/// Writes a rejection for a request that cannot be scored, then acknowledges it. `admitted`:
+/// the request holds a quota in-flight slot to give back.
+pub(super) async fn reject(
+    shared: &Shared,
+    validated: ValidatedRequest,
+    ack: Ack,
+    reason: OutcomeReason,
+    detail: String,
+    retry_after_ms: Option<i64>,
+    admitted: bool,
+) -> Result<(), InferError> {
+    let outcome = crate::outcome::rejected(&validated, &shared.config.instance, reason, detail, retry_after_ms);
+    count(shared, &outcome, "none");
+    let event = send(shared, &outcome, &ack).await?;
+    if admitted {
+        let _ = shared.released.send(validated.request.tenant);
+    }
+    shared.committer.add(vec![event], ack).await?;
+    Ok(())
+}
