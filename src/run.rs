@@ -52,6 +52,8 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     // Before anything starts: `--backend cuda` where it cannot run stops here, saying why.
     let backend = streamscore_infer::selection::select(config.backend)?;
     let addrs = stack::up(&config.stack).await?;
+    // The recorder is in place before any stage records.
+    serve_metrics(config.metrics_port).await?;
     let kafka = KafkaConfig::new(&addrs.bootstrap);
     let instance = streamscore_contracts::lineage::default_instance();
     let mut ingest = IngestConfig::new(kafka.clone(), &addrs.registry_url);
@@ -89,7 +91,6 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
         },
     ));
 
-    serve_metrics(config.metrics_port).await?;
     let bridge = match config.bridge_port {
         Some(port) => Some(start_bridge(&kafka, &addrs.registry_url, &config.policy, port).await?),
         None => None,

@@ -29,6 +29,9 @@ impl Default for Latencies {
 #[derive(Debug, Clone, Default)]
 pub struct LatencyBook {
     pub by_version: BTreeMap<(String, String, String), Latencies>,
+    /// `streamscore_prediction_latency_seconds` handles (end to end, queue wait, inference)
+    /// by (model, version, backend), so a prediction builds no label.
+    exported: BTreeMap<(String, String, String), [metrics::Histogram; 3]>,
 }
 
 impl LatencyBook {
@@ -43,17 +46,29 @@ impl LatencyBook {
             u64::try_from(outcome.lineage.written_at.saturating_sub(outcome.request_created_at)).unwrap_or(0).max(1);
         let queue = u64::try_from(outcome.queue_wait_us).unwrap_or(0).max(1);
         let inference = u64::try_from(outcome.inference_us).unwrap_or(0).max(1);
-        let entry = self.by_version.entry(key.clone()).or_default();
+        if !self.exported.contains_key(&key) {
+            let handle = |stage: &'static str| {
+                metrics::histogram!(
+                    "streamscore_prediction_latency_seconds",
+                    "model" => key.0.clone(),
+                    "version" => key.1.clone(),
+                    "backend" => key.2.clone(),
+                    "stage" => stage,
+                )
+            };
+            let handles = [handle("end_to_end"), handle("queue_wait"), handle("inference")];
+            self.exported.insert(key.clone(), handles);
+        }
+        if let Some(handles) = self.exported.get(&key) {
+            #[allow(clippy::cast_precision_loss)]
+            for (handle, micros) in handles.iter().zip([end_to_end, queue, inference]) {
+                handle.record(micros as f64 / 1e6);
+            }
+        }
+        let entry = self.by_version.entry(key).or_default();
         entry.end_to_end.saturating_record(end_to_end);
         entry.queue_wait.saturating_record(queue);
         entry.inference.saturating_record(inference);
-        let labels = [("model", key.0), ("version", key.1), ("backend", key.2)];
-        #[allow(clippy::cast_precision_loss)]
-        for (stage, micros) in [("end_to_end", end_to_end), ("queue_wait", queue), ("inference", inference)] {
-            let mut labels = labels.to_vec();
-            labels.push(("stage", stage.to_owned()));
-            metrics::histogram!("streamscore_prediction_latency_seconds", &labels).record(micros as f64 / 1e6);
-        }
     }
 }
 

@@ -101,22 +101,27 @@ pub(super) async fn score_batch(
     let quotas = shared.config.policy.is_some();
     let mut events = Vec::with_capacity(batch.len() * if shadow.is_some() { 2 } else { 1 });
     let mut acks = Vec::with_capacity(batch.len());
+    // Per batch, not per record: the metric handles, the shadow's event kind, the counts.
+    let queue_wait = metrics::histogram!("streamscore_infer_queue_wait_seconds");
+    let shadow_kind = shadow.map(|s| format!("shadow/{}", s.version.meta.version));
+    let mut counts = StatusCounts::default();
     for (item, row) in batch.into_iter().zip(&rows) {
         let queue_wait_us = micros(started.duration_since(item.enqueued));
-        metrics::histogram!("streamscore_infer_queue_wait_seconds").record(queue_wait_us as f64 / 1e6);
+        queue_wait.record(queue_wait_us as f64 / 1e6);
         let outcome = match row {
             Ok(range) => {
                 let i = row_index;
                 row_index += 1;
                 let seen = seen_features(&loaded.version, &input[range.clone()]);
-                let mut outcome = outcome_for(shared, loaded, &item, "prediction", false, seen.clone());
+                // The primary outcome takes the map; a shadow gets its own copy.
+                let shadow_seen = shadow_scores.as_ref().map(|_| seen.clone());
+                let mut outcome = outcome_for(shared, loaded, &item, "prediction", false, seen);
                 outcome.batch_size = i32::try_from(rows.len()).unwrap_or(i32::MAX);
                 outcome.queue_wait_us = queue_wait_us;
                 outcome.inference_us = inference_us;
                 fill_score(&mut outcome, &loaded.version, primary.as_ref().map(|s| s[i]));
-                if let Some((s, scores)) = &shadow_scores {
-                    let mut shadow_outcome =
-                        outcome_for(shared, s, &item, &format!("shadow/{}", s.version.meta.version), true, seen);
+                if let (Some((s, scores)), Some(seen), Some(kind)) = (&shadow_scores, shadow_seen, &shadow_kind) {
+                    let mut shadow_outcome = outcome_for(shared, s, &item, kind, true, seen);
                     shadow_outcome.batch_size = outcome.batch_size;
                     shadow_outcome.queue_wait_us = queue_wait_us;
                     fill_score(&mut shadow_outcome, &s.version, scores.as_ref().map(|s| s[i]));
@@ -133,7 +138,7 @@ pub(super) async fn score_batch(
                 outcome
             }
         };
-        count(shared, &outcome, loaded.scorer.backend());
+        counts.add(outcome.status);
         events.push(send(shared, &outcome, &item.ack).await?);
         // The request has its answer (written; acknowledged by the broker shortly).
         if quotas {
@@ -141,6 +146,7 @@ pub(super) async fn score_batch(
         }
         acks.push(item.ack);
     }
+    counts.record(shared, &loaded.version.meta.name, &loaded.version.meta.version, loaded.scorer.backend());
     // One audit entry commits the batch's outputs; each request is done once it is acknowledged.
     shared.committer.audit().commit(&events, acks).await?;
     Ok(())
@@ -221,30 +227,57 @@ pub(super) fn fill_score(outcome: &mut PredictionOutcome, version: &ModelVersion
     }
 }
 
-/// Counts an outcome; `backend`: what scored it (`none` for a rejection before scoring).
-pub(super) fn count(shared: &Shared, outcome: &PredictionOutcome, backend: &'static str) {
-    use std::sync::atomic::Ordering::Relaxed;
-    let (status, counter) = match outcome.status {
-        OutcomeStatus::Scored => ("scored", &shared.stats.scored),
-        OutcomeStatus::Rejected => ("rejected", &shared.stats.rejected),
-        OutcomeStatus::Failed => ("failed", &shared.stats.failed),
+/// Outcomes of one model version by status, counted once per batch.
+#[derive(Debug, Default)]
+pub(super) struct StatusCounts {
+    scored: u64,
+    rejected: u64,
+    failed: u64,
+}
+
+impl StatusCounts {
+    pub(super) fn add(&mut self, status: OutcomeStatus) {
+        match status {
+            OutcomeStatus::Scored => self.scored += 1,
+            OutcomeStatus::Rejected => self.rejected += 1,
+            OutcomeStatus::Failed => self.failed += 1,
+        }
+    }
+
+    /// Adds the counts to the live figures and `streamscore_infer_predictions_total`;
+    /// `backend`: what scored them (`none` for rejections before scoring).
+    pub(super) fn record(&self, shared: &Shared, model: &str, version: &str, backend: &'static str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (status, n, live) in [
+            ("scored", self.scored, &shared.stats.scored),
+            ("rejected", self.rejected, &shared.stats.rejected),
+            ("failed", self.failed, &shared.stats.failed),
+        ] {
+            if n == 0 {
+                continue;
+            }
+            live.fetch_add(n, Relaxed);
+            metrics::counter!(
+                "streamscore_infer_predictions_total",
+                "model" => model.to_owned(),
+                "version" => version.to_owned(),
+                "backend" => backend,
+                "status" => status,
+            )
+            .increment(n);
+        }
+    }
+}
+
+/// Counts one rejection written before scoring. Labels stay bounded: a model or version the
+/// store does not have is `_unknown`, whatever the request named.
+pub(super) fn count_rejection(shared: &Shared, outcome: &PredictionOutcome, reason: OutcomeReason) {
+    let (model, version) = match reason {
+        OutcomeReason::UnknownModel => ("_unknown", "_unknown"),
+        OutcomeReason::UnknownModelVersion => (outcome.model.as_str(), "_unknown"),
+        _ => (outcome.model.as_str(), outcome.model_version.as_deref().unwrap_or_default()),
     };
-    counter.fetch_add(1, Relaxed);
-    // Labels stay bounded: a model or version the store does not have (a rejection) is
-    // `_unknown`, whatever the request named.
-    let (model, version) = match outcome.reason.as_deref().and_then(OutcomeReason::parse) {
-        Some(OutcomeReason::UnknownModel) => ("_unknown".to_owned(), "_unknown".to_owned()),
-        Some(OutcomeReason::UnknownModelVersion) => (outcome.model.clone(), "_unknown".to_owned()),
-        _ => (outcome.model.clone(), outcome.model_version.clone().unwrap_or_default()),
-    };
-    metrics::counter!(
-        "streamscore_infer_predictions_total",
-        "model" => model,
-        "version" => version,
-        "backend" => backend,
-        "status" => status,
-    )
-    .increment(1);
+    StatusCounts { rejected: 1, ..StatusCounts::default() }.record(shared, model, version, "none");
 }
 
 /// Enqueues an outcome of the request `ack` belongs to; returns its event id and the hash its
@@ -272,7 +305,7 @@ pub(super) async fn reject(
     admitted: bool,
 ) -> Result<(), InferError> {
     let outcome = crate::outcome::rejected(&validated, &shared.config.instance, reason, detail, retry_after_ms);
-    count(shared, &outcome, "none");
+    count_rejection(shared, &outcome, reason);
     let event = send(shared, &outcome, &ack).await?;
     if admitted {
         let _ = shared.released.send(validated.request.tenant);
