@@ -37,13 +37,7 @@ pub fn check(meta: &ModelMetadata, features: &HashMap<String, f64>) -> Result<Fe
                     return Err(FeatureError::NonFinite { name: spec.name.clone(), value });
                 }
                 if spec.kind.integral() && value.fract() != 0.0 {
-                    let kind = match spec.kind {
-                        crate::FeatureKind::Count => "count",
-                        crate::FeatureKind::Categorical => "categorical",
-                        crate::FeatureKind::Binary => "binary",
-                        crate::FeatureKind::Continuous => "continuous",
-                    };
-                    return Err(FeatureError::Type { name: spec.name.clone(), value, kind });
+                    return Err(FeatureError::Type { name: spec.name.clone(), value, kind: spec.kind.as_str() });
                 }
                 if value < spec.min || value > spec.max {
                     return Err(FeatureError::OutOfRange {

@@ -4,25 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// How a feature's values are shaped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FeatureKind {
-    Continuous,
-    /// Non-negative integer counts.
-    Count,
-    /// Integer codes in `[min, max]`.
-    Categorical,
-    /// 0 or 1.
-    Binary,
-}
-
-impl FeatureKind {
-    /// Whether values must be integers.
-    pub fn integral(self) -> bool {
-        !matches!(self, FeatureKind::Continuous)
-    }
-}
+pub use streamscore_synth::FeatureKind;
 
 /// One input feature.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

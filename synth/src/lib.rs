@@ -29,8 +29,10 @@ use std::f64::consts::PI;
 /// Version of the generator; bump when rows for a seed change.
 pub const GENERATOR_VERSION: u32 = 1;
 
-/// How a feature's values are shaped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a feature's values are shaped: the one definition the generator, the model metadata
+/// (`metadata.json`, lowercase names) and validation share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FeatureKind {
     /// A real number.
     Continuous,
@@ -50,6 +52,11 @@ impl FeatureKind {
             FeatureKind::Categorical => "categorical",
             FeatureKind::Binary => "binary",
         }
+    }
+
+    /// Whether values must be integers.
+    pub const fn integral(self) -> bool {
+        !matches!(self, FeatureKind::Continuous)
     }
 }
 
