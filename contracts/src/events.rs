@@ -336,6 +336,34 @@ impl Event for InferenceRequest {
 impl Event for ValidatedRequest {
     const SCHEMA: SchemaFile = schemas::VALIDATED_REQUEST;
 }
+impl PredictionOutcome {
+    /// The one way an outcome starts (ingest's rejections, infer's scores and rejections):
+    /// about `request`, written with `lineage`, with `status` and nothing decided yet — no
+    /// version, score, reason or features; the writer fills in what it decided.
+    pub fn new(lineage: Lineage, request: &InferenceRequest, status: OutcomeStatus) -> Self {
+        Self {
+            lineage,
+            status,
+            shadow: false,
+            model: request.model.clone(),
+            model_version: request.model_version.clone(),
+            model_sha256: None,
+            backend: None,
+            score: None,
+            label: None,
+            reason: None,
+            detail: None,
+            retry_after_ms: None,
+            features: HashMap::new(),
+            batch_size: 0,
+            queue_wait_us: 0,
+            inference_us: 0,
+            request_created_at: request.created_at,
+            reply_to: request.reply_to.clone(),
+        }
+    }
+}
+
 impl Event for PredictionOutcome {
     const SCHEMA: SchemaFile = schemas::PREDICTION_OUTCOME;
 }

@@ -25,26 +25,12 @@ pub fn rejected(
         Some(request.request.request_id.clone()),
         Some(request.request.tenant.clone()),
     );
-    PredictionOutcome {
-        lineage,
-        status: OutcomeStatus::Rejected,
-        shadow: false,
-        model: request.request.model.clone(),
-        model_version: request.request.model_version.clone(),
-        model_sha256: None,
-        backend: None,
-        score: None,
-        label: None,
-        reason: Some(reason.code().to_owned()),
-        detail: Some(detail.into()),
-        retry_after_ms,
-        features: request.request.features.clone(),
-        batch_size: 0,
-        queue_wait_us: 0,
-        inference_us: 0,
-        request_created_at: request.request.created_at,
-        reply_to: request.request.reply_to.clone(),
-    }
+    let mut outcome = PredictionOutcome::new(lineage, &request.request, OutcomeStatus::Rejected);
+    outcome.reason = Some(reason.code().to_owned());
+    outcome.detail = Some(detail.into());
+    outcome.retry_after_ms = retry_after_ms;
+    outcome.features = request.request.features.clone();
+    outcome
 }
 
 #[cfg(test)]

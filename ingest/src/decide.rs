@@ -367,33 +367,18 @@ impl RequestDecider {
         reason: DeadLetterReason,
         detail: &str,
     ) -> PredictionOutcome {
-        PredictionOutcome {
-            lineage: Lineage::derive(
-                record.source(),
-                Stage::Ingest,
-                "rejection",
-                &self.instance,
-                Some(request.request_id.clone()).filter(|id| !id.is_empty()),
-                Some(request.tenant.clone()),
-            ),
-            status: OutcomeStatus::Rejected,
-            shadow: false,
-            model: request.model.clone(),
-            model_version: request.model_version.clone(),
-            model_sha256: None,
-            backend: None,
-            score: None,
-            label: None,
-            reason: Some(reason.code().to_owned()),
-            detail: Some(detail.to_owned()),
-            retry_after_ms: None,
-            features: HashMap::new(),
-            batch_size: 0,
-            queue_wait_us: 0,
-            inference_us: 0,
-            request_created_at: request.created_at,
-            reply_to: request.reply_to.clone(),
-        }
+        let lineage = Lineage::derive(
+            record.source(),
+            Stage::Ingest,
+            "rejection",
+            &self.instance,
+            Some(request.request_id.clone()).filter(|id| !id.is_empty()),
+            Some(request.tenant.clone()),
+        );
+        let mut outcome = PredictionOutcome::new(lineage, request, OutcomeStatus::Rejected);
+        outcome.reason = Some(reason.code().to_owned());
+        outcome.detail = Some(detail.to_owned());
+        outcome
     }
 }
 

@@ -183,33 +183,21 @@ pub(super) fn outcome_for(
 ) -> PredictionOutcome {
     let request = &item.validated.request;
     let version = &loaded.version;
-    PredictionOutcome {
-        lineage: Lineage::derive(
-            item.validated.lineage.source.clone(),
-            Stage::Infer,
-            kind,
-            &shared.config.instance,
-            Some(request.request_id.clone()),
-            Some(request.tenant.clone()),
-        ),
-        status: OutcomeStatus::Scored,
-        shadow,
-        model: request.model.clone(),
-        model_version: Some(version.meta.version.clone()),
-        model_sha256: Some(version.meta.sha256.clone()),
-        backend: Some(loaded.scorer.backend().to_owned()),
-        score: None,
-        label: None,
-        reason: None,
-        detail: None,
-        retry_after_ms: None,
-        features,
-        batch_size: 0,
-        queue_wait_us: 0,
-        inference_us: 0,
-        request_created_at: request.created_at,
-        reply_to: request.reply_to.clone(),
-    }
+    let lineage = Lineage::derive(
+        item.validated.lineage.source.clone(),
+        Stage::Infer,
+        kind,
+        &shared.config.instance,
+        Some(request.request_id.clone()),
+        Some(request.tenant.clone()),
+    );
+    let mut outcome = PredictionOutcome::new(lineage, request, OutcomeStatus::Scored);
+    outcome.shadow = shadow;
+    outcome.model_version = Some(version.meta.version.clone());
+    outcome.model_sha256 = Some(version.meta.sha256.clone());
+    outcome.backend = Some(loaded.scorer.backend().to_owned());
+    outcome.features = features;
+    outcome
 }
 
 pub(super) fn fill_score(outcome: &mut PredictionOutcome, version: &ModelVersion, score: Result<f32, &BackendError>) {
