@@ -48,8 +48,12 @@ pub async fn run(
     ingest_config.instance.clone_from(&config.infer.instance);
     // Tenants bound to Kafka principals come on topics of their own.
     let mut tenant_topics = streamscore_ingest::TenantTopics::default();
+    // Ingest judges a request against the version routing will score: the policy's pins,
+    // under the stage's own --pins.
+    let mut pins = streamscore_modelstore::Pins::default();
     if let Some(path) = &config.infer.policy {
         let policy = streamscore_infer::quota::Policy::load(path)?;
+        pins = policy.pins();
         tenant_topics =
             streamscore_ingest::TenantTopics::new(&config.ingest.input_topic, policy.bound_tenants().map(|(t, _)| t));
         for topic in tenant_topics.topics() {
@@ -74,6 +78,7 @@ pub async fn run(
         .with_tenants(config.tenants.clone())
         .with_tenant_topics(tenant_topics)
         .with_models(store.clone())
+        .with_pins(pins.with_every_model(config.infer.pins.clone()))
         .with_max_record_bytes(config.max_record_bytes)
         .with_event_time_window(config.ingest.event_window);
     let (tx, rx) = mpsc::channel(config.channel_capacity);

@@ -233,6 +233,8 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
         &config.requests_topic,
         policy.iter().flat_map(|p| p.bound_tenants().map(|(t, _)| t)),
     );
+    // Ingest judged each request against the version routing scores (pins included).
+    let pins = policy.as_ref().map(streamscore_infer::quota::Policy::pins).unwrap_or_default();
     let tenants = match &policy {
         None => config.tenants.clone(),
         Some(p) => match p.file.unknown_tenants {
@@ -372,7 +374,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             decision_changed: false,
         };
         // Ingest's checks, in its order.
-        if let Some((reason, _)) = streamscore_ingest::check_request(&request, &tenants, Some(&store)) {
+        if let Some((reason, _)) = streamscore_ingest::check_request(&request, &tenants, Some(&store), &pins) {
             row.decision = "dead-lettered".to_owned();
             row.reason = Some(reason.code().to_owned());
             rows.push(row);
@@ -418,11 +420,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
         }
         // Routing, or the version asked for.
         let forced = config.model.as_ref().filter(|(m, _)| *m == request.model).map(|(_, v)| v.as_str());
-        let pin = policy
-            .as_ref()
-            .and_then(|p| p.tenant(&request.tenant))
-            .and_then(|p| p.pinned_versions.get(&request.model))
-            .map(String::as_str);
+        let pin = policy.as_ref().and_then(|p| p.pin(&request.tenant, &request.model));
         let requested = forced.or(request.model_version.as_deref());
         let version = match store.route(&request.model, requested, if forced.is_some() { None } else { pin }) {
             Ok(version) => version,

@@ -355,8 +355,7 @@ impl Bridge {
 
     /// The version a call runs: the path's, else the tenant's pin, else the default.
     fn route(&self, tenant: Option<&str>, model: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, ApiError> {
-        let pin =
-            tenant.and_then(|t| self.policy.tenant(t)).and_then(|p| p.pinned_versions.get(model)).map(String::as_str);
+        let pin = tenant.and_then(|t| self.policy.pin(t, model));
         self.store.current().route(model, version, pin).map_err(|e| match e {
             RouteError::UnknownModel { .. } => ApiError::not_found("UNKNOWN_MODEL", e.to_string()),
             RouteError::UnknownVersion { .. } => ApiError::not_found("UNKNOWN_MODEL_VERSION", e.to_string()),
@@ -543,7 +542,9 @@ impl Bridge {
                 reply_to: Some(self.config.instance.clone()),
                 attributes,
             };
-            if let Some((reason, detail)) = streamscore_ingest::check_request(&request, &self.tenants, Some(&store)) {
+            if let Some((reason, detail)) =
+                streamscore_ingest::check_request(&request, &self.tenants, Some(&store), &self.pins)
+            {
                 return Err(check_error(reason, detail).details(json!({"row": row, "reason": reason.code()})));
             }
             let bytes = self.request_codec.encode(&request).map_err(|e| {

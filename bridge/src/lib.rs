@@ -92,6 +92,8 @@ pub struct Bridge {
     policy: Policy,
     keys: auth::Keys,
     tenants: Tenants,
+    /// The policy's pins, which a call is checked against as routing will score it.
+    pins: streamscore_modelstore::Pins,
     request_codec: Arc<Codec<InferenceRequest>>,
     producer: FutureProducer,
     waiters: Arc<waiters::Waiters>,
@@ -117,6 +119,7 @@ pub async fn serve(
         tracing::warn!(policy = %config.policy.display(), "no tenant has an api_key_sha256: every call will be refused (401)");
     }
     let tenants = Tenants::Only(policy.file.tenants.keys().cloned().collect());
+    let pins = policy.pins();
     let store = SharedStore::new(
         ModelStore::open(&config.models)
             .map_err(|e| BridgeError::Models { path: config.models.clone(), reason: e.to_string() })?,
@@ -168,6 +171,7 @@ pub async fn serve(
         policy,
         keys,
         tenants,
+        pins,
         request_codec,
         producer,
         waiters: Arc::clone(&waiters),

@@ -63,7 +63,7 @@ pub fn route(
     if let Some(q) = quotas {
         let decision = q.decide(tenant, &request.model, request.created_at);
         tier = q.tier(tenant);
-        policy_pin = q.policy().tenant(tenant).and_then(|p| p.pinned_versions.get(&request.model)).cloned();
+        policy_pin = q.policy().pin(tenant, &request.model).map(str::to_owned);
         let rejected = |route| (route, Some(QuotaOutcome::Rejected));
         match decision {
             QuotaDecision::Admit => quota = Some(QuotaOutcome::Admitted),

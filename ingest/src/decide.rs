@@ -8,7 +8,7 @@ use streamscore_contracts::{
     Codec, DeadLetter, DeadLetterReason, InferenceRequest, Lineage, OutcomeStatus, PredictionOutcome, SourceOffset,
     Stage, ValidatedRequest,
 };
-use streamscore_modelstore::{FeatureError, ModelStore, RouteError, SharedStore};
+use streamscore_modelstore::{FeatureError, ModelStore, Pins, RouteError, SharedStore};
 use uuid::Uuid;
 
 /// Which tenants are known. (The tenant policy file replaces this list with the quota issue.)
@@ -195,6 +195,7 @@ pub struct RequestDecider {
     tenants: Tenants,
     tenant_topics: TenantTopics,
     models: Option<SharedStore>,
+    pins: Pins,
     window: EventTimeWindow,
     /// The clock, µs since the epoch (tests set their own).
     now: fn() -> i64,
@@ -211,6 +212,7 @@ impl RequestDecider {
             tenants: Tenants::Any,
             tenant_topics: TenantTopics::default(),
             models: None,
+            pins: Pins::default(),
             window: EventTimeWindow::default(),
             now: streamscore_contracts::now_micros,
         }
@@ -240,6 +242,14 @@ impl RequestDecider {
     #[must_use]
     pub fn with_tenant_topics(mut self, topics: TenantTopics) -> Self {
         self.tenant_topics = topics;
+        self
+    }
+
+    /// Validates against the versions tenants are pinned to (the policy's and the stage's
+    /// pins), as routing will score them.
+    #[must_use]
+    pub fn with_pins(mut self, pins: Pins) -> Self {
+        self.pins = pins;
         self
     }
 
@@ -287,7 +297,7 @@ impl RequestDecider {
         };
         let request = decoded.value;
         let models = self.models.as_ref().map(SharedStore::current);
-        if let Some((reason, detail)) = check(&request, &self.tenants, models.as_deref()) {
+        if let Some((reason, detail)) = check(&request, &self.tenants, models.as_deref(), &self.pins) {
             return self.dead_letter(record, reason, detail, Some(decoded.schema_id), Some(&request));
         }
         // Event time drives quotas and drift windows: one far-future created_at would freeze a
@@ -409,6 +419,7 @@ pub fn check(
     request: &InferenceRequest,
     tenants: &Tenants,
     models: Option<&ModelStore>,
+    pins: &Pins,
 ) -> Option<(DeadLetterReason, String)> {
     if let Some(problem) = check_content(request) {
         return Some(problem);
@@ -417,7 +428,9 @@ pub fn check(
         return Some((DeadLetterReason::UnknownTenant, format!("tenant {:?} is not known", request.tenant)));
     }
     let models = models?;
-    let version = match models.route(&request.model, request.model_version.as_deref(), None) {
+    // The version routing will score: the request's, else the tenant's pin, else the default.
+    let pin = pins.get(&request.tenant, &request.model);
+    let version = match models.route(&request.model, request.model_version.as_deref(), pin) {
         Ok(version) => version,
         Err(e) => return Some((route_reason(&e), e.to_string())),
     };
@@ -466,6 +479,64 @@ mod tests {
         }
     }
 
+    /// A store with fraud/1 and a fraud/3 that is fraud/2 with `amount` renamed `amount_eur`.
+    fn store_with_renamed_feature() -> (tempfile::TempDir, ModelStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fraud");
+        let fraud = dir.path().join("fraud");
+        for (from, to) in [("1", "1"), ("2", "3")] {
+            std::fs::create_dir_all(fraud.join(to)).expect("version dir");
+            for file in ["model.onnx", "metadata.json", "golden.json"] {
+                std::fs::copy(shipped.join(from).join(file), fraud.join(to).join(file)).expect("copy");
+            }
+        }
+        let metadata = std::fs::read_to_string(fraud.join("3/metadata.json")).expect("metadata");
+        let mut metadata: serde_json::Value = serde_json::from_str(&metadata).expect("metadata is JSON");
+        metadata["version"] = "3".into();
+        let text = serde_json::to_string(&metadata).expect("JSON").replace("\"amount\"", "\"amount_eur\"");
+        std::fs::write(fraud.join("3/metadata.json"), text).expect("write");
+        let family = serde_json::json!({"name": "fraud", "default_version": "1", "versions": ["1", "3"]});
+        std::fs::write(fraud.join("model.json"), family.to_string()).expect("write");
+        let store = ModelStore::open(dir.path()).expect("the store opens");
+        (dir, store)
+    }
+
+    #[test]
+    fn a_pinned_request_is_judged_against_the_version_it_is_pinned_to() {
+        let (_dir, store) = store_with_renamed_feature();
+        let v1 = store.route("fraud", Some("1"), None).expect("fraud/1");
+        let features: HashMap<String, f64> = v1.meta.features.iter().map(|f| (f.name.clone(), f.min)).collect();
+        let mut renamed = features.clone();
+        let amount = renamed.remove("amount").expect("fraud/1 has amount");
+        renamed.insert("amount_eur".to_owned(), amount);
+        let request = |features: &HashMap<String, f64>| {
+            let mut r = request(&uuid::Uuid::new_v4().to_string(), 0.0);
+            r.tenant = "initech".to_owned();
+            r.features = features.clone();
+            r
+        };
+        let pins =
+            Pins::new(HashMap::from([("initech".to_owned(), HashMap::from([("fraud".to_owned(), "3".to_owned())]))]));
+        let check = |r: &InferenceRequest, pins: &Pins| check(r, &Tenants::Any, Some(&store), pins).map(|c| c.0);
+        // Pinned to 3: its features pass, fraud/1's do not.
+        assert_eq!(check(&request(&renamed), &pins), None);
+        assert!(
+            matches!(
+                check(&request(&features), &pins),
+                Some(DeadLetterReason::FeatureMissing | DeadLetterReason::FeatureUnexpected)
+            ),
+            "{:?}",
+            check(&request(&features), &pins)
+        );
+        // Without the pin the default (1) judges: the other way round.
+        assert_eq!(check(&request(&features), &Pins::default()), None);
+        assert!(check(&request(&renamed), &Pins::default()).is_some());
+        // A version named in the request wins over the pin.
+        let mut named = request(&features);
+        named.model_version = Some("1".to_owned());
+        assert_eq!(check(&named, &pins), None);
+    }
+
     #[test]
     fn a_bound_tenant_is_accepted_only_on_its_own_topic() {
         let topics = TenantTopics::new("inference.requests", ["acme"]);
@@ -483,7 +554,7 @@ mod tests {
     #[test]
     fn content_checks_give_typed_reasons() {
         let good = "2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b";
-        let check = |r: &InferenceRequest| check(r, &Tenants::parse("acme"), None);
+        let check = |r: &InferenceRequest| check(r, &Tenants::parse("acme"), None, &Pins::default());
         let mut stranger = request(good, 1.0);
         stranger.tenant = "stranger".to_owned();
         assert_eq!(check(&stranger).map(|c| c.0), Some(DeadLetterReason::UnknownTenant));

@@ -10,8 +10,10 @@
 
 pub mod features;
 pub mod metadata;
+pub mod pins;
 pub mod store;
 
 pub use features::{FeatureError, FeatureVector};
 pub use metadata::{Distribution, FeatureKind, FeatureMeta, ModelMetadata};
+pub use pins::Pins;
 pub use store::{ModelStore, ModelVersion, Refused, RouteError, SharedStore, StoreError};

@@ -66,8 +66,10 @@ pub(crate) struct IngestCommand {
     /// serves none, port 0 any free port.
     #[arg(long, default_value = "127.0.0.1:9402", value_name = "ADDR|off")]
     pub(crate) metrics_listen: MetricsListen,
-    /// Tenant policy: its tenants replace `--tenants`, and tenants with `kafka_principals`
-    /// are read from their own topics (`<input topic>.<tenant>`) and refused elsewhere.
+    /// Tenant policy: its tenants replace `--tenants`, its pins decide the version a request
+    /// is validated against (the one routing will score), and tenants with
+    /// `kafka_principals` are read from their own topics (`<input topic>.<tenant>`) and
+    /// refused elsewhere.
     #[arg(long)]
     pub(crate) policy: Option<PathBuf>,
 }
@@ -401,12 +403,12 @@ pub(crate) async fn run_ingest(
     use streamscore_ingest::{Handoff, RequestDecider, TenantTopics};
     serve_metrics(metrics).await?;
     let tenants = tenants_for(policy.as_deref(), &args.tenants)?;
-    let tenant_topics = match &policy {
+    let (tenant_topics, pins) = match &policy {
         Some(path) => {
             let policy = streamscore_infer::quota::Policy::load(path)?;
-            TenantTopics::new(&args.input_topic, policy.bound_tenants().map(|(t, _)| t))
+            (TenantTopics::new(&args.input_topic, policy.bound_tenants().map(|(t, _)| t)), policy.pins())
         }
-        None => TenantTopics::default(),
+        None => (TenantTopics::default(), streamscore_modelstore::Pins::default()),
     };
     let models = streamscore_modelstore::ModelStore::open(&args.models)
         .with_context(|| format!("loading the model store {}", args.models.display()))?;
@@ -415,6 +417,7 @@ pub(crate) async fn run_ingest(
     let decider = RequestDecider::new(codec, streamscore_contracts::lineage::default_instance())
         .with_tenants(tenants)
         .with_tenant_topics(tenant_topics.clone())
+        .with_pins(pins)
         .with_models(streamscore_modelstore::SharedStore::new(models))
         .with_max_record_bytes(args.max_record_bytes)
         .with_event_time_window(args.event_window());

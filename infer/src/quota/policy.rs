@@ -186,6 +186,22 @@ impl Policy {
     }
 
     /// The policy that applies to `tenant`, if it may call at all.
+    /// The version `tenant` is pinned to for `model`, if any.
+    pub fn pin(&self, tenant: &str, model: &str) -> Option<&str> {
+        self.tenant(tenant).and_then(|p| p.pinned_versions.get(model)).map(String::as_str)
+    }
+
+    /// Every tenant's pins, for ingest to validate against the version routing will score.
+    pub fn pins(&self) -> streamscore_modelstore::Pins {
+        let pins = |p: &TenantPolicy| p.pinned_versions.iter().map(|(m, v)| (m.clone(), v.clone())).collect();
+        let named = self.file.tenants.iter().map(|(t, p)| (t.clone(), pins(p))).collect();
+        let others = match (&self.file.unknown_tenants, &self.file.default) {
+            (UnknownTenants::Default, Some(default)) => pins(default),
+            _ => std::collections::HashMap::new(),
+        };
+        streamscore_modelstore::Pins::new(named).with_other_tenants(others)
+    }
+
     pub fn tenant(&self, tenant: &str) -> Option<&TenantPolicy> {
         self.file.tenants.get(tenant).or(match self.file.unknown_tenants {
             UnknownTenants::Refuse => None,
