@@ -248,7 +248,6 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
 /// Serves the process's metrics on 127.0.0.1:`port` (a free port if that one is taken, said
 /// so), as `streamscore pipeline` does, and says how to watch them.
 async fn serve_metrics(port: u16) -> Result<()> {
-    let handle = streamscore_telemetry::install_recorder();
     let listener = match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
         Ok(listener) => listener,
         Err(e) => {
@@ -256,8 +255,7 @@ async fn serve_metrics(port: u16) -> Result<()> {
             tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.context("binding the metrics endpoint")?
         }
     };
-    let addr = listener.local_addr()?;
-    tokio::spawn(streamscore_telemetry::serve_metrics(handle, listener, std::future::pending()));
+    let addr = streamscore_telemetry::spawn_metrics(listener)?;
     println!(
         "metrics: http://{addr}/metrics (Prometheus: `prometheus --config.file=deploy/prometheus/local.yml`; \
          the Grafana dashboard: deploy/grafana/dashboards/streamscore.json; README \"Deployment\")"

@@ -72,7 +72,6 @@ pub async fn serve_metrics(
 /// process; returns the address bound (port 0 picks a free one). A taken port is an error
 /// that says so: two stages on one host need two ports.
 pub async fn serve_metrics_on(listen: SocketAddr) -> std::io::Result<SocketAddr> {
-    let handle = install_recorder();
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -82,6 +81,13 @@ pub async fn serve_metrics_on(listen: SocketAddr) -> std::io::Result<SocketAddr>
             ),
         )
     })?;
+    spawn_metrics(listener)
+}
+
+/// Installs the recorder and serves it on `listener` in a task of its own for the rest of the
+/// process; returns the address served.
+pub fn spawn_metrics(listener: tokio::net::TcpListener) -> std::io::Result<SocketAddr> {
+    let handle = install_recorder();
     let bound = listener.local_addr()?;
     tracing::info!(listen = %bound, "metrics on http://{bound}/metrics");
     tokio::spawn(serve_metrics(handle, listener, std::future::pending()));
