@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,16 +47,8 @@ struct Stage(Child);
 
 impl Stage {
     fn spawn(args: &[&str]) -> Self {
-        Self(
-            Command::new(env!("CARGO_BIN_EXE_streamscore"))
-                .args(args)
-                .args(["--metrics-listen", "127.0.0.1:0"])
-                .env("STREAMSCORE_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("starting streamscore"),
-        )
+        let (subcommand, rest) = args.split_first().expect("a subcommand");
+        Self(support::streamscore(subcommand).args(rest).spawn().expect("starting streamscore"))
     }
 
     /// SIGTERM, then the time until the process exited cleanly (panics after 20 s).

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,17 +17,13 @@ mod support;
 use support::{StageTopics, TestRegistry};
 
 fn spawn_ingest(registry: &TestRegistry, topics: &StageTopics, group: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_streamscore"))
-        .args(["ingest", "--bootstrap", &support::bootstrap(), "--registry-url", &registry.url])
-        .args(["--metrics-listen", "127.0.0.1:0"])
+    support::streamscore("ingest")
+        .args(["--bootstrap", &support::bootstrap(), "--registry-url", &registry.url])
         .args(["--input-topic", &topics.requests, "--validated-topic", &topics.validated])
         .args(["--dead-letter-topic", &topics.dead_letter, "--group", group])
         .args(["--tenants", "tenant-01,tenant-02,tenant-03,tenant-04"])
         .arg("--models")
         .arg(support::models_dir())
-        .env("STREAMSCORE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("starting streamscore ingest")
 }

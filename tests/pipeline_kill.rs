@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,9 +55,8 @@ fn spawn(
     policy: &std::path::Path,
     checkpoints: &str,
 ) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_streamscore"))
-        .args(["pipeline", "--bootstrap", &support::bootstrap(), "--registry-url", &registry.url])
-        .args(["--metrics-listen", "127.0.0.1:0"])
+    support::streamscore("pipeline")
+        .args(["--bootstrap", &support::bootstrap(), "--registry-url", &registry.url])
         .args(["--input-topic", &topics.requests, "--dead-letter-topic", &topics.dead_letter])
         .args(["--predictions-topic", &topics.predictions, "--group", group])
         .args(["--shadow", "fraud:2", "--quota-checkpoints-topic", checkpoints])
@@ -65,9 +64,6 @@ fn spawn(
         .arg(policy)
         .arg("--models")
         .arg(support::models_dir())
-        .env("STREAMSCORE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
         .spawn()
         .expect("starting streamscore pipeline")
 }

@@ -9,7 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,14 +58,7 @@ struct Pipeline {
 
 impl Pipeline {
     fn spawn(args: &[String]) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_streamscore"))
-            .args(args)
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .env("STREAMSCORE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting streamscore pipeline");
+        let child = support::streamscore("pipeline").args(args).spawn().expect("starting streamscore pipeline");
         Self { child }
     }
 
@@ -161,7 +154,6 @@ async fn two_pipelines_split_the_partitions_and_a_killed_ones_move_with_their_qu
     std::fs::write(&policy, POLICY).unwrap();
     let group = support::unique("scale-out");
     let args: Vec<String> = [
-        "pipeline",
         "--bootstrap",
         &support::bootstrap(),
         "--registry-url",

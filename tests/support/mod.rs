@@ -63,6 +63,19 @@ fn spawn_private_broker() -> String {
     bootstrap
 }
 
+/// `streamscore <subcommand>` as the tests start it: metrics on a free port, warnings only,
+/// stdout dropped, stderr shown; callers add their arguments.
+pub fn streamscore(subcommand: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"));
+    command
+        .arg(subcommand)
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("STREAMSCORE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    command
+}
+
 /// A name no other test uses.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
