@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cudarc::driver::sys::{self, CUdevice_attribute, CUevent_flags};
 use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, PinnedHostSlice, PushKernelArg};
@@ -271,6 +271,7 @@ fn driver_version() -> Option<(i32, i32)> {
 
 impl Device {
     /// Opens device `ordinal` and builds the kernels for it, or says why it cannot.
+    #[allow(unsafe_code)]
     pub fn open(ordinal: usize) -> Result<Arc<Self>, CudaError> {
         if !super::driver_present() {
             return Err(CudaError::NoDriver);
@@ -282,6 +283,16 @@ impl Device {
         }
         let (nvrtc_major, nvrtc_minor) = super::nvrtc_version()?;
         let ctx = CudaContext::new(ordinal).map_err(|e| CudaError::NoDevice { reason: e.to_string() })?;
+        // cudarc's event tracking records an event and makes the stream wait on one for every
+        // buffer a copy or launch touches (a dozen driver calls per chunk) so that buffers
+        // may be shared between streams. Ours are not: a lane's buffers are used only on the
+        // lane's stream, under the lane's lock; the weights are written once on the loading
+        // stream, which is synchronized before any lane reads them, and only read after;
+        // the single-stream helpers below use their own buffers on their own stream; and a
+        // scorer drains its lanes' streams before its buffers are freed (its Drop).
+        // SAFETY: no CudaSlice exists yet on this context, and the rules above are the
+        // conditions `disable_event_tracking` asks for.
+        unsafe { ctx.disable_event_tracking() };
         let name = ctx.name().map_err(CudaError::driver("reading the device name"))?;
         let capability = ctx.compute_capability().map_err(CudaError::driver("reading the compute capability"))?;
         let attribute = |a: CUdevice_attribute| ctx.attribute(a).map_err(CudaError::driver(format!("reading {a:?}")));
@@ -642,13 +653,31 @@ impl Lane {
     /// Waits for the chunk in flight, if any, and copies its scores into `scores`.
     fn finish(&mut self, scores: &mut [f32], outputs: usize, column: usize) -> Result<(), CudaError> {
         let Some((first, rows)) = self.pending.take() else { return Ok(()) };
-        self.done.synchronize().map_err(CudaError::driver("waiting for a chunk"))?;
+        wait(&self.done).map_err(CudaError::driver("waiting for a chunk"))?;
         let host_out = self.host_out.as_slice().map_err(CudaError::driver("reading the output buffer"))?;
         for (r, score) in scores[first..first + rows].iter_mut().enumerate() {
             *score = host_out[r * outputs + column];
         }
         Ok(())
     }
+}
+
+/// How long a host thread polls a chunk's event before it sleeps on it. A sleeping wait
+/// costs a wake-up (tens of microseconds on a virtual machine) on top of the chunk; the
+/// chunks of the batches a pipeline scores finish well within this, so they cost a short
+/// spin instead, and longer ones sleep rather than hold a core.
+pub const SPIN_WAIT: Duration = Duration::from_micros(200);
+
+/// Waits for `event`: polls it for up to [`SPIN_WAIT`], then blocks on it.
+fn wait(event: &CudaEvent) -> Result<(), cudarc::driver::DriverError> {
+    let started = Instant::now();
+    while started.elapsed() < SPIN_WAIT {
+        if event.try_is_complete()? {
+            return Ok(());
+        }
+        std::hint::spin_loop();
+    }
+    event.synchronize()
 }
 
 /// A pair of lanes if it is free (a poisoned one too: the caller drains it).
@@ -830,6 +859,22 @@ impl CudaScorer {
             }
         }
         result.map(|()| scores)
+    }
+}
+
+impl Drop for CudaScorer {
+    /// Drains every lane's stream before the buffers and weights are freed: with event
+    /// tracking off, nothing else stops a chunk a panicking batch left in flight from
+    /// reading freed memory.
+    fn drop(&mut self) {
+        for pair in &self.lanes {
+            let lanes = pair.lock().unwrap_or_else(PoisonError::into_inner);
+            for lane in lanes.iter() {
+                if let Err(e) = lane.stream.synchronize() {
+                    tracing::warn!(model = %self.name, error = %e, "draining a lane before freeing it");
+                }
+            }
+        }
     }
 }
 
