@@ -80,7 +80,15 @@ impl Timeout {
     /// Converts a timeout to Kafka's expected representation.
     pub(crate) fn as_millis(&self) -> i32 {
         match self {
-            Timeout::After(d) => d.as_millis() as i32,
+            // Rounded up, not truncated (streamscore patch): a wait of 0.9 ms used to become a
+            // non-blocking poll, so every loop that polls until a `Deadline` (the producers'
+            // polling threads: `BaseProducer::poll(100 ms)`) spun through the last
+            // millisecond of each period, about 1% of a core per producer even when idle.
+            Timeout::After(d) => {
+                let whole = d.as_millis();
+                let ms = if d.subsec_nanos() % 1_000_000 == 0 { whole } else { whole + 1 };
+                ms.min(i32::MAX as u128) as i32
+            }
             Timeout::Never => -1,
         }
     }
