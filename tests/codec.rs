@@ -130,6 +130,57 @@ async fn compatible_evolution_reads_both_ways_and_incompatible_is_refused() {
     registry.stop().await;
 }
 
+/// `ValidatedRequest` as version 1 of its schema had it, before ingest handed on what it
+/// checked (`tests/fixtures/validated_request_v1.avsc` is that file as it was).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+struct ValidatedRequestV1 {
+    lineage: Lineage,
+    request: InferenceRequest,
+    writer_schema_id: i32,
+}
+
+impl Event for ValidatedRequestV1 {
+    const SCHEMA: SchemaFile = SchemaFile {
+        file: "tests/fixtures/validated_request_v1.avsc",
+        full_name: "io.streamscore.v1.ValidatedRequest",
+        text: include_str!("fixtures/validated_request_v1.avsc"),
+    };
+}
+
+/// Version 2 of `ValidatedRequest` (the checked vector and its version) passes the registry's
+/// BACKWARD check against version 1, reads version-1 events already on `inference.validated`
+/// with both new fields null (infer then checks the features itself), and an infer still on
+/// version 1 reads version-2 events.
+#[tokio::test(flavor = "multi_thread")]
+async fn validated_request_v2_is_backward_compatible_with_v1_data() {
+    let registry = TestRegistry::start().await;
+    let topic = support::unique("validated-evolution");
+    let v1 = Codec::<ValidatedRequestV1>::with_url(&registry.url, &topic);
+    let v2 = Codec::<ValidatedRequest>::with_url(&registry.url, &topic);
+    let id1 = v1.register().await.unwrap();
+    let on_the_topic = v1.encode(&ValidatedRequestV1 {
+        lineage: samples::validated().lineage,
+        request: samples::request(),
+        writer_schema_id: 7,
+    });
+    let id2 = v2.register().await.expect("two optional fields with null defaults pass the BACKWARD check");
+    assert_ne!(id1, id2);
+
+    let old = v2.decode(&on_the_topic.unwrap()).await.expect("version 2 reads version-1 data");
+    assert_eq!(old.schema_id, id1);
+    assert_eq!((old.value.model_version, old.value.feature_vector), (None, None));
+    assert_eq!(old.value.request, samples::request());
+    assert_eq!(old.value.writer_schema_id, 7);
+
+    let new = samples::validated();
+    assert!(new.feature_vector.is_some());
+    let read_by_v1 = v1.decode(&v2.encode(&new).unwrap()).await.expect("version 1 reads version-2 data");
+    assert_eq!(read_by_v1.value.request, new.request);
+    assert_eq!(read_by_v1.value.lineage, new.lineage);
+    registry.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bytes_interoperate_with_schema_registry_converter() {
     let registry = TestRegistry::start().await;

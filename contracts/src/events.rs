@@ -43,6 +43,32 @@ pub struct ValidatedRequest {
     pub lineage: Lineage,
     pub request: InferenceRequest,
     pub writer_schema_id: i32,
+    /// The version ingest validated the features against (request, pin, default). `None`:
+    /// no model store at ingest, or an event written before version 2 of the schema.
+    #[serde(default)]
+    pub model_version: Option<String>,
+    /// The checked input vector of `model_version`, in its feature order. Infer scores it as
+    /// is when it routes the request to that version, and checks the features itself when
+    /// it is `None` or the version differs.
+    #[serde(default)]
+    pub feature_vector: Option<Vec<f32>>,
+}
+
+impl ValidatedRequest {
+    /// A request as ingest hands it on, without a checked vector (no model store).
+    pub fn new(lineage: Lineage, request: InferenceRequest, writer_schema_id: i32) -> Self {
+        Self { lineage, request, writer_schema_id, model_version: None, feature_vector: None }
+    }
+
+    /// The checked vector, if ingest checked the request against `version` and the vector has
+    /// `features` finite values; `None` means: check the features.
+    pub fn vector_for(&self, version: &str, features: usize) -> Option<&[f32]> {
+        let vector = self.feature_vector.as_deref()?;
+        (self.model_version.as_deref() == Some(version)
+            && vector.len() == features
+            && vector.iter().all(|v| v.is_finite()))
+        .then_some(vector)
+    }
 }
 
 /// `io.streamscore.v1.OutcomeStatus`.

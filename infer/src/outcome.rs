@@ -44,9 +44,9 @@ mod tests {
     #[test]
     fn rejection_points_back_to_the_request_offset_with_a_stable_id() {
         let source = SourceOffset::new("inference.requests", 3, 99);
-        let validated = ValidatedRequest {
-            lineage: Lineage::derive(source.clone(), Stage::Ingest, "validated", "i-1", None, None),
-            request: InferenceRequest {
+        let validated = ValidatedRequest::new(
+            Lineage::derive(source.clone(), Stage::Ingest, "validated", "i-1", None, None),
+            InferenceRequest {
                 request_id: "r-1".to_owned(),
                 tenant: "acme".to_owned(),
                 model: "fraud".to_owned(),
@@ -56,8 +56,8 @@ mod tests {
                 reply_to: Some("bridge-1".to_owned()),
                 attributes: HashMap::new(),
             },
-            writer_schema_id: 1,
-        };
+            1,
+        );
         let a = rejected(&validated, "i-2", OutcomeReason::UnknownModelVersion, "no version 9", None);
         let b = rejected(&validated, "i-3", OutcomeReason::UnknownModelVersion, "no version 9", None);
         assert_eq!(a.status, OutcomeStatus::Rejected);

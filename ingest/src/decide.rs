@@ -297,9 +297,12 @@ impl RequestDecider {
         };
         let request = decoded.value;
         let models = self.models.as_ref().map(SharedStore::current);
-        if let Some((reason, detail)) = check(&request, &self.tenants, models.as_deref(), &self.pins) {
-            return self.dead_letter(record, reason, detail, Some(decoded.schema_id), Some(&request));
-        }
+        let checked = match validate(&request, &self.tenants, models.as_deref(), &self.pins) {
+            Ok(checked) => checked,
+            Err((reason, detail)) => {
+                return self.dead_letter(record, reason, detail, Some(decoded.schema_id), Some(&request))
+            }
+        };
         // Event time drives quotas and drift windows: one far-future created_at would freeze a
         // tenant's refill (and be checkpointed) or push a version's drift windows ahead.
         if let Some(detail) = self.window.check(request.created_at, (self.now)()) {
@@ -328,11 +331,14 @@ impl RequestDecider {
             Some(request.request_id.clone()),
             Some(request.tenant.clone()),
         );
-        Decision::Valid(Box::new(ValidatedRequest {
-            lineage,
-            request,
-            writer_schema_id: i32::try_from(decoded.schema_id).unwrap_or(i32::MAX),
-        }))
+        let mut validated =
+            ValidatedRequest::new(lineage, request, i32::try_from(decoded.schema_id).unwrap_or(i32::MAX));
+        // Validated once: infer scores this vector when it routes the request to this version.
+        if let Some(Checked { version, vector }) = checked {
+            validated.model_version = Some(version);
+            validated.feature_vector = Some(vector);
+        }
+        Decision::Valid(Box::new(validated))
     }
 
     fn dead_letter(
@@ -421,22 +427,39 @@ pub fn check(
     models: Option<&ModelStore>,
     pins: &Pins,
 ) -> Option<(DeadLetterReason, String)> {
+    validate(request, tenants, models, pins).err()
+}
+
+/// What a passed check found, with a model store: the version routing will score and the
+/// request's features as that version's input vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checked {
+    pub version: String,
+    pub vector: Vec<f32>,
+}
+
+/// [`check`], keeping what it found: `Ok(None)` without a model store.
+pub fn validate(
+    request: &InferenceRequest,
+    tenants: &Tenants,
+    models: Option<&ModelStore>,
+    pins: &Pins,
+) -> Result<Option<Checked>, (DeadLetterReason, String)> {
     if let Some(problem) = check_content(request) {
-        return Some(problem);
+        return Err(problem);
     }
     if !tenants.knows(&request.tenant) {
-        return Some((DeadLetterReason::UnknownTenant, format!("tenant {:?} is not known", request.tenant)));
+        return Err((DeadLetterReason::UnknownTenant, format!("tenant {:?} is not known", request.tenant)));
     }
-    let models = models?;
+    let Some(models) = models else { return Ok(None) };
     // The version routing will score: the request's, else the tenant's pin, else the default.
     let pin = pins.get(&request.tenant, &request.model);
-    let version = match models.route(&request.model, request.model_version.as_deref(), pin) {
-        Ok(version) => version,
-        Err(e) => return Some((route_reason(&e), e.to_string())),
-    };
+    let version = models
+        .route(&request.model, request.model_version.as_deref(), pin)
+        .map_err(|e| (route_reason(&e), e.to_string()))?;
     match version.check(&request.features) {
-        Ok(_) => None,
-        Err(e) => Some((feature_reason(&e), format!("{} {}: {e}", request.model, version.meta.version))),
+        Ok(vector) => Ok(Some(Checked { version: version.meta.version.clone(), vector })),
+        Err(e) => Err((feature_reason(&e), format!("{} {}: {e}", request.model, version.meta.version))),
     }
 }
 

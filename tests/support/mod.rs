@@ -282,8 +282,10 @@ pub fn validated_from(
     source: streamscore_contracts::lineage::SourceOffset,
 ) -> streamscore_contracts::ValidatedRequest {
     use streamscore_contracts::lineage::{Lineage, Stage};
-    streamscore_contracts::ValidatedRequest {
-        lineage: Lineage::derive(
+    // Without a checked vector, as an ingest older than version 2 of the schema wrote it:
+    // infer checks the features itself.
+    streamscore_contracts::ValidatedRequest::new(
+        Lineage::derive(
             source,
             Stage::Ingest,
             "validated",
@@ -292,8 +294,8 @@ pub fn validated_from(
             Some(request.tenant.clone()),
         ),
         request,
-        writer_schema_id: 1,
-    }
+        1,
+    )
 }
 
 /// A tansu broker of one test's own, on a fixed port and data directory, that the test can

@@ -31,7 +31,10 @@ pub fn request() -> InferenceRequest {
 }
 
 pub fn validated() -> ValidatedRequest {
-    ValidatedRequest { lineage: lineage(Stage::Ingest, "validated"), request: request(), writer_schema_id: 1 }
+    let mut validated = ValidatedRequest::new(lineage(Stage::Ingest, "validated"), request(), 1);
+    validated.model_version = Some("2".to_owned());
+    validated.feature_vector = Some((0..16).map(|i| i as f32 * 1.5 - 3.0).collect());
+    validated
 }
 
 pub fn prediction() -> PredictionOutcome {

@@ -57,6 +57,22 @@ pub(super) fn start_batcher(
     });
 }
 
+/// Appends a request's input row for `version` to `input`: the vector ingest checked, when it
+/// checked it against this version (validated once); else the features checked here, as
+/// for an event an ingest older than version 2 of `ValidatedRequest` wrote, or one routed to
+/// another version than ingest expected (a pin changed in between).
+pub(super) fn append_row(
+    input: &mut Vec<f32>,
+    validated: &ValidatedRequest,
+    version: &ModelVersion,
+) -> Result<(), streamscore_modelstore::FeatureError> {
+    match validated.vector_for(&version.meta.version, version.meta.features.len()) {
+        Some(vector) => input.extend_from_slice(vector),
+        None => input.extend_from_slice(&version.check(&validated.request.features)?),
+    }
+    Ok(())
+}
+
 /// The exact features the model saw, by name.
 pub(super) fn seen_features(version: &ModelVersion, row: &[f32]) -> HashMap<String, f64> {
     version.meta.features.iter().zip(row).map(|(f, v)| (f.name.clone(), f64::from(*v))).collect()
@@ -73,12 +89,9 @@ pub(super) async fn score_batch(
     let mut input = Vec::with_capacity(batch.len() * features);
     let mut rows: Vec<Result<std::ops::Range<usize>, String>> = Vec::with_capacity(batch.len());
     for item in &batch {
-        match loaded.version.check(&item.validated.request.features) {
-            Ok(vector) => {
-                let start = input.len();
-                input.extend_from_slice(&vector);
-                rows.push(Ok(start..input.len()));
-            }
+        let start = input.len();
+        match append_row(&mut input, &item.validated, &loaded.version) {
+            Ok(()) => rows.push(Ok(start..input.len())),
             Err(e) => rows.push(Err(e.to_string())),
         }
     }
@@ -300,4 +313,71 @@ pub(super) async fn reject(
     }
     shared.committer.add(vec![event], ack).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use streamscore_contracts::{InferenceRequest, Lineage, SourceOffset, Stage, ValidatedRequest};
+    use streamscore_modelstore::ModelStore;
+
+    use super::append_row;
+
+    fn store() -> ModelStore {
+        ModelStore::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")).expect("the shipped models load")
+    }
+
+    /// A validated request whose feature map is in range for fraud/1 and fraud/2.
+    fn validated(store: &ModelStore) -> ValidatedRequest {
+        let version = store.route("fraud", Some("1"), None).expect("fraud/1");
+        let features: HashMap<String, f64> =
+            version.meta.features.iter().map(|f| (f.name.clone(), f.min.max(0.0).min(f.max))).collect();
+        let request = InferenceRequest {
+            request_id: "r-1".to_owned(),
+            tenant: "acme".to_owned(),
+            model: "fraud".to_owned(),
+            model_version: None,
+            features,
+            created_at: 1,
+            reply_to: None,
+            attributes: HashMap::new(),
+        };
+        let source = SourceOffset::new("inference.requests", 0, 1);
+        ValidatedRequest::new(Lineage::derive(source, Stage::Ingest, "validated", "t", None, None), request, 1)
+    }
+
+    #[test]
+    fn the_vector_ingest_checked_is_scored_as_is_for_its_version_only() {
+        let store = store();
+        let (v1, v2) = (store.route("fraud", Some("1"), None).unwrap(), store.route("fraud", Some("2"), None).unwrap());
+        let mut validated = validated(&store);
+        let from_map = v1.check(&validated.request.features).expect("the map is valid");
+        // A carried vector that differs from the map shows which one was used.
+        let carried: Vec<f32> = from_map.iter().map(|v| v + 0.25).collect();
+        validated.model_version = Some("1".to_owned());
+        validated.feature_vector = Some(carried.clone());
+
+        let mut input = Vec::new();
+        append_row(&mut input, &validated, &v1).unwrap();
+        assert_eq!(input, carried, "checked by ingest for this version: not checked again");
+
+        // Routed to another version than ingest checked: the features are checked here.
+        let mut input = Vec::new();
+        append_row(&mut input, &validated, &v2).unwrap();
+        assert_eq!(input, v2.check(&validated.request.features).unwrap());
+
+        // No vector (an older ingest), a vector of the wrong length, or a non-finite value.
+        for vector in [None, Some(carried[1..].to_vec()), Some(vec![f32::NAN; carried.len()])] {
+            validated.feature_vector = vector;
+            let mut input = Vec::new();
+            append_row(&mut input, &validated, &v1).unwrap();
+            assert_eq!(input, from_map);
+        }
+
+        // Checked here, an invalid map is an error, as before.
+        validated.feature_vector = None;
+        validated.request.features.clear();
+        assert!(append_row(&mut Vec::new(), &validated, &v1).is_err());
+    }
 }
