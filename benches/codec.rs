@@ -39,6 +39,14 @@ fn codec(c: &mut Criterion) {
             predictions.encode_into(black_box(&prediction), &mut out).expect("encode");
         })
     });
+    group.bench_function("encode prediction (direct encoder, features from a row)", |b| {
+        let names: Vec<String> = prediction.features.keys().cloned().collect();
+        let row: Vec<f32> = names.iter().map(|n| prediction.features[n] as f32).collect();
+        b.iter(|| {
+            let features = names.iter().map(String::as_str).zip(row.iter().map(|v| f64::from(*v)));
+            predictions.encode_outcome(black_box(&prediction), features).expect("encode")
+        })
+    });
     group.bench_function("decode prediction", |b| {
         b.iter(|| predictions.decode_cached(black_box(&prediction_bytes)).expect("decode"))
     });

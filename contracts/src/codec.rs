@@ -8,6 +8,7 @@
 //! deserialized straight from the bytes, without an intermediate `Value`.
 
 mod error;
+pub mod outcome;
 mod wire;
 
 use std::collections::HashMap;
@@ -387,6 +388,23 @@ impl<T: Event> Codec<T> {
             return Err(DecodeError::TrailingBytes { id, extra: rest.len() });
         }
         Ok(Decoded { value, schema_id: id })
+    }
+}
+
+impl Codec<crate::events::PredictionOutcome> {
+    /// [`Codec::encode`] through the direct encoder of [`outcome`], with the `features` field
+    /// written from `features` instead of the outcome's map: infer passes the model's input
+    /// row and the version's feature names, and builds no map.
+    pub fn encode_outcome<'a>(
+        &self,
+        value: &crate::events::PredictionOutcome,
+        features: impl ExactSizeIterator<Item = (&'a str, f64)>,
+    ) -> Result<Vec<u8>, EncodeError> {
+        let schema_id = self.schema_id().ok_or_else(|| EncodeError::NotRegistered { subject: self.subject.clone() })?;
+        let mut out = Vec::with_capacity(384);
+        WireHeader { schema_id }.write(&mut out);
+        outcome::write_outcome(&mut out, value, features);
+        Ok(out)
     }
 }
 

@@ -73,11 +73,6 @@ pub(super) fn append_row(
     Ok(())
 }
 
-/// The exact features the model saw, by name.
-pub(super) fn seen_features(version: &ModelVersion, row: &[f32]) -> HashMap<String, f64> {
-    version.meta.features.iter().zip(row).map(|(f, v)| (f.name.clone(), f64::from(*v))).collect()
-}
-
 pub(super) async fn score_batch(
     shared: &Shared,
     loaded: &Loaded,
@@ -121,38 +116,38 @@ pub(super) async fn score_batch(
     for (item, row) in batch.into_iter().zip(&rows) {
         let queue_wait_us = micros(started.duration_since(item.enqueued));
         queue_wait.record(queue_wait_us as f64 / 1e6);
-        let outcome = match row {
+        let (outcome, seen) = match row {
             Ok(range) => {
                 let i = row_index;
                 row_index += 1;
-                let seen = seen_features(&loaded.version, &input[range.clone()]);
-                // The primary outcome takes the map; a shadow gets its own copy.
-                let shadow_seen = shadow_scores.as_ref().map(|_| seen.clone());
-                let mut outcome = outcome_for(shared, loaded, &item, "prediction", false, seen);
+                // The exact features the model saw: written from the row by the encoder, for
+                // the prediction and its shadow alike (no map per request).
+                let seen = Some((&*loaded.version, &input[range.clone()]));
+                let mut outcome = outcome_for(shared, loaded, &item, "prediction", false);
                 outcome.batch_size = i32::try_from(rows.len()).unwrap_or(i32::MAX);
                 outcome.queue_wait_us = queue_wait_us;
                 outcome.inference_us = inference_us;
                 fill_score(&mut outcome, &loaded.version, primary.as_ref().map(|s| s[i]));
-                if let (Some((s, scores)), Some(seen), Some(kind)) = (&shadow_scores, shadow_seen, &shadow_kind) {
-                    let mut shadow_outcome = outcome_for(shared, s, &item, kind, true, seen);
+                if let (Some((s, scores)), Some(kind)) = (&shadow_scores, &shadow_kind) {
+                    let mut shadow_outcome = outcome_for(shared, s, &item, kind, true);
                     shadow_outcome.batch_size = outcome.batch_size;
                     shadow_outcome.queue_wait_us = queue_wait_us;
                     fill_score(&mut shadow_outcome, &s.version, scores.as_ref().map(|s| s[i]));
                     shared.stats.shadow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    events.push(send(shared, &shadow_outcome, &item.ack).await?);
+                    events.push(send(shared, &shadow_outcome, seen, &item.ack).await?);
                 }
-                outcome
+                (outcome, seen)
             }
             Err(detail) => {
-                let mut outcome = outcome_for(shared, loaded, &item, "prediction", false, HashMap::new());
+                let mut outcome = outcome_for(shared, loaded, &item, "prediction", false);
                 outcome.status = OutcomeStatus::Rejected;
                 outcome.reason = Some(OutcomeReason::FeaturesInvalid.code().to_owned());
                 outcome.detail = Some(detail.clone());
-                outcome
+                (outcome, None)
             }
         };
         counts.add(outcome.status);
-        events.push(send(shared, &outcome, &item.ack).await?);
+        events.push(send(shared, &outcome, seen, &item.ack).await?);
         // The request has its answer (written; acknowledged by the broker shortly).
         if quotas {
             let _ = shared.released.send(item.validated.request.tenant);
@@ -202,7 +197,6 @@ pub(super) fn outcome_for(
     item: &Item,
     kind: &str,
     shadow: bool,
-    features: HashMap<String, f64>,
 ) -> PredictionOutcome {
     let request = &item.validated.request;
     let version = &loaded.version;
@@ -219,7 +213,6 @@ pub(super) fn outcome_for(
     outcome.model_version = Some(version.meta.version.clone());
     outcome.model_sha256 = Some(version.meta.sha256.clone());
     outcome.backend = Some(loaded.scorer.backend().to_owned());
-    outcome.features = features;
     outcome
 }
 
@@ -293,12 +286,21 @@ pub(super) fn count_rejection(shared: &Shared, outcome: &PredictionOutcome, reas
 
 /// Enqueues an outcome of the request `ack` belongs to; returns its event id and the hash its
 /// commitment carries.
+/// Writes an outcome; `seen`: the version and input row whose features it reports, written
+/// straight from the row (else the outcome's own map).
 pub(super) async fn send(
     shared: &Shared,
     outcome: &PredictionOutcome,
+    seen: Option<(&ModelVersion, &[f32])>,
     ack: &Ack,
 ) -> Result<(String, String), InferError> {
-    let bytes = shared.codec.encode(outcome)?;
+    let bytes = match seen {
+        Some((version, row)) => shared.codec.encode_outcome(
+            outcome,
+            version.meta.features.iter().map(|f| f.name.as_str()).zip(row.iter().map(|v| f64::from(*v))),
+        )?,
+        None => shared.codec.encode_outcome(outcome, outcome.features.iter().map(|(k, v)| (k.as_str(), *v)))?,
+    };
     let key = outcome.lineage.tenant.as_deref().unwrap_or_default();
     shared.sink.send(&shared.config.predictions_topic, key.as_bytes(), &bytes, ack).await?;
     Ok((outcome.lineage.event_id.clone(), shared.audit_key.event_hash(&bytes)))
@@ -317,7 +319,7 @@ pub(super) async fn reject(
 ) -> Result<(), InferError> {
     let outcome = crate::outcome::rejected(&validated, &shared.config.instance, reason, detail, retry_after_ms);
     count_rejection(shared, &outcome, reason);
-    let event = send(shared, &outcome, &ack).await?;
+    let event = send(shared, &outcome, None, &ack).await?;
     if admitted {
         let _ = shared.released.send(validated.request.tenant);
     }
