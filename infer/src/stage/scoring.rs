@@ -362,7 +362,10 @@ mod tests {
     #[test]
     fn the_vector_ingest_checked_is_scored_as_is_for_its_version_only() {
         let store = store();
-        let (v1, v2) = (store.route("fraud", Some("1"), None).unwrap(), store.route("fraud", Some("2"), None).unwrap());
+        let (v1, v2) = (
+            store.route("fraud", Some("1"), None).expect("fraud/1"),
+            store.route("fraud", Some("2"), None).expect("fraud/2"),
+        );
         let mut validated = validated(&store);
         let from_map = v1.check(&validated.request.features).expect("the map is valid");
         // A carried vector that differs from the map shows which one was used.
@@ -371,19 +374,19 @@ mod tests {
         validated.feature_vector = Some(carried.clone());
 
         let mut input = Vec::new();
-        append_row(&mut input, &validated, &v1).unwrap();
+        append_row(&mut input, &validated, &v1).expect("a valid row");
         assert_eq!(input, carried, "checked by ingest for this version: not checked again");
 
         // Routed to another version than ingest checked: the features are checked here.
         let mut input = Vec::new();
-        append_row(&mut input, &validated, &v2).unwrap();
-        assert_eq!(input, v2.check(&validated.request.features).unwrap());
+        append_row(&mut input, &validated, &v2).expect("a valid row");
+        assert_eq!(input, v2.check(&validated.request.features).expect("valid for fraud/2"));
 
         // No vector (an older ingest), a vector of the wrong length, or a non-finite value.
         for vector in [None, Some(carried[1..].to_vec()), Some(vec![f32::NAN; carried.len()])] {
             validated.feature_vector = vector;
             let mut input = Vec::new();
-            append_row(&mut input, &validated, &v1).unwrap();
+            append_row(&mut input, &validated, &v1).expect("a valid row");
             assert_eq!(input, from_map);
         }
 
