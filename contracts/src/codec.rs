@@ -9,6 +9,7 @@
 
 mod error;
 pub mod outcome;
+pub mod request;
 mod wire;
 
 use std::collections::HashMap;
@@ -369,7 +370,13 @@ impl<T: Event> Codec<T> {
         let mut rest = body;
         let body_error = |e: apache_avro::Error| DecodeError::Body { id, reason: e.to_string() };
         let value = match writer {
-            Writer::Same(reader) => reader.read_deser::<T>(&mut rest).map_err(body_error)?,
+            Writer::Same(reader) => match T::read_direct(body) {
+                Some(value) => {
+                    rest = &[];
+                    value
+                }
+                None => reader.read_deser::<T>(&mut rest).map_err(body_error)?,
+            },
             Writer::Resolving(reader) => {
                 let value = reader.read_value(&mut rest).map_err(body_error)?;
                 apache_avro::from_value::<T>(&value).map_err(body_error)?

@@ -16,6 +16,13 @@ use crate::schemas::{self, SchemaFile};
 pub trait Event: Serialize + DeserializeOwned + AvroSchema + Send + Sync + 'static {
     /// The schema file this type matches.
     const SCHEMA: SchemaFile;
+
+    /// Reads a whole record written with this type's own schema without apache-avro, for a
+    /// type on a hot path; `None` (the default): the codec reads it through apache-avro, which
+    /// also gives any error.
+    fn read_direct(_body: &[u8]) -> Option<Self> {
+        None
+    }
 }
 
 /// `io.streamscore.v1.InferenceRequest`: a scoring request, the source of truth.
@@ -358,6 +365,10 @@ pub struct DriftAlert {
 
 impl Event for InferenceRequest {
     const SCHEMA: SchemaFile = schemas::INFERENCE_REQUEST;
+
+    fn read_direct(body: &[u8]) -> Option<Self> {
+        crate::codec::request::read_request(body)
+    }
 }
 impl Event for ValidatedRequest {
     const SCHEMA: SchemaFile = schemas::VALIDATED_REQUEST;
