@@ -24,6 +24,7 @@ use uuid::Uuid;
 pub use verify::{verify, ChainHead, Position, Problem, ProblemKind, Report, SeenEntry, SeenEvent, Window};
 
 use crate::events::AuditRecord;
+use crate::hex;
 use crate::lineage::{now_micros, Lineage, EVENT_ID_NAMESPACE};
 
 /// `prev_hash` of a chain's first entry.
@@ -110,14 +111,6 @@ impl AuditKey {
         mac.update(record_value);
         hex(&mac.finalize().into_bytes()[..16])
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-        let _ = write!(out, "{b:02x}");
-        out
-    })
 }
 
 /// Where a chain ended, kept outside Kafka (see `STREAMSCORE_AUDIT_HEAD_DIR`) and named by the
