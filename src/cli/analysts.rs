@@ -129,9 +129,8 @@ pub(crate) struct ReplayCommand {
     /// Known tenants without a policy, as the pipeline's `--tenants`.
     #[arg(long, env = "STREAMSCORE_TENANTS", default_value = DEFAULT_TENANTS)]
     pub(crate) tenants: String,
-    /// Model store directory.
-    #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
-    pub(crate) models: PathBuf,
+    #[command(flatten)]
+    pub(crate) store: ModelStoreArgs,
     #[arg(long, default_value = streamscore_contracts::topics::REQUESTS)]
     pub(crate) requests_topic: String,
     #[command(flatten)]
@@ -157,7 +156,7 @@ impl ReplayCommand {
             policy,
             no_policy,
             tenants,
-            models,
+            store,
             requests_topic,
             logs,
             json,
@@ -177,7 +176,7 @@ impl ReplayCommand {
             requests_topic,
             predictions_topic: logs.predictions_topic,
             dead_letter_topic: logs.dead_letter_topic,
-            models,
+            models: store.dir,
             policy: (!no_policy).then_some(policy),
             tenants: streamscore_ingest::Tenants::parse(&tenants),
             from: from.as_deref().map(Bound::parse).transpose()?,

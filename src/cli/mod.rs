@@ -122,6 +122,22 @@ pub(crate) struct LogTopics {
     pub(crate) audit_topic: String,
 }
 
+/// `--models`: the model store, for every command that loads it.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ModelStoreArgs {
+    /// Model store directory: the models, their metadata and reference distributions.
+    #[arg(long = "models", env = "STREAMSCORE_MODELS", default_value = "models", value_name = "DIR")]
+    pub(crate) dir: PathBuf,
+}
+
+impl ModelStoreArgs {
+    /// Loads the store, naming the directory in the error.
+    pub(crate) fn open(&self) -> Result<streamscore_modelstore::ModelStore> {
+        streamscore_modelstore::ModelStore::open(&self.dir)
+            .with_context(|| format!("loading the model store {}", self.dir.display()))
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct IngestArgs {
     /// Topic requests are read from.
@@ -133,9 +149,8 @@ pub(crate) struct IngestArgs {
     /// Consumer group.
     #[arg(long, default_value = "streamscore-ingest")]
     pub(crate) group: String,
-    /// Model store directory.
-    #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
-    pub(crate) models: PathBuf,
+    #[command(flatten)]
+    pub(crate) store: ModelStoreArgs,
     /// Known tenants, comma-separated, or `*` for any.
     #[arg(long, env = "STREAMSCORE_TENANTS", default_value = DEFAULT_TENANTS)]
     pub(crate) tenants: String,

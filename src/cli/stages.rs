@@ -31,7 +31,7 @@ impl PipelineCommand {
         let config = streamscore::pipeline::PipelineConfig {
             ingest: ingest_config,
             infer: infer.config(&endpoints)?,
-            models: ingest.models.clone(),
+            models: ingest.store.dir.clone(),
             tenants: tenants_for(infer.policy.as_deref(), &ingest.tenants)?,
             max_record_bytes: ingest.max_record_bytes,
             channel_capacity: 10_000,
@@ -96,9 +96,8 @@ pub(crate) struct InferCommand {
     /// Consumer group.
     #[arg(long, default_value = "streamscore-infer")]
     pub(crate) group: String,
-    /// Model store directory.
-    #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
-    pub(crate) models: PathBuf,
+    #[command(flatten)]
+    pub(crate) store: ModelStoreArgs,
     /// Where records of the validated topic that can never be read go.
     #[arg(long, default_value = streamscore_contracts::topics::DEAD_LETTER)]
     pub(crate) dead_letter_topic: String,
@@ -110,13 +109,10 @@ pub(crate) struct InferCommand {
 
 impl InferCommand {
     pub(crate) async fn run(self) -> Result<()> {
-        let Self { endpoints, infer, validated_topic, group, models, dead_letter_topic, metrics_listen } = self;
+        let Self { endpoints, infer, validated_topic, group, store, dead_letter_topic, metrics_listen } = self;
         serve_metrics(metrics_listen).await?;
         let config = infer.config(&endpoints)?;
-        let store = streamscore_modelstore::SharedStore::new(
-            streamscore_modelstore::ModelStore::open(&models)
-                .with_context(|| format!("loading {}", models.display()))?,
-        );
+        let store = streamscore_modelstore::SharedStore::new(store.open()?);
         let kafka = KafkaConfig::new(&endpoints.bootstrap);
         let input = streamscore_infer::source::ValidatedInput {
             topic: validated_topic,
@@ -155,9 +151,8 @@ impl InferCommand {
 pub(crate) struct MonitorCommand {
     #[command(flatten)]
     pub(crate) endpoints: Endpoints,
-    /// Model store directory (reference distributions).
-    #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
-    pub(crate) models: PathBuf,
+    #[command(flatten)]
+    pub(crate) store: ModelStoreArgs,
     /// Topic predictions are read from.
     #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
     pub(crate) predictions_topic: String,
@@ -206,7 +201,7 @@ impl MonitorCommand {
     pub(crate) async fn run(self) -> Result<()> {
         let Self {
             endpoints,
-            models,
+            store,
             predictions_topic,
             dead_letter_topic,
             alerts_topic,
@@ -222,8 +217,7 @@ impl MonitorCommand {
             metrics_listen,
         } = self;
         serve_metrics(metrics_listen).await?;
-        let store = streamscore_modelstore::ModelStore::open(&models)
-            .with_context(|| format!("loading {}", models.display()))?;
+        let store = store.open()?;
         let mut config = streamscore_monitor::stage::MonitorConfig::new(
             KafkaConfig::new(&endpoints.bootstrap),
             &endpoints.registry_url,
@@ -279,9 +273,8 @@ pub(crate) struct BridgeCommand {
     /// Tenant policy file: API keys (api_key_sha256), allowed models, pins, quotas.
     #[arg(long, default_value = "policies/tenants.toml")]
     pub(crate) policy: PathBuf,
-    /// Model store directory.
-    #[arg(long, env = "STREAMSCORE_MODELS", default_value = "models")]
-    pub(crate) models: PathBuf,
+    #[command(flatten)]
+    pub(crate) store: ModelStoreArgs,
     /// Topic requests are published to.
     #[arg(long, default_value = streamscore_contracts::topics::REQUESTS)]
     pub(crate) requests_topic: String,
@@ -308,7 +301,7 @@ impl BridgeCommand {
             endpoints,
             listen,
             policy,
-            models,
+            store,
             requests_topic,
             predictions_topic,
             deadline_ms,
@@ -319,7 +312,7 @@ impl BridgeCommand {
         let mut config = streamscore_bridge::BridgeConfig::new(
             KafkaConfig::new(&endpoints.bootstrap),
             &endpoints.registry_url,
-            models,
+            store.dir,
             policy,
         );
         config.requests_topic = requests_topic;
@@ -410,8 +403,7 @@ pub(crate) async fn run_ingest(
         }
         None => (TenantTopics::default(), streamscore_modelstore::Pins::default()),
     };
-    let models = streamscore_modelstore::ModelStore::open(&args.models)
-        .with_context(|| format!("loading the model store {}", args.models.display()))?;
+    let models = args.store.open()?;
     let kafka = KafkaConfig::new(&endpoints.bootstrap);
     let codec = Arc::new(Codec::<InferenceRequest>::with_url(&endpoints.registry_url, &args.input_topic));
     let decider = RequestDecider::new(codec, streamscore_contracts::lineage::default_instance())
