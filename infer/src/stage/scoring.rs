@@ -91,14 +91,16 @@ pub(super) async fn score_batch(
         }
     }
     let n = input.len() / features.max(1);
+    // One copy of the batch's rows, shared by the primary, the shadow and the outcomes.
+    let input: Arc<[f32]> = input.into();
     let panicked = |version: &ModelVersion| {
         let what = format!("the scorer of {}", version.key());
         move |message| InferError::Panicked { what, message }
     };
-    let primary = score(Arc::clone(&loaded.scorer), input.clone(), n).await.map_err(panicked(&loaded.version))?;
+    let primary = score(Arc::clone(&loaded.scorer), Arc::clone(&input), n).await.map_err(panicked(&loaded.version))?;
     let inference_us = micros(started.elapsed());
     let shadow_scores = match shadow {
-        Some(s) => Some((s, score(Arc::clone(&s.scorer), input.clone(), n).await.map_err(panicked(&s.version))?)),
+        Some(s) => Some((s, score(Arc::clone(&s.scorer), Arc::clone(&input), n).await.map_err(panicked(&s.version))?)),
         None => None,
     };
     metrics::histogram!("streamscore_infer_batch_size").record(batch.len() as f64);
@@ -170,7 +172,7 @@ pub(super) const INLINE_ROWS: usize = 256;
 /// `Err(message)`: the scorer panicked.
 pub(super) async fn score(
     scorer: Arc<dyn Scorer>,
-    input: Vec<f32>,
+    input: Arc<[f32]>,
     rows: usize,
 ) -> Result<Result<Vec<f32>, BackendError>, String> {
     if rows == 0 {
