@@ -338,7 +338,7 @@ impl<T: Event> Codec<T> {
     }
 
     fn writer_kept_in(&self, text: &str, keep: impl FnOnce(Schema) -> Result<&'static Schema, Box<Schema>>) -> Writer {
-        let schema = match Schema::parse_str(text) {
+        let schema = match crate::schemas::parse_text(text) {
             Ok(schema) => schema,
             Err(e) => return Writer::Incompatible(format!("registry schema does not parse: {e}")),
         };

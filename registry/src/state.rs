@@ -136,7 +136,7 @@ pub struct SubjectVersion {
 /// schema with its text as compact JSON.
 pub fn parse_schema(text: &str) -> Result<(Schema, String), ApiError> {
     let json: serde_json::Value = serde_json::from_str(text).map_err(ApiError::invalid_schema)?;
-    let schema = Schema::parse(&json).map_err(ApiError::invalid_schema)?;
+    let schema = streamscore_contracts::schemas::parse_json(&json).map_err(ApiError::invalid_schema)?;
     Ok((schema, json.to_string()))
 }
 
