@@ -1,6 +1,6 @@
 //! What the audit log costs the pipeline per event: the HMAC of an output's bytes, and its
 //! share of the batch's commitment entry (the `event_id:hash` list and the entry's own HMAC),
-//! for batches of 64 and 256 events. And `verify` itself over 100,000 events in memory.
+//! for batches of 64 and 256 events; an event's lineage (its UUIDv5 id). And `verify` itself over 100,000 events in memory.
 //!
 //! Run: `cargo bench --bench audit`. Target: the commitment ≤ 1 µs per event; verify ≥ 100k
 //! events/s (the whole command, reading the broker, is in `pipeline_load`'s drain).
@@ -9,6 +9,7 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use streamscore_contracts::audit::{
     commitment_details, kinds, verify, AuditChain, AuditKey, Position, SeenEntry, SeenEvent, Window,
 };
+use streamscore_contracts::lineage::Stage;
 use streamscore_contracts::{topics, Codec, PredictionOutcome};
 
 #[path = "../tests/support/samples.rs"]
@@ -22,6 +23,26 @@ fn audit(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function(format!("event hash (a {}-byte prediction)", bytes.len()), |b| {
         b.iter(|| key.event_hash(black_box(&bytes)))
+    });
+    let source = streamscore_contracts::SourceOffset::new("inference.requests", 7, 1_234_567);
+    group.bench_function("lineage derive (event id, SHA-NI where the CPU has it)", |b| {
+        b.iter(|| {
+            streamscore_contracts::Lineage::derive(
+                black_box(source.clone()),
+                Stage::Infer,
+                "prediction",
+                "host:1",
+                None,
+                None,
+            )
+        })
+    });
+    group.bench_function("event id through uuid's portable SHA-1 and format!, for comparison", |b| {
+        b.iter(|| {
+            let s = black_box(&source);
+            let name = format!("{}/{}/{}/{}/{}", s.topic, s.partition, s.offset, Stage::Infer, "prediction");
+            uuid::Uuid::new_v5(&streamscore_contracts::lineage::EVENT_ID_NAMESPACE, name.as_bytes()).to_string()
+        })
     });
     for batch in [64_usize, 256] {
         let events: Vec<(String, String)> =
