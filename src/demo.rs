@@ -12,7 +12,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use streamscore_contracts::lineage::default_instance;
-use streamscore_contracts::{now_micros, schemas, topics, Codec, InferenceRequest};
+use streamscore_contracts::{now_micros, schemas, topics, Codec, Features, InferenceRequest};
 use streamscore_ingest::{Decision, RawRecord, RequestDecider};
 use streamscore_kafka::KafkaConfig;
 
@@ -43,7 +43,7 @@ pub fn sample_request(i: u64, tenant: &str) -> InferenceRequest {
         tenant: tenant.to_owned(),
         model: "fraud".to_owned(),
         model_version: (i % 3 == 0).then(|| "2".to_owned()),
-        features: HashMap::from([
+        features: Features::from_iter([
             ("amount".to_owned(), 12.5 + 37.0 * (x % 7.0)),
             ("merchant_category".to_owned(), (i % 12) as f64),
             ("hour_of_day".to_owned(), (i % 24) as f64),

@@ -293,7 +293,7 @@ async fn start_bridge(
     let task = tokio::spawn(streamscore_bridge::serve(config, listener, Some(metrics), async {
         let _ = stopped.await;
     }));
-    let features = streamscore_synth::Generator::new(7).next(0).by_name();
+    let features: streamscore_contracts::Features = streamscore_synth::Generator::new(7).next(0).by_name();
     let example = serde_json::json!({ "features": features });
     println!("bridge: http://{addr} (Open Inference Protocol v2 on /v2, streamscore JSON on /v1; API key of tenant-01 in policies/tenants.toml)");
     println!("  curl -s -H 'Authorization: Bearer acme-demo-key' -d '{example}' http://{addr}/v1/models/fraud/predict");

@@ -59,7 +59,8 @@ struct InferenceRequestV2 {
     tenant: String,
     model: String,
     model_version: Option<String>,
-    features: HashMap<String, f64>,
+    #[avro(with = streamscore_contracts::events::features_schema)]
+    features: streamscore_contracts::Features,
     #[avro(with = streamscore_contracts::lineage::timestamp_micros)]
     created_at: i64,
     reply_to: Option<String>,

@@ -308,7 +308,7 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
     eprintln!("prometheus: 4 targets up after {:.1} s", started.elapsed().as_secs_f64());
 
     // A synchronous caller through the bridge.
-    let features = streamscore_synth::Generator::new(7).next(0).by_name();
+    let features: streamscore_contracts::Features = streamscore_synth::Generator::new(7).next(0).by_name();
     let answer = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{bridge_port}/v1/models/fraud/predict"))
         .bearer_auth("acme-demo-key")

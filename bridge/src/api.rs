@@ -15,7 +15,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use streamscore_contracts::{DeadLetterReason, InferenceRequest, OutcomeStatus, PredictionOutcome};
+use streamscore_contracts::{DeadLetterReason, Features, InferenceRequest, OutcomeStatus, PredictionOutcome};
 use streamscore_modelstore::{ModelVersion, RouteError};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::Filter;
@@ -513,7 +513,7 @@ impl Bridge {
         tenant: &str,
         model: &str,
         version: Option<&str>,
-        rows: Vec<HashMap<String, f64>>,
+        rows: Vec<Features>,
         client_id: Option<&str>,
     ) -> Result<Scored, ApiError> {
         let started = Instant::now();
@@ -695,7 +695,7 @@ fn prediction_json(id: &str, outcome: &PredictionOutcome) -> Value {
 
 /// Parses an Open Inference Protocol v2 inference body into its rows (feature name to value)
 /// for a model taking the features `names`. Every bad body is a 400 or 415 [`ApiError`].
-pub fn parse_oip(body: &[u8], names: &[&str]) -> Result<(OipRequest, Vec<HashMap<String, f64>>), ApiError> {
+pub fn parse_oip(body: &[u8], names: &[&str]) -> Result<(OipRequest, Vec<Features>), ApiError> {
     let request: OipRequest = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not an inference request: {e}")))?;
     let rows = request.rows(names)?;
@@ -710,7 +710,7 @@ pub fn parse_predict(body: &[u8]) -> Result<PredictRequest, ApiError> {
 
 impl PredictRequest {
     /// The call's rows: `features` (one) or `instances` (1 to [`MAX_ROWS`]).
-    pub fn take_rows(&mut self) -> Result<Vec<HashMap<String, f64>>, ApiError> {
+    pub fn take_rows(&mut self) -> Result<Vec<Features>, ApiError> {
         match (self.features.take(), self.instances.take()) {
             (Some(features), None) => Ok(vec![features]),
             (None, Some(instances)) if (1..=MAX_ROWS).contains(&instances.len()) => Ok(instances),
@@ -728,10 +728,10 @@ impl PredictRequest {
 pub struct PredictRequest {
     /// One row: feature name to value.
     #[serde(default)]
-    features: Option<HashMap<String, f64>>,
+    features: Option<Features>,
     /// A batch of rows.
     #[serde(default)]
-    instances: Option<Vec<HashMap<String, f64>>>,
+    instances: Option<Vec<Features>>,
     /// A version; else the tenant's pin, else the default.
     #[serde(default)]
     pub version: Option<String>,
@@ -761,7 +761,7 @@ struct OipTensor {
 
 impl OipRequest {
     /// The rows of the `features` tensor, each a map from feature name to value.
-    fn rows(&self, names: &[&str]) -> Result<Vec<HashMap<String, f64>>, ApiError> {
+    fn rows(&self, names: &[&str]) -> Result<Vec<Features>, ApiError> {
         let [tensor] = self.inputs.as_slice() else {
             return Err(ApiError::bad_request(format!(
                 "expected one input tensor named features, got {}",

@@ -187,8 +187,6 @@ pub async fn serve(
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::HashMap;
-
     use streamscore_contracts::{Lineage, OutcomeStatus, PredictionOutcome, SourceOffset, Stage};
 
     pub fn outcome(tenant: &str, id: &str) -> PredictionOutcome {
@@ -212,7 +210,7 @@ pub(crate) mod tests {
             reason: None,
             detail: None,
             retry_after_ms: None,
-            features: HashMap::new(),
+            features: streamscore_contracts::Features::default(),
             batch_size: 1,
             queue_wait_us: 0,
             inference_us: 0,

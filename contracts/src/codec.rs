@@ -466,7 +466,7 @@ mod kept_schemas_tests {
             tenant: "acme".into(),
             model: "fraud".into(),
             model_version: None,
-            features: HashMap::from([("amount".to_owned(), 12.5)]),
+            features: crate::Features::from_iter([("amount".to_owned(), 12.5)]),
             created_at: 1_700_000_000_000_000,
             reply_to: None,
             attributes: HashMap::new(),

@@ -51,7 +51,7 @@ mod tests {
                 tenant: "acme".to_owned(),
                 model: "fraud".to_owned(),
                 model_version: Some("9".to_owned()),
-                features: HashMap::from([("amount".to_owned(), 12.5)]),
+                features: streamscore_contracts::Features::from_iter([("amount".to_owned(), 12.5)]),
                 created_at: 1_000,
                 reply_to: Some("bridge-1".to_owned()),
                 attributes: HashMap::new(),

@@ -167,7 +167,7 @@ allowed_models = ["other"]
             tenant: tenant.to_owned(),
             model: model.to_owned(),
             model_version: version.map(str::to_owned),
-            features: HashMap::new(),
+            features: streamscore_contracts::Features::default(),
             created_at,
             reply_to: None,
             attributes: HashMap::new(),

@@ -495,7 +495,7 @@ mod tests {
             tenant: "acme".to_owned(),
             model: "fraud".to_owned(),
             model_version: None,
-            features: HashMap::from([("amount".to_owned(), value)]),
+            features: streamscore_contracts::Features::from_iter([("amount".to_owned(), value)]),
             created_at: 0,
             reply_to: None,
             attributes: HashMap::new(),
@@ -528,11 +528,11 @@ mod tests {
     fn a_pinned_request_is_judged_against_the_version_it_is_pinned_to() {
         let (_dir, store) = store_with_renamed_feature();
         let v1 = store.route("fraud", Some("1"), None).expect("fraud/1");
-        let features: HashMap<String, f64> = v1.meta.features.iter().map(|f| (f.name.clone(), f.min)).collect();
+        let features: streamscore_contracts::Features = v1.meta.features.iter().map(|f| (f.name.clone(), f.min)).collect();
         let mut renamed = features.clone();
         let amount = renamed.remove("amount").expect("fraud/1 has amount");
         renamed.insert("amount_eur".to_owned(), amount);
-        let request = |features: &HashMap<String, f64>| {
+        let request = |features: &streamscore_contracts::Features| {
             let mut r = request(&uuid::Uuid::new_v4().to_string(), 0.0);
             r.tenant = "initech".to_owned();
             r.features = features.clone();

@@ -1,6 +1,7 @@
 //! Checking a request's features against a model version, and the input vector.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use thiserror::Error;
 
@@ -26,7 +27,10 @@ pub type FeatureVector = Vec<f32>;
 
 /// Checks `features` against `meta` (names, count, finiteness, kinds, ranges) and returns the
 /// input vector in the model's order.
-pub fn check(meta: &ModelMetadata, features: &HashMap<String, f64>) -> Result<FeatureVector, FeatureError> {
+pub fn check<S: BuildHasher>(
+    meta: &ModelMetadata,
+    features: &HashMap<String, f64, S>,
+) -> Result<FeatureVector, FeatureError> {
     let mut missing = Vec::new();
     let mut vector = Vec::with_capacity(meta.features.len());
     for spec in &meta.features {

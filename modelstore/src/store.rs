@@ -93,7 +93,10 @@ impl ModelVersion {
     }
 
     /// Checks a request's features and returns the model's input vector.
-    pub fn check(&self, features: &HashMap<String, f64>) -> Result<FeatureVector, FeatureError> {
+    pub fn check<S: std::hash::BuildHasher>(
+        &self,
+        features: &HashMap<String, f64, S>,
+    ) -> Result<FeatureVector, FeatureError> {
         features::check(&self.meta, features)
     }
 }

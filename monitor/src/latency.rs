@@ -74,8 +74,6 @@ impl LatencyBook {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use streamscore_contracts::{Lineage, OutcomeStatus, SourceOffset, Stage};
 
     use super::*;
@@ -97,7 +95,7 @@ mod tests {
             reason: None,
             detail: None,
             retry_after_ms: None,
-            features: HashMap::new(),
+            features: streamscore_contracts::Features::default(),
             batch_size: 1,
             queue_wait_us: 10,
             inference_us: 5,

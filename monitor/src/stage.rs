@@ -361,7 +361,7 @@ struct Seen {
     model: String,
     version: String,
     event_us: i64,
-    features: HashMap<String, f64>,
+    features: streamscore_contracts::Features,
     score: Option<f64>,
 }
 

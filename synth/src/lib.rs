@@ -175,8 +175,8 @@ pub struct Transaction {
 }
 
 impl Transaction {
-    /// The features by name, as a request carries them.
-    pub fn by_name(&self) -> std::collections::HashMap<String, f64> {
+    /// The features by name, as a request carries them (in a map of any hasher).
+    pub fn by_name<S: std::hash::BuildHasher + Default>(&self) -> std::collections::HashMap<String, f64, S> {
         FEATURES.iter().zip(self.features).map(|(f, v)| (f.name.to_owned(), v)).collect()
     }
 }

@@ -111,8 +111,6 @@ fn write_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use std::collections::HashMap;
-
     use apache_avro::reader::datum::GenericDatumReader;
     use apache_avro::writer::datum::GenericDatumWriter;
 
@@ -174,7 +172,7 @@ mod tests {
         all_some.detail = Some("é ∑ 😀 ".repeat(40));
         all_some.retry_after_ms = Some(-1);
         all_some.reply_to = Some("bridge-1".to_owned());
-        all_some.features = HashMap::from([("amount".to_owned(), f64::NAN)]);
+        all_some.features = crate::Features::from_iter([("amount".to_owned(), f64::NAN)]);
         cases.push(all_some);
         let mut nothing = outcome(3);
         nothing.status = OutcomeStatus::Failed;
@@ -215,7 +213,7 @@ mod tests {
         let row: Vec<f32> = (0..16).map(|i| i as f32 * -1.5).collect();
         let mut bytes = Vec::new();
         let mut from_row = expected.clone();
-        from_row.features = HashMap::new();
+        from_row.features = crate::Features::default();
         write_outcome(&mut bytes, &from_row, names.iter().map(String::as_str).zip(row.iter().map(|v| f64::from(*v))));
         let mut rest = bytes.as_slice();
         let decoded: PredictionOutcome = reader.read_deser(&mut rest).unwrap();

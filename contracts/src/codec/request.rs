@@ -10,6 +10,7 @@
 //! branch and both encodings of a map block, and on every truncation of a record.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use crate::events::InferenceRequest;
 
@@ -78,8 +79,11 @@ impl Input<'_> {
 
     /// A map: blocks of entries up to an empty one; a negative count is followed by the
     /// block's size in bytes.
-    fn map<V>(&mut self, value: impl Fn(&mut Self) -> Option<V>) -> Option<HashMap<String, V>> {
-        let mut map = HashMap::new();
+    fn map<V, S: BuildHasher + Default>(
+        &mut self,
+        value: impl Fn(&mut Self) -> Option<V>,
+    ) -> Option<HashMap<String, V, S>> {
+        let mut map = HashMap::default();
         loop {
             let count = self.long()?;
             if count == 0 {
@@ -113,7 +117,7 @@ mod tests {
     use apache_avro::writer::datum::GenericDatumWriter;
 
     use super::read_request;
-    use crate::events::{Event, InferenceRequest};
+    use crate::events::{Event, Features, InferenceRequest};
 
     fn schema() -> &'static apache_avro::Schema {
         Box::leak(Box::new(InferenceRequest::SCHEMA.parse()))
@@ -213,7 +217,7 @@ mod tests {
     #[test]
     fn a_sized_map_block_reads_the_same() {
         let mut request = requests().remove(0);
-        request.features = HashMap::from([("amount".to_owned(), 12.5)]);
+        request.features = Features::from_iter([("amount".to_owned(), 12.5)]);
         let bytes = encode(&request);
         // Rewrite the features block: count 1 (zig-zag 0x02) becomes -1 (0x01) plus the size.
         let entry_len = 1 + "amount".len() + 8;

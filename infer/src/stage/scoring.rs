@@ -345,7 +345,7 @@ mod tests {
     /// A validated request whose feature map is in range for fraud/1 and fraud/2.
     fn validated(store: &ModelStore) -> ValidatedRequest {
         let version = store.route("fraud", Some("1"), None).expect("fraud/1");
-        let features: HashMap<String, f64> =
+        let features: streamscore_contracts::Features =
             version.meta.features.iter().map(|f| (f.name.clone(), f.min.max(0.0).min(f.max))).collect();
         let request = InferenceRequest {
             request_id: "r-1".to_owned(),

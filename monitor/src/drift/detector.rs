@@ -202,10 +202,10 @@ impl Detector {
 
     /// Counts one prediction (its features by name and score) at event time `event_us`;
     /// returns the alerts of any window this closed. Late events count in the open window.
-    pub fn observe(
+    pub fn observe<S: std::hash::BuildHasher>(
         &mut self,
         event_us: i64,
-        features: &HashMap<String, f64>,
+        features: &HashMap<String, f64, S>,
         score: Option<f64>,
         detected_at: i64,
     ) -> Vec<DriftAlert> {
