@@ -28,8 +28,8 @@ fn thread_ticks(name: &str) -> HashMap<String, u64> {
         let Ok(stat) = std::fs::read_to_string(task.join("stat")) else { continue };
         // Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
         let fields: Vec<&str> = stat.rsplit_once(')').expect("stat has a command").1.split_whitespace().collect();
-        let (utime, stime): (u64, u64) = (fields[11].parse().unwrap(), fields[12].parse().unwrap());
-        ticks.insert(task.file_name().unwrap().to_string_lossy().into_owned(), utime + stime);
+        let (utime, stime): (u64, u64) = (fields[11].parse().expect("utime"), fields[12].parse().expect("stime"));
+        ticks.insert(task.file_name().expect("a task id").to_string_lossy().into_owned(), utime + stime);
     }
     ticks
 }
