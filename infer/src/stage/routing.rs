@@ -12,7 +12,7 @@ pub(super) async fn route_one(
     store: &SharedStore,
     mut quotas: Option<&mut Quotas>,
     quota_metrics: &mut QuotaMetrics,
-    batchers: &HashMap<String, mpsc::Sender<Item>>,
+    batchers: &HashMap<String, mpsc::Sender<Queued>>,
     refused: &Refusals,
     validated: ValidatedRequest,
     ack: Ack,
@@ -49,7 +49,7 @@ pub(super) async fn route_one(
             let Some(tx) = batchers.get(&key) else {
                 return Err(InferError::Delivery(format!("batcher of {key} missing")));
             };
-            let item = Item { validated, ack, enqueued: Instant::now(), tier };
+            let item = Box::new(Item { validated, ack, enqueued: Instant::now(), tier });
             if delay_us == 0 {
                 tx.send(item).await.map_err(|_| InferError::Delivery(format!("batcher of {key} stopped")))?;
             } else {

@@ -10,13 +10,13 @@ pub(super) fn start_batcher(
     shared: &Arc<Shared>,
     key: &str,
     models: &HashMap<String, Arc<Loaded>>,
-    batchers: &mut HashMap<String, mpsc::Sender<Item>>,
+    batchers: &mut HashMap<String, mpsc::Sender<Queued>>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
     let Some(loaded) = models.get(key).cloned() else { return };
     let version = Arc::clone(&loaded.version);
     let key = key.to_owned();
-    let (tx, rx) = mpsc::channel::<Item>(shared.config.batch.max_batch * 4);
+    let (tx, rx) = mpsc::channel::<Queued>(shared.config.batch.max_batch * 4);
     batchers.insert(key.clone(), tx);
     let shadow = shared
         .config
@@ -28,7 +28,7 @@ pub(super) fn start_batcher(
     let config = shared.config.batch;
     tasks.spawn(async move {
         let mut running = tokio::task::JoinSet::new();
-        let order = |items: &[Item]| {
+        let order = |items: &[Queued]| {
             quota::fair::fair_order(items.iter().map(|i| (i.validated.request.tenant.as_str(), i.tier)))
         };
         batcher::run_fair(rx, config, order, |batch| {
@@ -77,7 +77,7 @@ pub(super) async fn score_batch(
     shared: &Shared,
     loaded: &Loaded,
     shadow: Option<&Loaded>,
-    batch: Vec<Item>,
+    batch: Vec<Queued>,
 ) -> Result<(), InferError> {
     let started = Instant::now();
     let features = loaded.scorer.features();
