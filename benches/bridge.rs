@@ -244,7 +244,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let mut generator = streamscore_synth::Generator::new(5);
-    let rows: Arc<Vec<Value>> = Arc::new((0..4096).map(|i| json!(generator.next(i).by_name::<std::hash::RandomState>())).collect());
+    let rows: Arc<Vec<Value>> =
+        Arc::new((0..4096).map(|i| json!(generator.next(i).by_name::<std::hash::RandomState>())).collect());
     let url = format!("{base}/v1/models/fraud/predict");
     // Warm-up: the pipeline's group join and model loads.
     let warm = closed_loop(&processes, &url, &rows, 4, 1, 5.0).await;

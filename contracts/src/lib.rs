@@ -15,8 +15,8 @@ pub mod topics;
 
 pub use codec::{Codec, DecodeError, Decoded, EncodeError, RegistryError, WireHeader};
 pub use events::{
-    AuditRecord, DeadLetter, DeadLetterReason, DriftAlert, DriftMethod, Event, FeatureHasher, Features, InferenceRequest, OutcomeReason,
-    OutcomeStatus, PredictionOutcome, Severity, ValidatedRequest,
+    AuditRecord, DeadLetter, DeadLetterReason, DriftAlert, DriftMethod, Event, FeatureHasher, Features,
+    InferenceRequest, OutcomeReason, OutcomeStatus, PredictionOutcome, Severity, ValidatedRequest,
 };
 pub use lineage::{now_micros, Lineage, SourceOffset, Stage};
 

@@ -528,7 +528,8 @@ mod tests {
     fn a_pinned_request_is_judged_against_the_version_it_is_pinned_to() {
         let (_dir, store) = store_with_renamed_feature();
         let v1 = store.route("fraud", Some("1"), None).expect("fraud/1");
-        let features: streamscore_contracts::Features = v1.meta.features.iter().map(|f| (f.name.clone(), f.min)).collect();
+        let features: streamscore_contracts::Features =
+            v1.meta.features.iter().map(|f| (f.name.clone(), f.min)).collect();
         let mut renamed = features.clone();
         let amount = renamed.remove("amount").expect("fraud/1 has amount");
         renamed.insert("amount_eur".to_owned(), amount);
