@@ -72,7 +72,7 @@ fn audit(c: &mut Criterion) {
                 position: Position { topic: "p".to_owned(), partition: 0, offset },
                 event_id: Some(id.clone()),
                 hash: hash.clone(),
-                written_at: 1,
+                content: None,
             });
             committed.push((id, hash));
         }

@@ -37,10 +37,11 @@ fn decide(c: &mut Criterion) {
     let record = |value: &'static [u8]| RawRecord {
         topic: topics::REQUESTS,
         partition: 0,
+        partitions: 1,
         offset: 1,
         key: Some(b"tenant-01"),
         value: Some(value),
-        timestamp_ms: Some(0),
+        timestamp_ms: Some(streamscore_contracts::now_micros() / 1000),
     };
     let good: &'static [u8] = Box::leak(good.into_boxed_slice());
     let bad: &'static [u8] = Box::leak(bad.into_boxed_slice());

@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use streamscore_contracts::audit::{AuditKey, ChainHead, Position, Report, SeenEntry, SeenEvent, Window};
+use streamscore_contracts::audit::{
+    dead_letter_content, outcome_content, AuditKey, ChainHead, Position, Report, SeenEntry, SeenEvent, Window,
+};
 use streamscore_contracts::{AuditRecord, Codec, DeadLetter, PredictionOutcome};
 use streamscore_kafka::KafkaConfig;
 
@@ -37,8 +39,33 @@ pub struct Reading {
 /// A record's position, key and value.
 pub type Keyed = (Position, Option<Vec<u8>>, Vec<u8>);
 
+/// A record as read, with its Kafka timestamp.
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub position: Position,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    /// The broker's append time where the topic has `LogAppendTime`, else the producer's.
+    pub timestamp_ms: Option<i64>,
+}
+
 /// Every record of `topic` up to its high watermarks as they are now.
 pub fn read_topic(kafka: &KafkaConfig, topic: &str) -> Result<Vec<Keyed>> {
+    Ok(read_topic_timed(kafka, topic)?.into_iter().map(|r| (r.position, r.key, r.value)).collect())
+}
+
+/// How many partitions `topic` has.
+pub fn partitions(kafka: &KafkaConfig, topic: &str) -> Result<i32> {
+    let consumer: BaseConsumer = kafka.client_config().create().context("creating a consumer")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading the metadata of {topic}"))?;
+    let count = metadata.topics().iter().filter(|t| t.name() == topic).map(|t| t.partitions().len()).sum::<usize>();
+    Ok(i32::try_from(count).unwrap_or(i32::MAX))
+}
+
+/// [`read_topic`], with each record's timestamp.
+pub fn read_topic_timed(kafka: &KafkaConfig, topic: &str) -> Result<Vec<Read>> {
     let consumer: BaseConsumer = kafka
         .client_config()
         .set("group.id", format!("streamscore-audit-verify-{}", uuid::Uuid::new_v4().simple()))
@@ -78,11 +105,12 @@ pub fn read_topic(kafka: &KafkaConfig, topic: &str) -> Result<Vec<Keyed>> {
                 idle_since = Instant::now();
                 let partition = message.partition();
                 let offset = message.offset();
-                records.push((
-                    Position { topic: topic.to_owned(), partition, offset },
-                    message.key().map(<[u8]>::to_vec),
-                    message.payload().unwrap_or_default().to_vec(),
-                ));
+                records.push(Read {
+                    position: Position { topic: topic.to_owned(), partition, offset },
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().unwrap_or_default().to_vec(),
+                    timestamp_ms: message.timestamp().to_millis().filter(|t| *t >= 0),
+                });
                 if ends.get(&partition).is_some_and(|&high| offset + 1 >= high) {
                     ends.remove(&partition);
                 }
@@ -139,31 +167,47 @@ pub async fn verify(config: &VerifyConfig) -> Result<(Report, Reading)> {
     let letters = Codec::<DeadLetter>::with_url(&config.registry_url, &config.dead_letter_topic);
     let mut events = Vec::with_capacity(predictions.len() + dead_letters.len());
     for (position, _, bytes) in &predictions {
-        let lineage = outcomes.decode(bytes).await.ok().map(|d| d.value.lineage);
-        events.push(seen(&config.key, position, bytes, lineage));
+        let event_id = outcomes.decode(bytes).await.ok().map(|d| d.value.lineage.event_id);
+        events.push(SeenEvent {
+            position: position.clone(),
+            hash: config.key.event_hash(bytes),
+            event_id,
+            content: None,
+        });
     }
     for (position, _, bytes) in &dead_letters {
-        let lineage = letters.decode(bytes).await.ok().map(|d| d.value.lineage);
-        events.push(seen(&config.key, position, bytes, lineage));
+        let event_id = letters.decode(bytes).await.ok().map(|d| d.value.lineage.event_id);
+        events.push(SeenEvent {
+            position: position.clone(),
+            hash: config.key.event_hash(bytes),
+            event_id,
+            content: None,
+        });
+    }
+    // What the copies of an event written more than once say, less when and how they were
+    // written: a crash leftover says what its committed copy says, a forgery does not.
+    let mut copies: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for event in &events {
+        if let Some(id) = &event.event_id {
+            *copies.entry(id.as_str()).or_default() += 1;
+        }
+    }
+    let repeated: Vec<usize> =
+        (0..events.len()).filter(|&i| events[i].event_id.as_deref().is_some_and(|id| copies[id] > 1)).collect();
+    for i in repeated {
+        let content = match predictions.get(i) {
+            Some((_, _, bytes)) => outcomes.decode(bytes).await.ok().map(|d| outcome_content(&config.key, &d.value)),
+            None => {
+                let (_, _, bytes) = &dead_letters[i - predictions.len()];
+                letters.decode(bytes).await.ok().map(|d| dead_letter_content(&config.key, &d.value))
+            }
+        };
+        events[i].content = content;
     }
     let report = streamscore_contracts::audit::verify(&config.key, &entries, &events, &config.heads, config.window);
     let reading =
         Reading { records: audit.len() + events.len(), seconds: started.elapsed().as_secs_f64(), read_seconds };
     Ok((report, reading))
-}
-
-fn seen(
-    key: &AuditKey,
-    position: &Position,
-    bytes: &[u8],
-    lineage: Option<streamscore_contracts::Lineage>,
-) -> SeenEvent {
-    SeenEvent {
-        position: position.clone(),
-        hash: key.event_hash(bytes),
-        written_at: lineage.as_ref().map_or(i64::MIN, |l| l.written_at),
-        event_id: lineage.map(|l| l.event_id),
-    }
 }
 
 /// A human summary of `report`.

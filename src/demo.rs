@@ -118,7 +118,8 @@ pub async fn run(bootstrap: &str, registry_url: &str, count: u64) -> Result<()> 
         if !pending.remove(&(message.partition(), message.offset())) {
             continue;
         }
-        let record = RawRecord::from_message(&message);
+        // The demo's topic: ingest's partition check is the pipeline's (0: not checked here).
+        let record = RawRecord::from_message(&message, 0);
         match decider.decide(record).await {
             Decision::Valid(v) => println!(
                 "read back {}  tenant {:<8} schema id {}  model {} version {:<7}  {} features  event {}",

@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
-use streamscore_contracts::audit::{committed_events, kinds, Position};
+use streamscore_contracts::audit::{committed_events, kinds, AuditKey, Position};
 use streamscore_contracts::{
     AuditRecord, Codec, DeadLetter, DriftAlert, InferenceRequest, OutcomeStatus, PredictionOutcome, WireHeader,
 };
@@ -31,6 +31,9 @@ pub struct LineageConfig {
     pub dead_letter_topic: String,
     pub audit_topic: String,
     pub alerts_topic: String,
+    /// The audit key: a copy of an event counts as committed only when the HMAC of its own
+    /// bytes is the one its commitment lists.
+    pub key: AuditKey,
 }
 
 /// The request record as produced.
@@ -79,7 +82,9 @@ pub struct Outcome {
     pub policy_sha256: Option<String>,
     /// The `MODEL_LOADED` entry of the version that scored it (its sha256 and backend).
     pub model_loaded: Option<EntryRef>,
-    /// The `BATCH_COMMITTED` entry covering this event.
+    /// The `BATCH_COMMITTED` entry covering this copy of the event (its id and the HMAC of its
+    /// bytes); `None` for a copy no commitment names: a crash leftover or a forgery
+    /// (`audit verify` tells which).
     pub committed: Option<EntryRef>,
 }
 
@@ -178,7 +183,7 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
         }
         if let Ok(decoded) = outcomes_codec.decode(bytes).await {
             if decoded.value.lineage.request_id.as_deref() == Some(request_id) {
-                found.push((position.clone(), decoded.value));
+                found.push((position.clone(), decoded.value, config.key.event_hash(bytes)));
             }
         }
     }
@@ -190,7 +195,7 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
         }
         if let Ok(decoded) = letters_codec.decode(bytes).await {
             if decoded.value.lineage.request_id.as_deref() == Some(request_id) {
-                letters.push((position.clone(), decoded.value));
+                letters.push((position.clone(), decoded.value, config.key.event_hash(bytes)));
             }
         }
     }
@@ -206,22 +211,32 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
         seq: entry.seq,
         position: position.clone(),
     };
-    let commitment_of = |event_id: &str| {
+    // The commitment of this copy: its id *and* the HMAC of its bytes (a forged copy carries
+    // the genuine id, never the genuine bytes).
+    let commitment_of = |event_id: &str, hash: &str| {
         entries
             .iter()
             .find(|(_, e)| {
                 e.kind == kinds::BATCH_COMMITTED
                     && e.details.get("events").is_some_and(|list| list.contains(event_id))
-                    && committed_events(&e.details).iter().any(|(id, _)| *id == event_id)
+                    && committed_events(&e.details).iter().any(|(id, h)| *id == event_id && *h == hash)
             })
             .map(|(p, e)| entry_ref(p, e))
     };
+    // Committed copies first: what follows is read from them, never from an uncommitted copy
+    // that merely comes first.
+    let mut found: Vec<_> =
+        found.into_iter().map(|(p, o, hash)| (commitment_of(&o.lineage.event_id, &hash), p, o)).collect();
+    found.sort_by_key(|(committed, position, _)| (committed.is_none(), position.clone()));
+    let mut letters: Vec<_> =
+        letters.into_iter().map(|(p, d, hash)| (commitment_of(&d.lineage.event_id, &hash), p, d)).collect();
+    letters.sort_by_key(|(committed, position, _)| (committed.is_none(), position.clone()));
 
-    // The request record: where the first output says it came from.
+    // The request record: where the first committed output says it came from.
     let source = found
         .first()
-        .map(|(_, o)| o.lineage.source.clone())
-        .or_else(|| letters.first().map(|(_, d)| d.lineage.source.clone()));
+        .map(|(_, _, o)| o.lineage.source.clone())
+        .or_else(|| letters.first().map(|(_, _, d)| d.lineage.source.clone()));
     let request = match source {
         None => None,
         Some(source) => {
@@ -257,7 +272,7 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
     };
 
     let mut outcomes = Vec::new();
-    for (position, o) in &found {
+    for (committed, position, o) in &found {
         // The writer's chain: the infer chain of the outcome's instance in force when it was
         // written (the last one started before it).
         let chain = entries
@@ -309,23 +324,25 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
             quota,
             policy_sha256,
             model_loaded,
-            committed: commitment_of(&o.lineage.event_id),
+            committed: committed.clone(),
         });
     }
-    outcomes.sort_by_key(|o| (o.shadow, o.written_at));
+    // Primary before shadow, committed copies before the rest, then in the order written.
+    outcomes.sort_by_key(|o| (o.shadow, o.committed.is_none(), o.position.clone()));
     let dead_letters: Vec<DeadLettered> = letters
         .iter()
-        .map(|(position, d)| DeadLettered {
+        .map(|(committed, position, d)| DeadLettered {
             position: position.clone(),
             event_id: d.lineage.event_id.clone(),
             reason: d.reason.code().to_owned(),
             detail: d.detail.clone(),
             writer_schema_id: d.writer_schema_id,
-            committed: commitment_of(&d.lineage.event_id),
+            committed: committed.clone(),
         })
         .collect();
 
-    let when = request.as_ref().and_then(|r| r.created_at).or_else(|| found.first().map(|(_, o)| o.request_created_at));
+    let when =
+        request.as_ref().and_then(|r| r.created_at).or_else(|| found.first().map(|(_, _, o)| o.request_created_at));
     let alerts_codec = Codec::<DriftAlert>::with_url(&config.registry_url, &config.alerts_topic);
     let mut alerts_found = Vec::new();
     if let Some(at) = when {
@@ -429,8 +446,13 @@ pub fn describe(trace: &Trace) -> String {
     let _ = writeln!(out, "  ingest     {}", trace.ingest);
     for d in &trace.dead_letters {
         let _ = writeln!(out, "  dead letter {} {}: {}", d.position, d.reason, d.detail);
-        if let Some(c) = &d.committed {
-            let _ = writeln!(out, "             committed in {} seq {} ({})", c.chain, c.seq, c.position);
+        match &d.committed {
+            Some(c) => {
+                let _ = writeln!(out, "             committed in {} seq {} ({})", c.chain, c.seq, c.position);
+            }
+            None => {
+                let _ = writeln!(out, "             NOT COMMITTED: no audit commitment names this copy's bytes");
+            }
         }
     }
     for o in &trace.outcomes {
@@ -466,7 +488,11 @@ pub fn describe(trace: &Trace) -> String {
                 let _ = writeln!(out, "             committed in {} seq {} ({})", c.chain, c.seq, c.position);
             }
             None => {
-                let _ = writeln!(out, "             NOT in any audit commitment");
+                let _ = writeln!(
+                    out,
+                    "             NOT COMMITTED: no audit commitment names this copy's bytes (a crash leftover \
+                     or a forgery; `streamscore audit verify` tells which)"
+                );
             }
         }
     }

@@ -37,7 +37,7 @@ pub async fn run(
     // stack and `streamscore topics` create them with their own partition counts).
     use streamscore_kafka::topics::CLUSTER_PARTITIONS;
     let mut specs = vec![
-        streamscore_kafka::TopicSpec::event(&config.ingest.input_topic, CLUSTER_PARTITIONS),
+        streamscore_kafka::TopicSpec::requests(&config.ingest.input_topic, CLUSTER_PARTITIONS),
         streamscore_kafka::TopicSpec::event(&config.ingest.dead_letter_topic, 3),
         streamscore_kafka::TopicSpec::event(&config.infer.predictions_topic, CLUSTER_PARTITIONS),
         streamscore_kafka::TopicSpec::event(&config.infer.audit_topic, 1),
@@ -57,7 +57,7 @@ pub async fn run(
         tenant_topics =
             streamscore_ingest::TenantTopics::new(&config.ingest.input_topic, policy.bound_tenants().map(|(t, _)| t));
         for topic in tenant_topics.topics() {
-            specs.push(streamscore_kafka::TopicSpec::event(&topic, CLUSTER_PARTITIONS));
+            specs.push(streamscore_kafka::TopicSpec::requests(&topic, CLUSTER_PARTITIONS));
         }
         ingest_config.tenant_topics = tenant_topics.topics();
     }

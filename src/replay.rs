@@ -1,9 +1,9 @@
 //! `streamscore replay`: re-scores the request history offline, never writing a live topic.
 //!
 //! The requests topic is the source of truth. Each request in the range is decoded, checked as
-//! ingest checks it (content, tenant, record key, model, features), put through the quotas of
-//! the tenant policy in event time (`created_at`, partition by partition in offset order, as
-//! the pipeline meets them), routed (the request's version, else the tenant's pin, else the
+//! ingest checks it (content, tenant, record key and partition, model, features), put through
+//! the quotas of the tenant policy (partition by partition in offset order, as the pipeline
+//! meets them), routed (the request's version, else the tenant's pin, else the
 //! default; or the version `--model` forces) and scored by the CPU backend, in batches.
 //!
 //! - **Same version** (no `--model`): every score must be bit-identical to the original
@@ -12,8 +12,9 @@
 //!   predictions: label agreement, quantiles of the score difference, label changes per tenant,
 //!   and the rows that flip.
 //!
-//! Ingest's event-time window is measured from when the pipeline decided each request (its
-//! original answer's `written_at`). Not reproducible offline, so not compared: in-flight
+//! The requests of tenants bound to principals are read from their own topics too. Ingest's
+//! event-time window and the quotas run on when each record reached the broker (its Kafka
+//! timestamp), as the pipeline's do. Not reproducible offline, so not compared: in-flight
 //! limits (`IN_FLIGHT_EXCEEDED` depends on timing). A range that starts mid-history starts
 //! every quota bucket full.
 
@@ -25,6 +26,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+use streamscore_contracts::audit::Position;
 use streamscore_contracts::{Codec, InferenceRequest, OutcomeStatus, PredictionOutcome};
 use streamscore_infer::quota::{Policy, QuotaDecision, Quotas};
 use streamscore_infer::{Backend, Scorer, TractBackend};
@@ -170,28 +172,30 @@ struct Original {
     written_at: i64,
 }
 
-/// The original answers, by the request's position (the fused pipeline) and by request id
-/// (stages deployed apart, where outcomes point at the validated topic).
+/// The original answers, by the request's position (the fused pipeline: the requests topic or
+/// a bound tenant's own) and by request id (stages deployed apart, where outcomes point at the
+/// validated topic).
 #[derive(Debug, Default)]
 struct Originals {
-    by_position: HashMap<(i32, i64), Original>,
+    by_position: HashMap<(String, i32, i64), Original>,
     by_id: HashMap<String, Original>,
 }
 
 impl Originals {
-    fn add(&mut self, requests_topic: &str, lineage: &streamscore_contracts::Lineage, original: Original) {
-        if lineage.source.topic == requests_topic {
-            self.by_position
-                .entry((lineage.source.partition, lineage.source.offset))
-                .or_insert_with(|| original.clone());
-        }
+    fn add(&mut self, lineage: &streamscore_contracts::Lineage, original: Original) {
+        let source = &lineage.source;
+        self.by_position
+            .entry((source.topic.clone(), source.partition, source.offset))
+            .or_insert_with(|| original.clone());
         if let Some(id) = &lineage.request_id {
             self.by_id.entry(id.clone()).or_insert(original);
         }
     }
 
-    fn get(&self, partition: i32, offset: i64, request_id: Option<&str>) -> Option<&Original> {
-        self.by_position.get(&(partition, offset)).or_else(|| request_id.and_then(|id| self.by_id.get(id)))
+    fn get(&self, position: &Position, request_id: Option<&str>) -> Option<&Original> {
+        self.by_position
+            .get(&(position.topic.clone(), position.partition, position.offset))
+            .or_else(|| request_id.and_then(|id| self.by_id.get(id)))
     }
 }
 
@@ -245,9 +249,32 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
         },
     };
 
-    // The history, and the original answers.
-    let topics = [config.requests_topic.as_str(), config.predictions_topic.as_str(), config.dead_letter_topic.as_str()];
-    let [mut requests, predictions, dead_letters] = crate::audit::read_topics(&config.kafka, topics, false).await?;
+    // The history, and the original answers. The requests are on the shared topic and, for
+    // tenants bound to principals, on their own topics (absent ones read as empty).
+    let topics = [config.predictions_topic.as_str(), config.dead_letter_topic.as_str()];
+    let reading = crate::audit::read_topics(&config.kafka, topics, false);
+    let mut request_topics = vec![(config.requests_topic.clone(), false)];
+    request_topics.extend(bound.topics().into_iter().map(|t| (t, true)));
+    let readers: Vec<_> = request_topics
+        .into_iter()
+        .map(|(topic, may_be_missing)| {
+            let kafka = config.kafka.clone();
+            tokio::task::spawn_blocking(move || -> Result<(i32, Vec<crate::audit::Read>)> {
+                match crate::audit::read_topic_timed(&kafka, &topic) {
+                    Ok(records) => Ok((crate::audit::partitions(&kafka, &topic)?, records)),
+                    Err(_) if may_be_missing && crate::audit::partitions(&kafka, &topic)? == 0 => Ok((0, Vec::new())),
+                    Err(e) => Err(e),
+                }
+            })
+        })
+        .collect();
+    let [predictions, dead_letters] = reading.await?;
+    // Each request with its topic's partition count (ingest's WRONG_PARTITION check).
+    let mut requests: Vec<(i32, crate::audit::Read)> = Vec::new();
+    for reader in readers {
+        let (partitions, records) = reader.await.context("a reader panicked")??;
+        requests.extend(records.into_iter().map(|r| (partitions, r)));
+    }
     let read_seconds = started.elapsed().as_secs_f64();
     let mut originals = Originals::default();
     // Dead letters first: a refused request's rejection (to its reply-to) is ingest's too.
@@ -263,7 +290,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             label: None,
             written_at: d.lineage.written_at,
         };
-        originals.add(&config.requests_topic, &d.lineage, original);
+        originals.add(&d.lineage, original);
     }
     let outcomes = Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic);
     for (_, _, bytes) in &predictions {
@@ -280,10 +307,10 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             label: o.label,
             written_at: o.lineage.written_at,
         };
-        originals.add(&config.requests_topic, &o.lineage, original);
+        originals.add(&o.lineage, original);
     }
     // Partition by partition, in offset order: how the pipeline met them.
-    requests.sort_by_key(|r| (r.0.partition, r.0.offset));
+    requests.sort_by(|a, b| a.1.position.cmp(&b.1.position));
     let codec = Codec::<InferenceRequest>::with_url(&config.registry_url, &config.requests_topic);
     let progress = config.progress.then(|| {
         let bar = indicatif::ProgressBar::new(requests.len() as u64);
@@ -301,7 +328,10 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
     let mut rows: Vec<Row> = Vec::new();
     // Rows waiting to be scored, by version: (row index, input vector).
     let mut pending: BTreeMap<String, Vec<(usize, Vec<f32>)>> = BTreeMap::new();
-    for (i, (position, key, bytes)) in requests.iter().enumerate() {
+    for (i, (partitions, record)) in requests.iter().enumerate() {
+        let (position, key, bytes) = (&record.position, &record.key, &record.value);
+        // When the record reached the broker: the clock of the event-time window and quotas.
+        let received_at = record.timestamp_ms.map(|ms| ms.saturating_mul(1000));
         if let Some(bar) = &progress {
             if i % 1024 == 0 {
                 bar.set_position(i as u64);
@@ -319,7 +349,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
                 let by_offset = matches!(config.from, None | Some(Bound::Offset(_)))
                     && matches!(config.to, None | Some(Bound::Offset(_)));
                 if by_offset && config.tenant.is_none() && in_range((config.from, config.to), position.offset, 0) {
-                    let original = originals.get(position.partition, position.offset, None);
+                    let original = originals.get(position, None);
                     rows.push(Row {
                         request_id: String::new(),
                         tenant: String::new(),
@@ -351,7 +381,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
         if config.tenant.as_ref().is_some_and(|t| *t != request.tenant) {
             continue;
         }
-        let original = originals.get(position.partition, position.offset, Some(&request.request_id));
+        let original = originals.get(position, Some(&request.request_id));
         let mut row = Row {
             request_id: request.request_id.clone(),
             tenant: request.tenant.clone(),
@@ -380,10 +410,11 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             rows.push(row);
             continue;
         }
-        // The event-time window, measured from when the pipeline originally decided.
-        let window = original.and_then(|o| {
-            streamscore_ingest::decide::EventTimeWindow::default().check(request.created_at, o.written_at)
-        });
+        // The event-time window, measured from when the record reached the broker (else, for
+        // a record without a timestamp, from when the pipeline originally decided).
+        let window = received_at
+            .or(original.map(|o| o.written_at))
+            .and_then(|at| streamscore_ingest::decide::EventTimeWindow::default().check(request.created_at, at));
         if window.is_some() {
             row.decision = "dead-lettered".to_owned();
             row.reason = Some("TIMESTAMP_OUT_OF_RANGE".to_owned());
@@ -398,12 +429,26 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             rows.push(row);
             continue;
         }
-        // Quotas, in event time.
+        if streamscore_ingest::decide::partition_refusal(
+            &position.topic,
+            position.partition,
+            *partitions,
+            &request.tenant,
+        )
+        .is_some()
+        {
+            row.decision = "dead-lettered".to_owned();
+            row.reason = Some("WRONG_PARTITION".to_owned());
+            rows.push(row);
+            continue;
+        }
+        // Quotas, on the clock the pipeline decided them on: when each request reached the
+        // broker (its `created_at` for a record without a timestamp).
         if let Some(q) = quotas.as_mut() {
             if adopted.insert(request.tenant.clone()) {
                 q.adopt(&request.tenant, 1, None);
             }
-            let decision = q.decide(&request.tenant, &request.model, request.created_at);
+            let decision = q.decide(&request.tenant, &request.model, received_at.unwrap_or(request.created_at));
             q.release(&request.tenant);
             let refused = match decision {
                 QuotaDecision::Admit | QuotaDecision::Delay { .. } => None,

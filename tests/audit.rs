@@ -32,27 +32,45 @@ struct Run {
     dead_letter: Vec<OwnedMessage>,
 }
 
-type Record = (Vec<u8>, Vec<u8>);
+/// A record's key, value and partition.
+type Record = (Vec<u8>, Vec<u8>, i32);
 
 fn records(messages: &[OwnedMessage]) -> Vec<Record> {
-    messages.iter().map(|m| (m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec())).collect()
+    messages
+        .iter()
+        .map(|m| (m.key().unwrap_or_default().to_vec(), m.payload().unwrap_or_default().to_vec(), m.partition()))
+        .collect()
 }
 
+/// Copies of the three topics, each record on the partition it came from, in the order given
+/// (each partition's order as read).
 async fn copy(prefix: &str, audit: &[Record], predictions: &[Record], dead_letter: &[Record]) -> Logs {
     let logs = Logs {
         audit: support::unique(&format!("{prefix}-audit")),
         predictions: support::unique(&format!("{prefix}-predictions")),
         dead_letter: support::unique(&format!("{prefix}-dead")),
     };
-    let specs: Vec<_> = [&logs.audit, &logs.predictions, &logs.dead_letter]
+    let partitions = |records: &[Record]| records.iter().map(|r| r.2 + 1).max().unwrap_or(1);
+    let specs = [(&logs.audit, audit), (&logs.predictions, predictions), (&logs.dead_letter, dead_letter)]
         .iter()
-        .map(|t| streamscore_kafka::TopicSpec::event(t, 1))
-        .collect();
+        .map(|(t, records)| streamscore_kafka::TopicSpec::event(t, partitions(records)))
+        .collect::<Vec<_>>();
     streamscore_kafka::ensure_topics(&support::kafka(), &specs).await.unwrap();
-    support::produce(&logs.audit, audit).await;
-    support::produce(&logs.predictions, predictions).await;
-    support::produce(&logs.dead_letter, dead_letter).await;
+    let producer = support::kafka().producer().unwrap();
+    for (topic, records) in [(&logs.audit, audit), (&logs.predictions, predictions), (&logs.dead_letter, dead_letter)] {
+        for (key, value, partition) in records {
+            let record = rdkafka::producer::FutureRecord::to(topic).key(key).payload(value).partition(*partition);
+            producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+        }
+    }
     logs
+}
+
+/// Where the record at `index` of `records` lands in a copy: its partition, and its offset
+/// there (how many records of that partition come before it).
+fn position_in_copy(records: &[Record], index: usize) -> (i32, i64) {
+    let partition = records[index].2;
+    (partition, records[..index].iter().filter(|r| r.2 == partition).count() as i64)
 }
 
 async fn verify(registry: &str, logs: &Logs, heads: Vec<ChainHead>) -> Report {
@@ -183,6 +201,7 @@ async fn a_run_verifies_and_every_kind_of_tampering_is_named() {
         dead_letter_topic: topics.dead_letter.clone(),
         audit_topic: audit_topic.clone(),
         alerts_topic: support::unique("no-alerts"),
+        key: AuditKey::from_env().unwrap(),
     };
     let scored = predictions.iter().find(|p| p.shadow).unwrap();
     let id = scored.lineage.request_id.clone().unwrap();
@@ -263,7 +282,10 @@ async fn a_run_verifies_and_every_kind_of_tampering_is_named() {
     let logs = copy("edited-event", &audit, &edited, &dead).await;
     let report = verify(&registry.url, &logs, Vec::new()).await;
     assert_eq!(kinds_of(&report), [ProblemKind::EditedEvent], "{:#?}", report.problems);
-    assert_eq!(report.problems[0].position.as_ref().map(|p| p.offset), Some(target as i64));
+    assert_eq!(
+        report.problems[0].position.as_ref().map(|p| (p.partition, p.offset)),
+        Some(position_in_copy(&edited, target))
+    );
 
     // An event deleted.
     let mut deleted = preds.clone();
@@ -275,7 +297,7 @@ async fn a_run_verifies_and_every_kind_of_tampering_is_named() {
     let mut injected = preds.clone();
     let mut forged = predictions[target].clone();
     forged.lineage.event_id = uuid::Uuid::new_v4().to_string();
-    injected.push((preds[target].0.clone(), outcomes.encode(&forged).unwrap()));
+    injected.push((preds[target].0.clone(), outcomes.encode(&forged).unwrap(), preds[target].2));
     let report = verify(&registry.url, &copy("injected-event", &audit, &injected, &dead).await, Vec::new()).await;
     assert_eq!(kinds_of(&report), [ProblemKind::InjectedEvent], "{:#?}", report.problems);
 
@@ -286,6 +308,7 @@ async fn a_run_verifies_and_every_kind_of_tampering_is_named() {
         .flat_map(|e| committed_events(&e.details).into_iter().enumerate().map(move |(i, (id, _))| (id, (e.seq, i))))
         .collect();
     let swap = (0..predictions.len() - 1)
+        .filter(|&i| preds[i].2 == preds[i + 1].2) // one partition: events of one commitment keep their order
         .find(|&i| {
             let (a, b) = (&predictions[i].lineage.event_id, &predictions[i + 1].lineage.event_id);
             matches!((commitment_of.get(a.as_str()), commitment_of.get(b.as_str())), (Some(x), Some(y)) if x.0 == y.0)

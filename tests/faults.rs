@@ -224,6 +224,7 @@ async fn standalone_infer_waits_out_every_registry_fault_and_stops_on_sigterm() 
         group: group.clone(),
         dead_letter_topic: topics.dead_letter.clone(),
         checkpoints: None,
+        audit_topic: config.audit_topic.clone(),
         instance: "test-infer-faults".to_owned(),
         drain_timeout: Duration::from_secs(5),
     };

@@ -54,11 +54,13 @@ fn spawn(
     group: &str,
     policy: &std::path::Path,
     checkpoints: &str,
+    audit_topic: &str,
 ) -> Child {
     support::streamscore("pipeline")
         .args(["--bootstrap", &support::bootstrap(), "--registry-url", &registry.url])
         .args(["--input-topic", &topics.requests, "--dead-letter-topic", &topics.dead_letter])
         .args(["--predictions-topic", &topics.predictions, "--group", group])
+        .args(["--audit-topic", audit_topic])
         .args(["--shadow", "fraud:2", "--quota-checkpoints-topic", checkpoints])
         .arg("--policy")
         .arg(policy)
@@ -76,6 +78,10 @@ async fn killed_with_quotas_and_a_shadow_and_restarted_decides_everything_once_a
     let policy_path = dir.path().join("tenants.toml");
     std::fs::write(&policy_path, POLICY).unwrap();
     let checkpoints = support::unique("quota-checkpoints");
+    let audit_topic = support::unique("audit-log");
+    streamscore_kafka::ensure_topics(&support::kafka(), &[streamscore_kafka::TopicSpec::event(&audit_topic, 1)])
+        .await
+        .unwrap();
 
     let codec = Arc::new(Codec::<InferenceRequest>::with_url(&registry.url, &topics.requests));
     let mut load = LoadConfig::new(&topics.requests);
@@ -86,7 +92,7 @@ async fn killed_with_quotas_and_a_shadow_and_restarted_decides_everything_once_a
     let total = usize::try_from(generated.sent).unwrap();
 
     let group = support::unique("pipeline-kill");
-    let mut first = spawn(&registry, &topics, &group, &policy_path, &checkpoints);
+    let mut first = spawn(&registry, &topics, &group, &policy_path, &checkpoints, &audit_topic);
     let seen = support::read_records(&[&topics.predictions], total / 4, Duration::from_secs(120)).len();
     Command::new("kill").args(["-KILL", &first.id().to_string()]).status().unwrap();
     first.wait().unwrap();
@@ -94,15 +100,17 @@ async fn killed_with_quotas_and_a_shadow_and_restarted_decides_everything_once_a
 
     // tansu 0.6 evicts a dead member only once its session has expired (see ingest_kill.rs).
     std::thread::sleep(Duration::from_secs(7));
-    let mut second = spawn(&registry, &topics, &group, &policy_path, &checkpoints);
+    let mut second = spawn(&registry, &topics, &group, &policy_path, &checkpoints, &audit_topic);
 
     // The requests, in partition order, and what the policy decides for each.
     let requests = support::read_all(&[&topics.requests], Duration::from_secs(2));
     assert_eq!(requests.len(), total);
-    let mut by_partition: BTreeMap<i32, Vec<(i64, InferenceRequest)>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<(i64, i64, InferenceRequest)>> = BTreeMap::new();
     for record in &requests {
         let request = codec.decode(record.payload().unwrap()).await.unwrap().value;
-        by_partition.entry(record.partition()).or_default().push((record.offset(), request));
+        // Quotas run on when each record reached the broker (its Kafka timestamp).
+        let received_at = record.timestamp().to_millis().unwrap() * 1000;
+        by_partition.entry(record.partition()).or_default().push((record.offset(), received_at, request));
     }
     let expected = expected_decisions(&policy_path, &by_partition, &HashMap::new());
 
@@ -124,8 +132,37 @@ async fn killed_with_quotas_and_a_shadow_and_restarted_decides_everything_once_a
             break;
         }
     }
-    second.kill().unwrap();
+    // A clean stop: the second chain closes.
+    Command::new("kill").args(["-TERM", &second.id().to_string()]).status().unwrap();
     second.wait().unwrap();
+
+    // The audit log after a kill -9 and a restart: outputs acknowledged before the kill but
+    // never committed are answered again and committed; their first copies say what the
+    // committed ones say, so they are crash leftovers, never edits or forgeries.
+    let verify = streamscore::audit::VerifyConfig {
+        kafka: support::kafka(),
+        registry_url: registry.url.clone(),
+        audit_topic: audit_topic.clone(),
+        predictions_topic: topics.predictions.clone(),
+        dead_letter_topic: topics.dead_letter.clone(),
+        key: streamscore_contracts::audit::AuditKey::from_env().unwrap(),
+        heads: Vec::new(),
+        window: streamscore_contracts::audit::Window::ALL,
+    };
+    let (report, _) = streamscore::audit::verify(&verify).await.unwrap();
+    eprintln!(
+        "audit verify after the kill: {} events, {} committed, {} redelivered, {} crash leftovers, {} problems",
+        report.events,
+        report.committed_events,
+        report.duplicates,
+        report.crash_leftovers,
+        report.problems.len()
+    );
+    assert!(
+        report.ok(),
+        "audit verify after kill -9 and a restart: {:#?}",
+        &report.problems[..report.problems.len().min(10)]
+    );
 
     // Identical ids, identical content; one primary id per request, one shadow id per scored
     // request routed to a version other than the shadow's.

@@ -142,7 +142,7 @@ async fn two_pipelines_split_the_partitions_and_a_killed_ones_move_with_their_qu
     streamscore_kafka::ensure_topics(
         &support::kafka(),
         &[
-            streamscore_kafka::TopicSpec::event(&requests, PARTITIONS),
+            streamscore_kafka::TopicSpec::requests(&requests, PARTITIONS),
             streamscore_kafka::TopicSpec::event(&predictions, PARTITIONS),
             streamscore_kafka::TopicSpec::event(&dead_letter, 1),
         ],
@@ -275,10 +275,12 @@ async fn two_pipelines_split_the_partitions_and_a_killed_ones_move_with_their_qu
     assert_eq!(primary_ids.len(), total, "every request has its primary outcome");
 
     // Quota decisions: the partition's whole stream in order, across both hand-overs.
-    let mut by_partition: BTreeMap<i32, Vec<(i64, InferenceRequest)>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<(i64, i64, InferenceRequest)>> = BTreeMap::new();
     for record in support::read_all(&[&requests], Duration::from_secs(2)) {
         let request = codec.decode(record.payload().unwrap()).await.unwrap().value;
-        by_partition.entry(record.partition()).or_default().push((record.offset(), request));
+        // Quotas run on when each record reached the broker (its Kafka timestamp).
+        let received_at = record.timestamp().to_millis().unwrap() * 1000;
+        by_partition.entry(record.partition()).or_default().push((record.offset(), received_at, request));
     }
     assert_eq!(by_partition.values().map(Vec::len).sum::<usize>(), total);
     let expected = expected_decisions(&policy, &by_partition, &HashMap::new());

@@ -130,6 +130,8 @@ pub async fn serve(
             .set("acks", "all")
             // A caller waits on this record: send it now rather than batch it.
             .set("linger.ms", "1")
+            // Requests go to their tenant's partition, where ingest decides its quota.
+            .set("partitioner", streamscore_kafka::config::PARTITIONER)
             .set("enable.idempotence", "false")
             // A broker that cannot take the record within most of the caller's deadline is
             // down for that caller (503), not a record to deliver minutes later.

@@ -33,6 +33,8 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub const KEY_FILE_ENV: &str = "STREAMSCORE_AUDIT_KEY_FILE";
 /// The audit key itself, when no key file is given.
 pub const KEY_ENV: &str = "STREAMSCORE_AUDIT_KEY";
+/// The shortest audit key accepted (128 bits).
+pub const MIN_KEY_BYTES: usize = 16;
 
 /// Entry kinds with a meaning for verification.
 pub mod kinds {
@@ -81,7 +83,21 @@ impl AuditKey {
         Self { key: Vec::new(), id: "unkeyed".to_owned(), keyed: keyed(&[]) }
     }
 
-    /// The key from [`KEY_FILE_ENV`], else [`KEY_ENV`], else [`AuditKey::unkeyed`].
+    /// A key read from `source` (a file or a variable, for the message): refused when shorter
+    /// than [`MIN_KEY_BYTES`], which a guess could find.
+    pub fn checked(key: &[u8], source: &str) -> Result<Self, String> {
+        if key.len() < MIN_KEY_BYTES {
+            return Err(format!(
+                "the audit key from {source} is {} bytes; use at least {MIN_KEY_BYTES} random bytes \
+                 (e.g. `head -c 32 /dev/urandom | base64 > audit.key`, as `streamscore stack up` does)",
+                key.len()
+            ));
+        }
+        Ok(Self::new(key))
+    }
+
+    /// The key from [`KEY_FILE_ENV`], else [`KEY_ENV`], else [`AuditKey::unkeyed`]; a key
+    /// shorter than [`MIN_KEY_BYTES`] is refused.
     pub fn from_env() -> Result<Self, String> {
         if let Some(path) = std::env::var_os(KEY_FILE_ENV).filter(|p| !p.is_empty()) {
             let bytes = std::fs::read(&path)
@@ -90,10 +106,10 @@ impl AuditKey {
             if key.is_empty() {
                 return Err(format!("the audit key file {} is empty", path.to_string_lossy()));
             }
-            return Ok(Self::new(key));
+            return Self::checked(key, &format!("the file {} ({KEY_FILE_ENV})", path.to_string_lossy()));
         }
         match std::env::var(KEY_ENV) {
-            Ok(key) if !key.trim().is_empty() => Ok(Self::new(key.trim().as_bytes())),
+            Ok(key) if !key.trim().is_empty() => Self::checked(key.trim().as_bytes(), KEY_ENV),
             _ => Ok(Self::unkeyed()),
         }
     }
@@ -178,6 +194,7 @@ impl AuditChain {
     ) -> AuditRecord {
         details.insert("chain".to_owned(), self.chain.clone());
         details.insert("key_id".to_owned(), self.key.id().to_owned());
+        details.insert("hashing".to_owned(), HASHING.to_owned());
         let mut seq = itoa::Buffer::new();
         let audit_id = crate::lineage::uuid_v5(
             &EVENT_ID_NAMESPACE,
@@ -203,13 +220,51 @@ impl AuditChain {
     }
 }
 
+/// Feeds length-prefixed fields to a MAC, so no two different field lists feed the same bytes.
+struct Fields(HmacSha256);
+
+impl Fields {
+    fn field(&mut self, bytes: &[u8]) {
+        self.0.update(&(bytes.len() as u64).to_be_bytes());
+        self.0.update(bytes);
+    }
+
+    /// An optional field: a tag byte, then the value when there is one (`None` and `Some("")`
+    /// or `Some("\0")` feed different bytes).
+    fn optional(&mut self, value: Option<&[u8]>) {
+        match value {
+            None => self.field(b"-"),
+            Some(bytes) => {
+                self.field(b"+");
+                self.field(bytes);
+            }
+        }
+    }
+}
+
+/// The `hashing` detail of entries hashed by the current rules: lineage's optional fields
+/// tagged (absent and `"\0"` differ). Entries without it were written before and are checked
+/// by the rules they were written with; the detail is itself covered by the HMAC, so it cannot
+/// be removed without the key.
+pub const HASHING: &str = "2";
+
 /// HMAC-SHA256 (hex) over an entry's content: every field but `hash`, each length-prefixed so
 /// no two different entries serialize the same.
 pub fn content_hash(key: &AuditKey, record: &AuditRecord) -> String {
+    let tagged = record.details.get("hashing").is_some_and(|v| v == HASHING);
     let mut mac = key.mac();
     let mut field = |bytes: &[u8]| {
         mac.update(&(bytes.len() as u64).to_be_bytes());
         mac.update(bytes);
+    };
+    let optional = |field: &mut dyn FnMut(&[u8]), value: Option<&str>| match (tagged, value) {
+        (true, None) => field(b"-"),
+        (true, Some(v)) => {
+            field(b"+");
+            field(v.as_bytes());
+        }
+        // The first rules: absent as "\0" (kept for entries written under them).
+        (false, v) => field(v.unwrap_or("\u{0}").as_bytes()),
     };
     field(record.audit_id.as_bytes());
     field(&record.seq.to_be_bytes());
@@ -222,8 +277,8 @@ pub fn content_hash(key: &AuditKey, record: &AuditRecord) -> String {
         Some(l) => {
             field(b"+");
             field(l.event_id.as_bytes());
-            field(l.request_id.as_deref().unwrap_or("\u{0}").as_bytes());
-            field(l.tenant.as_deref().unwrap_or("\u{0}").as_bytes());
+            optional(&mut field, l.request_id.as_deref());
+            optional(&mut field, l.tenant.as_deref());
             field(l.source.topic.as_bytes());
             field(&l.source.partition.to_be_bytes());
             field(&l.source.offset.to_be_bytes());
@@ -242,6 +297,70 @@ pub fn content_hash(key: &AuditKey, record: &AuditRecord) -> String {
     field(&record.occurred_at.to_be_bytes());
     field(record.prev_hash.as_bytes());
     hex(&mac.finalize().into_bytes())
+}
+
+/// What an outcome says, keyed: every field but when, by which instance and how fast it was
+/// written (`written_at`, `instance`, `batch_size`, `queue_wait_us`, `inference_us`). Two
+/// copies of one event with the same content are the same answer written twice (a request
+/// redelivered after a crash is scored again in another batch, by another process); a copy
+/// with other content (another score, status, version, reply address or features) is not.
+pub fn outcome_content(key: &AuditKey, outcome: &crate::PredictionOutcome) -> String {
+    let mut f = Fields(key.mac());
+    lineage_content(&mut f, &outcome.lineage);
+    f.field(status_code(outcome.status).as_bytes());
+    f.field(&[u8::from(outcome.shadow)]);
+    f.field(outcome.model.as_bytes());
+    f.optional(outcome.model_version.as_deref().map(str::as_bytes));
+    f.optional(outcome.model_sha256.as_deref().map(str::as_bytes));
+    f.optional(outcome.backend.as_deref().map(str::as_bytes));
+    f.optional(outcome.score.map(f64::to_bits).map(u64::to_be_bytes).as_ref().map(|b| &b[..]));
+    f.optional(outcome.label.as_deref().map(str::as_bytes));
+    f.optional(outcome.reason.as_deref().map(str::as_bytes));
+    f.optional(outcome.detail.as_deref().map(str::as_bytes));
+    f.optional(outcome.retry_after_ms.map(i64::to_be_bytes).as_ref().map(|b| &b[..]));
+    let mut features: Vec<(&String, &f64)> = outcome.features.iter().collect();
+    features.sort_by(|a, b| a.0.cmp(b.0));
+    f.field(&(features.len() as u64).to_be_bytes());
+    for (name, value) in features {
+        f.field(name.as_bytes());
+        f.field(&value.to_bits().to_be_bytes());
+    }
+    f.field(&outcome.request_created_at.to_be_bytes());
+    f.optional(outcome.reply_to.as_deref().map(str::as_bytes));
+    hex(&f.0.finalize().into_bytes()[..16])
+}
+
+/// What a dead letter says, keyed: every field but when and by which instance it was written.
+pub fn dead_letter_content(key: &AuditKey, letter: &crate::DeadLetter) -> String {
+    let mut f = Fields(key.mac());
+    lineage_content(&mut f, &letter.lineage);
+    f.field(letter.reason.code().as_bytes());
+    f.field(letter.detail.as_bytes());
+    f.optional(letter.original_key.as_deref());
+    f.optional(letter.original_value.as_deref());
+    f.optional(letter.writer_schema_id.map(i32::to_be_bytes).as_ref().map(|b| &b[..]));
+    f.optional(letter.original_timestamp_ms.map(i64::to_be_bytes).as_ref().map(|b| &b[..]));
+    f.optional(letter.original_value_length.map(i64::to_be_bytes).as_ref().map(|b| &b[..]));
+    f.optional(letter.original_value_sha256.as_deref().map(str::as_bytes));
+    hex(&f.0.finalize().into_bytes()[..16])
+}
+
+fn lineage_content(f: &mut Fields, lineage: &Lineage) {
+    f.field(lineage.event_id.as_bytes());
+    f.optional(lineage.request_id.as_deref().map(str::as_bytes));
+    f.optional(lineage.tenant.as_deref().map(str::as_bytes));
+    f.field(lineage.source.topic.as_bytes());
+    f.field(&lineage.source.partition.to_be_bytes());
+    f.field(&lineage.source.offset.to_be_bytes());
+    f.field(lineage.stage.as_bytes());
+}
+
+fn status_code(status: crate::OutcomeStatus) -> &'static str {
+    match status {
+        crate::OutcomeStatus::Scored => "SCORED",
+        crate::OutcomeStatus::Rejected => "REJECTED",
+        crate::OutcomeStatus::Failed => "FAILED",
+    }
 }
 
 /// The details of a `BATCH_COMMITTED` entry: `events` lists `event_id:hash` comma-separated in
@@ -333,6 +452,30 @@ mod tests {
             l.tenant = Some("globex".to_owned());
         }
         assert_ne!(content_hash(&key, &entry), before, "the tenant is hashed");
+        // An absent request id and the string "\0" are different content.
+        let with = |request_id: Option<&str>, hashing: Option<&str>| {
+            let mut entry = entry.clone();
+            if let Some(l) = entry.lineage.as_mut() {
+                l.request_id = request_id.map(str::to_owned);
+            }
+            match hashing {
+                Some(v) => entry.details.insert("hashing".to_owned(), v.to_owned()),
+                None => entry.details.remove("hashing"),
+            };
+            content_hash(&key, &entry)
+        };
+        assert_eq!(entries[0].details["hashing"], HASHING, "new entries are hashed by the current rules");
+        assert_ne!(with(None, Some(HASHING)), with(Some("\u{0}"), Some(HASHING)));
+        assert_ne!(with(None, Some(HASHING)), with(Some(""), Some(HASHING)));
+        // Entries written before the tag keep verifying by the rules they were written with.
+        assert_eq!(with(None, None), with(Some("\u{0}"), None));
+    }
+
+    #[test]
+    fn a_short_key_is_refused() {
+        let error = AuditKey::checked(b"secret", "a test").expect_err("6 bytes");
+        assert!(error.contains("6 bytes") && error.contains("at least 16"), "{error}");
+        assert!(AuditKey::checked(&[7; MIN_KEY_BYTES], "a test").is_ok());
     }
 
     #[test]

@@ -81,12 +81,23 @@ pub struct ValidatedRequest {
     /// it is `None` or the version differs.
     #[serde(default)]
     pub feature_vector: Option<Vec<f32>>,
+    /// When the request record reached the broker (its Kafka timestamp, µs): the clock quotas
+    /// run on. `None`: an event written before version 3 of the schema.
+    #[serde(default)]
+    #[avro(with = crate::lineage::optional_timestamp_micros)]
+    pub received_at: Option<i64>,
 }
 
 impl ValidatedRequest {
     /// A request as ingest hands it on, without a checked vector (no model store).
     pub fn new(lineage: Lineage, request: InferenceRequest, writer_schema_id: i32) -> Self {
-        Self { lineage, request, writer_schema_id, model_version: None, feature_vector: None }
+        Self { lineage, request, writer_schema_id, model_version: None, feature_vector: None, received_at: None }
+    }
+
+    /// The time quotas measure this request by: when it reached the broker, else (an event of
+    /// an older ingest) its own `created_at`.
+    pub fn quota_time(&self) -> i64 {
+        self.received_at.unwrap_or(self.request.created_at)
     }
 
     /// The checked vector, if ingest checked the request against `version` and the vector has
@@ -139,6 +150,8 @@ pub struct PredictionOutcome {
 /// `io.streamscore.v1.DeadLetterReason`: why a record could not become a valid request.
 ///
 /// `TENANT_MISMATCH`: the record key names another tenant than the body;
+/// `WRONG_PARTITION`: the record is not on its tenant's partition (Kafka's default
+/// partitioner over the tenant), where the tenant's quota is decided;
 /// `TIMESTAMP_OUT_OF_RANGE`: `created_at` is outside ingest's event-time window;
 /// `MODEL_REFUSED`: the version the request routes to was refused when the store loaded it.
 /// `UNDECODABLE`: not Confluent-framed Avro, or a body that does not decode;
@@ -166,6 +179,9 @@ pub enum DeadLetterReason {
     TimestampOutOfRange,
     ModelRefused,
     Other,
+    // Appended after `OTHER`: symbols keep their indices, so the schema stays BACKWARD
+    // compatible.
+    WrongPartition,
 }
 
 impl DeadLetterReason {
@@ -190,6 +206,7 @@ impl DeadLetterReason {
             Self::TimestampOutOfRange => "TIMESTAMP_OUT_OF_RANGE",
             Self::ModelRefused => "MODEL_REFUSED",
             Self::Other => "OTHER",
+            Self::WrongPartition => "WRONG_PARTITION",
         }
     }
 }

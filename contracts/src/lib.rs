@@ -10,6 +10,7 @@ pub mod audit;
 pub mod codec;
 pub mod events;
 pub mod lineage;
+pub mod partition;
 pub mod schemas;
 pub mod topics;
 

@@ -164,6 +164,18 @@ pub fn timestamp_micros(
     apache_avro::Schema::TimestampMicros
 }
 
+/// The Avro schema of an optional timestamp (`["null", timestamp-micros]`), for
+/// `#[avro(with = ...)]` on `Option<i64>` fields.
+pub fn optional_timestamp_micros(
+    _: &mut std::collections::HashSet<apache_avro::schema::Name>,
+    _: apache_avro::schema::NamespaceRef<'_>,
+) -> apache_avro::Schema {
+    match apache_avro::schema::UnionSchema::new(vec![apache_avro::Schema::Null, apache_avro::Schema::TimestampMicros]) {
+        Ok(union) => apache_avro::Schema::Union(union),
+        Err(_) => unreachable!("null and a timestamp are a valid union"),
+    }
+}
+
 /// Microseconds since the Unix epoch, the unit of every timestamp in the contracts.
 pub fn now_micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))

@@ -44,11 +44,14 @@ pub enum QuotaOutcome {
     Rejected,
 }
 
-/// Decides one request. `quotas`: the tenant policy in force (the caller has adopted the
-/// bucket its partition committed); `pins`: the stage's own `--pins`, before the policy's.
+/// Decides one request. `quota_time_us`: the clock its quota is decided on (when the request
+/// reached the broker, [`streamscore_contracts::ValidatedRequest::quota_time`]); `quotas`: the
+/// tenant policy in force (the caller has adopted the bucket its partition committed); `pins`:
+/// the stage's own `--pins`, before the policy's.
 /// Returns the route and, with a policy, what the quota decided.
 pub fn route(
     request: &InferenceRequest,
+    quota_time_us: i64,
     quotas: Option<&mut Quotas>,
     pins: &HashMap<String, String>,
     store: &ModelStore,
@@ -61,7 +64,7 @@ pub fn route(
     let mut policy_pin = None;
     let admitted = quotas.is_some();
     if let Some(q) = quotas {
-        let decision = q.decide(tenant, &request.model, request.created_at);
+        let decision = q.decide(tenant, &request.model, quota_time_us);
         tier = q.tier(tenant);
         policy_pin = q.policy().pin(tenant, &request.model).map(str::to_owned);
         let rejected = |route| (route, Some(QuotaOutcome::Rejected));
@@ -191,20 +194,20 @@ allowed_models = ["other"]
         let store = store();
         let default = store.route("fraud", None, None).unwrap().key();
         let none = HashMap::new();
-        let (named, _) = route(&request("acme", "fraud", Some("2"), 0), None, &none, &store, loaded);
+        let (named, _) = route(&request("acme", "fraud", Some("2"), 0), 0, None, &none, &store, loaded);
         assert_eq!(outcome(&named), "fraud/2");
-        let (by_default, quota) = route(&request("acme", "fraud", None, 0), None, &none, &store, loaded);
+        let (by_default, quota) = route(&request("acme", "fraud", None, 0), 0, None, &none, &store, loaded);
         assert_eq!(outcome(&by_default), default);
         assert_eq!(quota, None, "no policy, no quota decision");
 
         // The policy's pin, then the stage's --pins over it; a named version over both.
         let mut q = quotas();
-        let (pinned, quota) = route(&request("initech", "fraud", None, 0), Some(&mut q), &none, &store, loaded);
+        let (pinned, quota) = route(&request("initech", "fraud", None, 0), 0, Some(&mut q), &none, &store, loaded);
         assert_eq!((outcome(&pinned), quota), ("fraud/2".to_owned(), Some(QuotaOutcome::Admitted)));
         let pins = HashMap::from([("initech".to_owned(), "1".to_owned())]);
-        let (overridden, _) = route(&request("initech", "fraud", None, 1), Some(&mut q), &pins, &store, loaded);
+        let (overridden, _) = route(&request("initech", "fraud", None, 1), 1, Some(&mut q), &pins, &store, loaded);
         assert_eq!(outcome(&overridden), "fraud/1");
-        let (named, _) = route(&request("initech", "fraud", Some("1"), 2), Some(&mut q), &none, &store, loaded);
+        let (named, _) = route(&request("initech", "fraud", Some("1"), 2), 2, Some(&mut q), &none, &store, loaded);
         assert_eq!(outcome(&named), "fraud/1");
         if let Route::Score { tier, admitted, delay_us, .. } = pinned {
             assert_eq!((tier, admitted, delay_us), (2, true, 0));
@@ -215,15 +218,15 @@ allowed_models = ["other"]
     fn unknown_models_and_versions_are_rejected_with_their_reason() {
         let store = store();
         let none = HashMap::new();
-        let (unknown_version, _) = route(&request("acme", "fraud", Some("9"), 0), None, &none, &store, loaded);
+        let (unknown_version, _) = route(&request("acme", "fraud", Some("9"), 0), 0, None, &none, &store, loaded);
         assert_eq!(outcome(&unknown_version), "UNKNOWN_MODEL_VERSION");
-        let (unknown_model, _) = route(&request("acme", "nope", None, 0), None, &none, &store, loaded);
+        let (unknown_model, _) = route(&request("acme", "nope", None, 0), 0, None, &none, &store, loaded);
         assert_eq!(outcome(&unknown_model), "UNKNOWN_MODEL");
         let refused = |_: &str| Availability::Refused("sha256 mismatch".to_owned());
-        let (route_refused, _) = route(&request("acme", "fraud", Some("1"), 0), None, &none, &store, refused);
+        let (route_refused, _) = route(&request("acme", "fraud", Some("1"), 0), 0, None, &none, &store, refused);
         assert_eq!(outcome(&route_refused), "MODEL_REFUSED");
         let (not_loaded, _) =
-            route(&request("acme", "fraud", Some("1"), 0), None, &none, &store, |_| Availability::NotLoaded);
+            route(&request("acme", "fraud", Some("1"), 0), 0, None, &none, &store, |_| Availability::NotLoaded);
         assert_eq!(outcome(&not_loaded), "MODEL_NOT_LOADED");
         if let Route::Reject { detail, admitted, .. } = route_refused {
             assert!(detail.contains("sha256 mismatch"), "{detail}");
@@ -240,7 +243,7 @@ allowed_models = ["other"]
         let mut codes = Vec::new();
         for i in 0..4 {
             q.adopt("acme", 1, None);
-            let (r, quota) = route(&request("acme", "fraud", Some("1"), i), Some(&mut q), &none, &store, loaded);
+            let (r, quota) = route(&request("acme", "fraud", Some("1"), i), i, Some(&mut q), &none, &store, loaded);
             codes.push((outcome(&r), quota));
             if let Route::Reject { retry_after_ms, admitted, .. } = &r {
                 assert!(retry_after_ms.is_some_and(|ms| ms > 0), "a retry hint");
@@ -258,8 +261,8 @@ allowed_models = ["other"]
         );
         // globex delays instead: the second request waits for its token (100 ms at 10/s).
         q.adopt("globex", 1, None);
-        let (first, _) = route(&request("globex", "fraud", None, 0), Some(&mut q), &none, &store, loaded);
-        let (second, quota) = route(&request("globex", "fraud", None, 0), Some(&mut q), &none, &store, loaded);
+        let (first, _) = route(&request("globex", "fraud", None, 0), 0, Some(&mut q), &none, &store, loaded);
+        let (second, quota) = route(&request("globex", "fraud", None, 0), 0, Some(&mut q), &none, &store, loaded);
         assert!(matches!(first, Route::Score { delay_us: 0, .. }));
         assert_eq!(quota, Some(QuotaOutcome::Delayed));
         match second {
@@ -267,12 +270,13 @@ allowed_models = ["other"]
             other => panic!("a delay, not {other:?}"),
         }
         // Tenants outside the policy, and models a tenant may not use.
-        let (stranger, quota) = route(&request("stranger", "fraud", None, 0), Some(&mut q), &none, &store, loaded);
+        let (stranger, quota) = route(&request("stranger", "fraud", None, 0), 0, Some(&mut q), &none, &store, loaded);
         assert_eq!((outcome(&stranger), quota), ("UNKNOWN_TENANT".to_owned(), Some(QuotaOutcome::Rejected)));
-        let (not_allowed, _) = route(&request("umbrella", "fraud", None, 0), Some(&mut q), &none, &store, loaded);
+        let (not_allowed, _) = route(&request("umbrella", "fraud", None, 0), 0, Some(&mut q), &none, &store, loaded);
         assert_eq!(outcome(&not_allowed), "MODEL_NOT_ALLOWED");
         // Tier from the policy orders a backlog.
-        let (tiered, _) = route(&request("acme", "fraud", None, 1_000_000), Some(&mut q), &none, &store, loaded);
+        let (tiered, _) =
+            route(&request("acme", "fraud", None, 1_000_000), 1_000_000, Some(&mut q), &none, &store, loaded);
         assert!(matches!(tiered, Route::Score { tier: 1, .. }), "{tiered:?}");
     }
 }

@@ -6,12 +6,14 @@
 //! the dead-letter topic with its reason and original bytes, then its offset moves on.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{Message, OwnedMessage};
 use streamscore_contracts::{Codec, DeadLetter, DecodeError, Lineage, SourceOffset, Stage, ValidatedRequest};
+use streamscore_kafka::audit::{AuditError, AuditWriter, Committer};
 use streamscore_kafka::retry::{self, Attempt};
-use streamscore_kafka::{Ack, KafkaConfig, Sink, Source, SourceConfig};
+use streamscore_kafka::{Ack, KafkaConfig, Seal, Sink, Source, SourceConfig};
 use tokio::sync::mpsc;
 
 use crate::stage::InferError;
@@ -25,6 +27,8 @@ pub struct ValidatedInput {
     pub dead_letter_topic: String,
     /// Offset-aligned checkpoints (with quotas on).
     pub checkpoints: Option<String>,
+    /// Where the dead letters of unreadable records are committed, like every other output.
+    pub audit_topic: String,
     pub instance: String,
     pub drain_timeout: Duration,
 }
@@ -42,21 +46,39 @@ pub async fn consume_validated(
     tokio::pin!(shutdown);
     let codec = Codec::<ValidatedRequest>::with_url(registry_url, &input.topic);
     let dead_letters = Codec::<DeadLetter>::with_url(registry_url, &input.dead_letter_topic);
-    tokio::select! {
+    // The dead letters this reader writes are committed in an audit chain of its own (a writer
+    // of its own: `<instance>/validated-source`), like every output of every stage.
+    let committer = tokio::select! {
         biased;
         () = &mut shutdown => return Ok(()),
-        registered = retry::register(&dead_letters) => { registered?; }
-    }
+        committer = async {
+            retry::register(&dead_letters).await?;
+            let writer_instance = format!("{}/validated-source", input.instance);
+            let audit =
+                AuditWriter::new(kafka, registry_url, &input.audit_topic, Stage::Infer.as_str(), &writer_instance).await?;
+            audit.schema_registered(&dead_letters).await?;
+            Ok::<_, InferError>(Committer::new(Arc::new(audit)))
+        } => committer?,
+    };
     let sink = Sink::new(kafka, "infer-source")?;
     let mut config = SourceConfig::new(&input.group, &[&input.topic], "infer");
     config.checkpoints = input.checkpoints.clone();
     let mut source = Source::open(kafka, config)?;
     let mut failure = None;
+    let mut ticking = tokio::spawn(Arc::clone(&committer).tick());
     loop {
         let (message, ack) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             e = sink.failed() => { failure = Some(e.into()); break }
+            e = committer.audit().failed() => { failure = Some(AuditError::Delivery(e).into()); break }
+            stopped = &mut ticking => {
+                failure = Some(match stopped {
+                    Ok(e) => e.into(),
+                    Err(e) => AuditError::Delivery(format!("the committer stopped: {e}")).into(),
+                });
+                break
+            }
             next = source.next() => match next {
                 Ok(next) => next,
                 Err(e) => { failure = Some(e.into()); break }
@@ -81,7 +103,7 @@ pub async fn consume_validated(
                 }
             }
             Err(e) => {
-                if let Err(e) = dead_letter(&sink, &dead_letters, input, &message, &e, ack).await {
+                if let Err(e) = dead_letter(&sink, &dead_letters, &committer, input, &message, &e, ack).await {
                     failure = Some(e);
                     break;
                 }
@@ -89,12 +111,19 @@ pub async fn consume_validated(
         }
     }
     drop(output);
+    ticking.abort();
+    if failure.is_none() {
+        if let Err(e) = committer.flush().await {
+            failure = Some(e.into());
+        }
+    }
     let closed = source.close(input.drain_timeout).await;
     sink.flush(Duration::from_secs(2));
     if let Some(failure) = failure {
         return Err(failure);
     }
     closed?;
+    committer.audit().close(std::collections::HashMap::new()).await?;
     Ok(())
 }
 
@@ -116,10 +145,12 @@ async fn decode_when_up(codec: &Codec<ValidatedRequest>, bytes: &[u8]) -> Result
     .await
 }
 
-/// A record of the validated topic that can never be read: dead-lettered with its bytes.
+/// A record of the validated topic that can never be read: dead-lettered with its bytes, and
+/// the dead letter committed in the audit log.
 async fn dead_letter(
     sink: &Sink,
     codec: &Codec<DeadLetter>,
+    committer: &Committer,
     input: &ValidatedInput,
     message: &OwnedMessage,
     error: &DecodeError,
@@ -141,7 +172,10 @@ async fn dead_letter(
     };
     dead_letter.fit(sink.max_message_bytes());
     let bytes = codec.encode(&dead_letter)?;
-    sink.send(&input.dead_letter_topic, message.key().unwrap_or_default(), &bytes, &ack).await?;
-    ack.done();
+    let key = committer.audit().key().await;
+    let hash = key.event_hash(&bytes);
+    let seal = Seal { hash: &hash, key_id: key.id() };
+    sink.send_sealed(&input.dead_letter_topic, message.key().unwrap_or_default(), &bytes, &ack, seal).await?;
+    committer.add(vec![(dead_letter.lineage.event_id.clone(), hash)], ack).await?;
     Ok(())
 }

@@ -112,6 +112,25 @@ pub fn tenant_refusal(key: Option<&[u8]>, topic: &str, tenant: &str, bound: &Ten
     bound.refusal(topic, tenant)
 }
 
+/// Why a record of `tenant` on `partition` of a topic of `partitions` partitions may not buy
+/// quota (`WRONG_PARTITION`): a tenant's requests are decided on one partition's ordered stream,
+/// the one Kafka's default partitioner gives its key (murmur2 of the tenant), so that neither a
+/// missing key, another tenant's key nor a producer choosing partitions can spread a tenant over
+/// several partitions, each deciding its quota apart. `partitions` 0 means unknown: no check.
+pub fn partition_refusal(topic: &str, partition: i32, partitions: i32, tenant: &str) -> Option<String> {
+    if partitions <= 1 {
+        return None;
+    }
+    let home = streamscore_contracts::partition::partition_for(tenant.as_bytes(), partitions);
+    (home != partition).then(|| {
+        format!(
+            "the record is on partition {partition} of {topic}, but tenant {tenant:?}'s requests belong on partition \
+             {home} of its {partitions} (Kafka's default partitioner: murmur2 of the key {tenant:?}): key each request \
+             by its tenant, and set partitioner=murmur2_random in librdkafka-based producers (Python, Go, .NET, C)"
+        )
+    })
+}
+
 /// Default largest record value accepted, in bytes.
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
 
@@ -120,23 +139,33 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 * 1024;
 pub struct RawRecord<'a> {
     pub topic: &'a str,
     pub partition: i32,
+    /// How many partitions the topic has (0: unknown, no partition check).
+    pub partitions: i32,
     pub offset: i64,
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
+    /// The record's Kafka timestamp: the broker's append time where the topic has
+    /// `LogAppendTime`, else the producer's create time.
     pub timestamp_ms: Option<i64>,
 }
 
 impl<'a> RawRecord<'a> {
-    /// The record as a Kafka consumer delivered it.
-    pub fn from_message(message: &'a impl rdkafka::message::Message) -> Self {
+    /// The record as a Kafka consumer delivered it, on a topic of `partitions` partitions.
+    pub fn from_message(message: &'a impl rdkafka::message::Message, partitions: i32) -> Self {
         Self {
             topic: message.topic(),
             partition: message.partition(),
+            partitions,
             offset: message.offset(),
             key: message.key(),
             value: message.payload(),
-            timestamp_ms: message.timestamp().to_millis(),
+            timestamp_ms: message.timestamp().to_millis().filter(|t| *t >= 0),
         }
+    }
+
+    /// When the record reached the broker (µs), if it has a timestamp.
+    pub fn received_at(&self) -> Option<i64> {
+        self.timestamp_ms.map(|ms| ms.saturating_mul(1000))
     }
 
     fn source(&self) -> SourceOffset {
@@ -171,14 +200,16 @@ impl Default for EventTimeWindow {
 }
 
 impl EventTimeWindow {
-    /// Why `created_at` (µs) is outside the window around `now` (µs), if it is.
-    pub fn check(&self, created_at: i64, now: i64) -> Option<String> {
+    /// Why `created_at` (µs) is outside the window around `received_at` (µs: when the record
+    /// reached the broker), if it is.
+    pub fn check(&self, created_at: i64, received_at: i64) -> Option<String> {
         let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
-        let earliest = now.saturating_sub(micros(self.past));
-        let latest = now.saturating_add(micros(self.future));
+        let earliest = received_at.saturating_sub(micros(self.past));
+        let latest = received_at.saturating_add(micros(self.future));
         (created_at < earliest || created_at > latest).then(|| {
             format!(
-                "created_at {created_at} µs is outside [{earliest}, {latest}]: more than {} s before or {} s after ingest time",
+                "created_at {created_at} µs is outside [{earliest}, {latest}]: more than {} s before or {} s after \
+                 the record reached the broker",
                 self.past.as_secs(),
                 self.future.as_secs()
             )
@@ -303,9 +334,13 @@ impl RequestDecider {
                 return self.dead_letter(record, reason, detail, Some(decoded.schema_id), Some(&request))
             }
         };
-        // Event time drives quotas and drift windows: one far-future created_at would freeze a
-        // tenant's refill (and be checkpointed) or push a version's drift windows ahead.
-        if let Some(detail) = self.window.check(request.created_at, (self.now)()) {
+        // Event time drives drift windows: one far-future created_at would push a version's
+        // windows ahead. It is judged against when the record reached the broker, not against
+        // the clock now: a backlog read after an outage is as young as it was when it arrived,
+        // and a redelivered record is judged exactly as the first time. (A record without a
+        // timestamp is judged against ingest's clock.)
+        let received_at = record.received_at();
+        if let Some(detail) = self.window.check(request.created_at, received_at.unwrap_or_else(self.now)) {
             return self.dead_letter(
                 record,
                 DeadLetterReason::TimestampOutOfRange,
@@ -318,6 +353,15 @@ impl RequestDecider {
             return self.dead_letter(
                 record,
                 DeadLetterReason::TenantMismatch,
+                detail,
+                Some(decoded.schema_id),
+                Some(&request),
+            );
+        }
+        if let Some(detail) = partition_refusal(record.topic, record.partition, record.partitions, &request.tenant) {
+            return self.dead_letter(
+                record,
+                DeadLetterReason::WrongPartition,
                 detail,
                 Some(decoded.schema_id),
                 Some(&request),
@@ -338,6 +382,8 @@ impl RequestDecider {
             validated.model_version = Some(version);
             validated.feature_vector = Some(vector);
         }
+        // Quotas run on the broker's clock, which the producer does not set through the body.
+        validated.received_at = received_at;
         Decision::Valid(Box::new(validated))
     }
 
@@ -597,6 +643,7 @@ mod tests {
         let record = |value: &'static [u8]| RawRecord {
             topic: "inference.requests",
             partition: 0,
+            partitions: 1,
             offset: 7,
             key: Some(b"acme"),
             value: Some(value),
@@ -631,10 +678,11 @@ mod tests {
         let record = |key: Option<&'static [u8]>| RawRecord {
             topic: "inference.requests",
             partition: 0,
+            partitions: 1,
             offset: 3,
             key,
             value: Some(&value),
-            timestamp_ms: Some(1),
+            timestamp_ms: Some(body.created_at / 1000),
         };
         match decider.decide(record(Some(b"globex"))).await {
             Decision::DeadLetter(dl, _) => {
@@ -646,6 +694,47 @@ mod tests {
         }
         assert!(matches!(decider.decide(record(Some(b"acme"))).await, Decision::Valid(_)), "its own key");
         assert!(matches!(decider.decide(record(None)).await, Decision::Valid(_)), "no key: the body's word");
+    }
+
+    #[tokio::test]
+    async fn a_tenant_is_decided_on_its_own_partition_only() {
+        let codec =
+            Arc::new(Codec::<InferenceRequest>::with_url("http://127.0.0.1:9", "inference.requests").with_known_id(1));
+        let decider = RequestDecider::new(Arc::clone(&codec), "test");
+        let mut body = request("2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b", 1.0);
+        body.created_at = streamscore_contracts::now_micros();
+        let value = codec.encode(&body).expect("encodes");
+        let home = streamscore_contracts::partition::partition_for(b"acme", 3);
+        let record = |partition: i32, key: Option<&'static [u8]>| RawRecord {
+            topic: "inference.requests",
+            partition,
+            partitions: 3,
+            offset: 3,
+            key,
+            value: Some(&value),
+            timestamp_ms: Some(body.created_at / 1000),
+        };
+        for key in [Some(&b"acme"[..]), None] {
+            assert!(
+                matches!(decider.decide(record(home, key)).await, Decision::Valid(_)),
+                "home partition, key {key:?}"
+            );
+            for other in (0..3).filter(|p| *p != home) {
+                match decider.decide(record(other, key)).await {
+                    Decision::DeadLetter(dl, _) => {
+                        assert_eq!(dl.reason, DeadLetterReason::WrongPartition);
+                        assert!(dl.detail.contains(&format!("partition {home}")), "{}", dl.detail);
+                        assert!(dl.detail.contains("murmur2_random"), "says what to do: {}", dl.detail);
+                    }
+                    other => panic!("acme on partition {other:?} of 3 (home {home}) must not buy quota"),
+                }
+            }
+        }
+        // A topic of one partition (or an unknown count) takes every record.
+        assert!(matches!(
+            decider.decide(RawRecord { partition: 0, partitions: 1, ..record(0, None) }).await,
+            Decision::Valid(_)
+        ));
     }
 
     #[tokio::test]
@@ -668,22 +757,57 @@ mod tests {
             let mut body = request("2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b", 1.0);
             body.created_at = created_at;
             let value = codec.encode(&body).expect("encodes");
-            let record = RawRecord {
-                topic: "inference.requests",
-                partition: 0,
-                offset: 1,
-                key: Some(b"acme"),
-                value: Some(&value),
-                timestamp_ms: Some(1),
-            };
-            match decider.decide(record).await {
-                Decision::Valid(_) => assert!(valid, "{created_at} passed"),
-                Decision::DeadLetter(dl, _) => {
-                    assert!(!valid, "{created_at}: {}", dl.detail);
-                    assert_eq!(dl.reason, DeadLetterReason::TimestampOutOfRange);
+            // Judged against when the record reached the broker (its timestamp), else the clock.
+            for (timestamp_ms, at) in [(Some(NOW / 1000), "its timestamp"), (None, "ingest's clock")] {
+                let record = RawRecord {
+                    topic: "inference.requests",
+                    partition: 0,
+                    partitions: 1,
+                    offset: 1,
+                    key: Some(b"acme"),
+                    value: Some(&value),
+                    timestamp_ms,
+                };
+                match decider.decide(record).await {
+                    Decision::Valid(v) => {
+                        assert!(valid, "{created_at} passed against {at}");
+                        assert_eq!(v.received_at, timestamp_ms.map(|ms| ms * 1000), "the quota clock");
+                    }
+                    Decision::DeadLetter(dl, _) => {
+                        assert!(!valid, "{created_at} against {at}: {}", dl.detail);
+                        assert_eq!(dl.reason, DeadLetterReason::TimestampOutOfRange);
+                    }
+                    Decision::Retry(e) => panic!("{created_at}: {e}"),
                 }
-                Decision::Retry(e) => panic!("{created_at}: {e}"),
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backlog_is_as_young_as_when_it_reached_the_broker() {
+        // Requests that reached the broker 30 hours ago, read now (after an outage): the same
+        // age as when they arrived, so scored, not dead-lettered; with ingest's clock they
+        // would all be TIMESTAMP_OUT_OF_RANGE.
+        const NOW: i64 = 1_800_000_000_000_000;
+        let arrived = NOW - 30 * 3_600_000_000;
+        let codec =
+            Arc::new(Codec::<InferenceRequest>::with_url("http://127.0.0.1:9", "inference.requests").with_known_id(1));
+        let decider = RequestDecider::new(Arc::clone(&codec), "test").with_clock(|| NOW);
+        let mut body = request("2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b", 1.0);
+        body.created_at = arrived - 2_000_000;
+        let value = codec.encode(&body).expect("encodes");
+        let record = RawRecord {
+            topic: "inference.requests",
+            partition: 0,
+            partitions: 1,
+            offset: 1,
+            key: Some(b"acme"),
+            value: Some(&value),
+            timestamp_ms: Some(arrived / 1000),
+        };
+        match decider.decide(record).await {
+            Decision::Valid(v) => assert_eq!(v.received_at, Some(arrived)),
+            other => panic!("a 30-hour backlog: {other:?}"),
         }
     }
 }

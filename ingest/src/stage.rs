@@ -13,7 +13,7 @@ use streamscore_contracts::audit::AuditKey;
 use streamscore_contracts::{topics, Codec, DeadLetter, PredictionOutcome, ValidatedRequest};
 use streamscore_kafka::audit::{AuditWriter, Committer};
 use streamscore_kafka::retry::{self, Attempt};
-use streamscore_kafka::{Ack, KafkaConfig, Sink, SinkError, Source, SourceConfig, SourceError};
+use streamscore_kafka::{Ack, KafkaConfig, Seal, Sink, SinkError, Source, SourceConfig, SourceError};
 use tokio::sync::mpsc;
 
 use crate::decide::{Decision, RawRecord, RequestDecider};
@@ -228,7 +228,7 @@ pub async fn run_with_stats(
                     .chain(source.buffered())
                     .filter_map(|m| rdkafka::message::Message::payload(m));
                 decider.prefetch_schemas(values).await;
-                decide_with_retry(&decider, RawRecord::from_message(&message)).await
+                decide_with_retry(&decider, RawRecord::from_message(&message, ack.assignment().partitions)).await
             } => decision,
         };
         let result = match decision {
@@ -314,13 +314,16 @@ async fn dead_letter_one(
     }
     let bytes = codecs.dead_letters.encode(&dead_letter)?;
     let key = dead_letter.original_key.as_deref().unwrap_or_default();
-    sink.send(&config.dead_letter_topic, key, &bytes, &ack).await?;
-    let mut events = vec![(dead_letter.lineage.event_id.clone(), codecs.audit_key.event_hash(&bytes))];
+    let hash = codecs.audit_key.event_hash(&bytes);
+    let key_id = codecs.audit_key.id();
+    sink.send_sealed(&config.dead_letter_topic, key, &bytes, &ack, Seal { hash: &hash, key_id }).await?;
+    let mut events = vec![(dead_letter.lineage.event_id.clone(), hash)];
     if let Some(outcome) = reply {
         let bytes = codecs.rejections.encode(&outcome)?;
         let key = outcome.lineage.tenant.as_deref().unwrap_or_default();
-        sink.send(&config.predictions_topic, key.as_bytes(), &bytes, &ack).await?;
-        events.push((outcome.lineage.event_id.clone(), codecs.audit_key.event_hash(&bytes)));
+        let hash = codecs.audit_key.event_hash(&bytes);
+        sink.send_sealed(&config.predictions_topic, key.as_bytes(), &bytes, &ack, Seal { hash: &hash, key_id }).await?;
+        events.push((outcome.lineage.event_id.clone(), hash));
     }
     // Done once the outputs and their commitment in the audit log are acknowledged.
     codecs.committer.add(events, ack).await?;

@@ -13,9 +13,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// One assignment of one partition to this consumer: a partition revoked and assigned again
 /// gets a new generation, and acknowledgements of the old one are ignored.
@@ -23,6 +23,8 @@ use tokio::sync::mpsc;
 pub struct Assignment {
     pub topic: Arc<str>,
     pub partition: i32,
+    /// How many partitions the topic had when it was assigned (0: unknown).
+    pub partitions: i32,
     pub generation: u64,
     /// The state committed with the offset this assignment started from (checkpoint mode).
     pub restored: HashMap<String, String>,
@@ -31,7 +33,7 @@ pub struct Assignment {
 impl Assignment {
     /// An assignment with nothing restored (tests, and stages fed by hand).
     pub fn detached(topic: &str, partition: i32) -> Arc<Self> {
-        Arc::new(Self { topic: Arc::from(topic), partition, generation: 0, restored: HashMap::new() })
+        Arc::new(Self { topic: Arc::from(topic), partition, partitions: 0, generation: 0, restored: HashMap::new() })
     }
 }
 
@@ -42,6 +44,9 @@ pub struct Finished {
     pub offset: i64,
     /// The record's Kafka timestamp (ms; -1 if it had none), for latency.
     pub timestamp_ms: i64,
+    /// When the broker had acknowledged every output of the record (ms since the epoch): what
+    /// a consumer of the outputs waited for. A [`Gate`] may hold the record longer.
+    pub outputs_at_ms: i64,
     /// The state this record left behind, keyed (e.g. a tenant's quota bucket).
     pub state: Option<(String, String)>,
 }
@@ -56,6 +61,8 @@ pub struct AckInner {
     pending: AtomicUsize,
     state: Mutex<Option<(String, String)>>,
     tx: mpsc::UnboundedSender<Finished>,
+    /// Set by [`Ack::done_through`]: the record passes this gate before it is finished.
+    gate: OnceLock<Arc<Gate>>,
 }
 
 impl AckInner {
@@ -63,14 +70,69 @@ impl AckInner {
     pub(crate) fn release(&self) {
         if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
             let state = self.state.lock().unwrap_or_else(PoisonError::into_inner).take();
-            // The source may be gone (shutting down): nothing is lost, the offset is simply
-            // not stored and the record is redelivered.
-            let _ = self.tx.send(Finished {
+            let finished = Finished {
                 assignment: Arc::clone(&self.assignment),
                 offset: self.offset,
                 timestamp_ms: self.timestamp_ms,
+                outputs_at_ms: streamscore_contracts::now_micros() / 1000,
                 state,
-            });
+            };
+            match self.gate.get() {
+                Some(gate) => gate.arrive(finished, self.tx.clone()),
+                // The source may be gone (shutting down): nothing is lost, the offset is
+                // simply not stored and the record is redelivered.
+                None => {
+                    let _ = self.tx.send(finished);
+                }
+            }
+        }
+    }
+}
+
+/// Holds a group of records whose outputs are all acknowledged until something that depends
+/// on those outputs being durable is durable too: the audit commitment of the outputs, which
+/// may only name what the broker has. [`Gate::new`] gives the gate and a receiver that
+/// resolves once every record arrived (`Err` if one never will: an output failed and the
+/// record was dropped); [`Gate::pass`] then finishes them.
+#[derive(Debug)]
+pub struct Gate {
+    waiting: AtomicUsize,
+    arrived: Mutex<Vec<(Finished, mpsc::UnboundedSender<Finished>)>>,
+    open: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Gate {
+    /// A gate for `records` records.
+    pub fn new(records: usize) -> (Arc<Self>, oneshot::Receiver<()>) {
+        let (tx, rx) = oneshot::channel();
+        let gate = Arc::new(Self {
+            waiting: AtomicUsize::new(records),
+            arrived: Mutex::new(Vec::with_capacity(records)),
+            open: Mutex::new(Some(tx)),
+        });
+        if records == 0 {
+            gate.opened();
+        }
+        (gate, rx)
+    }
+
+    fn arrive(&self, finished: Finished, tx: mpsc::UnboundedSender<Finished>) {
+        self.arrived.lock().unwrap_or_else(PoisonError::into_inner).push((finished, tx));
+        if self.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.opened();
+        }
+    }
+
+    fn opened(&self) {
+        if let Some(open) = self.open.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            let _ = open.send(());
+        }
+    }
+
+    /// Finishes every record that arrived (their offsets may be stored now).
+    pub fn pass(&self) {
+        for (finished, tx) in self.arrived.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
+            let _ = tx.send(finished);
         }
     }
 }
@@ -102,6 +164,7 @@ impl Ack {
                 pending: AtomicUsize::new(1),
                 state: Mutex::new(None),
                 tx,
+                gate: OnceLock::new(),
             }),
         }
     }
@@ -135,6 +198,14 @@ impl Ack {
     pub fn done(self) {
         self.inner.release();
     }
+
+    /// [`Ack::done`], but once every output is acknowledged the record waits at `gate` instead
+    /// of finishing, until the gate is passed.
+    pub fn done_through(self, gate: &Arc<Gate>) {
+        // Set before the stage's own hold is released, so the last release sees it.
+        let _ = self.inner.gate.set(Arc::clone(gate));
+        self.inner.release();
+    }
 }
 
 #[cfg(test)]
@@ -155,6 +226,36 @@ mod tests {
         let finished = rx.try_recv().expect("finished");
         assert_eq!((finished.assignment.partition, finished.offset), (3, 42));
         assert_eq!(finished.state, Some(("tenant".to_owned(), "1:2".to_owned())));
+    }
+
+    #[tokio::test]
+    async fn a_gate_holds_its_records_until_every_output_is_acknowledged_and_it_is_passed() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (a, b) = (Ack::new(0, 1, tx.clone()), Ack::new(0, 2, tx));
+        let (out_a, out_b) = (a.output(), b.output());
+        let (gate, mut open) = Gate::new(2);
+        a.done_through(&gate);
+        b.done_through(&gate);
+        out_a.release();
+        assert!(open.try_recv().is_err(), "b's output is not acknowledged yet");
+        out_b.release();
+        open.await.expect("every record arrived");
+        assert!(rx.try_recv().is_err(), "arrived, not finished: the gate holds them");
+        gate.pass();
+        let offsets: Vec<i64> = std::iter::from_fn(|| rx.try_recv().ok()).map(|f| f.offset).collect();
+        assert_eq!(offsets, [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_gate_whose_record_lost_an_output_never_opens() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let ack = Ack::new(0, 1, tx);
+        let output = ack.output();
+        let (gate, open) = Gate::new(1);
+        ack.done_through(&gate);
+        drop(gate);
+        drop(output); // a failed delivery drops its hold without releasing it
+        assert!(open.await.is_err(), "the gate is gone without opening: nothing is committed");
     }
 
     #[test]

@@ -19,11 +19,14 @@ use streamscore_contracts::audit::{commitment_details, kinds, AuditChain, AuditK
 use streamscore_contracts::{AuditRecord, Codec, Lineage};
 use tokio::sync::{watch, Mutex};
 
-use crate::ack::Ack;
+use crate::ack::{Ack, Gate};
 use crate::config::{KafkaConfig, KafkaError};
 
 /// The directory where writers checkpoint their chain heads (outside Kafka).
 pub const HEAD_DIR_ENV: &str = "STREAMSCORE_AUDIT_HEAD_DIR";
+
+/// How long [`AuditWriter::close`] waits for commitments still waiting for their outputs.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// How often, at most, a head checkpoint is rewritten while entries flow.
 const HEAD_EVERY: Duration = Duration::from_secs(1);
@@ -65,6 +68,8 @@ pub struct AuditWriter {
     head_file: Option<PathBuf>,
     failure: Arc<watch::Sender<Option<String>>>,
     failed: watch::Receiver<Option<String>>,
+    /// Commitments waiting for their outputs or their own acknowledgement.
+    committing: watch::Sender<usize>,
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -170,6 +175,7 @@ impl AuditWriter {
             head_file,
             failure: Arc::new(failure),
             failed,
+            committing: watch::channel(0).0,
         };
         let mut details = HashMap::new();
         if let Some(previous) = previous {
@@ -240,45 +246,85 @@ impl AuditWriter {
     }
 
     /// Commits output events (`(event_id, hash)`, in the order they were sent) of the records
-    /// `acks` belong to, in one `BATCH_COMMITTED` entry. Each record is marked done once the
-    /// broker has the entry (its outputs hold it too); a failed entry never finishes them and
-    /// makes [`AuditWriter::failed`] resolve.
-    pub async fn commit(&self, events: &[(String, String)], acks: Vec<Ack>) -> Result<(), AuditError> {
+    /// `acks` belong to, in one `BATCH_COMMITTED` entry, once the broker has acknowledged every
+    /// one of those outputs: a commitment names only what is durable, so a crash can leave
+    /// outputs without their commitment (written again, and committed, when their records are
+    /// redelivered) but never a commitment without its outputs. Each record is finished once
+    /// the broker has the entry too; an output or an entry that fails never finishes its
+    /// records (a failed entry makes [`AuditWriter::failed`] resolve).
+    pub async fn commit(self: &Arc<Self>, events: Vec<(String, String)>, acks: Vec<Ack>) -> Result<(), AuditError> {
         if acks.is_empty() && events.is_empty() {
             return Ok(());
         }
-        let details = commitment_details(events, sources(&acks));
-        let (seq, delivery) = {
-            let mut chain = self.chain.lock().await;
-            let entry = chain.append(kinds::BATCH_COMMITTED, &format!("{} events", events.len()), None, details);
-            (entry.seq, self.send(&entry).await?)
-        };
-        let heads = Arc::clone(&self.heads);
-        let head_file = self.head_file.clone();
-        let failure = Arc::clone(&self.failure);
+        let sources = sources(&acks);
+        let (gate, outputs_acknowledged) = Gate::new(acks.len());
+        for ack in acks {
+            ack.done_through(&gate);
+        }
+        let writer = Arc::clone(self);
+        self.committing.send_modify(|n| *n += 1);
         tokio::spawn(async move {
-            match delivery.await {
-                Ok(Ok(_)) => {
-                    acknowledged(&heads, head_file.as_deref(), seq, false);
-                    for ack in acks {
-                        ack.done();
-                    }
-                }
-                Ok(Err((e, _))) => {
-                    tracing::error!(seq, error = %e, "audit commitment not acknowledged");
-                    failure.send_if_modified(|f| f.is_none() && f.replace(e.to_string()).is_none());
-                }
-                Err(_) => {
-                    failure
-                        .send_if_modified(|f| f.is_none() && f.replace("audit producer closed".to_owned()).is_none());
-                }
-            }
+            writer.commit_when_acknowledged(events, sources, gate, outputs_acknowledged).await;
+            writer.committing.send_modify(|n| *n -= 1);
         });
         Ok(())
     }
 
-    /// Ends the chain cleanly (`STAGE_STOPPED`) and checkpoints its head.
+    /// Waits for every output of a commitment to be acknowledged, then writes the commitment
+    /// and, once the broker has it, lets its records finish.
+    async fn commit_when_acknowledged(
+        &self,
+        events: Vec<(String, String)>,
+        sources: String,
+        gate: Arc<Gate>,
+        outputs_acknowledged: tokio::sync::oneshot::Receiver<()>,
+    ) {
+        // Never opens when an output failed: the stage stops on the sink's failure, and the
+        // records are redelivered after a restart.
+        if outputs_acknowledged.await.is_err() {
+            return;
+        }
+        let details = commitment_details(&events, sources);
+        let sent = {
+            let mut chain = self.chain.lock().await;
+            let entry = chain.append(kinds::BATCH_COMMITTED, &format!("{} events", events.len()), None, details);
+            self.send(&entry).await.map(|delivery| (entry.seq, delivery))
+        };
+        let failed = |reason: String| self.failure.send_if_modified(|f| f.is_none() && f.replace(reason).is_none());
+        let (seq, delivery) = match sent {
+            Ok(sent) => sent,
+            Err(e) => {
+                tracing::error!(error = %e, "audit commitment not sent");
+                failed(e.to_string());
+                return;
+            }
+        };
+        match delivery.await {
+            Ok(Ok(_)) => {
+                acknowledged(&self.heads, self.head_file.as_deref(), seq, false);
+                gate.pass();
+            }
+            Ok(Err((e, _))) => {
+                tracing::error!(seq, error = %e, "audit commitment not acknowledged");
+                failed(e.to_string());
+            }
+            Err(_) => {
+                failed("audit producer closed".to_owned());
+            }
+        }
+    }
+
+    /// Ends the chain cleanly (`STAGE_STOPPED`) and checkpoints its head, after the
+    /// commitments still waiting for their outputs (for at most [`CLOSE_WAIT`]: one whose
+    /// outputs failed never comes).
     pub async fn close(&self, details: HashMap<String, String>) -> Result<(), AuditError> {
+        let mut committing = self.committing.subscribe();
+        if tokio::time::timeout(CLOSE_WAIT, committing.wait_for(|n| *n == 0)).await.is_err() {
+            tracing::warn!(
+                waiting = *committing.borrow(),
+                "closing the audit chain with commitments still waiting for their outputs; their records are redelivered"
+            );
+        }
         let subject = self.chain.lock().await.id().to_owned();
         self.record(kinds::STAGE_STOPPED, &subject, None, details).await.map(|_| ())
     }
@@ -409,7 +455,7 @@ impl Committer {
     /// Commits what waits now.
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (events, acks) = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        self.audit.commit(&events, acks).await
+        self.audit.commit(events, acks).await
     }
 
     /// Flushes every [`Committer::EVERY`] until an entry cannot be sent.

@@ -57,6 +57,12 @@ pub const MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// How long a record may wait for its acknowledgement (retries included) before the stage
 /// gives up and stops; the input is redelivered after a restart. Apache Kafka's Java default.
 pub const MESSAGE_TIMEOUT_MS: &str = "120000";
+
+/// Where keyed records go: Kafka's default partitioner (murmur2 of the key, as the Java client
+/// and Kafka Streams place them; librdkafka's own default is CRC32). Ingest refuses a request
+/// that is not on its tenant's murmur2 partition (`WRONG_PARTITION`), so every producer of
+/// requests must agree on it.
+pub const PARTITIONER: &str = "murmur2_random";
 /// How often librdkafka reports its statistics: consumer lag and requests sent, without a
 /// request of its own.
 pub const STATISTICS_INTERVAL_MS: &str = "5000";
@@ -161,7 +167,11 @@ impl KafkaConfig {
     /// `acks=all` so an acknowledged record is durable on the broker.
     pub fn producer(&self) -> Result<FutureProducer, KafkaError> {
         let mut config = self.client_config();
-        config.set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", MESSAGE_TIMEOUT_MS);
+        config
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
+            .set("partitioner", PARTITIONER);
         config.create().map_err(|source| self.client_error(source))
     }
 
@@ -174,7 +184,8 @@ impl KafkaConfig {
             .set("batch.num.messages", BATCH_NUM_MESSAGES)
             .set("message.max.bytes", MESSAGE_MAX_BYTES.to_string())
             .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
-            .set("enable.idempotence", "false")
+            .set("partitioner", PARTITIONER)
+            .set("enable.idempotence", "true")
             .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         // Overrides win over the defaults above.
         for (key, value) in &self.overrides {

@@ -28,6 +28,6 @@ pub mod topics;
 pub use ack::{Ack, Assignment, Finished};
 pub use config::{KafkaConfig, KafkaError};
 pub use offsets::OffsetTracker;
-pub use sink::{Sink, SinkError};
+pub use sink::{Seal, Sink, SinkError};
 pub use source::{IdlePolicy, Source, SourceConfig, SourceError, SourceSummary};
 pub use topics::{ensure_topics, event_topics, event_topics_with, TopicOutcome, TopicSpec};

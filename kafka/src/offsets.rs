@@ -170,7 +170,7 @@ mod tests {
     use crate::Ack;
 
     fn finished(assignment: &Arc<Assignment>, offset: i64) -> Finished {
-        Finished { assignment: Arc::clone(assignment), offset, timestamp_ms: -1, state: None }
+        Finished { assignment: Arc::clone(assignment), offset, timestamp_ms: -1, outputs_at_ms: -1, state: None }
     }
 
     #[test]
@@ -206,8 +206,13 @@ mod tests {
         t.begin(&p1, 3);
         assert_eq!(t.done(finished(&p1, 3)), Some(3));
         // Partition 0 assigned again: an ack of the old generation is ignored.
-        let again =
-            Arc::new(Assignment { topic: Arc::from("t"), partition: 0, generation: 1, restored: HashMap::new() });
+        let again = Arc::new(Assignment {
+            topic: Arc::from("t"),
+            partition: 0,
+            partitions: 1,
+            generation: 1,
+            restored: HashMap::new(),
+        });
         t.assign(&again);
         t.begin(&again, 5);
         assert_eq!(t.done(finished(&p0, 5)), None, "stale generation");
@@ -221,7 +226,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut t = OffsetTracker::default();
         let restored = HashMap::from([("b".to_owned(), "restored".to_owned())]);
-        let a = Arc::new(Assignment { topic: Arc::from("t"), partition: 0, generation: 2, restored });
+        let a = Arc::new(Assignment { topic: Arc::from("t"), partition: 0, partitions: 1, generation: 2, restored });
         t.assign(&a);
         for (offset, key, value) in [(0, "a", "0"), (1, "a", "1"), (2, "b", "2")] {
             t.begin(&a, offset);

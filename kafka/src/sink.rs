@@ -13,13 +13,29 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use tokio::sync::watch;
 
 use crate::ack::{Ack, AckInner};
 use crate::config::{KafkaConfig, KafkaError as SetupError};
+
+/// The record header that carries a committed output's hash: the HMAC of its value under the
+/// audit key, as its `BATCH_COMMITTED` entry lists it
+/// (`streamscore_contracts::audit::AuditKey::event_hash`). A reader holding the key (the HTTP
+/// bridge) tells the writer's copy of an event from one forged by someone who can only write
+/// the topic, without waiting for the commitment.
+pub const MAC_HEADER: &str = "streamscore-mac";
+/// The header naming the audit key the [`MAC_HEADER`] was made with (its id, not the key).
+pub const KEY_ID_HEADER: &str = "streamscore-key-id";
+
+/// What seals a committed output: its commitment hash and the id of the key that made it.
+#[derive(Debug, Clone, Copy)]
+pub struct Seal<'a> {
+    pub hash: &'a str,
+    pub key_id: &'a str,
+}
 
 /// Why an output could not be written.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -108,10 +124,41 @@ impl Sink {
     /// the broker acknowledges the record. Waits (without blocking the reactor) while the
     /// producer's queue is full.
     pub async fn send(&self, topic: &str, key: &[u8], payload: &[u8], ack: &Ack) -> Result<(), SinkError> {
+        self.send_record(topic, key, payload, ack, None).await
+    }
+
+    /// [`Sink::send`] for an output the audit log commits: the record carries its `seal` in
+    /// the [`MAC_HEADER`] and [`KEY_ID_HEADER`] headers.
+    pub async fn send_sealed(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        ack: &Ack,
+        seal: Seal<'_>,
+    ) -> Result<(), SinkError> {
+        self.send_record(topic, key, payload, ack, Some(seal)).await
+    }
+
+    async fn send_record(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+        ack: &Ack,
+        seal: Option<Seal<'_>>,
+    ) -> Result<(), SinkError> {
         if let Some(failure) = self.failed.borrow().clone() {
             return Err(failure);
         }
         let mut record = BaseRecord::with_opaque_to(topic, ack.output()).key(key).payload(payload);
+        if let Some(seal) = seal {
+            record = record.headers(
+                OwnedHeaders::new_with_capacity(2)
+                    .insert(Header { key: MAC_HEADER, value: Some(seal.hash) })
+                    .insert(Header { key: KEY_ID_HEADER, value: Some(seal.key_id) }),
+            );
+        }
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),

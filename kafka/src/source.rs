@@ -100,6 +100,10 @@ pub struct SourceSummary {
 #[derive(Debug, Default)]
 struct Assignments {
     current: HashMap<(Arc<str>, i32), Arc<Assignment>>,
+    /// Bumped with every change of `current`, under the same lock (and mirrored in the shared
+    /// atomic the poller stamps records with), so a reader gets an assignment and its epoch
+    /// together.
+    epoch: u64,
     next_generation: u64,
     /// A failure in a callback that must stop the stage.
     fatal: Option<String>,
@@ -153,6 +157,31 @@ impl SourceContext {
                 }
             },
         };
+        // Each topic's partition count, for stages that check where a key belongs (ingest's
+        // WRONG_PARTITION): a change of the count is a rebalance, so it is read again then.
+        let mut partitions: HashMap<String, i32> = HashMap::new();
+        for element in tpl.elements() {
+            if partitions.contains_key(element.topic()) {
+                continue;
+            }
+            match consumer.fetch_metadata(Some(element.topic()), Duration::from_secs(10)) {
+                Ok(metadata) => {
+                    let count = metadata
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == element.topic())
+                        .map_or(0, |t| t.partitions().len());
+                    partitions.insert(element.topic().to_owned(), i32::try_from(count).unwrap_or(i32::MAX));
+                }
+                Err(e) => {
+                    // Without the count a record's partition cannot be checked: stop.
+                    tracing::error!(group = self.group, topic = element.topic(), error = %e, "cannot read the topic's metadata");
+                    self.lock().fatal =
+                        Some(format!("reading the partition count of {} at assignment: {e}", element.topic()));
+                    partitions.insert(element.topic().to_owned(), 0);
+                }
+            }
+        }
         let mut assigned = HashMap::new();
         let mut generation = self.lock().next_generation;
         for element in tpl.elements() {
@@ -166,6 +195,7 @@ impl SourceContext {
             let assignment = Assignment {
                 topic: Arc::from(element.topic()),
                 partition: element.partition(),
+                partitions: partitions.get(element.topic()).copied().unwrap_or(0),
                 generation,
                 restored: checkpoint.map(|c| c.state.clone()).unwrap_or_default(),
             };
@@ -214,9 +244,20 @@ impl SourceContext {
     }
 
     fn set_assignments(&self, current: HashMap<(Arc<str>, i32), Arc<Assignment>>) {
-        self.lock().current = current;
-        self.epoch.fetch_add(1, Ordering::Release);
+        set_assignments(&self.assignments, &self.epoch, current);
     }
+}
+
+/// Replaces the assignments and moves the epoch, both under the lock.
+fn set_assignments(
+    assignments: &Mutex<Assignments>,
+    epoch: &AtomicU64,
+    current: HashMap<(Arc<str>, i32), Arc<Assignment>>,
+) {
+    let mut locked = assignments.lock().unwrap_or_else(PoisonError::into_inner);
+    locked.current = current;
+    locked.epoch += 1;
+    epoch.store(locked.epoch, Ordering::Release);
 }
 
 type Consumer_ = StreamConsumer<SourceContext>;
@@ -332,7 +373,7 @@ impl Source {
     }
 
     /// Calls `hook` with each finished record's latency in µs: from its Kafka timestamp (the
-    /// producer's create time) to every output acknowledged.
+    /// producer's create time, or the broker's append time) to every output acknowledged.
     pub fn on_finished(&mut self, hook: impl Fn(i64) + Send + Sync + 'static) {
         self.on_finished = Some(Box::new(hook));
     }
@@ -362,7 +403,9 @@ impl Source {
                 self.refresh_assignments();
                 while let Some((epoch, message)) = self.ready.pop_front() {
                     if epoch == self.seen_epoch {
-                        return Ok(self.hand_out(message));
+                        if let Some(handed) = self.hand_out(message) {
+                            return Ok(handed);
+                        }
                     }
                 }
             }
@@ -398,12 +441,16 @@ impl Source {
     /// After a rebalance: the new assignments, and the tracker forgets revoked partitions and
     /// starts the assigned ones over (every assignment is a new generation).
     fn refresh_assignments(&mut self) {
-        let epoch = self.epoch.load(Ordering::Acquire);
-        if epoch == self.seen_epoch {
+        if self.epoch.load(Ordering::Acquire) == self.seen_epoch {
             return;
         }
-        self.local =
-            self.assignments.lock().unwrap_or_else(PoisonError::into_inner).current.values().cloned().collect();
+        // The assignments and their epoch together: read apart, a rebalance in between would
+        // pair one epoch's records with another epoch's assignments.
+        let (local, epoch) = {
+            let locked = self.assignments.lock().unwrap_or_else(PoisonError::into_inner);
+            (locked.current.values().cloned().collect(), locked.epoch)
+        };
+        self.local = local;
         self.seen_epoch = epoch;
         let local = &self.local;
         self.tracker.retain(|t, p| local.iter().any(|a| &*a.topic == t && a.partition == p));
@@ -412,36 +459,42 @@ impl Source {
         }
     }
 
-    fn assignment_of(&mut self, topic: &str, partition: i32) -> Arc<Assignment> {
-        self.refresh_assignments();
-        match self.local.iter().find(|a| a.partition == partition && &*a.topic == topic) {
-            Some(assignment) => Arc::clone(assignment),
-            // Delivered before the rebalance callback told us (should not happen): untracked
-            // generation 0, so its acknowledgement is accepted like any other.
-            None => {
-                let assignment = Assignment::detached(topic, partition);
-                self.local.push(Arc::clone(&assignment));
-                assignment
-            }
+    /// Hands out a record received in the current epoch, under the assignment of that epoch.
+    /// Not handed out: a record taken after a rebalance moved the epoch on (its partition may
+    /// be revoked; it was fetched under a generation that is over), and one whose partition
+    /// the assignment does not hold. Its partition's owner reads it again from the committed
+    /// position, so nothing is lost, and it is never acknowledged, or checkpointed with its
+    /// state, for a partition this consumer does not own.
+    fn hand_out(&mut self, message: OwnedMessage) -> Option<(OwnedMessage, Ack)> {
+        if self.epoch.load(Ordering::Acquire) != self.seen_epoch {
+            return None;
         }
-    }
-
-    fn hand_out(&mut self, message: OwnedMessage) -> (OwnedMessage, Ack) {
-        let assignment = self.assignment_of(message.topic(), message.partition());
+        let (topic, partition) = (message.topic(), message.partition());
+        let Some(assignment) = self.local.iter().find(|a| a.partition == partition && &*a.topic == topic).cloned()
+        else {
+            tracing::debug!(
+                topic,
+                partition,
+                offset = message.offset(),
+                "a record of a partition not assigned; left to its owner"
+            );
+            return None;
+        };
         self.tracker.begin(&assignment, message.offset());
         self.consumed += 1;
         self.records.increment(1);
         let timestamp_ms = message.timestamp().to_millis().unwrap_or(-1);
         let ack = Ack::for_assignment(assignment, message.offset(), timestamp_ms, self.finished_tx.clone());
-        (message, ack)
+        Some((message, ack))
     }
 
     fn finish(&mut self, first: Finished) {
-        let now_ms = streamscore_contracts::now_micros() / 1000;
         let mut next = Some(first);
         while let Some(finished) = next {
             if finished.timestamp_ms >= 0 {
-                let micros = (now_ms - finished.timestamp_ms).max(0) * 1000;
+                // Until the outputs were acknowledged (what their consumers waited for), not
+                // until the commitment that followed them.
+                let micros = (finished.outputs_at_ms - finished.timestamp_ms).max(0) * 1000;
                 #[allow(clippy::cast_precision_loss)]
                 self.finish_latency.record(micros as f64 / 1e6);
                 if let Some(hook) = &self.on_finished {
@@ -880,5 +933,42 @@ impl Committer {
                 waited: Duration::ZERO,
             })),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::Timestamp;
+
+    use super::*;
+
+    fn message(partition: i32, offset: i64) -> OwnedMessage {
+        OwnedMessage::new(Some(b"v".to_vec()), None, "t".to_owned(), Timestamp::NotAvailable, partition, offset, None)
+    }
+
+    fn assigned(generation: u64) -> HashMap<(Arc<str>, i32), Arc<Assignment>> {
+        let assignment =
+            Assignment { topic: Arc::from("t"), partition: 0, partitions: 1, generation, restored: HashMap::new() };
+        HashMap::from([((Arc::from("t"), 0), Arc::new(assignment))])
+    }
+
+    #[tokio::test]
+    async fn a_record_is_handed_out_under_the_assignment_it_was_fetched_under_or_not_at_all() {
+        // No broker is reached: the consumer is made and subscribed, nothing is fetched.
+        let kafka = KafkaConfig::new("127.0.0.1:1");
+        let mut source = Source::open(&kafka, SourceConfig::new("g", &["t"], "test")).expect("a source");
+        set_assignments(&source.assignments, &source.epoch, assigned(1));
+        // `next` refreshes, then takes a record of that epoch; the partition is revoked before
+        // the record is handed out. Handing it out under a later assignment (or none) would
+        // acknowledge, and checkpoint, a partition this consumer no longer owns.
+        source.refresh_assignments();
+        set_assignments(&source.assignments, &source.epoch, HashMap::new());
+        assert!(source.hand_out(message(0, 5)).is_none(), "a record of a revoked partition is left to its owner");
+        assert_eq!(source.in_flight(), 0);
+        // Assigned again (generation 2): its records are handed out under that generation.
+        set_assignments(&source.assignments, &source.epoch, assigned(2));
+        source.refresh_assignments();
+        let (_, ack) = source.hand_out(message(0, 5)).expect("handed out");
+        assert_eq!(ack.assignment().generation, 2);
     }
 }

@@ -33,6 +33,17 @@ impl TopicSpec {
         }
     }
 
+    /// A request topic: an event topic whose records carry the broker's append time
+    /// (`message.timestamp.type=LogAppendTime`). Ingest measures a request's age, and infer its
+    /// quota, from its record's timestamp: with the broker's time a producer cannot move
+    /// either. Brokers that do not honour the setting (tansu 0.6 keeps the producer's create
+    /// time) leave the producer's clock in the timestamp; see README "Quotas".
+    pub fn requests(name: &str, partitions: i32) -> Self {
+        let mut spec = Self::event(name, partitions);
+        spec.configs.push(("message.timestamp.type".to_owned(), "LogAppendTime".to_owned()));
+        spec
+    }
+
     /// A compacted single-partition state topic, like the registry's `_schemas`.
     pub fn state(name: &str) -> Self {
         Self {
@@ -71,7 +82,7 @@ pub fn event_topics() -> Vec<TopicSpec> {
 /// chain needs a total order.
 pub fn event_topics_with(partitions: i32) -> Vec<TopicSpec> {
     vec![
-        TopicSpec::event(topics::REQUESTS, partitions),
+        TopicSpec::requests(topics::REQUESTS, partitions),
         TopicSpec::event(topics::VALIDATED, partitions),
         TopicSpec::event(topics::PREDICTIONS, partitions),
         TopicSpec::event(topics::DEAD_LETTER, partitions.min(3)),

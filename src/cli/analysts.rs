@@ -18,7 +18,8 @@ impl AuditCommand {
         let key = match key_file {
             Some(path) => {
                 let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                AuditKey::new(bytes.trim_ascii_end())
+                AuditKey::checked(bytes.trim_ascii_end(), &format!("the file {}", path.display()))
+                    .map_err(anyhow::Error::msg)?
             }
             None => AuditKey::from_env().map_err(anyhow::Error::msg)?,
         };
@@ -82,6 +83,7 @@ impl LineageCommand {
             dead_letter_topic: logs.dead_letter_topic,
             audit_topic: logs.audit_topic,
             alerts_topic,
+            key: streamscore_contracts::audit::AuditKey::from_env().map_err(anyhow::Error::msg)?,
         };
         let trace = streamscore::lineage::trace(&config, &request_id).await?;
         if json {

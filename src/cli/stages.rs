@@ -119,6 +119,7 @@ impl InferCommand {
             group,
             dead_letter_topic,
             checkpoints: config.policy.as_ref().map(|_| config.quota_state_topic.clone()),
+            audit_topic: config.audit_topic.clone(),
             instance: config.instance.clone(),
             drain_timeout: std::time::Duration::from_secs(5),
         };

@@ -183,7 +183,7 @@ impl StageTopics {
             dead_letter: format!("{base}.dead-letter"),
         };
         let specs = vec![
-            streamscore_kafka::TopicSpec::event(&topics.requests, 3),
+            streamscore_kafka::TopicSpec::requests(&topics.requests, 3),
             streamscore_kafka::TopicSpec::event(&topics.validated, 3),
             streamscore_kafka::TopicSpec::event(&topics.predictions, 3),
             streamscore_kafka::TopicSpec::event(&topics.dead_letter, 2),

@@ -36,21 +36,22 @@ impl Content {
 
 /// The decision of every request at (partition, offset) when each partition's requests from
 /// `from[partition]` on (every one, without an entry) are decided in offset order by one
-/// `Quotas` that starts full.
+/// `Quotas` that starts full, on the clock of when each reached the broker (µs, beside the
+/// offset).
 pub fn expected_decisions(
     policy: &std::path::Path,
-    by_partition: &BTreeMap<i32, Vec<(i64, InferenceRequest)>>,
+    by_partition: &BTreeMap<i32, Vec<(i64, i64, InferenceRequest)>>,
     from: &HashMap<i32, i64>,
 ) -> HashMap<(i32, i64), QuotaDecision> {
     let mut expected = HashMap::new();
     for (partition, records) in by_partition {
-        let mut records: Vec<&(i64, InferenceRequest)> = records.iter().collect();
-        records.sort_by_key(|(offset, _)| *offset);
+        let mut records: Vec<&(i64, i64, InferenceRequest)> = records.iter().collect();
+        records.sort_by_key(|(offset, _, _)| *offset);
         let start = from.get(partition).copied().unwrap_or(i64::MIN);
         let mut quotas = Quotas::new(Policy::load(policy).expect("the test policy loads"));
-        for (offset, request) in records.into_iter().filter(|(offset, _)| *offset >= start) {
+        for (offset, received_at, request) in records.into_iter().filter(|(offset, _, _)| *offset >= start) {
             quotas.adopt(&request.tenant, 1, None);
-            let decision = quotas.decide(&request.tenant, &request.model, request.created_at);
+            let decision = quotas.decide(&request.tenant, &request.model, *received_at);
             quotas.release(&request.tenant);
             expected.insert((*partition, *offset), decision);
         }

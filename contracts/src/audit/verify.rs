@@ -12,10 +12,19 @@
 //!   written concurrently, so their events may interleave).
 //!
 //! Not detected: anything done with the key (keep it off the brokers); the last entries of a
-//! chain still running, when no head checkpoint is given; an extra copy of a committed event
-//! written *before* the genuine copy by someone who can rewrite the topic from scratch.
-//! At-least-once redelivery leaves identical copies (fine) or, after a crash before a batch
-//! was committed, uncommitted copies before the committed ones (counted as crash leftovers).
+//! chain still running, when no head checkpoint is given.
+//!
+//! Commitments name only acknowledged outputs (`streamscore_kafka::audit`), so a crash never
+//! leaves a commitment without its event. At-least-once redelivery leaves identical copies
+//! (fine) or, after a crash between the outputs' acknowledgement and their commitment,
+//! uncommitted copies of committed events: each is a crash leftover only if it says what a
+//! committed copy says, less when, by which process and how fast it was written (its
+//! content digest); an uncommitted copy that says something else — a forged answer, before
+//! or after the genuine one — is named as injected.
+//!
+//! With a window (`--from`/`--to`), the commitments made in it are checked, and the events
+//! within the offsets those commitments cover: not the events' own `written_at`, which is only
+//! their word.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -45,13 +54,15 @@ pub struct SeenEntry {
     pub record: Option<AuditRecord>,
 }
 
-/// An output event as read: its id (when it decodes), the HMAC of its bytes, when written.
+/// An output event as read: its id (when it decodes), the HMAC of its bytes, and the keyed
+/// digest of what it says less when and how it was written ([`super::outcome_content`],
+/// [`super::dead_letter_content`]; the reader may leave it out for events with one copy).
 #[derive(Debug, Clone)]
 pub struct SeenEvent {
     pub position: Position,
     pub event_id: Option<String>,
     pub hash: String,
-    pub written_at: i64,
+    pub content: Option<String>,
 }
 
 /// Where a chain was when its writer last checkpointed its head (outside Kafka).
@@ -163,6 +174,46 @@ pub struct Report {
 impl Report {
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
+    }
+}
+
+/// The events a verification checks: all of them, or, with a window, those within the offsets
+/// per partition that the window's commitments cover.
+enum Scope<'a> {
+    All,
+    Offsets(HashMap<(&'a str, i32), (i64, i64)>),
+}
+
+impl<'a> Scope<'a> {
+    fn of(
+        window: Window,
+        commitments: &[(&str, i64, &Position, &AuditRecord)],
+        copies: &BTreeMap<&str, Vec<&'a SeenEvent>>,
+    ) -> Self {
+        if window.from == i64::MIN && window.to == i64::MAX {
+            return Self::All;
+        }
+        let mut ranges: HashMap<(&'a str, i32), (i64, i64)> = HashMap::new();
+        for (_, _, _, record) in commitments.iter().filter(|c| window.contains(c.3.occurred_at)) {
+            for (id, hash) in committed_events(&record.details) {
+                for copy in copies.get(id).into_iter().flatten().filter(|c| c.hash == hash) {
+                    let p = &copy.position;
+                    let range = ranges.entry((p.topic.as_str(), p.partition)).or_insert((p.offset, p.offset));
+                    range.0 = range.0.min(p.offset);
+                    range.1 = range.1.max(p.offset);
+                }
+            }
+        }
+        Self::Offsets(ranges)
+    }
+
+    fn covers(&self, position: &Position) -> bool {
+        match self {
+            Self::All => true,
+            Self::Offsets(ranges) => ranges
+                .get(&(position.topic.as_str(), position.partition))
+                .is_some_and(|(first, last)| (*first..=*last).contains(&position.offset)),
+        }
     }
 }
 
@@ -369,24 +420,30 @@ pub fn verify(
         }
     }
     let mut copies: BTreeMap<&str, Vec<&SeenEvent>> = BTreeMap::new();
+    let mut unreadable: Vec<&SeenEvent> = Vec::new();
     for event in events {
         match &event.event_id {
             Some(id) => copies.entry(id.as_str()).or_default().push(event),
-            None => {
-                if window.contains(event.written_at) || event.written_at == i64::MIN {
-                    problems.push(problem(
-                        ProblemKind::InjectedEvent,
-                        Some(&event.position),
-                        None,
-                        None,
-                        "a record that does not decode as this topic's event".to_owned(),
-                    ));
-                }
-            }
+            None => unreadable.push(event),
         }
     }
     for found in copies.values_mut() {
         found.sort_by(|a, b| a.position.cmp(&b.position));
+    }
+    // With a window, the events checked are those within the offsets, per partition, that the
+    // window's commitments cover: a commitment's time is under the HMAC, an event's own
+    // `written_at` is only the event's word (a forgery would simply claim another time).
+    let scope = Scope::of(window, &commitments, &copies);
+    for event in unreadable {
+        if scope.covers(&event.position) {
+            problems.push(problem(
+                ProblemKind::InjectedEvent,
+                Some(&event.position),
+                None,
+                None,
+                "a record that does not decode as this topic's event".to_owned(),
+            ));
+        }
     }
     // Every commitment (of the window) finds its event.
     for (chain, seq, position, record) in &commitments {
@@ -420,9 +477,15 @@ pub fn verify(
     let mut order: HashMap<(&str, i32), Vec<Placed<'_>>> = HashMap::new();
     for (id, found) in &copies {
         let commits = committed.get(id).map(Vec::as_slice).unwrap_or_default();
+        // What the committed copies say (less when and how they were written).
+        let committed_content: Vec<&str> = found
+            .iter()
+            .filter(|c| commits.iter().any(|k| k.0 == c.hash))
+            .filter_map(|c| c.content.as_deref())
+            .collect();
         let mut seen_hashes = HashSet::new();
         for copy in found {
-            if !window.contains(copy.written_at) {
+            if !scope.covers(&copy.position) {
                 continue;
             }
             report.events += 1;
@@ -452,25 +515,24 @@ pub fn verify(
                 ));
                 continue;
             }
-            // A copy the commitments do not name: a crash leftover when the committed copy
-            // comes after it in the same partition, else an edit (reported above when no copy
-            // matches) or a forged extra copy.
-            let committed_later = found.iter().any(|other| {
-                other.position.topic == copy.position.topic
-                    && other.position.partition == copy.position.partition
-                    && other.position.offset > copy.position.offset
-                    && commits.iter().any(|c| c.0 == other.hash)
-            });
-            let any_match = found.iter().any(|other| commits.iter().any(|c| c.0 == other.hash));
-            if committed_later {
+            // A copy the commitments do not name, of an event they do: a crash leftover (its
+            // outputs were acknowledged, the process died before their commitment, and the
+            // redelivered request was answered again) when it says what a committed copy says,
+            // wherever it sits; else a forgery (or an edit, reported above when no copy
+            // matches the commitment).
+            let same = copy.content.as_deref().is_some_and(|content| committed_content.contains(&content));
+            if same {
                 report.crash_leftovers += 1;
-            } else if any_match {
+            } else if found.iter().any(|o| commits.iter().any(|k| k.0 == o.hash)) {
                 problems.push(problem(
                     ProblemKind::InjectedEvent,
                     Some(&copy.position),
                     None,
                     None,
-                    format!("event {id}: an extra copy with other bytes than the committed one"),
+                    format!(
+                        "event {id}: an uncommitted copy that says something else than the committed one \
+                         (another score, status, version, reply address or features)"
+                    ),
                 ));
             }
         }
@@ -545,7 +607,7 @@ mod tests {
                     position: at("predictions", i32::from(i % 2 == 1), offsets[partition]),
                     event_id: Some(id.clone()),
                     hash: hash.clone(),
-                    written_at: 1_000,
+                    content: Some(format!("what {id} says")),
                 });
                 offsets[partition] += 1;
                 committed.push((id, hash));
@@ -655,7 +717,7 @@ mod tests {
             position: at("predictions", 0, 50),
             event_id: Some("forged".to_owned()),
             hash: "00".to_owned(),
-            written_at: 1_000,
+            content: None,
         });
         assert_eq!(kinds_of(&check(&event_injected)), [ProblemKind::InjectedEvent]);
 
@@ -674,25 +736,58 @@ mod tests {
 
     #[test]
     fn redelivery_is_not_tampering() {
-        // An identical copy (redelivered) and an uncommitted copy before the committed one (a
-        // crash before the batch was committed) are fine; a different copy after it is not.
+        // An identical copy (redelivered) and an uncommitted copy that says the same (outputs
+        // acknowledged, then a crash before their commitment; written again, at another time
+        // and in another batch) are fine, before or after the committed copy.
         let mut redelivered = log();
         let mut copy = redelivered.events[1].clone();
         copy.position.offset = 10;
         redelivered.events.push(copy);
-        let mut leftover = redelivered.events[1].clone();
-        leftover.position.offset = -1;
-        leftover.hash = "an earlier attempt".to_owned();
-        redelivered.events.push(leftover);
+        for offset in [-1, 11] {
+            let mut leftover = redelivered.events[1].clone();
+            leftover.position.offset = offset;
+            leftover.hash = format!("an attempt at offset {offset}, written at another time");
+            redelivered.events.push(leftover);
+        }
         let report = check(&redelivered);
         assert!(report.ok(), "{:#?}", report.problems);
-        assert_eq!((report.duplicates, report.crash_leftovers), (1, 1));
+        assert_eq!((report.duplicates, report.crash_leftovers), (1, 2));
 
-        let mut forged_copy = log();
-        let mut copy = forged_copy.events[1].clone();
-        copy.position.offset = 10;
-        copy.hash = "forged".to_owned();
-        forged_copy.events.push(copy);
-        assert_eq!(kinds_of(&check(&forged_copy)), [ProblemKind::InjectedEvent]);
+        // A copy that says something else is a forgery, after the genuine copy or before it.
+        for offset in [10, -1] {
+            let mut forged_copy = log();
+            let mut copy = forged_copy.events[1].clone();
+            copy.position.offset = offset;
+            copy.hash = "forged".to_owned();
+            copy.content = Some("another score".to_owned());
+            forged_copy.events.push(copy);
+            let report = check(&forged_copy);
+            assert_eq!(kinds_of(&report), [ProblemKind::InjectedEvent], "a forgery at offset {offset}");
+            assert_eq!(report.problems[0].position, Some(at("predictions", 1, offset)));
+        }
+    }
+
+    #[test]
+    fn a_window_checks_the_offsets_its_commitments_cover_whatever_events_claim() {
+        // Commitments at 5 and 6 (occurred_at is under the HMAC); a forged event between the
+        // committed ones is checked even though it claims no time at all.
+        let mut log = log();
+        let occurred: Vec<i64> = log.entries.iter().filter_map(|e| e.record.as_ref().map(|r| r.occurred_at)).collect();
+        let window = Window { from: occurred[1], to: occurred[2] };
+        let mut forged = log.events[0].clone();
+        forged.event_id = Some("forged".to_owned());
+        forged.position.offset = 1;
+        log.events.iter_mut().filter(|e| e.position.partition == 0 && e.position.offset >= 1).for_each(|e| {
+            e.position.offset += 1;
+        });
+        log.events.push(forged);
+        let report = verify(&log.key, &log.entries, &log.events, &[], window);
+        assert_eq!(kinds_of(&report), [ProblemKind::InjectedEvent], "{:#?}", report.problems);
+        // Outside the covered offsets, nothing is checked.
+        let mut after = log.events.last().cloned().expect("an event");
+        after.position.offset = 99;
+        log.events.push(after);
+        let report = verify(&log.key, &log.entries, &log.events, &[], window);
+        assert_eq!(report.problems.len(), 1);
     }
 }

@@ -17,7 +17,7 @@ use streamscore_contracts::{
 };
 use streamscore_kafka::audit::{AuditWriter, Committer};
 use streamscore_kafka::retry;
-use streamscore_kafka::{Ack, KafkaConfig, Sink, SinkError};
+use streamscore_kafka::{Ack, KafkaConfig, Seal, Sink, SinkError};
 use streamscore_modelstore::{ModelVersion, Refused, SharedStore};
 use tokio::sync::mpsc;
 use tokio::time::Instant;

@@ -33,8 +33,14 @@ pub(super) async fn route_one(
         }
     };
     let current = store.current();
-    let (route, quota) =
-        router::route(&validated.request, quotas.as_deref_mut(), &shared.config.pins, &current, availability);
+    let (route, quota) = router::route(
+        &validated.request,
+        validated.quota_time(),
+        quotas.as_deref_mut(),
+        &shared.config.pins,
+        &current,
+        availability,
+    );
     if let Some(q) = quotas {
         if let Some(snapshot) = q.snapshot(tenant) {
             ack.set_state(tenant.clone(), snapshot);

@@ -158,7 +158,7 @@ pub(super) async fn score_batch(
     }
     counts.record(shared, &loaded.version.meta.name, &loaded.version.meta.version, loaded.scorer.backend());
     // One audit entry commits the batch's outputs; each request is done once it is acknowledged.
-    shared.committer.audit().commit(&events, acks).await?;
+    shared.committer.audit().commit(events, acks).await?;
     Ok(())
 }
 
@@ -304,8 +304,10 @@ pub(super) async fn send(
         None => shared.codec.encode_outcome(outcome, outcome.features.iter().map(|(k, v)| (k.as_str(), *v)))?,
     };
     let key = outcome.lineage.tenant.as_deref().unwrap_or_default();
-    shared.sink.send(&shared.config.predictions_topic, key.as_bytes(), &bytes, ack).await?;
-    Ok((outcome.lineage.event_id.clone(), shared.audit_key.event_hash(&bytes)))
+    let hash = shared.audit_key.event_hash(&bytes);
+    let seal = Seal { hash: &hash, key_id: shared.audit_key.id() };
+    shared.sink.send_sealed(&shared.config.predictions_topic, key.as_bytes(), &bytes, ack, seal).await?;
+    Ok((outcome.lineage.event_id.clone(), hash))
 }
 
 /// Writes a rejection for a request that cannot be scored, then acknowledges it. `admitted`:
