@@ -205,8 +205,6 @@ async fn a_tenant_spread_over_partitions_gets_no_more_than_its_quota() {
 
     let answers = run_pipeline(&registry, &topics, &audit_topic, Some(TIGHT), 120).await;
     let wrong = answers.dead_letters.iter().filter(|d| d.reason.code() == "WRONG_PARTITION").count();
-    assert_eq!(wrong, 120 - on_home, "every record off the tenant's partition is refused");
-    assert!(answers.dead_letters.iter().all(|d| d.original_value.is_some()), "with its bytes");
     let scored = answers.outcomes.iter().filter(|(_, o)| o.status == OutcomeStatus::Scored).count();
     let rejected = answers.outcomes.iter().filter(|(_, o)| o.reason.as_deref() == Some("QUOTA_EXCEEDED")).count();
     // What the bucket gives over the time the records took to reach the broker.
@@ -216,6 +214,8 @@ async fn a_tenant_spread_over_partitions_gets_no_more_than_its_quota() {
         "spread: {scored} scored, {rejected} over quota, {wrong} wrong partition; allowed {allowed} ({span_s:.3} s)"
     );
     assert!(scored <= allowed, "{scored} scored against a quota of {allowed}");
+    assert_eq!(wrong, 120 - on_home, "every record off the tenant's partition is refused");
+    assert!(answers.dead_letters.iter().all(|d| d.original_value.is_some()), "with its bytes");
     assert_eq!(scored + rejected, on_home);
     registry.stop().await;
 }
