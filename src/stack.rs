@@ -210,6 +210,38 @@ pub fn tansu_command(tansu: &Path, data_dir: &Path, port: u16) -> Command {
     command
 }
 
+/// Adds the index tansu 0.6's sqlite storage lacks: its fetch looks up every record's headers
+/// (`header_fetch.sql`) in a `header` table with no index on `(topition, offset_id)`, a scan of
+/// every header the broker holds, per record fetched. Measured: 30,000 records with two headers
+/// each (the sealed outputs of a few seconds of the main job) made fetching 2,000 requests that
+/// carry none take 5.33 s instead of 0.66 s; with the index, 0.42 s. Run once the broker is up
+/// (it makes its tables at start); idempotent. Does nothing for another storage engine.
+pub fn index_tansu_storage(data_dir: &Path) -> Result<()> {
+    if storage_engine() != "sqlite://tansu.db" {
+        return Ok(());
+    }
+    let db = data_dir.join("tansu.db");
+    let connection =
+        rusqlite::Connection::open(&db).with_context(|| format!("opening the broker's storage {}", db.display()))?;
+    connection.busy_timeout(Duration::from_secs(30))?;
+    let started = Instant::now();
+    let has_headers = |c: &rusqlite::Connection| -> rusqlite::Result<bool> {
+        c.query_row("select count(*) from sqlite_master where type = 'table' and name = 'header'", [], |row| {
+            row.get::<_, i64>(0)
+        })
+        .map(|n| n > 0)
+    };
+    while !has_headers(&connection)? {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("{}: the broker made no `header` table within 30 s", db.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    connection
+        .execute_batch("create index if not exists streamscore_header_record on header (topition, offset_id)")
+        .with_context(|| format!("indexing the record headers in {}", db.display()))
+}
+
 /// The broker's storage: `$STREAMSCORE_TANSU_STORAGE`, else sqlite in the data directory.
 pub fn storage_engine() -> String {
     std::env::var("STREAMSCORE_TANSU_STORAGE").unwrap_or_else(|_| "sqlite://tansu.db".to_owned())
@@ -261,6 +293,8 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
     tokio::task::spawn_blocking(move || probe.wait_until_reachable(Duration::from_secs(30)))
         .await?
         .with_context(|| format!("broker log: {}", dir.join("tansu.log").display()))?;
+    let storage = dir.join("tansu");
+    tokio::task::spawn_blocking(move || index_tansu_storage(&storage)).await??;
 
     // Topics.
     for outcome in ensure_topics(&kafka, &event_topics_with(LOCAL_PARTITIONS)).await? {

@@ -51,15 +51,16 @@ fn spawn_private_broker() -> String {
         command.current_dir(dir.path());
         command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         let _child = command.spawn().expect("starting tansu");
-        tx.send(format!("127.0.0.1:{port}")).expect("send address");
+        tx.send((format!("127.0.0.1:{port}"), dir.path().to_owned())).expect("send address");
         loop {
             std::thread::park();
         }
     });
-    let bootstrap = rx.recv().expect("broker address");
+    let (bootstrap, dir) = rx.recv().expect("broker address");
     KafkaConfig::new(&bootstrap)
         .wait_until_reachable(Duration::from_secs(30))
         .expect("private tansu broker did not start");
+    streamscore::stack::index_tansu_storage(&dir).expect("indexing the private broker's storage");
     bootstrap
 }
 
@@ -308,6 +309,11 @@ pub struct PrivateBroker {
 }
 
 impl PrivateBroker {
+    /// Where the broker keeps its storage.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     pub fn start() -> Self {
         let port = streamscore::stack::free_port().expect("free port");
         let mut broker = Self {
@@ -329,6 +335,7 @@ impl PrivateBroker {
         command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         self.child = Some(command.spawn().expect("starting tansu"));
         KafkaConfig::new(&self.bootstrap).wait_until_reachable(Duration::from_secs(30)).expect("private tansu started");
+        streamscore::stack::index_tansu_storage(self.dir.path()).expect("indexing the private broker's storage");
     }
 
     /// SIGTERM, wait for it to exit, start it again on the same port and storage.
