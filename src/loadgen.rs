@@ -283,7 +283,12 @@ pub async fn run(kafka: &KafkaConfig, codec: Arc<Codec<InferenceRequest>>, confi
     // The stages' producer settings (linger, batch sizes; see streamscore_kafka::config), with
     // room for a large backlog; the properties of STREAMSCORE_KAFKA_PROPERTIES apply last.
     let mut producer_config = kafka.stage_producer_config();
-    producer_config.set("queue.buffering.max.messages", "200000").set("statistics.interval.ms", "0");
+    producer_config
+        .set("queue.buffering.max.messages", "200000")
+        .set("statistics.interval.ms", "0")
+        // A client of the pipeline: nothing it writes is committed in the audit log, so its
+        // order under retries does not matter (the stages' own producers are idempotent).
+        .set("enable.idempotence", "false");
     for (key, value) in &kafka.overrides {
         producer_config.set(key, value);
     }

@@ -321,10 +321,15 @@ async fn a_record_too_large_for_its_dead_letter_is_cut_and_ingest_goes_on() {
         .unwrap();
     let producer: rdkafka::producer::FutureProducer =
         support::kafka().client_config().set("message.max.bytes", "2000000").create().unwrap();
+    // Both on tenant-01's partition (where its requests are decided), one after the other.
+    let partition = streamscore_contracts::partition::partition_for(b"tenant-01", 3);
     for value in [&huge, &good] {
         producer
             .send(
-                rdkafka::producer::FutureRecord::to(&topics.requests).key("tenant-01").payload(value).partition(0),
+                rdkafka::producer::FutureRecord::to(&topics.requests)
+                    .key("tenant-01")
+                    .payload(value)
+                    .partition(partition),
                 Duration::from_secs(10),
             )
             .await
