@@ -20,8 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use streamscore_kafka::topics::LOCAL_PARTITIONS;
-use streamscore_kafka::{ensure_topics, event_topics_with, KafkaConfig};
+use streamscore_kafka::{ensure_topics, event_topics_with, KafkaConfig, TopicOutcome};
 
 /// The tansu version the project is tested with.
 pub const TANSU_VERSION: &str = "0.6.0";
@@ -34,6 +33,10 @@ pub struct StackConfig {
     pub broker_port: u16,
     /// Registry port on 127.0.0.1; 0 picks a free one.
     pub registry_port: u16,
+    /// Partitions of the request, validated and prediction topics (dead letters: as many, at
+    /// most 3) when `up` creates them; existing topics keep theirs. `stack up` defaults to
+    /// [`streamscore_kafka::topics::LOCAL_PARTITIONS`].
+    pub partitions: i32,
 }
 
 /// Addresses of a running stack.
@@ -263,8 +266,16 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
         .with_context(|| format!("broker log: {}", dir.join("tansu.log").display()))?;
 
     // Topics.
-    for outcome in ensure_topics(&kafka, &event_topics_with(LOCAL_PARTITIONS)).await? {
-        println!("topic     {outcome}");
+    let specs = event_topics_with(config.partitions);
+    for (spec, outcome) in specs.iter().zip(ensure_topics(&kafka, &specs).await?) {
+        match outcome {
+            TopicOutcome::Existed { partitions, .. } if partitions != spec.partitions => println!(
+                "topic     {outcome}; asked for {}: an existing topic keeps its partitions \
+                 (a new --data-dir starts with the new count)",
+                spec.partitions
+            ),
+            outcome => println!("topic     {outcome}"),
+        }
     }
 
     // Registry.

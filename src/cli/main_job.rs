@@ -81,7 +81,12 @@ impl RunCommand {
         } = self;
         let shadow = pairs(Some(&shadow)).context("--shadow")?;
         let config = streamscore::run::RunConfig {
-            stack: StackConfig { data_dir, broker_port, registry_port },
+            stack: StackConfig {
+                data_dir,
+                broker_port,
+                registry_port,
+                partitions: streamscore_kafka::topics::LOCAL_PARTITIONS,
+            },
             duration: duration_secs.map(std::time::Duration::from_secs_f64),
             rate,
             tenants,

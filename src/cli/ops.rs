@@ -17,8 +17,8 @@ impl StackCommand {
     pub(crate) async fn run(self) -> Result<()> {
         let Self { action, data_dir } = self;
         match action {
-            StackAction::Up { broker_port, registry_port } => {
-                stack::up(&StackConfig { data_dir, broker_port, registry_port }).await?;
+            StackAction::Up { broker_port, registry_port, partitions } => {
+                stack::up(&StackConfig { data_dir, broker_port, registry_port, partitions }).await?;
             }
             StackAction::Down => stack::down(&data_dir)?,
             StackAction::Status => {
@@ -226,6 +226,12 @@ pub(crate) enum StackAction {
         /// Registry port on 127.0.0.1 (0 = any free port).
         #[arg(long, default_value_t = 8081)]
         registry_port: u16,
+        /// Partitions of inference.requests, .validated and .predictions when they are
+        /// created (inference.dead-letter: as many, at most 3; audit.log, monitor.alerts and
+        /// _schemas: 1), so scale-out can be tried locally. Existing topics keep theirs.
+        #[arg(long, default_value_t = streamscore_kafka::topics::LOCAL_PARTITIONS,
+              value_parser = clap::value_parser!(i32).range(1..=1000))]
+        partitions: i32,
     },
     /// Stop the registry and the broker.
     Down,
