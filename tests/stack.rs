@@ -3,12 +3,16 @@
 //! without touching the broker the other tests share.
 //!
 //! - `--partitions N` creates the event topics with N partitions (metadata read from the
-//!   broker); existing topics keep theirs, and `stack up` says so.
+//!   broker); existing topics keep theirs, and `stack up` says so;
+//! - a topic deleted and made again under the running stack (issue 30) leaves the registry
+//!   running and answering, and saying so if its own topic went with it (tansu 0.6 deletes
+//!   every topic on one delete).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use streamscore_kafka::topics::partition_count;
 use streamscore_kafka::KafkaConfig;
@@ -56,6 +60,25 @@ impl Stack {
     fn kafka(&self) -> KafkaConfig {
         KafkaConfig::new(self.var("STREAMSCORE_BOOTSTRAP"))
     }
+
+    /// The registry's URL without credentials (reads need none).
+    fn registry(&self) -> String {
+        streamscore::stack::redact(self.var("STREAMSCORE_REGISTRY_URL")).replace("***@", "")
+    }
+
+    /// `streamscore <args>` against this stack.
+    fn command(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_streamscore"))
+            .args(args)
+            .env("STREAMSCORE_BOOTSTRAP", self.var("STREAMSCORE_BOOTSTRAP"))
+            .env("STREAMSCORE_REGISTRY_URL", self.var("STREAMSCORE_REGISTRY_URL"))
+            .output()
+            .expect("running streamscore")
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path().join(name)).unwrap_or_default()
+    }
 }
 
 impl Drop for Stack {
@@ -89,5 +112,75 @@ fn stack_up_with_partitions_creates_the_event_topics_with_them() {
             .find(|l| l.starts_with("topic") && l.contains(&format!(" {topic} (")))
             .unwrap_or_else(|| panic!("a line for {topic}:\n{said}"));
         assert!(line.contains("(3 partitions); asked for 2"), "says the count differs: {line}");
+    }
+}
+
+/// Deletes `topic` and makes it again with `partitions`, as an operator would with Kafka's
+/// admin API.
+async fn recreate(kafka: &KafkaConfig, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    let admin = kafka.admin().unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.delete_topics(&[topic], &options).await.unwrap() {
+        result.unwrap_or_else(|(t, e)| panic!("deleting {t}: {e}"));
+    }
+    let started = Instant::now();
+    loop {
+        let created = admin
+            .create_topics(&[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))], &options)
+            .await
+            .unwrap();
+        match created.into_iter().next().unwrap() {
+            Ok(_) => break,
+            // The deletion may still be under way.
+            Err(e) if started.elapsed() < Duration::from_secs(10) => eprintln!("creating {topic} again: {e:?}"),
+            Err(e) => panic!("creating {topic} again: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_survives_a_topic_recreated_under_it() {
+    let (stack, _) = Stack::up(&[]);
+    let kafka = stack.kafka();
+    let subjects_before: serde_json::Value =
+        reqwest::get(format!("{}/subjects", stack.registry())).await.unwrap().json().await.unwrap();
+    assert_eq!(subjects_before.as_array().map(Vec::len), Some(6), "stack up registered the contracts");
+
+    recreate(&kafka, "inference.requests", 3).await;
+
+    // For 15 s (three of the registry's topic checks): the registry runs and answers every time.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(15) {
+        let status = stack.run(&["status"]);
+        assert!(status.status.success(), "stack status after the topic was made again:\n{}", text(&status));
+        let answer = reqwest::get(format!("{}/subjects", stack.registry())).await.expect("the registry answers");
+        assert!(answer.status().is_success());
+        assert_eq!(answer.json::<serde_json::Value>().await.unwrap(), subjects_before, "same subjects");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(partition_count(&kafka, "inference.requests").unwrap(), 3);
+
+    // The load generator registers the request schema (known: no write) and produces.
+    let produced = stack.command(&["produce", "--count", "5"]);
+    assert!(produced.status.success(), "produce after the topic was made again:\n{}", text(&produced));
+
+    // tansu 0.6 deletes every topic when asked to delete one: the registry's own went too. It
+    // says so, serves what it holds, and refuses writes saying why.
+    if partition_count(&kafka, "_schemas").unwrap() == 0 {
+        let log = stack.log("registry.log");
+        assert!(log.contains("the registry's topic _schemas is gone from the broker"), "registry.log:\n{log}");
+        let url = stack.var("STREAMSCORE_REGISTRY_URL");
+        let refused = reqwest::Client::new()
+            .post(format!("{url}/subjects/new-subject-value/versions"))
+            .json(&serde_json::json!({"schema": "{\"type\": \"string\"}"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 500);
+        let body: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(body["error_code"], 50001, "{body}");
+        assert!(body["message"].as_str().unwrap().contains("_schemas is gone"), "says why: {body}");
     }
 }

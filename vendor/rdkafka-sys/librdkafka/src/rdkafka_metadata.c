@@ -2087,6 +2087,18 @@ rd_kafka_metadata_update_op(rd_kafka_t *rk, rd_kafka_metadata_internal_t *mdi) {
                 rd_kafka_Uuid_t topic_id = RD_KAFKA_UUID_ZERO;
                 char *topic              = NULL;
 
+                if (!by_id && !md->topics[i].topic) {
+                        /* streamscore patch (vendor/PATCHES.md): a Fetch
+                         * response's leader change for a topic named neither
+                         * by id nor by name (Fetch v12 never names it; tansu
+                         * 0.6 answers a fetch of a deleted topic with a zero
+                         * id) cannot be matched to any topic: skip it rather
+                         * than strcmp(NULL) in the cache lookup. */
+                        rd_kafka_dbg(rk, METADATA, "METADATAUPDATE",
+                                     "Leader change for a topic with neither "
+                                     "id nor name ignored");
+                        continue;
+                }
                 if (by_id) {
                         rkmce = rd_kafka_metadata_cache_find_by_id(
                             rk, mdi->topics[i].topic_id, 1);
