@@ -6,7 +6,9 @@
 //!   broker); existing topics keep theirs, and `stack up` says so;
 //! - a topic deleted and made again under the running stack (issue 30) leaves the registry
 //!   running and answering, and saying so if its own topic went with it (tansu 0.6 deletes
-//!   every topic on one delete).
+//!   every topic on one delete);
+//! - a stopped registry: `stack status` gives its exit reason from its log, `produce` an error
+//!   naming the registry (without its password) and that it did not answer.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -74,6 +76,10 @@ impl Stack {
             .env("STREAMSCORE_REGISTRY_URL", self.var("STREAMSCORE_REGISTRY_URL"))
             .output()
             .expect("running streamscore")
+    }
+
+    fn registry_pid(&self) -> u32 {
+        self.var("STREAMSCORE_REGISTRY_PID").parse().expect("a pid")
     }
 
     fn log(&self, name: &str) -> String {
@@ -182,5 +188,51 @@ async fn the_registry_survives_a_topic_recreated_under_it() {
         let body: serde_json::Value = refused.json().await.unwrap();
         assert_eq!(body["error_code"], 50001, "{body}");
         assert!(body["message"].as_str().unwrap().contains("_schemas is gone"), "says why: {body}");
+    }
+}
+
+#[test]
+fn a_stopped_registry_is_named_by_status_and_by_produce() {
+    let (stack, _) = Stack::up(&[]);
+    let pid = stack.registry_pid().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let started = Instant::now();
+    let said = loop {
+        let status = stack.run(&["status"]);
+        if !status.status.success() {
+            assert_eq!(status.status.code(), Some(3), "not everything runs: exit 3");
+            break text(&status);
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "the registry is still running after SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        said.contains("registry  not running: streamscore registry exiting: stopped by SIGTERM"),
+        "status gives the exit reason from registry.log:\n{said}"
+    );
+
+    let produced = stack.command(&["produce", "--count", "1"]);
+    let error = text(&produced);
+    assert!(!produced.status.success());
+    let url = stack.var("STREAMSCORE_REGISTRY_URL");
+    let secret = url.split('@').next().and_then(|userinfo| userinfo.rsplit(':').next()).unwrap();
+    let named = streamscore::stack::redact(url);
+    assert!(error.contains(&format!("the schema registry at {named} did not answer")), "names the registry:\n{error}");
+    assert!(error.contains("Connection refused"), "and why:\n{error}");
+    assert!(!error.contains(secret), "the password shows:\n{error}");
+
+    // Killed without a chance to say why: status says that it said nothing.
+    let broker_pid = stack.var("STREAMSCORE_BROKER_PID").to_owned();
+    Command::new("kill").args(["-KILL", &broker_pid]).status().unwrap();
+    let started = Instant::now();
+    loop {
+        let said = text(&stack.run(&["status"]));
+        if said.contains("tansu     not running") {
+            assert!(said.contains("no exit reason in"), "{said}");
+            assert!(said.contains("killed by a signal, or crashed"), "{said}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "tansu still running after SIGKILL:\n{said}");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -60,7 +60,7 @@ pub(crate) struct RunCommand {
 }
 
 impl RunCommand {
-    pub(crate) async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self, shutdown: Shutdown) -> Result<()> {
         let Self {
             data_dir,
             broker_port,
@@ -100,7 +100,7 @@ impl RunCommand {
             bridge_port: (!no_bridge).then_some(bridge_port),
             metrics_port,
         };
-        streamscore::run::run(config, shutdown_signal()).await?;
+        streamscore::run::run(config, shutdown).await?;
 
         Ok(())
     }
