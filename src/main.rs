@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use streamscore::stack;
+use streamscore_kafka::{Shutdown, StopReason, Stopped};
 
 /// mimalloc instead of glibc's malloc: the hot path allocates and frees per record (decoded
 /// maps, encoded payloads, rdkafka's messages), and glibc spent a fifth of the pipeline's CPU
@@ -130,7 +131,9 @@ fn main() -> Result<()> {
             .with_writer(std::sync::Mutex::new(file))
             .init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init();
+        // Colours only on a terminal: a daemon's log file (the stack's registry.log) stays plain.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::fmt().with_env_filter(filter()).with_ansi(ansi).with_writer(std::io::stderr).init();
     }
     apply_kafka_settings(&cli)?;
     if let Command::Run(run) = &cli.command {
@@ -145,26 +148,110 @@ fn main() -> Result<()> {
         }
     }
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(run(cli.command))
+    let (name, long_running) = (cli.command.name(), cli.command.long_running());
+    let (result, stop) = runtime.block_on(async {
+        // The stop request exists before start-up begins: SIGTERM or Ctrl-C at any point after
+        // this is honoured by every wait of the commands that handle it (the others keep the
+        // signals' default: they end at once).
+        let shutdown = if cli.command.handles_stop_requests() {
+            Some(Shutdown::on_signals().context("installing the SIGINT and SIGTERM handlers")?)
+        } else {
+            None
+        };
+        let result = run(cli.command, shutdown.clone().unwrap_or_else(Shutdown::never)).await;
+        anyhow::Ok((result, shutdown.and_then(|s| s.reason())))
+    })?;
+    exit(name, long_running, result, stop)
 }
 
-async fn run(command: Command) -> Result<()> {
+/// Says why a long-running command ends (its log's last line: `stack status` shows it), and
+/// turns a stop during start-up into exit status 128 + the signal's number.
+fn exit(name: &str, long_running: bool, result: Result<()>, stop: Option<StopReason>) -> Result<()> {
+    let error = match result {
+        Ok(()) => {
+            if long_running {
+                match stop {
+                    Some(reason) => tracing::info!("streamscore {name} exiting: stopped by {reason}"),
+                    None => tracing::info!("streamscore {name} exiting: done"),
+                }
+            }
+            return Ok(());
+        }
+        Err(error) => error,
+    };
+    if let Some(stopped) = error.chain().find_map(|cause| cause.downcast_ref::<Stopped>()) {
+        let code = stopped.reason.exit_code();
+        tracing::warn!("streamscore {name} exiting: {stopped}; it had not started its work (exit status {code})");
+        std::process::exit(code);
+    }
+    if long_running {
+        tracing::error!("streamscore {name} exiting: {error:#}");
+    }
+    Err(error)
+}
+
+impl Command {
+    /// The subcommand's name, as typed.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Run(_) => "run",
+            Command::Pipeline(_) => "pipeline",
+            Command::Monitor(_) => "monitor",
+            Command::Infer(_) => "infer",
+            Command::Stack(_) => "stack",
+            Command::Registry(_) => "registry",
+            Command::Topics(_) => "topics",
+            Command::Probe(_) => "probe",
+            Command::Audit(_) => "audit",
+            Command::Lineage(_) => "lineage",
+            Command::Replay(_) => "replay",
+            Command::Acls(_) => "acls",
+            Command::Ingest(_) => "ingest",
+            Command::Produce(_) => "produce",
+            Command::Bridge(_) => "bridge",
+            Command::Synth(_) => "synth",
+            Command::Demo(_) => "demo",
+        }
+    }
+
+    /// Whether the command runs until stopped (it logs why it exits).
+    fn long_running(&self) -> bool {
+        matches!(
+            self,
+            Command::Run(_)
+                | Command::Pipeline(_)
+                | Command::Monitor(_)
+                | Command::Infer(_)
+                | Command::Registry(_)
+                | Command::Ingest(_)
+                | Command::Bridge(_)
+        )
+    }
+
+    /// Whether the command races its waits against SIGINT/SIGTERM (and so must be handed the
+    /// stop request): the long-running ones and the load generator.
+    fn handles_stop_requests(&self) -> bool {
+        self.long_running() || matches!(self, Command::Produce(_))
+    }
+}
+
+async fn run(command: Command, shutdown: Shutdown) -> Result<()> {
     match command {
-        Command::Run(args) => args.run().await,
-        Command::Pipeline(args) => args.run().await,
-        Command::Monitor(args) => args.run().await,
-        Command::Infer(args) => args.run().await,
+        Command::Run(args) => args.run(shutdown).await,
+        Command::Pipeline(args) => args.run(shutdown).await,
+        Command::Monitor(args) => args.run(shutdown).await,
+        Command::Infer(args) => args.run(shutdown).await,
         Command::Stack(args) => args.run().await,
-        Command::Registry(args) => args.run().await,
+        Command::Registry(args) => args.run(shutdown).await,
         Command::Topics(args) => args.run().await,
         Command::Probe(args) => args.run().await,
         Command::Audit(args) => args.run().await,
         Command::Lineage(args) => args.run().await,
         Command::Replay(args) => args.run().await,
         Command::Acls(args) => args.run().await,
-        Command::Ingest(args) => args.run().await,
-        Command::Produce(args) => args.run().await,
-        Command::Bridge(args) => args.run().await,
+        Command::Ingest(args) => args.run(shutdown).await,
+        Command::Produce(args) => args.run(shutdown).await,
+        Command::Bridge(args) => args.run(shutdown).await,
         Command::Synth(args) => args.run().await,
         Command::Demo(args) => args.run().await,
     }

@@ -2,7 +2,6 @@
 //! channel (no second Kafka hop). A request's offset is stored only after its prediction or
 //! dead letter is acknowledged.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -10,6 +9,7 @@ use anyhow::{Context, Result};
 use streamscore_contracts::{Codec, InferenceRequest};
 use streamscore_infer::{Backend, InferConfig};
 use streamscore_ingest::{Handoff, IngestConfig, IngestSummary, RequestDecider, Tenants};
+use streamscore_kafka::Shutdown;
 use streamscore_modelstore::{ModelStore, SharedStore};
 use streamscore_telemetry::LiveStats;
 use tokio::sync::mpsc;
@@ -26,13 +26,16 @@ pub struct PipelineConfig {
     pub channel_capacity: usize,
 }
 
-/// Runs ingest and infer until `shutdown` resolves, then drains both.
+/// Runs ingest and infer until `shutdown` is requested, then drains both. Every start-up wait
+/// (the broker creating topics, the registry, the audit chains, the models) gives way to it
+/// with an error whose chain holds [`streamscore_kafka::Stopped`].
 pub async fn run(
     config: PipelineConfig,
     backend: Arc<dyn Backend>,
     stats: Arc<LiveStats>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Into<Shutdown>,
 ) -> Result<IngestSummary> {
+    let shutdown = shutdown.into();
     // The topics this deployment uses, if missing (tansu never auto-creates them; the local
     // stack and `streamscore topics` create them with their own partition counts).
     use streamscore_kafka::topics::CLUSTER_PARTITIONS;
@@ -67,7 +70,13 @@ pub async fn run(
         specs.push(streamscore_kafka::TopicSpec::state(&config.infer.quota_state_topic));
         ingest_config.checkpoints = Some(config.infer.quota_state_topic.clone());
     }
-    streamscore_kafka::ensure_topics(&config.ingest.kafka, &specs).await.context("creating the pipeline's topics")?;
+    shutdown
+        .race(
+            || format!("the broker at {} to create the pipeline's topics", config.ingest.kafka.bootstrap),
+            streamscore_kafka::ensure_topics(&config.ingest.kafka, &specs),
+        )
+        .await?
+        .context("creating the pipeline's topics")?;
     let store = SharedStore::new(
         ModelStore::open(&config.models)
             .with_context(|| format!("loading the model store {}", config.models.display()))?,
@@ -85,18 +94,28 @@ pub async fn run(
     // Infer stopping (an error, a panic in a batch) stops ingest too: it would otherwise wait
     // for records that nothing will score.
     let (infer_stopped, infer_stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let infer = tokio::spawn(async move {
-        let result =
-            streamscore_infer::run(config.infer.clone(), store, backend, rx, Arc::clone(&stats_for_infer)).await;
-        let _ = infer_stopped.send(());
-        result
-    });
-    let shutdown = async move {
-        tokio::select! {
-            () = shutdown => {}
-            _ = infer_stopped_rx => {}
+    let infer = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let result = streamscore_infer::run(
+                config.infer.clone(),
+                store,
+                backend,
+                rx,
+                Arc::clone(&stats_for_infer),
+                shutdown,
+            )
+            .await;
+            let _ = infer_stopped.send(());
+            result
         }
-    };
+    });
+    let shutdown = shutdown.or_after(
+        async {
+            let _ = infer_stopped_rx.await;
+        },
+        "the infer stage stopped",
+    );
     let ingest =
         streamscore_ingest::run_with_stats(ingest_config, decider, Handoff::Channel(tx), stats, shutdown).await;
     // Ingest has returned and dropped its end of the channel: infer drains and stops. An infer

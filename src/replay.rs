@@ -640,6 +640,8 @@ async fn record(config: &ReplayConfig, topic: &str, report: &ReplayReport, repor
         topic,
         "replay",
         &streamscore_contracts::lineage::default_instance(),
+        // No signal handler here: SIGTERM ends a replay at once, as any short command.
+        &streamscore_kafka::Shutdown::never(),
     )
     .await
     .context("recording the replay in the audit log")?;

@@ -11,7 +11,7 @@ use streamscore_contracts::{Codec, InferenceRequest};
 use streamscore_infer::selection::BackendChoice;
 use streamscore_infer::{BatchConfig, InferConfig};
 use streamscore_ingest::{IngestConfig, Tenants};
-use streamscore_kafka::KafkaConfig;
+use streamscore_kafka::{KafkaConfig, Shutdown};
 use streamscore_telemetry::{quantile, LiveStats};
 
 use crate::loadgen::{self, LoadConfig};
@@ -47,11 +47,11 @@ fn ms(micros: Option<u64>) -> String {
     micros.map_or_else(|| "-".to_owned(), |m| format!("{:.1} ms", m as f64 / 1000.0))
 }
 
-/// Runs the main job.
-pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+/// Runs the main job until `shutdown` (bringing the stack up gives way to it too).
+pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<()> {
     // Before anything starts: `--backend cuda` where it cannot run stops here, saying why.
     let backend = streamscore_infer::selection::select(config.backend)?;
-    let addrs = stack::up(&config.stack).await?;
+    let addrs = shutdown.race(|| "the local stack to come up".to_owned(), stack::up(&config.stack)).await??;
     // The recorder is in place before any stage records.
     serve_metrics(config.metrics_port).await?;
     let kafka = KafkaConfig::new(&addrs.bootstrap);
@@ -133,10 +133,9 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let (mut last_in, mut last_out) = (0, 0);
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            _ = shutdown.requested() => break,
             _ = ticker.tick() => {
                 let consumed = stats.consumed.load(Relaxed);
                 let out = stats.outcomes() + stats.dead_lettered.load(Relaxed);

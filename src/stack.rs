@@ -20,8 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use streamscore_kafka::topics::LOCAL_PARTITIONS;
-use streamscore_kafka::{ensure_topics, event_topics_with, KafkaConfig};
+use streamscore_kafka::{ensure_topics, event_topics_with, KafkaConfig, TopicOutcome};
 
 /// The tansu version the project is tested with.
 pub const TANSU_VERSION: &str = "0.6.0";
@@ -34,6 +33,10 @@ pub struct StackConfig {
     pub broker_port: u16,
     /// Registry port on 127.0.0.1; 0 picks a free one.
     pub registry_port: u16,
+    /// Partitions of the request, validated and prediction topics (dead letters: as many, at
+    /// most 3) when `up` creates them; existing topics keep theirs. `stack up` defaults to
+    /// [`streamscore_kafka::topics::LOCAL_PARTITIONS`].
+    pub partitions: i32,
 }
 
 /// Addresses of a running stack.
@@ -71,13 +74,7 @@ impl StackAddrs {
 
 /// `url` without its credentials, for printing.
 pub fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.find('@')) {
-        (Some((scheme, rest)), Some(_)) => match rest.split_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
+    streamscore_contracts::codec::redact_credentials(url)
 }
 
 /// Writes `text` to `path` readable by its owner only (credentials).
@@ -297,8 +294,16 @@ pub async fn up(config: &StackConfig) -> Result<StackAddrs> {
     tokio::task::spawn_blocking(move || index_tansu_storage(&storage)).await??;
 
     // Topics.
-    for outcome in ensure_topics(&kafka, &event_topics_with(LOCAL_PARTITIONS)).await? {
-        println!("topic     {outcome}");
+    let specs = event_topics_with(config.partitions);
+    for (spec, outcome) in specs.iter().zip(ensure_topics(&kafka, &specs).await?) {
+        match outcome {
+            TopicOutcome::Existed { partitions, .. } if partitions != spec.partitions => println!(
+                "topic     {outcome}; asked for {}: an existing topic keeps its partitions \
+                 (a new --data-dir starts with the new count)",
+                spec.partitions
+            ),
+            outcome => println!("topic     {outcome}"),
+        }
     }
 
     // Registry.
@@ -362,6 +367,51 @@ pub fn down(data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The end of a daemon's log, as `stack status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LastWords {
+    /// The line a streamscore command logs as it exits (`streamscore <command> exiting: why`).
+    Exit(String),
+    /// No such line (the process was killed, or crashed): the last line there is, if any.
+    Silent { last_line: Option<String> },
+}
+
+/// The last exit line of the log at `path` (its last 64 kB, colours stripped), else its last
+/// line; `None` when there is no log.
+pub fn last_words(path: &Path) -> Option<LastWords> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = strip_ansi(&String::from_utf8_lossy(&tail));
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if let Some(exit) = lines.iter().rev().find(|l| l.contains(" exiting: ")) {
+        let from = exit.find("streamscore ").unwrap_or(0);
+        return Some(LastWords::Exit(exit[from..].to_owned()));
+    }
+    Some(LastWords::Silent { last_line: lines.last().map(|l| (*l).to_owned()) })
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// SIGTERM, then SIGKILL after 10 s.
 fn stop(pid: u32, needle: &str) -> Result<()> {
     let signal = |sig: &str| Command::new("kill").args([sig, &pid.to_string()]).status();
@@ -376,7 +426,7 @@ fn stop(pid: u32, needle: &str) -> Result<()> {
     Ok(())
 }
 
-/// Prints what is running.
+/// Prints what is running, and for what is not, why it stopped (from its log).
 pub fn status(data_dir: &Path) -> Result<bool> {
     let addrs = fs::read_to_string(data_dir.join("stack.env")).ok().and_then(|t| StackAddrs::parse_env_file(&t));
     let mut all = true;
@@ -385,7 +435,16 @@ pub fn status(data_dir: &Path) -> Result<bool> {
             Some(pid) => println!("{name:<9} running   pid {pid}"),
             None => {
                 all = false;
-                println!("{name:<9} not running");
+                let log = data_dir.join(format!("{name}.log"));
+                match last_words(&log) {
+                    Some(LastWords::Exit(line)) => println!("{name:<9} not running: {line}"),
+                    Some(LastWords::Silent { last_line }) => println!(
+                        "{name:<9} not running: no exit reason in {} (killed by a signal, or crashed){}",
+                        log.display(),
+                        last_line.map(|l| format!("; its last line: {l}")).unwrap_or_default()
+                    ),
+                    None => println!("{name:<9} not running"),
+                }
             }
         }
     }
@@ -393,4 +452,34 @@ pub fn status(data_dir: &Path) -> Result<bool> {
         println!("bootstrap {}\nregistry  {}", addrs.bootstrap, redact(&addrs.registry_url));
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_words_are_the_exit_line_else_the_last_line() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("registry.log");
+        assert_eq!(last_words(&log), None, "no log");
+        fs::write(
+            &log,
+            "\u{1b}[2m2026-01-01T00:00:00Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m schema registered subject=a\n\
+             2026-01-01T00:00:01Z ERROR streamscore: streamscore registry exiting: opening the registry's topic: x\n\
+             \n",
+        )
+        .expect("write");
+        assert_eq!(
+            last_words(&log),
+            Some(LastWords::Exit("streamscore registry exiting: opening the registry's topic: x".to_owned()))
+        );
+        fs::write(&log, "\u{1b}[32m INFO\u{1b}[0m schema registered subject=a\n").expect("write");
+        assert_eq!(
+            last_words(&log),
+            Some(LastWords::Silent { last_line: Some("INFO schema registered subject=a".to_owned()) })
+        );
+        fs::write(&log, "").expect("write");
+        assert_eq!(last_words(&log), Some(LastWords::Silent { last_line: None }));
+    }
 }

@@ -53,12 +53,18 @@ impl Stage {
 
     /// SIGTERM, then the time until the process exited cleanly (panics after 20 s).
     fn terminate(&mut self) -> Duration {
+        let (took, status) = self.terminate_with_status();
+        assert!(status.success(), "a stop request is a clean exit: {status}");
+        took
+    }
+
+    /// SIGTERM, then the time until the process exited and how (panics after 20 s).
+    fn terminate_with_status(&mut self) -> (Duration, std::process::ExitStatus) {
         let started = Instant::now();
         Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status().unwrap();
         loop {
             if let Some(status) = self.0.try_wait().unwrap() {
-                assert!(status.success(), "a stop request is a clean exit: {status}");
-                return started.elapsed();
+                return (started.elapsed(), status);
             }
             assert!(started.elapsed() < Duration::from_secs(20), "still running 20 s after SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
@@ -91,7 +97,11 @@ async fn sigterm_while_the_registry_hangs(proxy: &FaultyRegistry, args: &[&str],
     proxy.set(Fault::Slow(Duration::from_secs(600)));
     let mut stage = Stage::spawn(args);
     proxy.wait_faulted(1, Duration::from_secs(60)).await;
-    let took = stage.terminate();
+    let (took, status) = stage.terminate_with_status();
+    // A clean stop (0), or 143 when the stop came while a part of the stage was still starting
+    // (standalone infer reads records while its scoring half registers its contracts): README
+    // "Stopping".
+    assert!(matches!(status.code(), Some(0 | 143)), "a stop request is a clean exit: {status}");
     assert!(took < Duration::from_secs(10), "SIGTERM while the registry hangs stopped the stage in {took:?}");
     assert!(tokio::task::block_in_place(|| support::read_records(outputs, 1, Duration::from_millis(300))).is_empty());
     proxy.set(Fault::Pass);
@@ -238,6 +248,7 @@ async fn standalone_infer_waits_out_every_registry_fault_and_stops_on_sigterm() 
         Arc::new(streamscore_infer::TractBackend),
         rx,
         Arc::default(),
+        streamscore_kafka::Shutdown::never(),
     ));
     proxy.set(Fault::confluent(503, 50003));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

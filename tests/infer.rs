@@ -14,7 +14,7 @@ use streamscore_contracts::{
     Codec, InferenceRequest, OutcomeStatus, PredictionOutcome, SourceOffset, ValidatedRequest,
 };
 use streamscore_infer::{BatchConfig, InferConfig, TractBackend};
-use streamscore_kafka::Ack;
+use streamscore_kafka::{Ack, Shutdown};
 use streamscore_modelstore::{ModelStore, SharedStore};
 use streamscore_telemetry::LiveStats;
 
@@ -48,7 +48,14 @@ async fn routing_pins_shadows_and_rejections() {
     let store = SharedStore::new(ModelStore::open(support::models_dir()).unwrap());
     let (tx, rx) = tokio::sync::mpsc::channel(100);
     let stats = Arc::new(LiveStats::default());
-    let stage = tokio::spawn(streamscore_infer::run(config, store, Arc::new(TractBackend), rx, Arc::clone(&stats)));
+    let stage = tokio::spawn(streamscore_infer::run(
+        config,
+        store,
+        Arc::new(TractBackend),
+        rx,
+        Arc::clone(&stats),
+        Shutdown::never(),
+    ));
 
     // (offset, tenant, requested version, expected status, expected version, expected shadows)
     let cases = [
@@ -213,7 +220,7 @@ async fn a_version_dropped_into_the_store_is_loaded_and_audited() {
     // here unless this machine has a usable GPU) and that auto was asked for.
     let backend = streamscore_infer::selection::select(streamscore_infer::selection::BackendChoice::Auto).unwrap();
     let runs_on = if streamscore_infer::cuda::CudaBackend::open(0).is_ok() { "cuda" } else { "cpu" };
-    let stage = tokio::spawn(streamscore_infer::run(config, store, backend, rx, Arc::default()));
+    let stage = tokio::spawn(streamscore_infer::run(config, store, backend, rx, Arc::default(), Shutdown::never()));
 
     // Drop version 3 (version 2's network) into the running store.
     let staging = models.path().join("staging");
@@ -280,7 +287,14 @@ async fn over_quota_is_rejected_explicitly_and_a_reload_is_audited() {
     let audit_topic = config.audit_topic.clone();
     let store = SharedStore::new(ModelStore::open(support::models_dir()).unwrap());
     let (tx, rx) = tokio::sync::mpsc::channel(100);
-    let stage = tokio::spawn(streamscore_infer::run(config, store, Arc::new(TractBackend), rx, Arc::default()));
+    let stage = tokio::spawn(streamscore_infer::run(
+        config,
+        store,
+        Arc::new(TractBackend),
+        rx,
+        Arc::default(),
+        Shutdown::never(),
+    ));
     let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
 
     // Five requests at the same event time against burst 2: two scored, three rejected.
@@ -354,8 +368,14 @@ async fn a_model_error_becomes_an_explicit_failed_outcome() {
         .unwrap();
     let store = SharedStore::new(ModelStore::open(support::models_dir()).unwrap());
     let (tx, rx) = tokio::sync::mpsc::channel(100);
-    let stage =
-        tokio::spawn(streamscore_infer::run(config, store, Arc::new(support::broken::Broken), rx, Arc::default()));
+    let stage = tokio::spawn(streamscore_infer::run(
+        config,
+        store,
+        Arc::new(support::broken::Broken),
+        rx,
+        Arc::default(),
+        Shutdown::never(),
+    ));
     let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
     for offset in 0..3 {
         tx.send((validated(offset, "tenant-01", None), Ack::new(0, offset, ack_tx.clone()))).await.unwrap();
@@ -413,7 +433,14 @@ async fn a_version_that_does_not_load_is_refused_and_audited_and_the_rest_is_ser
     let store = SharedStore::new(ModelStore::open(models.path()).unwrap());
     assert!(store.current().refused().is_empty(), "the store itself accepts version 2: its hash matches");
     let (tx, rx) = tokio::sync::mpsc::channel(100);
-    let stage = tokio::spawn(streamscore_infer::run(config, store, Arc::new(TractBackend), rx, Arc::default()));
+    let stage = tokio::spawn(streamscore_infer::run(
+        config,
+        store,
+        Arc::new(TractBackend),
+        rx,
+        Arc::default(),
+        Shutdown::never(),
+    ));
 
     let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
     tx.send((validated(0, "tenant-01", Some("2")), Ack::new(0, 0, ack_tx.clone()))).await.unwrap();

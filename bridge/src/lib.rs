@@ -158,10 +158,11 @@ pub async fn serve(
     )
     .map_err(BridgeError::Listener)?;
     // The request schema's id: calls are refused (503) until the registry has answered.
+    let shutdown = streamscore_kafka::Shutdown::after(shutdown);
     let registration = {
-        let codec = Arc::clone(&request_codec);
+        let (codec, shutdown) = (Arc::clone(&request_codec), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = streamscore_kafka::retry::register(codec.as_ref()).await {
+            if let Ok(Err(e)) = streamscore_kafka::retry::register(codec.as_ref(), &shutdown).await {
                 tracing::error!(error = %e, "the registry refused the request schema; the bridge cannot publish");
             }
         })
@@ -179,7 +180,7 @@ pub async fn serve(
         waiters: Arc::clone(&waiters),
         metrics,
     });
-    warp::serve(api::routes(bridge)).incoming(listener).graceful(shutdown).run().await;
+    warp::serve(api::routes(bridge)).incoming(listener).graceful(shutdown.wait()).run().await;
     registration.abort();
     stop.store(true, Ordering::Relaxed);
     waiters.wake_listener();

@@ -24,7 +24,7 @@ use apache_avro::Schema;
 use schema_registry_converter::async_impl::schema_registry::{get_schema_by_id, post_schema, SrSettings};
 use schema_registry_converter::schema_registry_common::{SchemaType, SuppliedSchema};
 
-pub use error::{DecodeError, EncodeError, RegistryError};
+pub use error::{redact_credentials, DecodeError, EncodeError, RegistryError};
 pub use wire::{WireHeader, HEADER_LEN, MAGIC_BYTE, SCHEMA_ID_LEN};
 
 use crate::events::Event;
@@ -154,6 +154,8 @@ enum Writer {
 pub struct Codec<T: Event> {
     subject: String,
     registry: SrSettings,
+    /// Where the registry is, for errors and logs (credentials left out).
+    registry_address: String,
     reader: &'static Schema,
     writer: GenericDatumWriter<'static>,
     schema_id: OnceLock<u32>,
@@ -185,6 +187,7 @@ impl<T: Event> Codec<T> {
         Self {
             subject: value_subject(topic),
             registry,
+            registry_address: "(its SrSettings)".to_owned(),
             reader,
             writer,
             schema_id: OnceLock::new(),
@@ -202,7 +205,7 @@ impl<T: Event> Codec<T> {
             .set_timeout(REGISTRY_TIMEOUT)
             .build()
             .unwrap_or_else(|_| SrSettings::new(url.to_owned()));
-        Self::new(settings, topic)
+        Self { registry_address: redact_credentials(url), ..Self::new(settings, topic) }
     }
 
     /// Uses `id` for the contract's schema without asking the registry, and caches it for
@@ -213,6 +216,11 @@ impl<T: Event> Codec<T> {
         let writer = Arc::new(self.writer_for(T::SCHEMA.text));
         self.writers.write().unwrap_or_else(PoisonError::into_inner).insert(id, writer);
         self
+    }
+
+    /// The registry's URL without credentials, for messages.
+    pub fn registry(&self) -> &str {
+        &self.registry_address
     }
 
     /// The registry subject (`<topic>-value`).
@@ -237,7 +245,7 @@ impl<T: Event> Codec<T> {
             SuppliedSchema::new(Some(T::SCHEMA.full_name.to_owned()), SchemaType::Avro, T::SCHEMA.text.to_owned());
         let registered = post_schema(&self.registry, self.subject.clone(), supplied)
             .await
-            .map_err(|e| RegistryError::from_src(&e))?;
+            .map_err(|e| RegistryError::from_src(&e, &self.registry_address))?;
         let id = *self.schema_id.get_or_init(|| registered.id);
         Ok(id)
     }
@@ -317,7 +325,7 @@ impl<T: Event> Codec<T> {
         let registered = match get_schema_by_id(id, &self.registry).await {
             Ok(registered) => registered,
             Err(e) => {
-                let err = RegistryError::from_src(&e);
+                let err = RegistryError::from_src(&e, &self.registry_address);
                 if matches!(err.error_code, Some(40403 | 40401)) {
                     self.unknown.lock().unwrap_or_else(PoisonError::into_inner).insert(id, Instant::now());
                     return Err(DecodeError::UnknownSchema { id });

@@ -5,7 +5,6 @@
 //! acknowledged, never dead-lettered); a record that can never be read is poison and goes to
 //! the dead-letter topic with its reason and original bytes, then its offset moves on.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use streamscore_contracts::{Codec, DeadLetter, DecodeError, Lineage, SourceOffset, Stage, ValidatedRequest};
 use streamscore_kafka::audit::{AuditError, AuditWriter, Committer};
 use streamscore_kafka::retry::{self, Attempt};
-use streamscore_kafka::{Ack, KafkaConfig, Seal, Sink, Source, SourceConfig};
+use streamscore_kafka::{Ack, KafkaConfig, Seal, Shutdown, Sink, Source, SourceConfig, Stopped};
 use tokio::sync::mpsc;
 
 use crate::stage::InferError;
@@ -33,33 +32,40 @@ pub struct ValidatedInput {
     pub drain_timeout: Duration,
 }
 
-/// Consumes the validated topic and hands each request to `output` until `shutdown`
-/// resolves; then closes `output` (infer finishes what it has), waits (bounded) for
-/// outstanding acknowledgements and commits.
+/// Consumes the validated topic and hands each request to `output` until `shutdown` is
+/// requested; then closes `output` (infer finishes what it has), waits (bounded) for
+/// outstanding acknowledgements and commits. A stop during start-up (registering the dead
+/// letter contract) is [`InferError::Stopped`].
 pub async fn consume_validated(
     kafka: &KafkaConfig,
     registry_url: &str,
     input: &ValidatedInput,
     output: mpsc::Sender<(ValidatedRequest, Ack)>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Into<Shutdown>,
 ) -> Result<(), InferError> {
-    tokio::pin!(shutdown);
+    let shutdown = shutdown.into();
     let codec = Codec::<ValidatedRequest>::with_url(registry_url, &input.topic);
     let dead_letters = Codec::<DeadLetter>::with_url(registry_url, &input.dead_letter_topic);
+    retry::register(&dead_letters, &shutdown).await??;
     // The dead letters this reader writes are committed in an audit chain of its own (a writer
     // of its own: `<instance>/validated-source`), like every output of every stage.
-    let committer = tokio::select! {
-        biased;
-        () = &mut shutdown => return Ok(()),
-        committer = async {
-            retry::register(&dead_letters).await?;
-            let writer_instance = format!("{}/validated-source", input.instance);
-            let audit =
-                AuditWriter::new(kafka, registry_url, &input.audit_topic, Stage::Infer.as_str(), &writer_instance).await?;
-            audit.schema_registered(&dead_letters).await?;
-            Ok::<_, InferError>(Committer::new(Arc::new(audit)))
-        } => committer?,
-    };
+    let writer_instance = format!("{}/validated-source", input.instance);
+    let broker = || format!("the broker at {} (the audit chain's first entries)", kafka.bootstrap);
+    let audit = shutdown
+        .race(
+            broker,
+            AuditWriter::new(
+                kafka,
+                registry_url,
+                &input.audit_topic,
+                Stage::Infer.as_str(),
+                &writer_instance,
+                &shutdown,
+            ),
+        )
+        .await??;
+    shutdown.race(broker, audit.schema_registered(&dead_letters)).await??;
+    let committer = Committer::new(Arc::new(audit));
     let sink = Sink::new(kafka, "infer-source")?;
     let mut config = SourceConfig::new(&input.group, &[&input.topic], "infer");
     config.checkpoints = input.checkpoints.clone();
@@ -69,7 +75,7 @@ pub async fn consume_validated(
     loop {
         let (message, ack) = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            _ = shutdown.requested() => break,
             e = sink.failed() => { failure = Some(e.into()); break }
             e = committer.audit().failed() => { failure = Some(AuditError::Delivery(e).into()); break }
             stopped = &mut ticking => {
@@ -86,16 +92,12 @@ pub async fn consume_validated(
         };
         let bytes = message.payload().unwrap_or_default();
         // A registry outage makes the record wait here; a stop request still stops.
-        let decoded = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            decoded = decode_when_up(&codec, bytes) => decoded,
-        };
+        let Ok(decoded) = decode_when_up(&codec, bytes, &shutdown).await else { break };
         match decoded {
             Ok(validated) => {
                 let sent = tokio::select! {
                     biased;
-                    () = &mut shutdown => break,
+                    _ = shutdown.requested() => break,
                     sent = output.send((validated, ack)) => sent,
                 };
                 if sent.is_err() {
@@ -127,9 +129,16 @@ pub async fn consume_validated(
     Ok(())
 }
 
-/// Decodes, waiting out registry outages; only a final answer (poison) is returned as an error.
-async fn decode_when_up(codec: &Codec<ValidatedRequest>, bytes: &[u8]) -> Result<ValidatedRequest, DecodeError> {
+/// Decodes, waiting out registry outages until a stop is requested; only a final answer
+/// (poison) is returned as the inner error.
+async fn decode_when_up(
+    codec: &Codec<ValidatedRequest>,
+    bytes: &[u8],
+    shutdown: &Shutdown,
+) -> Result<Result<ValidatedRequest, DecodeError>, Stopped> {
     retry::until_done(
+        shutdown,
+        || "the schema registry (a record waits for its writer schema)".to_owned(),
         || async {
             match codec.decode(bytes).await {
                 Ok(decoded) => Attempt::Done(Ok(decoded.value)),

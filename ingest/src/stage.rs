@@ -5,7 +5,6 @@
 //! other bad record and never stalls its partition; only a registry outage makes a record
 //! wait ([`streamscore_kafka::retry`]), and a stop request is honoured while it waits.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,9 @@ use streamscore_contracts::audit::AuditKey;
 use streamscore_contracts::{topics, Codec, DeadLetter, PredictionOutcome, ValidatedRequest};
 use streamscore_kafka::audit::{AuditWriter, Committer};
 use streamscore_kafka::retry::{self, Attempt};
-use streamscore_kafka::{Ack, KafkaConfig, Seal, Sink, SinkError, Source, SourceConfig, SourceError};
+use streamscore_kafka::{
+    Ack, KafkaConfig, Seal, Shutdown, Sink, SinkError, Source, SourceConfig, SourceError, Stopped,
+};
 use tokio::sync::mpsc;
 
 use crate::decide::{Decision, RawRecord, RequestDecider};
@@ -37,6 +38,9 @@ pub enum StageError {
     HandoffClosed,
     #[error("audit log: {0}")]
     Audit(#[from] streamscore_kafka::audit::AuditError),
+    /// A stop request came during start-up (the registry or the broker not answering yet).
+    #[error("start-up stopped")]
+    Stopped(#[from] Stopped),
 }
 
 /// Where validated requests go.
@@ -116,12 +120,14 @@ pub struct IngestSummary {
     pub dead_lettered: u64,
 }
 
-/// Runs the stage until `shutdown` resolves, then drains in-flight work and commits.
+/// Runs the stage until `shutdown` is requested, then drains in-flight work and commits. A
+/// stop during start-up (registering the contracts, the audit chain's first entries) is
+/// [`StageError::Stopped`], naming what it waited for.
 pub async fn run(
     config: IngestConfig,
     decider: RequestDecider,
     handoff: Handoff,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Into<Shutdown>,
 ) -> Result<IngestSummary, StageError> {
     run_with_stats(config, decider, handoff, Arc::default(), shutdown).await
 }
@@ -136,13 +142,14 @@ struct Codecs {
 }
 
 impl Codecs {
-    async fn register(config: &IngestConfig, handoff: &Handoff) -> Result<Self, StageError> {
+    async fn register(config: &IngestConfig, handoff: &Handoff, shutdown: &Shutdown) -> Result<Self, StageError> {
         let audit = AuditWriter::new(
             &config.kafka,
             &config.registry_url,
             &config.audit_topic,
             streamscore_contracts::Stage::Ingest.as_str(),
             &config.instance,
+            shutdown,
         )
         .await?;
         let audit_key = audit.key().await;
@@ -156,13 +163,13 @@ impl Codecs {
             committer: Committer::new(Arc::new(audit)),
             audit_key,
         };
-        retry::register(&codecs.dead_letters).await?;
-        retry::register(&codecs.rejections).await?;
+        retry::register(&codecs.dead_letters, shutdown).await??;
+        retry::register(&codecs.rejections, shutdown).await??;
         let audit = codecs.committer.audit();
         audit.schema_registered(&codecs.dead_letters).await?;
         audit.schema_registered(&codecs.rejections).await?;
         if let Some(codec) = &codecs.validated {
-            retry::register(codec).await?;
+            retry::register(codec, shutdown).await??;
             audit.schema_registered(codec).await?;
         }
         Ok(codecs)
@@ -175,15 +182,18 @@ pub async fn run_with_stats(
     decider: RequestDecider,
     handoff: Handoff,
     stats: Arc<streamscore_telemetry::LiveStats>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Into<Shutdown>,
 ) -> Result<IngestSummary, StageError> {
     use std::sync::atomic::Ordering::Relaxed;
-    tokio::pin!(shutdown);
-    let codecs = tokio::select! {
-        biased;
-        () = &mut shutdown => return Ok(IngestSummary::default()),
-        codecs = Codecs::register(&config, &handoff) => codecs?,
-    };
+    let shutdown = shutdown.into();
+    // Start-up: every wait gives way to a stop (the registry's inside, by name; the broker's
+    // audit entries here).
+    let codecs = shutdown
+        .race(
+            || format!("the broker at {} (the audit chain's first entries)", config.kafka.bootstrap),
+            Codecs::register(&config, &handoff, &shutdown),
+        )
+        .await??;
     let sink = Sink::new(&config.kafka, "ingest")?;
     let mut source = Source::open(&config.kafka, config.source())?;
     let latencies = Arc::clone(&stats);
@@ -195,7 +205,7 @@ pub async fn run_with_stats(
     loop {
         let (message, ack) = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            _ = shutdown.requested() => break,
             e = sink.failed() => { failure = Some(StageError::from(e)); break }
             e = codecs.committer.audit().failed() => {
                 failure = Some(streamscore_kafka::audit::AuditError::Delivery(e).into());
@@ -220,7 +230,7 @@ pub async fn run_with_stats(
         // A registry outage makes the record wait here; a stop request still stops.
         let decision = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            _ = shutdown.requested() => break,
             decision = async {
                 // New schema ids (this record's and those buffered behind it) are looked up
                 // together rather than one registry round trip per record.
@@ -228,8 +238,12 @@ pub async fn run_with_stats(
                     .chain(source.buffered())
                     .filter_map(|m| rdkafka::message::Message::payload(m));
                 decider.prefetch_schemas(values).await;
-                decide_with_retry(&decider, RawRecord::from_message(&message, ack.assignment().partitions)).await
-            } => decision,
+                let record = RawRecord::from_message(&message, ack.assignment().partitions);
+                decide_with_retry(&decider, record, &shutdown).await
+            } => match decision {
+                Ok(decision) => decision,
+                Err(_stopped) => break,
+            },
         };
         let result = match decision {
             Decision::Valid(validated) => {
@@ -241,7 +255,7 @@ pub async fn run_with_stats(
                     }
                     Handoff::Channel(tx) => tokio::select! {
                         biased;
-                        () = &mut shutdown => break,
+                        _ = shutdown.requested() => break,
                         sent = tx.send((*validated, ack)) => sent.map_err(|_| StageError::HandoffClosed),
                     },
                 }
@@ -330,9 +344,16 @@ async fn dead_letter_one(
     Ok(())
 }
 
-/// Decides a record, waiting out registry outages (the record is never skipped).
-async fn decide_with_retry(decider: &RequestDecider, record: RawRecord<'_>) -> Decision {
+/// Decides a record, waiting out registry outages (the record is never skipped) until a stop
+/// is requested.
+async fn decide_with_retry(
+    decider: &RequestDecider,
+    record: RawRecord<'_>,
+    shutdown: &Shutdown,
+) -> Result<Decision, Stopped> {
     retry::until_done(
+        shutdown,
+        || "the schema registry (a record waits for its writer schema)".to_owned(),
         || async {
             match decider.decide(record).await {
                 Decision::Retry(e) => Attempt::Retry(e),

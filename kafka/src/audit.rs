@@ -46,6 +46,9 @@ pub enum AuditError {
     Key(String),
     #[error("an audit entry was not acknowledged: {0}")]
     Delivery(String),
+    /// A stop request came while the writer was starting (the registry not answering).
+    #[error("start-up stopped")]
+    Stopped(#[from] crate::shutdown::Stopped),
 }
 
 /// The last acknowledged entry, and the ones sent and not yet acknowledged.
@@ -107,21 +110,24 @@ pub fn read_heads(dir: &Path) -> Result<Vec<ChainHead>, String> {
 impl AuditWriter {
     /// A writer keyed from the environment ([`AuditKey::from_env`]), checkpointing its head
     /// under `STREAMSCORE_AUDIT_HEAD_DIR` when set. Writes the chain's `CHAIN_STARTED` entry.
+    /// Registering the audit schema waits out registry outages until `shutdown`.
     pub async fn new(
         kafka: &KafkaConfig,
         registry_url: &str,
         topic: &str,
         stage: &str,
         instance: &str,
+        shutdown: &crate::shutdown::Shutdown,
     ) -> Result<Self, AuditError> {
         let key = AuditKey::from_env().map_err(AuditError::Key)?;
         let head_file = std::env::var_os(HEAD_DIR_ENV)
             .filter(|d| !d.is_empty())
             .map(|dir| head_file(Path::new(&dir), stage, instance));
-        Self::with(kafka, registry_url, topic, stage, instance, key, head_file).await
+        Self::with(kafka, registry_url, topic, stage, instance, key, head_file, shutdown).await
     }
 
     /// A writer with this key and head checkpoint file.
+    #[allow(clippy::too_many_arguments)]
     pub async fn with(
         kafka: &KafkaConfig,
         registry_url: &str,
@@ -130,9 +136,10 @@ impl AuditWriter {
         instance: &str,
         key: AuditKey,
         head_file: Option<PathBuf>,
+        shutdown: &crate::shutdown::Shutdown,
     ) -> Result<Self, AuditError> {
         let codec = Codec::<AuditRecord>::with_url(registry_url, topic);
-        crate::retry::register(&codec).await?;
+        crate::retry::register(&codec, shutdown).await??;
         let mut config = kafka.client_config();
         config
             .set("acks", "all")

@@ -6,13 +6,15 @@
 //! poison is dead-lettered with its reason and original bytes (see
 //! [`streamscore_contracts::DeadLetter`]).
 //!
-//! The waits are plain futures: a stage races them against its shutdown signal, so a stop
-//! request is honoured while the registry is down.
+//! Every wait races the process's [`Shutdown`], so a stop request is honoured while the
+//! registry is down, at start-up as in steady state.
 
 use std::future::Future;
 use std::time::Duration;
 
 use streamscore_contracts::{Codec, Event, RegistryError};
+
+use crate::shutdown::{Shutdown, Stopped};
 
 /// First wait after a retryable failure.
 pub const FIRST_WAIT: Duration = Duration::from_millis(100);
@@ -48,29 +50,59 @@ impl Backoff {
     }
 }
 
-/// Runs `attempt` until it is done, waiting with backoff after each retryable failure and
-/// calling `on_retry` with the failure and the wait.
-pub async fn until_done<T, E, Fut>(mut attempt: impl FnMut() -> Fut, mut on_retry: impl FnMut(&E, Duration)) -> T
+/// Runs `attempt` until it is done, or until a stop is requested: the one place that decides
+/// "retry until shutdown", for the waits of start-up (registering contracts) and of steady
+/// state (a record waiting out a registry outage) alike. After each retryable failure it calls
+/// `on_retry` with the failure and the wait, then waits with backoff; the attempt and the wait
+/// both give way to `shutdown`.
+///
+/// # Errors
+/// [`Stopped`] when a stop was requested first, naming `waiting_for` (made only then) and the
+/// last failure met.
+pub async fn until_done<T, E, Fut>(
+    shutdown: &Shutdown,
+    waiting_for: impl FnOnce() -> String,
+    mut attempt: impl FnMut() -> Fut,
+    mut on_retry: impl FnMut(&E, Duration),
+) -> Result<T, Stopped>
 where
     Fut: Future<Output = Attempt<T, E>>,
+    E: std::fmt::Display,
 {
     let mut backoff = Backoff::default();
-    loop {
-        match attempt().await {
-            Attempt::Done(value) => return value,
-            Attempt::Retry(error) => {
-                let wait = backoff.next_wait();
-                on_retry(&error, wait);
-                tokio::time::sleep(wait).await;
-            }
+    let mut last_failure = None;
+    let stopped = loop {
+        let error = tokio::select! {
+            biased;
+            reason = shutdown.requested() => break reason,
+            outcome = attempt() => match outcome {
+                Attempt::Done(value) => return Ok(value),
+                Attempt::Retry(error) => error,
+            },
+        };
+        let wait = backoff.next_wait();
+        on_retry(&error, wait);
+        last_failure = Some(error.to_string());
+        tokio::select! {
+            biased;
+            reason = shutdown.requested() => break reason,
+            () = tokio::time::sleep(wait) => {}
         }
-    }
+    };
+    Err(Stopped { reason: stopped, waiting_for: waiting_for(), last_failure })
 }
 
 /// Registers a contract's schema, waiting out registry outages: a stage that starts while
-/// the registry is down waits for it instead of failing (or, worse, going on without it).
-pub async fn register<T: Event>(codec: &Codec<T>) -> Result<u32, RegistryError> {
+/// the registry is down waits for it instead of failing (or, worse, going on without it),
+/// and a stop request ends the wait.
+///
+/// # Errors
+/// The outer error: stopped while waiting. The inner one: the registry's final answer (it
+/// refused the schema: incompatible, invalid).
+pub async fn register<T: Event>(codec: &Codec<T>, shutdown: &Shutdown) -> Result<Result<u32, RegistryError>, Stopped> {
     until_done(
+        shutdown,
+        || format!("the schema registry at {} to register {}", codec.registry(), codec.subject()),
         || async {
             match codec.register().await {
                 Err(e) if e.retryable => Attempt::Retry(e),
@@ -98,6 +130,8 @@ mod tests {
         let mut calls = 0;
         let mut retries = Vec::new();
         let value = until_done(
+            &Shutdown::never(),
+            || "nothing".to_owned(),
             || {
                 calls += 1;
                 let n = calls;
@@ -112,7 +146,27 @@ mod tests {
             |e: &i32, wait| retries.push((*e, wait)),
         )
         .await;
-        assert_eq!(value, "ok");
+        assert_eq!(value, Ok("ok"));
         assert_eq!(retries, [(1, FIRST_WAIT), (2, FIRST_WAIT * 2)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_ends_the_retries_naming_the_wait_and_the_last_failure() {
+        let (stopper, shutdown) = Shutdown::new();
+        let retrying = until_done(
+            &shutdown,
+            || "the registry".to_owned(),
+            || async { Attempt::<(), _>::Retry("connection refused") },
+            |_, _| {},
+        );
+        let stop = async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            stopper.stop(crate::shutdown::StopReason::Terminate);
+        };
+        let (stopped, ()) = tokio::join!(retrying, stop);
+        assert_eq!(
+            stopped.expect_err("stopped").to_string(),
+            "stopped by SIGTERM while waiting for the registry (last failure: connection refused)"
+        );
     }
 }

@@ -3,7 +3,6 @@
 //! and the audit log, and reports.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::time::Duration;
 
 use rdkafka::message::Message;
@@ -13,7 +12,7 @@ use streamscore_contracts::{
 };
 use streamscore_kafka::audit::AuditWriter;
 use streamscore_kafka::retry::{self, Attempt};
-use streamscore_kafka::{Ack, KafkaConfig, Sink, SinkError, Source, SourceConfig, SourceError};
+use streamscore_kafka::{Ack, KafkaConfig, Shutdown, Sink, SinkError, Source, SourceConfig, SourceError, Stopped};
 use streamscore_modelstore::ModelStore;
 
 use crate::drift::{Detector, DetectorConfig, Reference};
@@ -36,6 +35,9 @@ pub enum MonitorError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    /// A stop request came during start-up (the registry or the broker not answering yet).
+    #[error("start-up stopped")]
+    Stopped(#[from] Stopped),
 }
 
 /// What the monitor needs.
@@ -101,7 +103,7 @@ pub struct MonitorSummary {
 pub async fn run(
     config: MonitorConfig,
     models: ModelStore,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Into<Shutdown>,
 ) -> Result<MonitorSummary, MonitorError> {
     run_with_stats(config, models, None, shutdown).await
 }
@@ -115,21 +117,28 @@ pub async fn run_with_stats(
     config: MonitorConfig,
     models: ModelStore,
     live: Option<std::sync::Arc<streamscore_telemetry::LiveStats>>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Into<Shutdown>,
 ) -> Result<MonitorSummary, MonitorError> {
-    tokio::pin!(shutdown);
+    let shutdown = shutdown.into();
     let predictions = Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic);
     let dead_letters = Codec::<DeadLetter>::with_url(&config.registry_url, &config.dead_letter_topic);
     // Reads the original bytes of requests dead-lettered for their features.
     let requests = Codec::<InferenceRequest>::with_url(&config.registry_url, topics::REQUESTS);
     let alerts_codec = Codec::<DriftAlert>::with_url(&config.registry_url, &config.alerts_topic);
-    tokio::select! {
-        biased;
-        () = &mut shutdown => return Ok(MonitorSummary::default()),
-        registered = retry::register(&alerts_codec) => { registered?; }
-    }
-    let audit =
-        AuditWriter::new(&config.kafka, &config.registry_url, &config.audit_topic, "monitor", &config.instance).await?;
+    retry::register(&alerts_codec, &shutdown).await??;
+    let audit = shutdown
+        .race(
+            || format!("the broker at {} (the audit chain's first entries)", config.kafka.bootstrap),
+            AuditWriter::new(
+                &config.kafka,
+                &config.registry_url,
+                &config.audit_topic,
+                "monitor",
+                &config.instance,
+                &shutdown,
+            ),
+        )
+        .await??;
     let sink = Sink::new(&config.kafka, "monitor")?;
     // The stages' fetch wait, not a long one: with 500 ms the monitor read ~1,000 records per
     // fetch, holding tansu's one storage task ~35 ms each time, and the pipeline's produce p99
@@ -147,7 +156,7 @@ pub async fn run_with_stats(
     loop {
         let (message, ack) = tokio::select! {
             biased;
-            () = &mut shutdown => break,
+            _ = shutdown.requested() => break,
             e = sink.failed() => { failure = Some(e.into()); break }
             _ = report.tick() => {
                 match &live {
@@ -188,36 +197,39 @@ pub async fn run_with_stats(
         };
         let bytes = message.payload().unwrap_or_default();
         let is_dead_letter = message.topic() == config.dead_letter_topic;
-        // A registry outage makes the record wait here; a stop request still stops.
-        let seen = tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            seen = async {
-                if is_dead_letter {
-                    let Some(dl) = decode_when_up(&dead_letters, bytes, &config.dead_letter_topic).await else { return None };
-                    summary.dead_letters += 1;
-                    metrics::counter!("streamscore_monitor_dead_letters_total", "reason" => dl.reason.code()).increment(1);
-                    let seen = rejected_inputs(&requests, &models, &dl).await?;
-                    summary.rejected_inputs += 1;
-                    Some(seen)
-                } else {
-                    let outcome = decode_when_up(&predictions, bytes, &config.predictions_topic).await?;
-                    if outcome.status != OutcomeStatus::Scored {
-                        return None;
-                    }
-                    summary.predictions += 1;
-                    summary.latencies.record(&outcome);
-                    let version = outcome.model_version?;
-                    Some(Seen {
-                        model: outcome.model,
-                        version,
-                        event_us: outcome.request_created_at,
-                        features: outcome.features,
-                        score: outcome.score,
-                    })
+        let seen = async {
+            if is_dead_letter {
+                let Some(dl) = decode_when_up(&dead_letters, bytes, &config.dead_letter_topic, &shutdown).await? else {
+                    return Ok(None);
+                };
+                summary.dead_letters += 1;
+                metrics::counter!("streamscore_monitor_dead_letters_total", "reason" => dl.reason.code()).increment(1);
+                let Some(seen) = rejected_inputs(&requests, &models, &dl, &shutdown).await? else { return Ok(None) };
+                summary.rejected_inputs += 1;
+                Ok(Some(seen))
+            } else {
+                let Some(outcome) = decode_when_up(&predictions, bytes, &config.predictions_topic, &shutdown).await?
+                else {
+                    return Ok(None);
+                };
+                if outcome.status != OutcomeStatus::Scored {
+                    return Ok(None);
                 }
-            } => seen,
+                summary.predictions += 1;
+                summary.latencies.record(&outcome);
+                let Some(version) = outcome.model_version else { return Ok(None) };
+                Ok(Some(Seen {
+                    model: outcome.model,
+                    version,
+                    event_us: outcome.request_created_at,
+                    features: outcome.features,
+                    score: outcome.score,
+                }))
+            }
         };
+        // A registry outage makes the record wait here; a stop request still stops.
+        let seen: Result<Option<Seen>, Stopped> = seen.await;
+        let Ok(seen) = seen else { break };
         if let Some(seen) = seen {
             if let Err(e) = observe(
                 &config,
@@ -248,10 +260,18 @@ pub async fn run_with_stats(
     Ok(summary)
 }
 
-/// Decodes a record, waiting out registry outages; a record that can never be decoded is
-/// counted and logged (the monitor only reads: the record stays where it is) and yields `None`.
-async fn decode_when_up<T: Event>(codec: &Codec<T>, bytes: &[u8], topic: &str) -> Option<T> {
+/// Decodes a record, waiting out registry outages until a stop is requested; a record that
+/// can never be decoded is counted and logged (the monitor only reads: the record stays where
+/// it is) and yields `None`.
+async fn decode_when_up<T: Event>(
+    codec: &Codec<T>,
+    bytes: &[u8],
+    topic: &str,
+    shutdown: &Shutdown,
+) -> Result<Option<T>, Stopped> {
     let decoded: Result<T, DecodeError> = retry::until_done(
+        shutdown,
+        || "the schema registry (a record waits for its writer schema)".to_owned(),
         || async {
             match codec.decode(bytes).await {
                 Ok(decoded) => Attempt::Done(Ok(decoded.value)),
@@ -261,15 +281,15 @@ async fn decode_when_up<T: Event>(codec: &Codec<T>, bytes: &[u8], topic: &str) -
         },
         |e, wait| tracing::warn!(error = %e, ?wait, "schema registry unavailable; the record waits"),
     )
-    .await;
-    match decoded {
+    .await?;
+    Ok(match decoded {
         Ok(value) => Some(value),
         Err(e) => {
             tracing::error!(topic, error = %e, "undecodable record; counted and skipped");
             metrics::counter!("streamscore_monitor_undecodable_total", "topic" => topic.to_owned()).increment(1);
             None
         }
-    }
+    })
 }
 
 /// Feeds one observation to its version's detector; alerts go out with the record's ack.
@@ -370,16 +390,28 @@ struct Seen {
 /// score: it was never scored). A request that named no version is counted against the
 /// model's default version (tenant pins are the infer stage's, not known here). Anything else
 /// dead-lettered is counted by reason only.
-async fn rejected_inputs(requests: &Codec<InferenceRequest>, models: &ModelStore, dl: &DeadLetter) -> Option<Seen> {
+async fn rejected_inputs(
+    requests: &Codec<InferenceRequest>,
+    models: &ModelStore,
+    dl: &DeadLetter,
+    shutdown: &Shutdown,
+) -> Result<Option<Seen>, Stopped> {
     if !matches!(dl.reason, DeadLetterReason::FeatureMissing | DeadLetterReason::NonFinite) {
-        return None;
+        return Ok(None);
     }
     if dl.original_value_length.is_some() {
-        return None; // cut to fit: not the whole request
+        return Ok(None); // cut to fit: not the whole request
     }
-    let request = decode_when_up(requests, dl.original_value.as_deref()?, topics::REQUESTS).await?;
-    let version = request.model_version.or_else(|| models.default_version(&request.model).map(str::to_owned))?;
-    Some(Seen { model: request.model, version, event_us: request.created_at, features: request.features, score: None })
+    let Some(original) = dl.original_value.as_deref() else { return Ok(None) };
+    let Some(request) = decode_when_up(requests, original, topics::REQUESTS, shutdown).await? else { return Ok(None) };
+    let version = request.model_version.or_else(|| models.default_version(&request.model).map(str::to_owned));
+    Ok(version.map(|version| Seen {
+        model: request.model,
+        version,
+        event_us: request.created_at,
+        features: request.features,
+        score: None,
+    }))
 }
 
 async fn publish(

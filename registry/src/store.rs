@@ -5,11 +5,17 @@
 //! client that got a reply reads its own write, and the state is always what the topic says.
 //! Writes of one instance are serialized by [`Store::write_lock`]. Run one registry instance
 //! per topic: instances do not elect a leader, so two writers could allocate the same id.
+//!
+//! The reader also checks, every [`TOPIC_CHECK_EVERY`], that the topic is still there. Gone
+//! (deleted: on tansu 0.6 deleting any topic deletes them all), the store says so once, stops
+//! reading (a topic made again under the same name holds other offsets) and keeps serving
+//! what it holds: reads, and registrations of schemas it already has, answer as before;
+//! writes are refused with 50001 saying why and what to do.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -25,6 +31,8 @@ use crate::state::{LogRecord, State};
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long start-up waits to read the topic to its end.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the reader checks that the topic still exists (one metadata request).
+pub const TOPIC_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Errors opening the store.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +60,8 @@ pub struct Store {
     write_timeout: Duration,
     /// Tests only: the reader stops applying records while set.
     hold: Arc<AtomicBool>,
+    /// Why the topic is gone, once the reader found it gone.
+    lost: Arc<OnceLock<String>>,
     stop: Arc<AtomicBool>,
     reader: Option<JoinHandle<()>>,
 }
@@ -81,14 +91,14 @@ impl Store {
         let (applied_tx, applied) = watch::channel(0_i64);
         let stop = Arc::new(AtomicBool::new(false));
         let hold = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(OnceLock::new());
         let reader = {
             let state = Arc::clone(&state);
-            let stop = Arc::clone(&stop);
-            let hold = Arc::clone(&hold);
+            let reader = Reader { stop: Arc::clone(&stop), hold: Arc::clone(&hold), lost: Arc::clone(&lost) };
             let topic = topic.to_owned();
             std::thread::Builder::new()
                 .name("registry-reader".to_owned())
-                .spawn(move || tail(&consumer, &topic, &state, &applied_tx, &stop, &hold))
+                .spawn(move || tail(&consumer, &topic, &state, &applied_tx, &reader))
                 .map_err(|e| {
                     StoreError::Kafka(KafkaError::CreateTopic {
                         topic: "reader thread".to_owned(),
@@ -105,6 +115,7 @@ impl Store {
             written: AtomicI64::new(0),
             write_timeout: WRITE_TIMEOUT,
             hold,
+            lost,
             stop,
             reader: Some(reader),
         };
@@ -148,8 +159,17 @@ impl Store {
         self.hold.store(on, Ordering::SeqCst);
     }
 
+    /// Why the store's topic is gone, if the reader found it gone (the store then serves what
+    /// it holds and refuses writes).
+    pub fn lost(&self) -> Option<&str> {
+        self.lost.get().map(String::as_str)
+    }
+
     /// Appends records and waits until they are applied to the state.
     pub async fn append(&self, records: &[LogRecord]) -> Result<(), ApiError> {
+        if let Some(lost) = self.lost() {
+            return Err(ApiError::store(format!("{lost}; this registry refuses writes until then")));
+        }
         let mut last = None;
         for record in records {
             let key = serde_json::to_vec(&record.key).map_err(ApiError::store)?;
@@ -203,17 +223,36 @@ impl Drop for Store {
     }
 }
 
-/// Applies every record of the topic, in order, until told to stop.
-fn tail(
-    consumer: &BaseConsumer,
-    topic: &str,
-    state: &RwLock<State>,
-    applied: &watch::Sender<i64>,
-    stop: &AtomicBool,
-    hold: &AtomicBool,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        if hold.load(Ordering::Relaxed) {
+/// What the reader thread shares with the store.
+struct Reader {
+    stop: Arc<AtomicBool>,
+    hold: Arc<AtomicBool>,
+    lost: Arc<OnceLock<String>>,
+}
+
+/// Applies every record of the topic, in order, until told to stop or the topic is gone.
+fn tail(consumer: &BaseConsumer, topic: &str, state: &RwLock<State>, applied: &watch::Sender<i64>, reader: &Reader) {
+    let mut checked = Instant::now();
+    while !reader.stop.load(Ordering::Relaxed) {
+        if checked.elapsed() >= TOPIC_CHECK_EVERY {
+            checked = Instant::now();
+            if let Some(gone) = topic_gone(consumer, topic) {
+                let subjects = state.read().unwrap_or_else(PoisonError::into_inner).subjects(false).len();
+                let reason = format!(
+                    "the registry's topic {topic} is gone from the broker ({gone}); restore it and restart the \
+                     registry, or restart it to start empty (then register the schemas again)"
+                );
+                tracing::error!(
+                    topic,
+                    subjects,
+                    "{reason}. Serving the {subjects} subjects it holds from memory: reads and registrations of \
+                     known schemas answer, writes are refused"
+                );
+                let _ = reader.lost.set(reason);
+                return;
+            }
+        }
+        if reader.hold.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         }
@@ -229,5 +268,22 @@ fn tail(
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+    }
+}
+
+/// Why `topic` is gone, if the broker says it is (a broker that does not answer says nothing).
+fn topic_gone(consumer: &BaseConsumer, topic: &str) -> Option<String> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
+    match metadata.topics().iter().find(|t| t.name() == topic) {
+        None => Some("the broker no longer lists it".to_owned()),
+        Some(t) => match t.error() {
+            Some(e) => {
+                let code = rdkafka::types::RDKafkaErrorCode::from(e);
+                (code == rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
+                    .then(|| format!("the broker says: {code}"))
+            }
+            None if t.partitions().is_empty() => Some("the broker lists it without partitions".to_owned()),
+            None => None,
+        },
     }
 }

@@ -60,7 +60,7 @@ pub(crate) struct RunCommand {
 }
 
 impl RunCommand {
-    pub(crate) async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self, shutdown: Shutdown) -> Result<()> {
         let Self {
             data_dir,
             broker_port,
@@ -81,7 +81,12 @@ impl RunCommand {
         } = self;
         let shadow = pairs(Some(&shadow)).context("--shadow")?;
         let config = streamscore::run::RunConfig {
-            stack: StackConfig { data_dir, broker_port, registry_port },
+            stack: StackConfig {
+                data_dir,
+                broker_port,
+                registry_port,
+                partitions: streamscore_kafka::topics::LOCAL_PARTITIONS,
+            },
             duration: duration_secs.map(std::time::Duration::from_secs_f64),
             rate,
             tenants,
@@ -95,7 +100,7 @@ impl RunCommand {
             bridge_port: (!no_bridge).then_some(bridge_port),
             metrics_port,
         };
-        streamscore::run::run(config, shutdown_signal()).await?;
+        streamscore::run::run(config, shutdown).await?;
 
         Ok(())
     }

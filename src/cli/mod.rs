@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use streamscore::stack::{self, StackConfig};
 use streamscore_ingest::IngestConfig;
-use streamscore_kafka::{ensure_topics, event_topics_with, KafkaConfig};
+use streamscore_kafka::{ensure_topics, event_topics_with, KafkaConfig, Shutdown};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct Endpoints {
@@ -256,20 +256,4 @@ pub(crate) async fn serve_metrics(listen: MetricsListen) -> Result<()> {
         streamscore_telemetry::serve_metrics_on(listen).await?;
     }
     Ok(())
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

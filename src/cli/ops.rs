@@ -17,8 +17,8 @@ impl StackCommand {
     pub(crate) async fn run(self) -> Result<()> {
         let Self { action, data_dir } = self;
         match action {
-            StackAction::Up { broker_port, registry_port } => {
-                stack::up(&StackConfig { data_dir, broker_port, registry_port }).await?;
+            StackAction::Up { broker_port, registry_port, partitions } => {
+                stack::up(&StackConfig { data_dir, broker_port, registry_port, partitions }).await?;
             }
             StackAction::Down => stack::down(&data_dir)?,
             StackAction::Status => {
@@ -161,9 +161,9 @@ pub(crate) struct ProduceCommand {
 }
 
 impl ProduceCommand {
-    pub(crate) async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self, shutdown: Shutdown) -> Result<()> {
         let Self { endpoints, load } = self;
-        run_produce(endpoints, load).await?;
+        run_produce(endpoints, load, shutdown).await?;
         Ok(())
     }
 }
@@ -226,6 +226,12 @@ pub(crate) enum StackAction {
         /// Registry port on 127.0.0.1 (0 = any free port).
         #[arg(long, default_value_t = 8081)]
         registry_port: u16,
+        /// Partitions of inference.requests, .validated and .predictions when they are
+        /// created (inference.dead-letter: as many, at most 3; audit.log, monitor.alerts and
+        /// _schemas: 1), so scale-out can be tried locally. Existing topics keep theirs.
+        #[arg(long, default_value_t = streamscore_kafka::topics::LOCAL_PARTITIONS,
+              value_parser = clap::value_parser!(i32).range(1..=1000))]
+        partitions: i32,
     },
     /// Stop the registry and the broker.
     Down,
@@ -233,9 +239,13 @@ pub(crate) enum StackAction {
     Status,
 }
 
-pub(crate) async fn run_produce(endpoints: Endpoints, args: LoadArgs) -> Result<()> {
+/// The load generator until its count or duration, or a stop request: one that comes while the
+/// request schema is being registered (the registry not answering) ends it with
+/// [`streamscore_kafka::Stopped`]; later, it stops sending and reports what was sent.
+pub(crate) async fn run_produce(endpoints: Endpoints, args: LoadArgs, shutdown: Shutdown) -> Result<()> {
     use streamscore::loadgen::{self, BadKind, LoadConfig};
     use streamscore_contracts::{now_micros, Codec, InferenceRequest};
+    anyhow::ensure!(args.count.is_some() || args.duration_secs.is_some(), "give a --count or a --duration-secs");
     let mut config = LoadConfig::new(&args.topic);
     config.rate = args.rate;
     config.count = args.count;
@@ -255,7 +265,24 @@ pub(crate) async fn run_produce(endpoints: Endpoints, args: LoadArgs) -> Result<
     config.seed = args.seed;
     config.progress = true;
     let codec = Arc::new(Codec::<InferenceRequest>::with_url(&endpoints.registry_url, &args.topic));
-    let summary = loadgen::run(&KafkaConfig::new(&endpoints.bootstrap), codec, &config).await?;
+    // One attempt (the codec gives up after its timeout): a load generator says at once that
+    // the registry is not there rather than wait for it as the stages do.
+    shutdown
+        .race(
+            || format!("the schema registry at {} to register {}", codec.registry(), codec.subject()),
+            codec.register(),
+        )
+        .await?
+        .context("registering the request schema")?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    config.stop = Some(Arc::clone(&stop));
+    let stopping = tokio::spawn(async move {
+        shutdown.requested().await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let summary = loadgen::run(&KafkaConfig::new(&endpoints.bootstrap), codec, &config).await;
+    stopping.abort();
+    let summary = summary?;
     print!("{}", loadgen::describe(&summary));
     if let Some(path) = args.summary_json {
         let json = serde_json::json!({

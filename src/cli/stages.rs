@@ -19,7 +19,7 @@ pub(crate) struct PipelineCommand {
 }
 
 impl PipelineCommand {
-    pub(crate) async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self, shutdown: Shutdown) -> Result<()> {
         let Self { endpoints, ingest, infer, metrics_listen } = self;
         serve_metrics(metrics_listen).await?;
         let mut ingest_config = IngestConfig::new(KafkaConfig::new(&endpoints.bootstrap), &endpoints.registry_url);
@@ -39,7 +39,7 @@ impl PipelineCommand {
         let stats = Arc::new(streamscore_telemetry::LiveStats::default());
         tracing::info!("pipeline running (ingest + infer fused)");
         let backend = streamscore_infer::selection::select(infer.backend)?;
-        let summary = streamscore::pipeline::run(config, backend, stats, shutdown_signal()).await?;
+        let summary = streamscore::pipeline::run(config, backend, stats, shutdown).await?;
         tracing::info!(
             consumed = summary.consumed,
             validated = summary.validated,
@@ -75,9 +75,9 @@ pub(crate) struct IngestCommand {
 }
 
 impl IngestCommand {
-    pub(crate) async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self, shutdown: Shutdown) -> Result<()> {
         let Self { endpoints, ingest, validated_topic, metrics_listen, policy } = self;
-        run_ingest(endpoints, ingest, validated_topic, metrics_listen, policy).await?;
+        run_ingest(endpoints, ingest, validated_topic, metrics_listen, policy, shutdown).await?;
 
         Ok(())
     }
@@ -108,7 +108,7 @@ pub(crate) struct InferCommand {
 }
 
 impl InferCommand {
-    pub(crate) async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self, shutdown: Shutdown) -> Result<()> {
         let Self { endpoints, infer, validated_topic, group, store, dead_letter_topic, metrics_listen } = self;
         serve_metrics(metrics_listen).await?;
         let config = infer.config(&endpoints)?;
@@ -124,20 +124,19 @@ impl InferCommand {
             drain_timeout: std::time::Duration::from_secs(5),
         };
         if let Some(topic) = &input.checkpoints {
-            ensure_topics(&kafka, &[streamscore_kafka::TopicSpec::state(topic)]).await?;
+            shutdown
+                .race(
+                    || format!("the broker at {} to create {topic}", kafka.bootstrap),
+                    ensure_topics(&kafka, &[streamscore_kafka::TopicSpec::state(topic)]),
+                )
+                .await??;
         }
         let (tx, rx) = tokio::sync::mpsc::channel(10_000);
         let stats = Arc::new(streamscore_telemetry::LiveStats::default());
         let backend = streamscore_infer::selection::select(infer.backend)?;
-        let stage = tokio::spawn(streamscore_infer::run(config, store, backend, rx, stats));
-        let consumed = streamscore_infer::source::consume_validated(
-            &kafka,
-            &endpoints.registry_url,
-            &input,
-            tx,
-            shutdown_signal(),
-        )
-        .await;
+        let stage = tokio::spawn(streamscore_infer::run(config, store, backend, rx, stats, shutdown.clone()));
+        let consumed =
+            streamscore_infer::source::consume_validated(&kafka, &endpoints.registry_url, &input, tx, shutdown).await;
         // The stage's own failure is the cause when both failed.
         stage.await.context("the infer stage panicked")??;
         consumed?;
@@ -199,7 +198,7 @@ pub(crate) struct MonitorCommand {
 }
 
 impl MonitorCommand {
-    pub(crate) async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self, shutdown: Shutdown) -> Result<()> {
         let Self {
             endpoints,
             store,
@@ -254,7 +253,7 @@ impl MonitorCommand {
         config.detector.window_events = window_events;
         config.detector.thresholds =
             config.detector.thresholds.with_overrides(&thresholds).map_err(|e| anyhow::anyhow!("--thresholds {e}"))?;
-        let summary = streamscore_monitor::stage::run(config, store, shutdown_signal()).await?;
+        let summary = streamscore_monitor::stage::run(config, store, shutdown).await?;
         tracing::info!(predictions = summary.predictions, alerts = summary.alerts.len(), "monitor stopped");
 
         Ok(())
@@ -297,7 +296,7 @@ pub(crate) struct BridgeCommand {
 }
 
 impl BridgeCommand {
-    pub(crate) async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self, shutdown: Shutdown) -> Result<()> {
         let Self {
             endpoints,
             listen,
@@ -328,7 +327,7 @@ impl BridgeCommand {
         let prometheus = streamscore_telemetry::install_recorder();
         let metrics: streamscore_bridge::MetricsRender = Arc::new(move || prometheus.render());
         println!("bridge on http://{listen} (Open Inference Protocol v2 on /v2, streamscore JSON on /v1)");
-        streamscore_bridge::serve(config, listener, Some(metrics), shutdown_signal()).await?;
+        streamscore_bridge::serve(config, listener, Some(metrics), shutdown.wait()).await?;
         tracing::info!("bridge stopped");
 
         Ok(())
@@ -357,7 +356,7 @@ pub(crate) struct RegistryCommand {
 }
 
 impl RegistryCommand {
-    pub(crate) async fn run(self) -> Result<()> {
+    pub(crate) async fn run(self, shutdown: Shutdown) -> Result<()> {
         let Self { bootstrap, listen, topic, users_file, auth_reads } = self;
         let auth = match &users_file {
             Some(path) => {
@@ -374,12 +373,18 @@ impl RegistryCommand {
             }
         };
         let kafka = KafkaConfig::new(bootstrap);
-        let store = streamscore_registry::Store::open(&kafka, &topic).await.context("opening the registry's topic")?;
+        let store = shutdown
+            .race(
+                || format!("the broker at {} to read the registry's topic {topic}", kafka.bootstrap),
+                streamscore_registry::Store::open(&kafka, &topic),
+            )
+            .await?
+            .context("opening the registry's topic")?;
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         tracing::info!(%listen, topic, "schema registry serving");
         let prometheus = streamscore_telemetry::install_recorder();
         let metrics: streamscore_registry::api::MetricsRender = Arc::new(move || prometheus.render());
-        streamscore_registry::serve(Arc::new(store), Arc::new(auth), Some(metrics), listener, shutdown_signal()).await;
+        streamscore_registry::serve(Arc::new(store), Arc::new(auth), Some(metrics), listener, shutdown.wait()).await;
         tracing::info!("schema registry stopped");
 
         Ok(())
@@ -392,6 +397,7 @@ pub(crate) async fn run_ingest(
     validated_topic: String,
     metrics: MetricsListen,
     policy: Option<PathBuf>,
+    shutdown: Shutdown,
 ) -> Result<()> {
     use streamscore_contracts::{Codec, InferenceRequest};
     use streamscore_ingest::{Handoff, RequestDecider, TenantTopics};
@@ -425,7 +431,13 @@ pub(crate) async fn run_ingest(
             .iter()
             .map(|t| streamscore_kafka::TopicSpec::event(t, streamscore_kafka::topics::CLUSTER_PARTITIONS))
             .collect();
-        streamscore_kafka::ensure_topics(&config.kafka, &specs).await.context("creating the tenants' topics")?;
+        shutdown
+            .race(
+                || format!("the broker at {} to create the tenants' topics", config.kafka.bootstrap),
+                streamscore_kafka::ensure_topics(&config.kafka, &specs),
+            )
+            .await?
+            .context("creating the tenants' topics")?;
     }
     tracing::info!(
         input = config.input_topic,
@@ -434,8 +446,7 @@ pub(crate) async fn run_ingest(
         group = config.group_id,
         "ingest running"
     );
-    let summary =
-        streamscore_ingest::run(config, decider, Handoff::Topic { topic: validated_topic }, shutdown_signal()).await?;
+    let summary = streamscore_ingest::run(config, decider, Handoff::Topic { topic: validated_topic }, shutdown).await?;
     tracing::info!(
         consumed = summary.consumed,
         validated = summary.validated,

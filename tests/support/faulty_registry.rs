@@ -1,7 +1,8 @@
 //! A real HTTP server in front of a real registry that can be told to misbehave on schema
 //! lookups (GET): answer 5xx, 429 or 401, a 404 that is not Confluent's JSON, answer slowly,
-//! or drop the connection. Writes (POST) always pass, so stages can register their contracts
-//! and only the per-record lookups see the fault.
+//! or drop the connection. Writes (POST, registrations) pass unless told otherwise
+//! ([`FaultyRegistry::set_writes`]), so stages can register their contracts and only the
+//! per-record lookups see the fault.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,7 @@ impl Fault {
 struct Shared {
     upstream: String,
     fault: Mutex<Fault>,
+    write_fault: Mutex<Fault>,
     faulted: AtomicU64,
     lookups: AtomicU64,
     /// Lookups being answered now, and the most there ever were at once.
@@ -66,6 +68,7 @@ impl FaultyRegistry {
         let shared = Arc::new(Shared {
             upstream: upstream.to_owned(),
             fault: Mutex::new(Fault::Pass),
+            write_fault: Mutex::new(Fault::Pass),
             faulted: AtomicU64::new(0),
             lookups: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -87,6 +90,12 @@ impl FaultyRegistry {
 
     pub fn set(&self, fault: Fault) {
         *self.shared.fault.lock().unwrap() = fault;
+    }
+
+    /// How writes (registrations, config, deletes) are answered: a start-up that registers
+    /// contracts sees this fault.
+    pub fn set_writes(&self, fault: Fault) {
+        *self.shared.write_fault.lock().unwrap() = fault;
     }
 
     /// Lookups answered with a fault so far.
@@ -159,7 +168,7 @@ async fn serve(mut stream: TcpStream, shared: &Shared, client: &reqwest::Client)
         shared.most_in_flight.fetch_max(now, Ordering::AcqRel);
         shared.fault.lock().unwrap().clone()
     } else {
-        Fault::Pass
+        shared.write_fault.lock().unwrap().clone()
     };
     let result = answer(&mut stream, shared, client, fault, &method, &path, body).await;
     if method == "GET" {

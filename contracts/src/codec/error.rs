@@ -80,18 +80,62 @@ pub struct RegistryError {
 }
 
 impl RegistryError {
-    pub(crate) fn from_src(err: &schema_registry_converter::error::SRCError) -> Self {
+    /// The error of a call to the registry at `registry` (shown as given: pass it through
+    /// [`redact_credentials`]). The message always says what happened: the registry's answer
+    /// (status, Confluent error code and message), or that it did not answer and why (every
+    /// cause in the chain: timed out, connection refused, ...), with any credentials in URLs
+    /// left out.
+    pub(crate) fn from_src(err: &schema_registry_converter::error::SRCError, registry: &str) -> Self {
         use std::error::Error as _;
         let raw =
             err.source().and_then(|s| s.downcast_ref::<schema_registry_converter::schema_registry_common::RawError>());
         // schema_registry_converter reports a body that is not Confluent's error JSON as code 0.
         let error_code = raw.map(|r| r.error_code).filter(|code| *code != 0);
         let message = match raw {
-            Some(r) => format!("{} (error_code {}: {})", err.error, r.error_code, r.message),
-            None => err.to_string(),
+            Some(r) => {
+                format!("the schema registry at {registry}: {} (error_code {}: {})", err.error, r.error_code, r.message)
+            }
+            None => {
+                let mut causes = vec![err.error.clone()];
+                let mut source = err.source();
+                while let Some(cause) = source {
+                    causes.push(cause.to_string());
+                    source = cause.source();
+                }
+                causes.retain(|c| !c.trim().is_empty());
+                if causes.is_empty() {
+                    causes.push("no reason given".to_owned());
+                }
+                format!("the schema registry at {registry} did not answer: {}", causes.join(": "))
+            }
         };
-        Self { error_code, retryable: is_retryable(error_code), message }
+        Self { error_code, retryable: is_retryable(error_code), message: redact_credentials(&message) }
     }
+}
+
+/// `text` with the credentials of every URL in it (`scheme://user:password@host`) replaced
+/// by `***`, for errors and logs.
+pub fn redact_credentials(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        // The authority ends at the path, query, fragment, or the end of the URL in the text.
+        let end =
+            tail.find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace() || c == ')').unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(user_end) => {
+                out.push_str("***@");
+                out.push_str(&authority[user_end + 1..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The one rule for registry failures: only an answer about the request itself is final —
@@ -107,6 +151,18 @@ pub fn is_retryable(error_code: Option<u32>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::is_retryable;
+
+    #[test]
+    fn credentials_in_urls_are_left_out() {
+        use super::redact_credentials;
+        assert_eq!(redact_credentials("http://user:pw@127.0.0.1:8081"), "http://***@127.0.0.1:8081");
+        assert_eq!(
+            redact_credentials("error sending request for url (http://u:p@h:1/subjects/x) then https://a@b/c"),
+            "error sending request for url (http://***@h:1/subjects/x) then https://***@b/c"
+        );
+        assert_eq!(redact_credentials("no url, a@b"), "no url, a@b");
+        assert_eq!(redact_credentials("http://h:1/p@q"), "http://h:1/p@q", "an @ in the path is no credential");
+    }
 
     #[test]
     fn only_answers_about_the_request_are_final() {

@@ -59,6 +59,9 @@ pub enum InferError {
     Store(#[from] streamscore_modelstore::StoreError),
     #[error("tenant policy: {0}")]
     Policy(#[from] quota::PolicyError),
+    /// A stop request came during start-up (the registry or the broker not answering yet).
+    #[error("start-up stopped")]
+    Stopped(#[from] streamscore_kafka::Stopped),
 }
 
 /// What the stage needs.
@@ -142,27 +145,36 @@ struct Shared {
     released: mpsc::UnboundedSender<String>,
 }
 
-/// Runs the stage until `input` closes; returns when every batch is written.
+/// Runs the stage until `input` closes; returns when every batch is written. Start-up
+/// (registering the contract, the audit chain, loading the models) gives way to `shutdown`
+/// with [`InferError::Stopped`]; after it, the stage stops when its input closes.
 pub async fn run(
     config: InferConfig,
     store: SharedStore,
     backend: Arc<dyn Backend>,
     mut input: mpsc::Receiver<(ValidatedRequest, Ack)>,
     stats: Arc<LiveStats>,
+    shutdown: streamscore_kafka::Shutdown,
 ) -> Result<(), InferError> {
     let codec = Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic);
-    retry::register(&codec).await?;
+    retry::register(&codec, &shutdown).await??;
+    let broker = || format!("the broker at {} (the audit chain's first entries)", config.kafka.bootstrap);
     let audit = Arc::new(
-        AuditWriter::new(
-            &config.kafka,
-            &config.registry_url,
-            &config.audit_topic,
-            Stage::Infer.as_str(),
-            &config.instance,
-        )
-        .await?,
+        shutdown
+            .race(
+                broker,
+                AuditWriter::new(
+                    &config.kafka,
+                    &config.registry_url,
+                    &config.audit_topic,
+                    Stage::Infer.as_str(),
+                    &config.instance,
+                    &shutdown,
+                ),
+            )
+            .await??,
     );
-    audit.schema_registered(&codec).await?;
+    shutdown.race(broker, audit.schema_registered(&codec)).await??;
     let committer = Committer::new(Arc::clone(&audit));
     let audit_key = audit.key().await;
     let (errors_tx, mut errors) = mpsc::unbounded_channel();
@@ -171,7 +183,9 @@ pub async fn run(
         None => None,
         Some(path) => {
             let policy = Policy::load(path)?;
-            audit.record("POLICY_LOADED", &path.display().to_string(), None, policy_details(&policy)).await?;
+            let subject = path.display().to_string();
+            let loaded = audit.record("POLICY_LOADED", &subject, None, policy_details(&policy));
+            shutdown.race(broker, loaded).await??;
             // Bucket state comes with each partition's assignment (offset-aligned checkpoints).
             Some(Quotas::new(policy))
         }
@@ -194,16 +208,22 @@ pub async fn run(
     // A version that does not load is refused (audited) and the others are served.
     let mut refused = Refusals::default();
     let mut quota_metrics = QuotaMetrics::default();
-    for refusal in store.current().refused() {
-        refused.store_refused(&audit, refusal).await?;
-    }
     let versions: Vec<Arc<ModelVersion>> = store.current().versions().collect();
     let mut last_failure = None;
-    for version in &versions {
-        if let Err(e) = load(backend.as_ref(), &audit, Arc::clone(version), &mut models, &mut refused).await? {
-            last_failure = Some(e);
+    let loading = async {
+        for refusal in store.current().refused() {
+            refused.store_refused(&audit, refusal).await?;
         }
-    }
+        for version in &versions {
+            if let Err(e) = load(backend.as_ref(), &audit, Arc::clone(version), &mut models, &mut refused).await? {
+                last_failure = Some(e);
+            }
+        }
+        Ok::<_, InferError>(())
+    };
+    shutdown
+        .race(|| format!("the models to load and the broker at {}", shared.config.kafka.bootstrap), loading)
+        .await??;
     if let (true, Some(failure)) = (models.is_empty(), last_failure) {
         // Nothing to serve: the backend cannot run any version (for CUDA, say so and stop).
         return Err(InferError::Load(failure));
