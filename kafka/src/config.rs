@@ -185,6 +185,10 @@ impl KafkaConfig {
             .set("message.max.bytes", MESSAGE_MAX_BYTES.to_string())
             .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
             .set("partitioner", PARTITIONER)
+            // `audit verify` checks the order of a commitment's events on their partition:
+            // a retried request must never land after a later one. librdkafka keeps that
+            // order under retries only with idempotence (`max.in.flight...=1` without it still
+            // reordered in kafka/tests/ordering.rs).
             .set("enable.idempotence", "true")
             .set("statistics.interval.ms", STATISTICS_INTERVAL_MS);
         // Overrides win over the defaults above.
