@@ -78,6 +78,8 @@ pub struct Outcome {
     pub written_at: i64,
     /// `admitted` (scored or failed), or the rejection's reason when quotas said no.
     pub quota: String,
+    /// The rollout split that chose the version, when one did: `rollout <id> generation <g> step <s>`.
+    pub routed_by: Option<String>,
     /// The sha256 of the tenant policy in force for the writer, from its audit chain.
     pub policy_sha256: Option<String>,
     /// The `MODEL_LOADED` entry of the version that scored it (its sha256 and backend).
@@ -322,6 +324,10 @@ pub async fn trace(config: &LineageConfig, request_id: &str) -> Result<Trace> {
             stage: o.lineage.stage.clone(),
             written_at: o.lineage.written_at,
             quota,
+            routed_by: o
+                .routed_by
+                .as_ref()
+                .map(|r| format!("rollout {} generation {} step {}", r.rollout_id, r.generation, r.step)),
             policy_sha256,
             model_loaded,
             committed: committed.clone(),
@@ -480,6 +486,9 @@ pub fn describe(trace: &Trace) -> String {
             o.quota,
             o.policy_sha256.as_deref().map(|s| format!(" (policy sha256 {s})")).unwrap_or_default()
         );
+        if let Some(r) = &o.routed_by {
+            let _ = writeln!(out, "             routed by the split of {r}");
+        }
         if let Some(c) = &o.model_loaded {
             let _ = writeln!(out, "             model loaded: {} seq {} ({})", c.chain, c.seq, c.position);
         }

@@ -93,6 +93,11 @@ enum Command {
     /// another (`--model fraud@2`: an agreement report). Rows to a .jsonl or .parquet file, the
     /// report beside it (<out>.report.json).
     Replay(cli::analysts::ReplayCommand),
+    /// Model rollouts: `split` (a fixed A/B), `start <model>@<version>` (shadow, then canary
+    /// steps gated on live figures, then promoted; rolled back automatically when a gate fails),
+    /// `status`, `promote`, `pause`, `resume`, `rollback`. Every stage follows the changes
+    /// within seconds; each is in the audit log.
+    Rollout(cli::rollout::RolloutCommand),
     /// Print the `kafka-acls.sh` commands that bind tenants to their producers' principals:
     /// each tenant with `kafka_principals` in the policy gets its own requests topic, writable
     /// only by those principals (see the README's Security section).
@@ -205,6 +210,7 @@ impl Command {
             Command::Audit(_) => "audit",
             Command::Lineage(_) => "lineage",
             Command::Replay(_) => "replay",
+            Command::Rollout(_) => "rollout",
             Command::Acls(_) => "acls",
             Command::Ingest(_) => "ingest",
             Command::Produce(_) => "produce",
@@ -248,6 +254,7 @@ async fn run(command: Command, shutdown: Shutdown) -> Result<()> {
         Command::Audit(args) => args.run().await,
         Command::Lineage(args) => args.run().await,
         Command::Replay(args) => args.run().await,
+        Command::Rollout(args) => args.run().await,
         Command::Acls(args) => args.run().await,
         Command::Ingest(args) => args.run(shutdown).await,
         Command::Produce(args) => args.run(shutdown).await,

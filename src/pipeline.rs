@@ -30,12 +30,20 @@ pub struct PipelineConfig {
 /// (the broker creating topics, the registry, the audit chains, the models) gives way to it
 /// with an error whose chain holds [`streamscore_kafka::Stopped`].
 pub async fn run(
-    config: PipelineConfig,
+    mut config: PipelineConfig,
     backend: Arc<dyn Backend>,
     stats: Arc<LiveStats>,
     shutdown: impl Into<Shutdown>,
 ) -> Result<IngestSummary> {
     let shutdown = shutdown.into();
+    // The rollouts in force, read to the end before the first request is routed; ingest
+    // validates and infer routes by the same table.
+    if let Some(topic) = config.infer.rollouts_topic.clone() {
+        config.infer.rollouts =
+            streamscore_control::follow(&config.ingest.kafka, &config.ingest.registry_url, &topic, &shutdown)
+                .await
+                .with_context(|| format!("following the rollouts on {topic}"))?;
+    }
     // The topics this deployment uses, if missing (tansu never auto-creates them; the local
     // stack and `streamscore topics` create them with their own partition counts).
     use streamscore_kafka::topics::CLUSTER_PARTITIONS;
@@ -88,6 +96,7 @@ pub async fn run(
         .with_tenant_topics(tenant_topics)
         .with_models(store.clone())
         .with_pins(pins.with_every_model(config.infer.pins.clone()))
+        .with_rollouts(config.infer.rollouts.clone())
         .with_max_record_bytes(config.max_record_bytes)
         .with_event_time_window(config.ingest.event_window);
     let (tx, rx) = mpsc::channel(config.channel_capacity);

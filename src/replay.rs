@@ -28,6 +28,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use streamscore_contracts::audit::Position;
 use streamscore_contracts::{Codec, InferenceRequest, OutcomeStatus, PredictionOutcome};
+use streamscore_control::Rollouts;
 use streamscore_infer::quota::{Policy, QuotaDecision, Quotas};
 use streamscore_infer::{Backend, Scorer, TractBackend};
 use streamscore_kafka::KafkaConfig;
@@ -170,6 +171,8 @@ struct Original {
     label: Option<String>,
     /// When the pipeline decided (ingest's event-time window is relative to it).
     written_at: i64,
+    /// The rollout state whose split chose the original version, if one did.
+    routed_by: Option<streamscore_contracts::RoutedBy>,
 }
 
 /// The original answers, by the request's position (the fused pipeline: the requests topic or
@@ -269,6 +272,21 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
         })
         .collect();
     let [predictions, dead_letters] = reading.await?;
+    // Every rollout state by (model, generation), from the audit log (the control topic keeps
+    // only each model's latest): the split each original answer was routed under.
+    let audit_topic = config.audit_topic.clone().unwrap_or_else(|| streamscore_contracts::topics::AUDIT.to_owned());
+    let [audit] = crate::audit::read_topics(&config.kafka, [audit_topic.as_str()], true).await?;
+    let audit_codec = Codec::<streamscore_contracts::AuditRecord>::with_url(&config.registry_url, &audit_topic);
+    let mut rollout_states: HashMap<(String, i64), streamscore_contracts::Rollout> = HashMap::new();
+    for (_, _, bytes) in &audit {
+        if !contains(bytes, b"ROLLOUT_") {
+            continue;
+        }
+        let Ok(entry) = audit_codec.decode(bytes).await else { continue };
+        if let Some(state) = streamscore_control::publish::state_of(&entry.value.details) {
+            rollout_states.insert((state.model.clone(), state.generation), state);
+        }
+    }
     // Each request with its topic's partition count (ingest's WRONG_PARTITION check).
     let mut requests: Vec<(i32, crate::audit::Read)> = Vec::new();
     for reader in readers {
@@ -289,6 +307,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             score: None,
             label: None,
             written_at: d.lineage.written_at,
+            routed_by: None,
         };
         originals.add(&d.lineage, original);
     }
@@ -306,6 +325,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             score: o.score,
             label: o.label,
             written_at: o.lineage.written_at,
+            routed_by: o.routed_by,
         };
         originals.add(&o.lineage, original);
     }
@@ -382,6 +402,13 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             continue;
         }
         let original = originals.get(position, Some(&request.request_id));
+        // The rollout the original answer was routed under (its state, from the audit log), so
+        // the split decides again exactly as it did.
+        let rollouts_at = original
+            .and_then(|o| o.routed_by.as_ref())
+            .and_then(|r| rollout_states.get(&(request.model.clone(), r.generation)))
+            .map(|state| Rollouts::of([state.clone()]))
+            .unwrap_or_default();
         let mut row = Row {
             request_id: request.request_id.clone(),
             tenant: request.tenant.clone(),
@@ -404,7 +431,9 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             decision_changed: false,
         };
         // Ingest's checks, in its order.
-        if let Some((reason, _)) = streamscore_ingest::check_request(&request, &tenants, Some(&store), &pins) {
+        if let Some((reason, _)) =
+            streamscore_ingest::check_request(&request, &tenants, Some(&store), &pins, &rollouts_at)
+        {
             row.decision = "dead-lettered".to_owned();
             row.reason = Some(reason.code().to_owned());
             rows.push(row);
@@ -467,7 +496,12 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
         let forced = config.model.as_ref().filter(|(m, _)| *m == request.model).map(|(_, v)| v.as_str());
         let pin = policy.as_ref().and_then(|p| p.pin(&request.tenant, &request.model));
         let requested = forced.or(request.model_version.as_deref());
-        let version = match store.route(&request.model, requested, if forced.is_some() { None } else { pin }) {
+        let split = match (requested, pin) {
+            (None, None) => rollouts_at.route(&request.model, &request.request_id),
+            _ => None,
+        };
+        let chosen = if forced.is_some() { None } else { pin.or(split.as_ref().map(|s| s.version.as_str())) };
+        let version = match store.route(&request.model, requested, chosen) {
             Ok(version) => version,
             Err(e) => {
                 row.decision = "rejected".to_owned();
@@ -726,4 +760,8 @@ pub fn describe(report: &ReplayReport, out: &std::path::Path) -> String {
     }
     let _ = writeln!(text, "rows: {}; report: {}", out.display(), report_path(out).display());
     text
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -91,6 +91,20 @@ pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<()> {
         },
     ));
 
+    // The rollout controller (gates, steps, automatic rollback) and the view of the rollouts.
+    let (stop_controller, controller_shutdown) = streamscore_kafka::Shutdown::new();
+    let mut controller_config =
+        streamscore_control::controller::ControllerConfig::new(kafka.clone(), &addrs.registry_url, &instance);
+    controller_config.thresholds = policy.rollout_gates();
+    let controller = tokio::spawn(streamscore_control::controller::run(controller_config, controller_shutdown.clone()));
+    let rollouts = streamscore_control::table::follow_in_background(
+        &kafka,
+        &addrs.registry_url,
+        streamscore_contracts::topics::ROLLOUTS,
+        &controller_shutdown,
+    );
+    let mut shown_rollouts = Arc::new(streamscore_control::Rollouts::default());
+
     let bridge = match config.bridge_port {
         Some(port) => Some(start_bridge(&kafka, &addrs.registry_url, &config.policy, port).await?),
         None => None,
@@ -152,6 +166,19 @@ pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<()> {
                     stats.shadow.load(Relaxed),
                 );
                 (last_in, last_out) = (consumed, out);
+                let current = rollouts.current();
+                if current != shown_rollouts {
+                    let mut lines: Vec<String> = current
+                        .all()
+                        .map(|r| format!("{} {} {}{}", r.model, r.status.code(), streamscore_control::split::describe(&r.split),
+                            r.shadow.as_ref().map(|s| format!(", shadow {s}")).unwrap_or_default()))
+                        .collect();
+                    lines.sort();
+                    for line in lines {
+                        println!("        rollout  {line}");
+                    }
+                    shown_rollouts = current;
+                }
                 if started.elapsed().as_secs() % 10 == 0 {
                     let drift = stats.drift.lock().map(|d| d.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("  ")).unwrap_or_default();
                     if !drift.is_empty() {
@@ -186,6 +213,8 @@ pub async fn run(config: RunConfig, shutdown: Shutdown) -> Result<()> {
     let summary = pipeline.await.context("pipeline panicked")??;
     let _ = stop_monitor.send(());
     let monitored = monitor.await.context("monitor panicked")??;
+    stop_controller.stop(streamscore_kafka::StopReason::Requested("the main job ends".to_owned()));
+    controller.await.context("the rollout controller panicked")?.context("the rollout controller")?;
     let rest = stats.take_latencies();
     steady_latencies.extend_from_slice(&rest);
     all_latencies.extend(rest);

@@ -618,3 +618,52 @@ async fn a_model_failure_is_a_500_naming_it() {
     bridge.stop().await;
     stack.stop().await;
 }
+
+/// A version dropped into the model store is served by a running bridge without a restart
+/// (it rescans every 5 s, as infer does): 404 before, then 200 with its scores.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_dropped_into_the_store_is_served_without_a_restart() {
+    let mut stack = Stack::start("bridge-rescan").await;
+    stack.start_pipeline();
+    let store = tempfile::tempdir().unwrap();
+    let shipped = support::models_dir().join("fraud");
+    let copy_version = |version: &str| {
+        let to = store.path().join("fraud").join(version);
+        std::fs::create_dir_all(&to).unwrap();
+        for file in ["model.onnx", "metadata.json", "golden.json"] {
+            std::fs::copy(shipped.join(version).join(file), to.join(file)).unwrap();
+        }
+    };
+    let family = |versions: &[&str]| {
+        let json = json!({ "name": "fraud", "default_version": "1", "versions": versions });
+        std::fs::write(store.path().join("fraud/model.json"), serde_json::to_vec(&json).unwrap()).unwrap();
+    };
+    copy_version("1");
+    family(&["1"]);
+    let mut config = stack.config();
+    config.models = store.path().to_owned();
+    let bridge = Bridge::start(config).await;
+    let (_, ordered) = rows(71, 2);
+    let flat: Vec<f32> = ordered.iter().flatten().copied().collect();
+    let infer = json!({"inputs": [{"name": "features", "shape": [2, 16], "datatype": "FP32", "data": flat}]});
+    let (status, _, body) = bridge.post("/v2/models/fraud/versions/2/infer", Some(ACME), &infer).await;
+    assert_eq!(status, 404, "not in the store yet: {body}");
+
+    copy_version("2");
+    family(&["1", "2"]);
+    let dropped = std::time::Instant::now();
+    let (status, body) = loop {
+        let (status, _, body) = bridge.post("/v2/models/fraud/versions/2/infer", Some(ACME), &infer).await;
+        if status != 404 || dropped.elapsed() > Duration::from_secs(30) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("served {:.1} s after it was dropped in", dropped.elapsed().as_secs_f64());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_version"], "2");
+    let scores: Vec<f64> = body["outputs"][0]["data"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).collect();
+    assert_close(&scores, &tract_scores("2", &ordered), "the dropped-in version");
+    bridge.stop().await;
+    stack.stop().await;
+}

@@ -474,3 +474,74 @@ async fn a_version_that_does_not_load_is_refused_and_audited_and_the_rest_is_ser
     assert!(entries.iter().any(|e| e.kind == "MODEL_LOADED" && e.subject == "fraud/1"));
     registry.stop().await;
 }
+
+/// `model.json` names a fallback version: a request whose version fails on its batch, or was
+/// refused when loaded, is scored by the fallback instead of rejected, its outcome flagged
+/// `FALLBACK` with the version that could not and why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_that_fails_or_was_refused_falls_back_to_the_models_fallback() {
+    let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
+    let registry = TestRegistry::start().await;
+    let topics = StageTopics::create("fallback").await;
+    // A store of fraud 1 (the fallback), 2 (fails at run time) and 3 (its file tampered with).
+    let dir = tempfile::tempdir().unwrap();
+    let fraud = dir.path().join("fraud");
+    for (from, to) in [("1", "1"), ("2", "2"), ("1", "3")] {
+        std::fs::create_dir_all(fraud.join(to)).unwrap();
+        for file in ["model.onnx", "metadata.json", "golden.json"] {
+            std::fs::copy(support::models_dir().join("fraud").join(from).join(file), fraud.join(to).join(file))
+                .unwrap();
+        }
+    }
+    let meta = fraud.join("3/metadata.json");
+    let mut three: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    three["version"] = "3".into();
+    std::fs::write(&meta, serde_json::to_vec(&three).unwrap()).unwrap();
+    std::fs::write(fraud.join("3/model.onnx"), b"not the model its sha256 names").unwrap();
+    let family =
+        serde_json::json!({ "name": "fraud", "default_version": "1", "fallback": "1", "versions": ["1", "2", "3"] });
+    std::fs::write(fraud.join("model.json"), serde_json::to_vec(&family).unwrap()).unwrap();
+
+    let mut config = InferConfig::new(support::kafka(), &registry.url, "test-fallback");
+    config.predictions_topic = topics.predictions.clone();
+    config.audit_topic = support::unique("audit");
+    streamscore_kafka::ensure_topics(&support::kafka(), &[streamscore_kafka::TopicSpec::event(&config.audit_topic, 1)])
+        .await
+        .unwrap();
+    let store = SharedStore::new(ModelStore::open(dir.path()).unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(100);
+    let stage = tokio::spawn(streamscore_infer::run(
+        config,
+        store,
+        Arc::new(support::broken::BrokenVersion("2")),
+        rx,
+        Arc::default(),
+        Shutdown::never(),
+    ));
+    let (ack_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    for (offset, version) in [(0, "2"), (1, "3"), (2, "1")] {
+        tx.send((validated(offset, "tenant-01", Some(version)), Ack::new(0, offset, ack_tx.clone()))).await.unwrap();
+    }
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(30), acks.recv()).await.expect("answered").unwrap();
+    }
+    drop(tx);
+    stage.await.unwrap().unwrap();
+    let codec = Codec::<PredictionOutcome>::with_url(&registry.url, &topics.predictions);
+    let mut by_offset = HashMap::new();
+    for record in support::read_records(&[&topics.predictions], 3, Duration::from_secs(30)) {
+        let o = codec.decode(record.payload().unwrap()).await.unwrap().value;
+        by_offset.insert(o.lineage.source.offset, o);
+    }
+    for (offset, failed) in [(0, "fraud/2 failed"), (1, "fraud/3 was refused")] {
+        let o = &by_offset[&offset];
+        assert_eq!(o.status, OutcomeStatus::Scored, "scored, not rejected: {o:?}");
+        assert_eq!(o.model_version.as_deref(), Some("1"), "by the fallback");
+        assert_eq!(o.reason.as_deref(), Some("FALLBACK"), "flagged");
+        let detail = o.detail.clone().unwrap_or_default();
+        assert!(detail.contains(failed) && detail.contains("fallback fraud/1"), "{detail}");
+        assert!(o.score.is_some());
+    }
+    assert_eq!(by_offset[&2].reason, None, "a request of the fallback itself is not flagged");
+    registry.stop().await;
+}

@@ -26,8 +26,19 @@ fn recorded_in_sources() -> Vec<(String, Kind, String)> {
         })
         .collect();
     let mut found = Vec::new();
-    let crates =
-        ["src", "contracts", "kafka", "registry", "ingest", "infer", "monitor", "bridge", "telemetry", "modelstore"];
+    let crates = [
+        "src",
+        "contracts",
+        "kafka",
+        "registry",
+        "ingest",
+        "infer",
+        "monitor",
+        "bridge",
+        "telemetry",
+        "modelstore",
+        "control",
+    ];
     for dir in
         crates.iter().map(|c| if *c == "src" { deploy::root().join("src") } else { deploy::root().join(c).join("src") })
     {

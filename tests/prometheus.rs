@@ -168,7 +168,8 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
     ));
 
     let topics = StageTopics::create("prometheus").await;
-    let [alerts, audit, checkpoints] = ["alerts", "audit", "quota-checkpoints"].map(support::unique);
+    let [alerts, audit, checkpoints, rollouts] =
+        ["alerts", "audit", "quota-checkpoints", "rollouts"].map(support::unique);
     streamscore_kafka::ensure_topics(
         &support::kafka(),
         &[streamscore_kafka::TopicSpec::event(&alerts, 1), streamscore_kafka::TopicSpec::event(&audit, 1)],
@@ -201,6 +202,8 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
         "fraud:2",
         "--quota-checkpoints-topic",
         &checkpoints,
+        "--rollouts-topic",
+        &rollouts,
         "--models",
         &models,
         "--metrics-listen",
@@ -228,6 +231,8 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
         &format!("{group}={}", topics.requests),
         "--lag-every-secs",
         "1",
+        "--rollouts-topic",
+        &rollouts,
         "--metrics-listen",
         &format!("127.0.0.1:{monitor_port}"),
     ]));
@@ -306,6 +311,36 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
     }
     assert!(down.is_empty(), "targets not up after 60 s: {down:?}");
     eprintln!("prometheus: 4 targets up after {:.1} s", started.elapsed().as_secs_f64());
+
+    // A split of fraud's traffic (the rollout panels and their annotation): the pipeline routes
+    // by it, the monitor's controller reports on it.
+    {
+        use streamscore_control::{lifecycle, publish::Publisher};
+        let shutdown = streamscore_kafka::Shutdown::never();
+        let writer = Arc::new(
+            streamscore_kafka::audit::AuditWriter::new(
+                &support::kafka(),
+                &registry,
+                &audit,
+                "control",
+                &support::unique("test"),
+                &shutdown,
+            )
+            .await
+            .unwrap(),
+        );
+        let publisher =
+            Publisher::new(&support::kafka(), &registry, &rollouts, Arc::clone(&writer), &shutdown).await.unwrap();
+        let change = lifecycle::Change {
+            by: "test@host".to_owned(),
+            reason: "an experiment".to_owned(),
+            at: streamscore_contracts::now_micros(),
+            figures: std::collections::HashMap::new(),
+        };
+        let split = streamscore_control::split::parse("1=90,2=10").unwrap();
+        publisher.publish(None, &lifecycle::experiment(None, "fraud", split, change).unwrap()).await.unwrap();
+        writer.close(std::collections::HashMap::new()).await.unwrap();
+    }
 
     // A synchronous caller through the bridge.
     let features: streamscore_contracts::Features = streamscore_synth::Generator::new(7).next(0).by_name();

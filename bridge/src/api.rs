@@ -542,9 +542,13 @@ impl Bridge {
                 reply_to: Some(self.config.instance.clone()),
                 attributes,
             };
-            if let Some((reason, detail)) =
-                streamscore_ingest::check_request(&request, &self.tenants, Some(&store), &self.pins)
-            {
+            if let Some((reason, detail)) = streamscore_ingest::check_request(
+                &request,
+                &self.tenants,
+                Some(&store),
+                &self.pins,
+                &self.rollouts.current(),
+            ) {
                 return Err(check_error(reason, detail).details(json!({"row": row, "reason": reason.code()})));
             }
             let bytes = self.request_codec.encode(&request).map_err(|e| {

@@ -50,6 +50,8 @@ pub struct BridgeConfig {
     pub deadline: Duration,
     pub max_waiters: usize,
     pub max_body_bytes: usize,
+    /// The rollouts topic a call is validated by (as routing will score it).
+    pub rollouts_topic: String,
 }
 
 impl BridgeConfig {
@@ -68,6 +70,7 @@ impl BridgeConfig {
             deadline: DEFAULT_DEADLINE,
             max_waiters: DEFAULT_MAX_WAITERS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            rollouts_topic: streamscore_contracts::topics::ROLLOUTS.to_owned(),
         }
     }
 }
@@ -94,6 +97,8 @@ pub struct Bridge {
     tenants: Tenants,
     /// The policy's pins, which a call is checked against as routing will score it.
     pins: streamscore_modelstore::Pins,
+    /// The rollouts in force (a model's split, after the pins).
+    rollouts: streamscore_control::RolloutTable,
     request_codec: Arc<Codec<InferenceRequest>>,
     producer: FutureProducer,
     waiters: Arc<waiters::Waiters>,
@@ -159,6 +164,35 @@ pub async fn serve(
     .map_err(BridgeError::Listener)?;
     // The request schema's id: calls are refused (503) until the registry has answered.
     let shutdown = streamscore_kafka::Shutdown::after(shutdown);
+    let rollouts = streamscore_control::table::follow_in_background(
+        &config.kafka,
+        &config.registry_url,
+        &config.rollouts_topic,
+        &shutdown,
+    );
+    // Versions dropped into the model store are served within 5 s, as infer loads them.
+    let rescanning = {
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = shutdown.requested() => return,
+                }
+                match store.current().rescan() {
+                    Ok((next, added)) => {
+                        for version in &added {
+                            tracing::info!(model = version.key(), "model version found; served from now on");
+                        }
+                        store.replace(next);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "model store rescan failed; keeping the versions in hand"),
+                }
+            }
+        })
+    };
     let registration = {
         let (codec, shutdown) = (Arc::clone(&request_codec), shutdown.clone());
         tokio::spawn(async move {
@@ -175,6 +209,7 @@ pub async fn serve(
         keys,
         tenants,
         pins,
+        rollouts,
         request_codec,
         producer,
         waiters: Arc::clone(&waiters),
@@ -182,6 +217,7 @@ pub async fn serve(
     });
     warp::serve(api::routes(bridge)).incoming(listener).graceful(shutdown.wait()).run().await;
     registration.abort();
+    rescanning.abort();
     stop.store(true, Ordering::Relaxed);
     waiters.wake_listener();
     let _ = tokio::task::spawn_blocking(move || listener_thread.join()).await;
@@ -219,6 +255,7 @@ pub(crate) mod tests {
             inference_us: 0,
             request_created_at: 0,
             reply_to: Some("me".to_owned()),
+            routed_by: None,
         }
     }
 }

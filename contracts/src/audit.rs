@@ -327,6 +327,15 @@ pub fn outcome_content(key: &AuditKey, outcome: &crate::PredictionOutcome) -> St
     }
     f.field(&outcome.request_created_at.to_be_bytes());
     f.optional(outcome.reply_to.as_deref().map(str::as_bytes));
+    match &outcome.routed_by {
+        None => f.field(b"-"),
+        Some(routed) => {
+            f.field(b"+");
+            f.field(routed.rollout_id.as_bytes());
+            f.field(&routed.generation.to_be_bytes());
+            f.field(&routed.step.to_be_bytes());
+        }
+    }
     hex(&f.0.finalize().into_bytes()[..16])
 }
 

@@ -145,6 +145,9 @@ pub struct PredictionOutcome {
     #[avro(with = crate::lineage::timestamp_micros)]
     pub request_created_at: i64,
     pub reply_to: Option<String>,
+    /// The rollout state whose split chose the version, when one did.
+    #[serde(default)]
+    pub routed_by: Option<RoutedBy>,
 }
 
 /// `io.streamscore.v1.DeadLetterReason`: why a record could not become a valid request.
@@ -316,10 +319,13 @@ pub enum OutcomeReason {
     FeaturesInvalid,
     /// The backend failed on the batch.
     ModelError,
+    /// Scored (status `SCORED`) by the model's fallback version, because the version the
+    /// request routed to failed, was refused or is not loaded; the detail says which and why.
+    Fallback,
 }
 
 impl OutcomeReason {
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::QuotaExceeded,
         Self::InFlightExceeded,
         Self::UnknownTenant,
@@ -330,6 +336,7 @@ impl OutcomeReason {
         Self::ModelNotLoaded,
         Self::FeaturesInvalid,
         Self::ModelError,
+        Self::Fallback,
     ];
 
     /// The reason code as written on the wire.
@@ -345,6 +352,7 @@ impl OutcomeReason {
             Self::ModelNotLoaded => "MODEL_NOT_LOADED",
             Self::FeaturesInvalid => "FEATURES_INVALID",
             Self::ModelError => "MODEL_ERROR",
+            Self::Fallback => "FALLBACK",
         }
     }
 
@@ -403,6 +411,83 @@ pub struct DriftAlert {
     pub instance: String,
 }
 
+/// `io.streamscore.v1.RolloutStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RolloutStatus {
+    Experiment,
+    Shadow,
+    Canary,
+    Paused,
+    Promoted,
+    RolledBack,
+}
+
+impl RolloutStatus {
+    /// The symbol as written on the wire.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::Experiment => "EXPERIMENT",
+            Self::Shadow => "SHADOW",
+            Self::Canary => "CANARY",
+            Self::Paused => "PAUSED",
+            Self::Promoted => "PROMOTED",
+            Self::RolledBack => "ROLLED_BACK",
+        }
+    }
+}
+
+/// `io.streamscore.v1.Share`: a version's share of a model's routed traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct Share {
+    pub version: String,
+    /// In 1/10,000 of the traffic.
+    pub basis_points: i32,
+}
+
+/// `io.streamscore.v1.Rollout`: one model's rollout state on `control.rollouts`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct Rollout {
+    pub model: String,
+    pub generation: i64,
+    pub rollout_id: String,
+    pub status: RolloutStatus,
+    pub incumbent: String,
+    pub candidate: Option<String>,
+    pub split: Vec<Share>,
+    pub shadow: Option<String>,
+    pub steps: Vec<i32>,
+    pub step: i32,
+    pub step_secs: i64,
+    pub min_samples: i64,
+    #[avro(with = crate::lineage::timestamp_micros)]
+    pub step_started_at: i64,
+    pub resume_status: Option<RolloutStatus>,
+    #[avro(with = crate::lineage::timestamp_micros)]
+    pub changed_at: i64,
+    pub changed_by: String,
+    pub reason: String,
+    #[serde(default)]
+    pub figures: HashMap<String, String>,
+}
+
+/// `io.streamscore.v1.RoutedBy`: the rollout state an outcome's version was chosen under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct RoutedBy {
+    pub rollout_id: String,
+    pub generation: i64,
+    /// The canary step (-1: not a canary step: an experiment, a promotion, a rollback).
+    pub step: i32,
+}
+
+impl Event for Rollout {
+    const SCHEMA: SchemaFile = schemas::ROLLOUT;
+}
+
 impl Event for InferenceRequest {
     const SCHEMA: SchemaFile = schemas::INFERENCE_REQUEST;
 
@@ -437,6 +522,7 @@ impl PredictionOutcome {
             inference_us: 0,
             request_created_at: request.created_at,
             reply_to: request.reply_to.clone(),
+            routed_by: None,
         }
     }
 }

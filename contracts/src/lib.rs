@@ -17,7 +17,8 @@ pub mod topics;
 pub use codec::{Codec, DecodeError, Decoded, EncodeError, RegistryError, WireHeader};
 pub use events::{
     AuditRecord, DeadLetter, DeadLetterReason, DriftAlert, DriftMethod, Event, FeatureHasher, Features,
-    InferenceRequest, OutcomeReason, OutcomeStatus, PredictionOutcome, Severity, ValidatedRequest,
+    InferenceRequest, OutcomeReason, OutcomeStatus, PredictionOutcome, Rollout, RolloutStatus, RoutedBy, Severity,
+    Share, ValidatedRequest,
 };
 pub use lineage::{now_micros, Lineage, SourceOffset, Stage};
 

@@ -1,12 +1,13 @@
 //! The routing decision for one validated request, as a value: the tenant's quota (delay or
-//! reject), then the version (the request's, else the tenant's pin, else the model's
-//! default), then whether this instance has that version loaded. Pure — no Kafka, no clock,
+//! reject), then the version (the request's, else the tenant's pin, else its model's rollout
+//! split, else the model's default), then whether this instance has that version loaded. Pure — no Kafka, no clock,
 //! no I/O — so every path has a unit test; the stage acts on the [`Route`] it returns.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use streamscore_contracts::{InferenceRequest, OutcomeReason};
+use streamscore_contracts::{InferenceRequest, OutcomeReason, RoutedBy};
+use streamscore_control::Rollouts;
 use streamscore_modelstore::{ModelStore, ModelVersion, RouteError};
 
 use crate::quota::{QuotaDecision, Quotas};
@@ -24,8 +25,18 @@ pub enum Availability {
 #[derive(Debug, Clone)]
 pub enum Route {
     /// To `version`'s batcher, after `delay_us` of quota delay (0: now); `tier` orders a
-    /// backlog (1 first); `admitted`: the request holds a quota in-flight slot.
-    Score { version: Arc<ModelVersion>, delay_us: i64, tier: u8, admitted: bool },
+    /// backlog (1 first); `admitted`: the request holds a quota in-flight slot; `routed_by`:
+    /// the rollout whose split chose the version, if one did.
+    /// `fallback`: set when the model's fallback version scores it instead of the version it
+    /// routed to (which failed to load or is not loaded), saying which and why.
+    Score {
+        version: Arc<ModelVersion>,
+        delay_us: i64,
+        tier: u8,
+        admitted: bool,
+        routed_by: Option<RoutedBy>,
+        fallback: Option<(String, String)>,
+    },
     /// A rejection outcome with its typed reason and what to do about it.
     Reject { reason: OutcomeReason, detail: String, retry_after_ms: Option<i64>, admitted: bool },
 }
@@ -54,6 +65,7 @@ pub fn route(
     quota_time_us: i64,
     quotas: Option<&mut Quotas>,
     pins: &HashMap<String, String>,
+    rollouts: &Rollouts,
     store: &ModelStore,
     availability: impl Fn(&str) -> Availability,
 ) -> (Route, Option<QuotaOutcome>) {
@@ -94,23 +106,50 @@ pub fn route(
         }
     }
     let pin = pins.get(tenant).map(String::as_str).or(policy_pin.as_deref());
-    let route = match store.route(&request.model, request.model_version.as_deref(), pin) {
+    // Precedence: the version the request names, its tenant's pin, its model's rollout split,
+    // the model's default.
+    let split = match (&request.model_version, pin) {
+        (None, None) => rollouts.route(&request.model, &request.request_id),
+        _ => None,
+    };
+    let chosen = pin.or(split.as_ref().map(|s| s.version.as_str()));
+    let routed_by = split.as_ref().map(|s| s.routed_by.clone());
+    // A version that cannot run is replaced by the model's fallback, when it has one loaded
+    // (flagged FALLBACK in the outcome); else the request is rejected with the reason.
+    let fallback_or = |reason: OutcomeReason, detail: String, routed_by: Option<RoutedBy>| match store
+        .fallback(&request.model)
+        .filter(|f| availability(&f.key()) == Availability::Loaded)
+    {
+        Some(fallback) => {
+            let detail = format!("{detail}; scored by the fallback {}", fallback.key());
+            let from =
+                format!("{}/{}", request.model, chosen.or(request.model_version.as_deref()).unwrap_or("default"));
+            Route::Score { version: fallback, delay_us, tier, admitted, routed_by, fallback: Some((from, detail)) }
+        }
+        None => Route::reject(reason, detail, admitted),
+    };
+    let route = match store.route(&request.model, request.model_version.as_deref(), chosen) {
         Ok(version) => {
             let key = version.key();
             match availability(&key) {
-                Availability::Loaded => Route::Score { version, delay_us, tier, admitted },
-                Availability::Refused(reason) => Route::reject(
+                Availability::Loaded => Route::Score { version, delay_us, tier, admitted, routed_by, fallback: None },
+                Availability::Refused(reason) => fallback_or(
                     OutcomeReason::ModelRefused,
                     format!("{key} was refused when loaded: {reason}"),
-                    admitted,
+                    routed_by,
                 ),
-                Availability::NotLoaded => Route::reject(
+                Availability::NotLoaded => fallback_or(
                     OutcomeReason::ModelNotLoaded,
                     format!("{key} is in the store but not loaded"),
-                    admitted,
+                    routed_by,
                 ),
             }
         }
+        Err(RouteError::Refused { model, version, reason }) => fallback_or(
+            OutcomeReason::ModelRefused,
+            format!("{model}/{version} was refused when loaded: {reason}"),
+            routed_by,
+        ),
         Err(e) => {
             let reason = match e {
                 RouteError::UnknownModel { .. } => OutcomeReason::UnknownModel,
@@ -194,20 +233,32 @@ allowed_models = ["other"]
         let store = store();
         let default = store.route("fraud", None, None).unwrap().key();
         let none = HashMap::new();
-        let (named, _) = route(&request("acme", "fraud", Some("2"), 0), 0, None, &none, &store, loaded);
+        let (named, _) =
+            route(&request("acme", "fraud", Some("2"), 0), 0, None, &none, &Rollouts::default(), &store, loaded);
         assert_eq!(outcome(&named), "fraud/2");
-        let (by_default, quota) = route(&request("acme", "fraud", None, 0), 0, None, &none, &store, loaded);
+        let (by_default, quota) =
+            route(&request("acme", "fraud", None, 0), 0, None, &none, &Rollouts::default(), &store, loaded);
         assert_eq!(outcome(&by_default), default);
         assert_eq!(quota, None, "no policy, no quota decision");
 
         // The policy's pin, then the stage's --pins over it; a named version over both.
         let mut q = quotas();
-        let (pinned, quota) = route(&request("initech", "fraud", None, 0), 0, Some(&mut q), &none, &store, loaded);
+        let (pinned, quota) =
+            route(&request("initech", "fraud", None, 0), 0, Some(&mut q), &none, &Rollouts::default(), &store, loaded);
         assert_eq!((outcome(&pinned), quota), ("fraud/2".to_owned(), Some(QuotaOutcome::Admitted)));
         let pins = HashMap::from([("initech".to_owned(), "1".to_owned())]);
-        let (overridden, _) = route(&request("initech", "fraud", None, 1), 1, Some(&mut q), &pins, &store, loaded);
+        let (overridden, _) =
+            route(&request("initech", "fraud", None, 1), 1, Some(&mut q), &pins, &Rollouts::default(), &store, loaded);
         assert_eq!(outcome(&overridden), "fraud/1");
-        let (named, _) = route(&request("initech", "fraud", Some("1"), 2), 2, Some(&mut q), &none, &store, loaded);
+        let (named, _) = route(
+            &request("initech", "fraud", Some("1"), 2),
+            2,
+            Some(&mut q),
+            &none,
+            &Rollouts::default(),
+            &store,
+            loaded,
+        );
         assert_eq!(outcome(&named), "fraud/1");
         if let Route::Score { tier, admitted, delay_us, .. } = pinned {
             assert_eq!((tier, admitted, delay_us), (2, true, 0));
@@ -218,15 +269,20 @@ allowed_models = ["other"]
     fn unknown_models_and_versions_are_rejected_with_their_reason() {
         let store = store();
         let none = HashMap::new();
-        let (unknown_version, _) = route(&request("acme", "fraud", Some("9"), 0), 0, None, &none, &store, loaded);
+        let (unknown_version, _) =
+            route(&request("acme", "fraud", Some("9"), 0), 0, None, &none, &Rollouts::default(), &store, loaded);
         assert_eq!(outcome(&unknown_version), "UNKNOWN_MODEL_VERSION");
-        let (unknown_model, _) = route(&request("acme", "nope", None, 0), 0, None, &none, &store, loaded);
+        let (unknown_model, _) =
+            route(&request("acme", "nope", None, 0), 0, None, &none, &Rollouts::default(), &store, loaded);
         assert_eq!(outcome(&unknown_model), "UNKNOWN_MODEL");
         let refused = |_: &str| Availability::Refused("sha256 mismatch".to_owned());
-        let (route_refused, _) = route(&request("acme", "fraud", Some("1"), 0), 0, None, &none, &store, refused);
+        let (route_refused, _) =
+            route(&request("acme", "fraud", Some("1"), 0), 0, None, &none, &Rollouts::default(), &store, refused);
         assert_eq!(outcome(&route_refused), "MODEL_REFUSED");
         let (not_loaded, _) =
-            route(&request("acme", "fraud", Some("1"), 0), 0, None, &none, &store, |_| Availability::NotLoaded);
+            route(&request("acme", "fraud", Some("1"), 0), 0, None, &none, &Rollouts::default(), &store, |_| {
+                Availability::NotLoaded
+            });
         assert_eq!(outcome(&not_loaded), "MODEL_NOT_LOADED");
         if let Route::Reject { detail, admitted, .. } = route_refused {
             assert!(detail.contains("sha256 mismatch"), "{detail}");
@@ -243,7 +299,15 @@ allowed_models = ["other"]
         let mut codes = Vec::new();
         for i in 0..4 {
             q.adopt("acme", 1, None);
-            let (r, quota) = route(&request("acme", "fraud", Some("1"), i), i, Some(&mut q), &none, &store, loaded);
+            let (r, quota) = route(
+                &request("acme", "fraud", Some("1"), i),
+                i,
+                Some(&mut q),
+                &none,
+                &Rollouts::default(),
+                &store,
+                loaded,
+            );
             codes.push((outcome(&r), quota));
             if let Route::Reject { retry_after_ms, admitted, .. } = &r {
                 assert!(retry_after_ms.is_some_and(|ms| ms > 0), "a retry hint");
@@ -261,8 +325,10 @@ allowed_models = ["other"]
         );
         // globex delays instead: the second request waits for its token (100 ms at 10/s).
         q.adopt("globex", 1, None);
-        let (first, _) = route(&request("globex", "fraud", None, 0), 0, Some(&mut q), &none, &store, loaded);
-        let (second, quota) = route(&request("globex", "fraud", None, 0), 0, Some(&mut q), &none, &store, loaded);
+        let (first, _) =
+            route(&request("globex", "fraud", None, 0), 0, Some(&mut q), &none, &Rollouts::default(), &store, loaded);
+        let (second, quota) =
+            route(&request("globex", "fraud", None, 0), 0, Some(&mut q), &none, &Rollouts::default(), &store, loaded);
         assert!(matches!(first, Route::Score { delay_us: 0, .. }));
         assert_eq!(quota, Some(QuotaOutcome::Delayed));
         match second {
@@ -270,13 +336,70 @@ allowed_models = ["other"]
             other => panic!("a delay, not {other:?}"),
         }
         // Tenants outside the policy, and models a tenant may not use.
-        let (stranger, quota) = route(&request("stranger", "fraud", None, 0), 0, Some(&mut q), &none, &store, loaded);
+        let (stranger, quota) =
+            route(&request("stranger", "fraud", None, 0), 0, Some(&mut q), &none, &Rollouts::default(), &store, loaded);
         assert_eq!((outcome(&stranger), quota), ("UNKNOWN_TENANT".to_owned(), Some(QuotaOutcome::Rejected)));
-        let (not_allowed, _) = route(&request("umbrella", "fraud", None, 0), 0, Some(&mut q), &none, &store, loaded);
+        let (not_allowed, _) =
+            route(&request("umbrella", "fraud", None, 0), 0, Some(&mut q), &none, &Rollouts::default(), &store, loaded);
         assert_eq!(outcome(&not_allowed), "MODEL_NOT_ALLOWED");
         // Tier from the policy orders a backlog.
-        let (tiered, _) =
-            route(&request("acme", "fraud", None, 1_000_000), 1_000_000, Some(&mut q), &none, &store, loaded);
+        let (tiered, _) = route(
+            &request("acme", "fraud", None, 1_000_000),
+            1_000_000,
+            Some(&mut q),
+            &none,
+            &Rollouts::default(),
+            &store,
+            loaded,
+        );
         assert!(matches!(tiered, Route::Score { tier: 1, .. }), "{tiered:?}");
+    }
+
+    #[test]
+    fn a_rollout_split_routes_what_names_no_version_and_has_no_pin() {
+        let store = store();
+        let loaded = |_: &str| Availability::Loaded;
+        let none = HashMap::new();
+        let rollout = streamscore_contracts::Rollout {
+            model: "fraud".to_owned(),
+            generation: 4,
+            rollout_id: "r-1".to_owned(),
+            status: streamscore_contracts::RolloutStatus::Experiment,
+            incumbent: "1".to_owned(),
+            candidate: None,
+            split: streamscore_control::split::parse("1=50,2=50").expect("split"),
+            shadow: None,
+            steps: Vec::new(),
+            step: -1,
+            step_secs: 0,
+            min_samples: 0,
+            step_started_at: 0,
+            resume_status: None,
+            changed_at: 0,
+            changed_by: "t".to_owned(),
+            reason: String::new(),
+            figures: HashMap::new(),
+        };
+        let rollouts = Rollouts::of([rollout]);
+        let mut versions = std::collections::BTreeMap::new();
+        for i in 0..200 {
+            let mut r = request("acme", "fraud", None, 0);
+            r.request_id = format!("id-{i}");
+            let (routed, _) = route(&r, 0, None, &none, &rollouts, &store, loaded);
+            let Route::Score { version, routed_by, .. } = routed else { panic!("scored") };
+            assert_eq!(routed_by.map(|b| b.generation), Some(4), "the split chose it and says so");
+            assert_eq!(
+                Some(version.meta.version.as_str()),
+                streamscore_control::split::choose(&rollouts.get("fraud").expect("r").split, "fraud", &r.request_id)
+            );
+            *versions.entry(version.meta.version.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(versions.len(), 2, "both versions answer: {versions:?}");
+        // An explicit version and a pin come before the split.
+        let (named, _) = route(&request("acme", "fraud", Some("1"), 0), 0, None, &none, &rollouts, &store, loaded);
+        assert!(matches!(named, Route::Score { routed_by: None, ref version, .. } if version.meta.version == "1"));
+        let pins = HashMap::from([("acme".to_owned(), "2".to_owned())]);
+        let (pinned, _) = route(&request("acme", "fraud", None, 0), 0, None, &pins, &rollouts, &store, loaded);
+        assert!(matches!(pinned, Route::Score { routed_by: None, ref version, .. } if version.meta.version == "2"));
     }
 }

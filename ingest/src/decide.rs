@@ -8,6 +8,7 @@ use streamscore_contracts::{
     Codec, DeadLetter, DeadLetterReason, InferenceRequest, Lineage, OutcomeStatus, PredictionOutcome, SourceOffset,
     Stage, ValidatedRequest,
 };
+use streamscore_control::{RolloutTable, Rollouts};
 use streamscore_modelstore::{FeatureError, ModelStore, Pins, RouteError, SharedStore};
 use uuid::Uuid;
 
@@ -227,6 +228,7 @@ pub struct RequestDecider {
     tenant_topics: TenantTopics,
     models: Option<SharedStore>,
     pins: Pins,
+    rollouts: RolloutTable,
     window: EventTimeWindow,
     /// The clock, µs since the epoch (tests set their own).
     now: fn() -> i64,
@@ -244,6 +246,7 @@ impl RequestDecider {
             tenant_topics: TenantTopics::default(),
             models: None,
             pins: Pins::default(),
+            rollouts: RolloutTable::empty(),
             window: EventTimeWindow::default(),
             now: streamscore_contracts::now_micros,
         }
@@ -281,6 +284,14 @@ impl RequestDecider {
     #[must_use]
     pub fn with_pins(mut self, pins: Pins) -> Self {
         self.pins = pins;
+        self
+    }
+
+    /// Validates against the version each model's rollout splits a request to (when it names
+    /// no version and has no pin), as routing will score it.
+    #[must_use]
+    pub fn with_rollouts(mut self, rollouts: RolloutTable) -> Self {
+        self.rollouts = rollouts;
         self
     }
 
@@ -328,7 +339,8 @@ impl RequestDecider {
         };
         let request = decoded.value;
         let models = self.models.as_ref().map(SharedStore::current);
-        let checked = match validate(&request, &self.tenants, models.as_deref(), &self.pins) {
+        let rollouts = self.rollouts.current();
+        let checked = match validate(&request, &self.tenants, models.as_deref(), &self.pins, &rollouts) {
             Ok(checked) => checked,
             Err((reason, detail)) => {
                 return self.dead_letter(record, reason, detail, Some(decoded.schema_id), Some(&request))
@@ -472,8 +484,9 @@ pub fn check(
     tenants: &Tenants,
     models: Option<&ModelStore>,
     pins: &Pins,
+    rollouts: &Rollouts,
 ) -> Option<(DeadLetterReason, String)> {
-    validate(request, tenants, models, pins).err()
+    validate(request, tenants, models, pins, rollouts).err()
 }
 
 /// What a passed check found, with a model store: the version routing will score and the
@@ -490,6 +503,7 @@ pub fn validate(
     tenants: &Tenants,
     models: Option<&ModelStore>,
     pins: &Pins,
+    rollouts: &Rollouts,
 ) -> Result<Option<Checked>, (DeadLetterReason, String)> {
     if let Some(problem) = check_content(request) {
         return Err(problem);
@@ -498,10 +512,15 @@ pub fn validate(
         return Err((DeadLetterReason::UnknownTenant, format!("tenant {:?} is not known", request.tenant)));
     }
     let Some(models) = models else { return Ok(None) };
-    // The version routing will score: the request's, else the tenant's pin, else the default.
+    // The version routing will score: the request's, else the tenant's pin, else its model's
+    // rollout split, else the default.
     let pin = pins.get(&request.tenant, &request.model);
+    let split = match (&request.model_version, pin) {
+        (None, None) => rollouts.route(&request.model, &request.request_id),
+        _ => None,
+    };
     let version = models
-        .route(&request.model, request.model_version.as_deref(), pin)
+        .route(&request.model, request.model_version.as_deref(), pin.or(split.as_ref().map(|s| s.version.as_str())))
         .map_err(|e| (route_reason(&e), e.to_string()))?;
     match version.check(&request.features) {
         Ok(vector) => Ok(Some(Checked { version: version.meta.version.clone(), vector })),
@@ -587,7 +606,9 @@ mod tests {
         };
         let pins =
             Pins::new(HashMap::from([("initech".to_owned(), HashMap::from([("fraud".to_owned(), "3".to_owned())]))]));
-        let check = |r: &InferenceRequest, pins: &Pins| check(r, &Tenants::Any, Some(&store), pins).map(|c| c.0);
+        let check = |r: &InferenceRequest, pins: &Pins| {
+            check(r, &Tenants::Any, Some(&store), pins, &Rollouts::default()).map(|c| c.0)
+        };
         // Pinned to 3: its features pass, fraud/1's do not.
         assert_eq!(check(&request(&renamed), &pins), None);
         assert!(
@@ -605,6 +626,33 @@ mod tests {
         let mut named = request(&features);
         named.model_version = Some("1".to_owned());
         assert_eq!(check(&named, &pins), None);
+        // A rollout that sends everything to 3 judges what names no version and has no pin.
+        let to_3 = streamscore_contracts::Rollout {
+            model: "fraud".to_owned(),
+            generation: 1,
+            rollout_id: "r".to_owned(),
+            status: streamscore_contracts::RolloutStatus::Promoted,
+            incumbent: "1".to_owned(),
+            candidate: Some("3".to_owned()),
+            split: vec![streamscore_contracts::Share { version: "3".to_owned(), basis_points: 10_000 }],
+            shadow: None,
+            steps: vec![100],
+            step: 0,
+            step_secs: 0,
+            min_samples: 0,
+            step_started_at: 0,
+            resume_status: None,
+            changed_at: 0,
+            changed_by: "t".to_owned(),
+            reason: String::new(),
+            figures: HashMap::new(),
+        };
+        let rolled = Rollouts::of([to_3]);
+        let routed =
+            |r: &InferenceRequest| super::check(r, &Tenants::Any, Some(&store), &Pins::default(), &rolled).map(|c| c.0);
+        assert_eq!(routed(&request(&renamed)), None, "3's features pass under the rollout");
+        assert!(routed(&request(&features)).is_some(), "1's do not");
+        assert_eq!(routed(&named), None, "a named version still wins");
     }
 
     #[test]
@@ -624,7 +672,8 @@ mod tests {
     #[test]
     fn content_checks_give_typed_reasons() {
         let good = "2b1f4c4e-3d9a-4f4e-9b1a-6c1d2e3f4a5b";
-        let check = |r: &InferenceRequest| check(r, &Tenants::parse("acme"), None, &Pins::default());
+        let check =
+            |r: &InferenceRequest| check(r, &Tenants::parse("acme"), None, &Pins::default(), &Rollouts::default());
         let mut stranger = request(good, 1.0);
         stranger.tenant = "stranger".to_owned();
         assert_eq!(check(&stranger).map(|c| c.0), Some(DeadLetterReason::UnknownTenant));

@@ -160,10 +160,13 @@ impl AuditWriter {
                 streamscore_contracts::audit::KEY_ENV
             );
         }
+        // The previous chain of this writer on this audit log (a head kept for another log is
+        // that log's: linking to it would read here as a deleted chain).
         let previous: Option<ChainHead> = head_file
             .as_ref()
             .and_then(|path| std::fs::read(path).ok())
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            .and_then(|bytes| serde_json::from_slice::<ChainHead>(&bytes).ok())
+            .filter(|head| head.topic.is_empty() || head.topic == topic);
         let (failure, failed) = watch::channel(None);
         let chain = AuditChain::new(stage, instance, key, streamscore_contracts::now_micros());
         let heads = Heads {

@@ -74,4 +74,8 @@ pub struct FamilyMetadata {
     pub default_version: String,
     #[serde(default)]
     pub description: String,
+    /// The version that scores a request whose own version failed (a model error) or was
+    /// refused or not loaded, instead of rejecting it; such outcomes are flagged `FALLBACK`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }

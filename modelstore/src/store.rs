@@ -104,6 +104,7 @@ impl ModelVersion {
 #[derive(Debug, Clone)]
 struct Family {
     default_version: String,
+    fallback: Option<String>,
     versions: BTreeMap<String, Arc<ModelVersion>>,
     /// Versions whose folder exists but did not load, with the reason.
     refused: BTreeMap<String, String>,
@@ -212,6 +213,7 @@ impl ModelStore {
             };
             let mut family = Family {
                 default_version: family_meta.default_version,
+                fallback: family_meta.fallback,
                 versions: BTreeMap::new(),
                 refused: BTreeMap::new(),
             };
@@ -287,6 +289,12 @@ impl ModelStore {
 
     pub fn default_version(&self, model: &str) -> Option<&str> {
         self.families.get(model).map(|f| f.default_version.as_str())
+    }
+
+    /// `model`'s fallback version (`model.json`'s `fallback`), when it has one the store holds.
+    pub fn fallback(&self, model: &str) -> Option<Arc<ModelVersion>> {
+        let family = self.families.get(model)?;
+        family.versions.get(family.fallback.as_deref()?).cloned()
     }
 
     /// Routes a request: the version it names, else the tenant's pin, else the default.

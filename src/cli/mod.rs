@@ -6,6 +6,7 @@
 pub(crate) mod analysts;
 pub(crate) mod main_job;
 pub(crate) mod ops;
+pub(crate) mod rollout;
 pub(crate) mod stages;
 
 use std::net::SocketAddr;
@@ -59,6 +60,10 @@ pub(crate) struct InferArgs {
     /// Shadow versions, `model:version,...`, scored on the same batches and written flagged.
     #[arg(long)]
     pub(crate) shadow: Option<String>,
+    /// The rollouts to follow (compacted, keyed by model): each model's split routes what names
+    /// no version and has no pin (`streamscore rollout`).
+    #[arg(long, default_value = streamscore_contracts::topics::ROLLOUTS)]
+    pub(crate) rollouts_topic: String,
     /// Tenant pins, `tenant:version,...`, used when a request names no version (the policy
     /// file's pins apply too).
     #[arg(long)]
@@ -100,6 +105,7 @@ impl InferArgs {
         config.predictions_topic = self.predictions_topic.clone();
         config.audit_topic = self.audit_topic.clone();
         config.shadow = pairs(self.shadow.as_deref())?;
+        config.rollouts_topic = Some(self.rollouts_topic.clone());
         config.pins = pairs(self.pins.as_deref())?;
         config.batch = self.batch.config();
         config.policy = self.policy.clone();

@@ -111,9 +111,14 @@ impl InferCommand {
     pub(crate) async fn run(self, shutdown: Shutdown) -> Result<()> {
         let Self { endpoints, infer, validated_topic, group, store, dead_letter_topic, metrics_listen } = self;
         serve_metrics(metrics_listen).await?;
-        let config = infer.config(&endpoints)?;
+        let mut config = infer.config(&endpoints)?;
         let store = streamscore_modelstore::SharedStore::new(store.open()?);
         let kafka = KafkaConfig::new(&endpoints.bootstrap);
+        if let Some(topic) = config.rollouts_topic.clone() {
+            config.rollouts = streamscore_control::follow(&kafka, &endpoints.registry_url, &topic, &shutdown)
+                .await
+                .with_context(|| format!("following the rollouts on {topic}"))?;
+        }
         let input = streamscore_infer::source::ValidatedInput {
             topic: validated_topic,
             group,
@@ -191,6 +196,16 @@ pub(crate) struct MonitorCommand {
     /// Seconds between lag measurements (each costs the broker a few requests per group).
     #[arg(long, default_value_t = 10.0)]
     pub(crate) lag_every_secs: f64,
+    /// The tenant policy whose `[rollout_gates]` set the rollout controller's thresholds
+    /// (defaults without it).
+    #[arg(long)]
+    pub(crate) policy: Option<PathBuf>,
+    /// Do not run the rollout controller in this monitor.
+    #[arg(long)]
+    pub(crate) no_controller: bool,
+    /// The rollouts the controller moves.
+    #[arg(long, default_value = streamscore_contracts::topics::ROLLOUTS)]
+    pub(crate) rollouts_topic: String,
     /// Serve Prometheus metrics (`GET /metrics`, `GET /healthz`) on this address; `off`
     /// serves none, port 0 any free port.
     #[arg(long, default_value = "127.0.0.1:9404", value_name = "ADDR|off")]
@@ -215,9 +230,32 @@ impl MonitorCommand {
             lag_targets,
             lag_every_secs,
             metrics_listen,
+            policy,
+            no_controller,
+            rollouts_topic,
         } = self;
         serve_metrics(metrics_listen).await?;
         let store = store.open()?;
+        // The rollout controller, unless told not to (one acts per cluster, whichever monitor
+        // leads; the others stand by).
+        let controller = if no_controller {
+            None
+        } else {
+            let mut controller = streamscore_control::controller::ControllerConfig::new(
+                KafkaConfig::new(&endpoints.bootstrap),
+                &endpoints.registry_url,
+                &streamscore_contracts::lineage::default_instance(),
+            );
+            controller.predictions_topic.clone_from(&predictions_topic);
+            controller.rollouts_topic = rollouts_topic;
+            controller.alerts_topic.clone_from(&alerts_topic);
+            controller.audit_topic.clone_from(&audit_topic);
+            if let Some(path) = &policy {
+                controller.thresholds = streamscore_infer::quota::Policy::load(path)?.rollout_gates();
+            }
+            let shutdown = shutdown.clone();
+            Some(tokio::spawn(async move { streamscore_control::controller::run(controller, shutdown).await }))
+        };
         let mut config = streamscore_monitor::stage::MonitorConfig::new(
             KafkaConfig::new(&endpoints.bootstrap),
             &endpoints.registry_url,
@@ -255,6 +293,9 @@ impl MonitorCommand {
             config.detector.thresholds.with_overrides(&thresholds).map_err(|e| anyhow::anyhow!("--thresholds {e}"))?;
         let summary = streamscore_monitor::stage::run(config, store, shutdown).await?;
         tracing::info!(predictions = summary.predictions, alerts = summary.alerts.len(), "monitor stopped");
+        if let Some(controller) = controller {
+            controller.await.context("the rollout controller panicked")?.context("the rollout controller")?;
+        }
 
         Ok(())
     }
@@ -410,14 +451,38 @@ pub(crate) async fn run_ingest(
         }
         None => (TenantTopics::default(), streamscore_modelstore::Pins::default()),
     };
-    let models = args.store.open()?;
+    let models = streamscore_modelstore::SharedStore::new(args.store.open()?);
     let kafka = KafkaConfig::new(&endpoints.bootstrap);
+    let rollouts_topic = streamscore_contracts::topics::ROLLOUTS;
+    let rollouts = streamscore_control::follow(&kafka, &endpoints.registry_url, rollouts_topic, &shutdown)
+        .await
+        .with_context(|| format!("following the rollouts on {rollouts_topic}"))?;
+    // Versions dropped into the model store are validated against within 5 s, as infer loads
+    // them (the fused pipeline shares infer's store).
+    tokio::spawn({
+        let (models, shutdown) = (models.clone(), shutdown.clone());
+        async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            every.tick().await;
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = shutdown.requested() => return,
+                }
+                match models.current().rescan() {
+                    Ok((next, _)) => models.replace(next),
+                    Err(e) => tracing::warn!(error = %e, "model store rescan failed; keeping the versions in hand"),
+                }
+            }
+        }
+    });
     let codec = Arc::new(Codec::<InferenceRequest>::with_url(&endpoints.registry_url, &args.input_topic));
     let decider = RequestDecider::new(codec, streamscore_contracts::lineage::default_instance())
         .with_tenants(tenants)
         .with_tenant_topics(tenant_topics.clone())
         .with_pins(pins)
-        .with_models(streamscore_modelstore::SharedStore::new(models))
+        .with_rollouts(rollouts)
+        .with_models(models)
         .with_max_record_bytes(args.max_record_bytes)
         .with_event_time_window(args.event_window());
     let mut config = IngestConfig::new(kafka, &endpoints.registry_url);
@@ -429,7 +494,7 @@ pub(crate) async fn run_ingest(
         let specs: Vec<_> = tenant_topics
             .topics()
             .iter()
-            .map(|t| streamscore_kafka::TopicSpec::event(t, streamscore_kafka::topics::CLUSTER_PARTITIONS))
+            .map(|t| streamscore_kafka::TopicSpec::requests(t, streamscore_kafka::topics::CLUSTER_PARTITIONS))
             .collect();
         shutdown
             .race(

@@ -103,6 +103,28 @@ pub const METRICS: &[Metric] = &[
         &[],
         "Dead letters whose original bytes were cut to fit the broker's record size.",
     ),
+    // Rollouts (the control plane).
+    gauge(
+        "streamscore_rollout_share",
+        &["model", "version"],
+        "Share of a model's routed traffic each version answers under its rollout (1 for the default without one).",
+    ),
+    gauge("streamscore_rollout_step", &["model"], "The canary step of a model's rollout (-1: none, shadow or settled)."),
+    gauge(
+        "streamscore_rollout_gate",
+        &["model", "gate"],
+        "A rollout gate's figure over the current step (error_rate, score_psi, label_agreement, p99 seconds, outcomes).",
+    ),
+    counter(
+        "streamscore_rollout_outcomes_total",
+        &["model", "version", "step"],
+        "Outcomes routed by a rollout's split, per version and canary step (-1: not a canary step).",
+    ),
+    counter(
+        "streamscore_infer_fallbacks_total",
+        &["model", "from", "to"],
+        "Requests scored by their model's fallback version because the version they routed to failed or was refused.",
+    ),
     // Infer.
     counter(
         "streamscore_infer_predictions_total",

@@ -30,3 +30,21 @@ impl Backend for Broken {
         Ok(Arc::new(BrokenScorer))
     }
 }
+
+/// Tract, except that one version's model fails on every batch (a version whose graph breaks
+/// at run time).
+#[derive(Debug)]
+pub struct BrokenVersion(pub &'static str);
+
+impl Backend for BrokenVersion {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+    fn load(&self, version: &streamscore_modelstore::ModelVersion) -> Result<Arc<dyn Scorer>, BackendError> {
+        if version.meta.version == self.0 {
+            Ok(Arc::new(BrokenScorer))
+        } else {
+            streamscore_infer::TractBackend.load(version)
+        }
+    }
+}

@@ -57,6 +57,33 @@ pub fn prediction() -> PredictionOutcome {
         inference_us: 90,
         request_created_at: 1_764_000_000_000_000,
         reply_to: None,
+        routed_by: Some(RoutedBy { rollout_id: "r-7".to_owned(), generation: 3, step: 1 }),
+    }
+}
+
+pub fn rollout() -> Rollout {
+    Rollout {
+        model: "fraud".to_owned(),
+        generation: 3,
+        rollout_id: "r-7".to_owned(),
+        status: RolloutStatus::Paused,
+        incumbent: "1".to_owned(),
+        candidate: Some("2".to_owned()),
+        split: vec![
+            Share { version: "1".to_owned(), basis_points: 7_500 },
+            Share { version: "2".to_owned(), basis_points: 2_500 },
+        ],
+        shadow: None,
+        steps: vec![1, 5, 25, 50, 100],
+        step: 2,
+        step_secs: 60,
+        min_samples: 500,
+        step_started_at: 1_764_000_000_000_000,
+        resume_status: Some(RolloutStatus::Canary),
+        changed_at: 1_764_000_100_000_000,
+        changed_by: "ops@host".to_owned(),
+        reason: "holding over the weekend".to_owned(),
+        figures: HashMap::from([("error_rate".to_owned(), "0.001".to_owned())]),
     }
 }
 

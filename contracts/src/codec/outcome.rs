@@ -58,6 +58,15 @@ pub fn write_outcome<'a>(
     write_long(out, outcome.inference_us);
     write_long(out, outcome.request_created_at);
     write_opt_str(out, outcome.reply_to.as_deref());
+    match &outcome.routed_by {
+        None => write_long(out, 0),
+        Some(routed) => {
+            write_long(out, 1);
+            write_str(out, &routed.rollout_id);
+            write_long(out, routed.generation);
+            write_long(out, i64::from(routed.step));
+        }
+    }
 }
 
 /// The symbol's index in `OutcomeStatus`'s `symbols`.
@@ -155,6 +164,7 @@ mod tests {
             inference_us: 56,
             request_created_at: 1_764_000_000_000_000,
             reply_to: None,
+            routed_by: None,
         }
     }
 
@@ -172,6 +182,8 @@ mod tests {
         all_some.detail = Some("é ∑ 😀 ".repeat(40));
         all_some.retry_after_ms = Some(-1);
         all_some.reply_to = Some("bridge-1".to_owned());
+        all_some.routed_by =
+            Some(crate::RoutedBy { rollout_id: "r-😀".to_owned(), generation: i64::MAX, step: i32::MIN });
         all_some.features = crate::Features::from_iter([("amount".to_owned(), f64::NAN)]);
         cases.push(all_some);
         let mut nothing = outcome(3);
@@ -193,6 +205,11 @@ mod tests {
         for n in [63_i64, 64, 8_191, 8_192, -64, -65, 1 << 40] {
             let mut o = outcome(n);
             o.queue_wait_us = n;
+            o.routed_by = Some(crate::RoutedBy {
+                rollout_id: format!("rollout-{n}"),
+                generation: n,
+                step: i32::try_from(n % 5).unwrap(),
+            });
             o.score = Some(n as f64 / 3.0);
             cases.push(o);
         }

@@ -94,6 +94,9 @@ pub struct PolicyFile {
     pub default: Option<TenantPolicy>,
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantPolicy>,
+    /// The rollout gates' thresholds (the controller's; defaults for what is not set).
+    #[serde(default)]
+    pub rollout_gates: Option<streamscore_control::gates::GateThresholds>,
 }
 
 /// A refused policy file, saying where: file, tenant and field.
@@ -172,8 +175,22 @@ impl Policy {
                 });
             }
         }
+        if let Some(reason) = file.rollout_gates.as_ref().and_then(streamscore_control::gates::GateThresholds::problem)
+        {
+            return Err(PolicyError::Invalid {
+                file: path.to_owned(),
+                scope: "[rollout_gates]".to_owned(),
+                field: "rollout_gates",
+                reason,
+            });
+        }
         let sha256 = streamscore_contracts::sha256_hex(bytes);
         Ok(Self { file, path: path.to_owned(), sha256 })
+    }
+
+    /// The rollout gates' thresholds: the file's `[rollout_gates]`, defaults for the rest.
+    pub fn rollout_gates(&self) -> streamscore_control::gates::GateThresholds {
+        self.file.rollout_gates.clone().unwrap_or_default()
     }
 
     /// Tenants bound to Kafka principals, with their principals.

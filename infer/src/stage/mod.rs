@@ -72,8 +72,14 @@ pub struct InferConfig {
     pub predictions_topic: String,
     pub audit_topic: String,
     pub batch: BatchConfig,
-    /// Shadow version per model: scored on the same batches, written flagged as shadow.
+    /// Shadow version per model: scored on the same batches, written flagged as shadow (a
+    /// model's rollout, while it shadows its candidate, comes first).
     pub shadow: HashMap<String, String>,
+    /// The rollouts in force (`control.rollouts`): a model's split routes what names no
+    /// version and has no pin. Filled by whoever starts the stage from `rollouts_topic`.
+    pub rollouts: streamscore_control::RolloutTable,
+    /// The topic of the rollouts to follow (`None`: none, every model answers its default).
+    pub rollouts_topic: Option<String>,
     /// Pinned version per tenant (used when a request names no version).
     pub pins: HashMap<String, String>,
     pub instance: String,
@@ -97,6 +103,8 @@ impl InferConfig {
             audit_topic: topics::AUDIT.to_owned(),
             batch: BatchConfig::default(),
             shadow: HashMap::new(),
+            rollouts: streamscore_control::RolloutTable::empty(),
+            rollouts_topic: Some(topics::ROLLOUTS.to_owned()),
             pins: HashMap::new(),
             instance: instance.into(),
             rescan_every: Some(Duration::from_secs(5)),
@@ -122,6 +130,11 @@ struct Loaded {
 #[derive(Debug)]
 struct Item {
     validated: ValidatedRequest,
+    /// The rollout whose split chose this request's version, if one did.
+    routed_by: Option<streamscore_contracts::RoutedBy>,
+    /// Set when the model's fallback version scores this request: the version that could not
+    /// (`model/version`), and why.
+    fallback: Option<(String, String)>,
     ack: Ack,
     enqueued: Instant,
     /// Tier of the tenant (1 first), for fair batches.
@@ -143,6 +156,13 @@ struct Shared {
     errors: mpsc::UnboundedSender<InferError>,
     /// Tenants whose admitted request got its answer (quota in-flight accounting).
     released: mpsc::UnboundedSender<String>,
+    /// Every loaded version, by key: a batch finds its rollout's shadow here.
+    loaded: std::sync::RwLock<HashMap<String, Arc<Loaded>>>,
+    /// Every version's batcher, by key: a batch that failed finds its fallback's here. Weak, so
+    /// that closing the input still closes every batcher (a fallback after that is FAILED).
+    batchers: std::sync::RwLock<HashMap<String, mpsc::WeakSender<Queued>>>,
+    /// The model store (its fallbacks).
+    store: SharedStore,
 }
 
 /// Runs the stage until `input` closes; returns when every batch is written. Start-up
@@ -198,6 +218,9 @@ pub async fn run(
         stats,
         errors: errors_tx,
         released: released_tx,
+        loaded: std::sync::RwLock::default(),
+        batchers: std::sync::RwLock::default(),
+        store: store.clone(),
         config,
     });
 
@@ -231,6 +254,7 @@ pub async fn run(
     for version in &versions {
         start_batcher(&shared, &version.key(), &models, &mut batchers, &mut tasks);
     }
+    export_shares(&store.current(), &shared.config.rollouts.current());
     let mut rescan = tokio::time::interval(shared.config.rescan_every.unwrap_or(Duration::from_secs(3600)));
     rescan.tick().await;
     let mut ticking = tokio::spawn(Arc::clone(&committer).tick());
@@ -256,6 +280,7 @@ pub async fn run(
                 }
             }
             _ = rescan.tick(), if shared.config.rescan_every.is_some() => {
+                export_shares(&store.current(), &shared.config.rollouts.current());
                 if let Some(q) = quotas.as_mut() {
                     reload_policy(q, &audit).await?;
                 }

@@ -33,11 +33,13 @@ pub(super) async fn route_one(
         }
     };
     let current = store.current();
+    let rollouts = shared.config.rollouts.current();
     let (route, quota) = router::route(
         &validated.request,
         validated.quota_time(),
         quotas.as_deref_mut(),
         &shared.config.pins,
+        &rollouts,
         &current,
         availability,
     );
@@ -50,12 +52,12 @@ pub(super) async fn route_one(
         }
     }
     match route {
-        Route::Score { version, delay_us, tier, .. } => {
+        Route::Score { version, delay_us, tier, routed_by, fallback, .. } => {
             let key = version.key();
             let Some(tx) = batchers.get(&key) else {
                 return Err(InferError::Delivery(format!("batcher of {key} missing")));
             };
-            let item = Box::new(Item { validated, ack, enqueued: Instant::now(), tier });
+            let item = Box::new(Item { validated, routed_by, fallback, ack, enqueued: Instant::now(), tier });
             if delay_us == 0 {
                 tx.send(item).await.map_err(|_| InferError::Delivery(format!("batcher of {key} stopped")))?;
             } else {
@@ -157,4 +159,22 @@ pub(super) async fn reload_policy(quotas: &mut Quotas, audit: &AuditWriter) -> R
         }
     }
     Ok(())
+}
+
+/// `streamscore_rollout_share` for every version in the store: its share of its model's routed
+/// traffic under the model's rollout, or 1 for the default version of a model without one.
+pub(super) fn export_shares(store: &streamscore_modelstore::ModelStore, rollouts: &streamscore_control::Rollouts) {
+    for version in store.versions() {
+        let (model, v) = (&version.meta.name, &version.meta.version);
+        let share = match rollouts.get(model) {
+            Some(rollout) => {
+                rollout.split.iter().find(|s| s.version == *v).map_or(0.0, |s| f64::from(s.basis_points) / 10_000.0)
+            }
+            None => match store.route(model, None, None) {
+                Ok(default) if default.meta.version == *v => 1.0,
+                _ => 0.0,
+            },
+        };
+        metrics::gauge!("streamscore_rollout_share", "model" => model.clone(), "version" => v.clone()).set(share);
+    }
 }

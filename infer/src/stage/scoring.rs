@@ -14,11 +14,17 @@ pub(super) fn start_batcher(
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
     let Some(loaded) = models.get(key).cloned() else { return };
+    shared
+        .loaded
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key.to_owned(), Arc::clone(&loaded));
     let version = Arc::clone(&loaded.version);
     let key = key.to_owned();
     let (tx, rx) = mpsc::channel::<Queued>(shared.config.batch.max_batch * 4);
+    shared.batchers.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), tx.downgrade());
     batchers.insert(key.clone(), tx);
-    let shadow = shared
+    let configured_shadow = shared
         .config
         .shadow
         .get(&version.meta.name)
@@ -34,7 +40,8 @@ pub(super) fn start_batcher(
         batcher::run_fair(rx, config, order, |batch| {
             let shared = Arc::clone(&shared_for_batches);
             let loaded = Arc::clone(&loaded);
-            let shadow = shadow.clone();
+            // The model's rollout, while it shadows a candidate, decides the shadow per batch.
+            let shadow = rollout_shadow(&shared, &loaded.version).or_else(|| configured_shadow.clone());
             running.spawn(async move {
                 // A panic in a batch (a scorer, the outcome code) stops the stage with an error
                 // naming it; the batch's requests are never acknowledged, so nothing is lost.
@@ -57,6 +64,15 @@ pub(super) fn start_batcher(
     });
 }
 
+/// The version `version`'s model rollout shadows now, if it is loaded here (a version does not
+/// shadow itself: the candidate's own batches have none).
+fn rollout_shadow(shared: &Shared, version: &ModelVersion) -> Option<Arc<Loaded>> {
+    let rollouts = shared.config.rollouts.current();
+    let shadow = rollouts.shadow_of(&version.meta.name).filter(|v| *v != version.meta.version)?;
+    let loaded = shared.loaded.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    loaded.get(&format!("{}/{shadow}", version.meta.name)).cloned()
+}
+
 /// Appends a request's input row for `version` to `input`: the vector ingest checked, when it
 /// checked it against this version (validated once); else the features checked here, as
 /// for an event an ingest older than version 2 of `ValidatedRequest` wrote, or one routed to
@@ -73,11 +89,22 @@ pub(super) fn append_row(
     Ok(())
 }
 
+/// The batcher of `version`'s model's fallback, when the model has one other than `version`
+/// that is loaded here.
+fn fallback_batcher(shared: &Shared, version: &ModelVersion) -> Option<(String, mpsc::Sender<Queued>)> {
+    let key = shared.store.current().fallback(&version.meta.name)?.key();
+    if key == version.key() {
+        return None;
+    }
+    let batchers = shared.batchers.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+    batchers.get(&key).and_then(mpsc::WeakSender::upgrade).map(|tx| (key.clone(), tx))
+}
+
 pub(super) async fn score_batch(
     shared: &Shared,
     loaded: &Loaded,
     shadow: Option<&Loaded>,
-    batch: Vec<Queued>,
+    mut batch: Vec<Queued>,
 ) -> Result<(), InferError> {
     let started = Instant::now();
     let features = loaded.scorer.features();
@@ -99,15 +126,61 @@ pub(super) async fn score_batch(
     };
     let primary = score(Arc::clone(&loaded.scorer), Arc::clone(&input), n).await.map_err(panicked(&loaded.version))?;
     let inference_us = micros(started.elapsed());
-    let shadow_scores = match shadow {
-        Some(s) => Some((s, score(Arc::clone(&s.scorer), Arc::clone(&input), n).await.map_err(panicked(&s.version))?)),
-        None => None,
+    // The version failed on this batch: the model's fallback scores its requests instead (its
+    // outcomes flagged FALLBACK), when it has one loaded; else they are FAILED.
+    if let Err(e) = &primary {
+        if let Some((to, tx)) = fallback_batcher(shared, &loaded.version) {
+            let from = loaded.version.key();
+            let detail = format!("{from} failed: {e}; scored by the fallback {to}");
+            let (mut kept, mut kept_rows) = (Vec::new(), Vec::new());
+            for (mut item, row) in batch.into_iter().zip(rows) {
+                if row.is_ok() {
+                    item.fallback = Some((from.clone(), detail.clone()));
+                    tx.send(item).await.map_err(|_| InferError::Delivery(format!("batcher of {to} stopped")))?;
+                } else {
+                    kept.push(item);
+                    kept_rows.push(row);
+                }
+            }
+            (batch, rows) = (kept, kept_rows);
+        }
+    }
+    // A shadow whose features are laid out as the primary's scores the same rows; another
+    // layout (other features, or the same in another order) gets rows of its own.
+    let shadow_rows = shadow.filter(|s| !same_layout(&s.version, &loaded.version)).map(|s| {
+        let mut own = Vec::with_capacity(input.len());
+        let mut ranges = Vec::with_capacity(batch.len());
+        for (item, row) in batch.iter().zip(&rows) {
+            if row.is_err() {
+                continue;
+            }
+            let start = own.len();
+            match append_row(&mut own, &item.validated, &s.version) {
+                Ok(()) => ranges.push(Ok(start..own.len())),
+                Err(e) => {
+                    own.truncate(start);
+                    ranges.push(Err(format!("{} {}: {e}", s.version.meta.name, s.version.meta.version)));
+                }
+            }
+        }
+        (Arc::<[f32]>::from(own), ranges)
+    });
+    let shadow_scores = match (shadow, &shadow_rows) {
+        (Some(s), None) => {
+            Some((s, score(Arc::clone(&s.scorer), Arc::clone(&input), n).await.map_err(panicked(&s.version))?))
+        }
+        (Some(s), Some((own, ranges))) => {
+            let rows = ranges.iter().filter(|r| r.is_ok()).count();
+            Some((s, score(Arc::clone(&s.scorer), Arc::clone(own), rows).await.map_err(panicked(&s.version))?))
+        }
+        (None, _) => None,
     };
     metrics::histogram!("streamscore_infer_batch_size").record(batch.len() as f64);
     metrics::histogram!("streamscore_infer_inference_seconds", "model" => loaded.version.key())
         .record(started.elapsed().as_secs_f64());
 
     let mut row_index = 0;
+    let mut shadow_row_index = 0;
     let quotas = shared.config.policy.is_some();
     let mut events = Vec::with_capacity(batch.len() * if shadow.is_some() { 2 } else { 1 });
     let mut acks = Vec::with_capacity(batch.len());
@@ -126,6 +199,27 @@ pub(super) async fn score_batch(
                 // the prediction and its shadow alike (no map per request).
                 let seen = Some((&*loaded.version, &input[range.clone()]));
                 let mut outcome = outcome_for(shared, loaded, &item, "prediction", false);
+                outcome.routed_by.clone_from(&item.routed_by);
+                if let Some((from, detail)) = &item.fallback {
+                    outcome.reason = Some(OutcomeReason::Fallback.code().to_owned());
+                    outcome.detail = Some(detail.clone());
+                    metrics::counter!(
+                        "streamscore_infer_fallbacks_total",
+                        "model" => loaded.version.meta.name.clone(),
+                        "from" => from.clone(),
+                        "to" => loaded.version.key(),
+                    )
+                    .increment(1);
+                }
+                if let Some(routed) = &item.routed_by {
+                    metrics::counter!(
+                        "streamscore_rollout_outcomes_total",
+                        "model" => loaded.version.meta.name.clone(),
+                        "version" => loaded.version.meta.version.clone(),
+                        "step" => routed.step.to_string(),
+                    )
+                    .increment(1);
+                }
                 outcome.batch_size = i32::try_from(rows.len()).unwrap_or(i32::MAX);
                 outcome.queue_wait_us = queue_wait_us;
                 outcome.inference_us = inference_us;
@@ -134,14 +228,33 @@ pub(super) async fn score_batch(
                     let mut shadow_outcome = outcome_for(shared, s, &item, kind, true);
                     shadow_outcome.batch_size = outcome.batch_size;
                     shadow_outcome.queue_wait_us = queue_wait_us;
-                    fill_score(&mut shadow_outcome, &s.version, scores.as_ref().map(|s| s[i]));
+                    // The shadow's own row (and the features it saw), when its layout differs.
+                    let mut shadow_seen = seen;
+                    match &shadow_rows {
+                        None => fill_score(&mut shadow_outcome, &s.version, scores.as_ref().map(|s| s[i])),
+                        Some((own, ranges)) => match &ranges[i] {
+                            Ok(range) => {
+                                let j = shadow_row_index;
+                                shadow_row_index += 1;
+                                shadow_seen = Some((&*s.version, &own[range.clone()]));
+                                fill_score(&mut shadow_outcome, &s.version, scores.as_ref().map(|s| s[j]));
+                            }
+                            Err(detail) => {
+                                shadow_seen = None;
+                                shadow_outcome.status = OutcomeStatus::Rejected;
+                                shadow_outcome.reason = Some(OutcomeReason::FeaturesInvalid.code().to_owned());
+                                shadow_outcome.detail = Some(detail.clone());
+                            }
+                        },
+                    }
                     shared.stats.shadow.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    events.push(send(shared, &shadow_outcome, seen, &item.ack).await?);
+                    events.push(send(shared, &shadow_outcome, shadow_seen, &item.ack).await?);
                 }
                 (outcome, seen)
             }
             Err(detail) => {
                 let mut outcome = outcome_for(shared, loaded, &item, "prediction", false);
+                outcome.routed_by.clone_from(&item.routed_by);
                 outcome.status = OutcomeStatus::Rejected;
                 outcome.reason = Some(OutcomeReason::FeaturesInvalid.code().to_owned());
                 outcome.detail = Some(detail.clone());
@@ -160,6 +273,12 @@ pub(super) async fn score_batch(
     // One audit entry commits the batch's outputs; each request is done once it is acknowledged.
     shared.committer.audit().commit(events, acks).await?;
     Ok(())
+}
+
+/// Whether two versions take the same input row: the same features in the same order.
+fn same_layout(a: &ModelVersion, b: &ModelVersion) -> bool {
+    a.meta.features.len() == b.meta.features.len()
+        && a.meta.features.iter().zip(&b.meta.features).all(|(x, y)| x.name == y.name)
 }
 
 /// The most rows a CPU backend scores inline, on the async worker that assembled the batch:
