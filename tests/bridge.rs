@@ -15,6 +15,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use streamscore_bridge::BridgeConfig;
+use streamscore_contracts::audit::AuditKey;
+use streamscore_contracts::{Codec, InferenceRequest, PredictionOutcome};
 use streamscore_infer::{Backend, TractBackend};
 use streamscore_modelstore::ModelStore;
 
@@ -148,10 +150,20 @@ struct Bridge {
 
 impl Bridge {
     async fn start(config: BridgeConfig) -> Self {
+        Self::start_with(config, None).await
+    }
+
+    /// A bridge serving `GET /metrics` from this test process's recorder.
+    async fn start_with_metrics(config: BridgeConfig) -> Self {
+        let prometheus = streamscore_telemetry::install_recorder();
+        Self::start_with(config, Some(Arc::new(move || prometheus.render()))).await
+    }
+
+    async fn start_with(config: BridgeConfig, metrics: Option<streamscore_bridge::MetricsRender>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(streamscore_bridge::serve(config, listener, None, async {
+        let task = tokio::spawn(streamscore_bridge::serve(config, listener, metrics, async {
             let _ = stop_rx.await;
         }));
         let bridge = Self { url: format!("http://{addr}"), addr, stop, task, http: reqwest::Client::new() };
@@ -616,5 +628,125 @@ async fn a_model_failure_is_a_500_naming_it() {
     assert_eq!((status, error_code(&body)), (500, "MODEL_ERROR"), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("device lost"), "{body}");
     bridge.stop().await;
+    stack.stop().await;
+}
+
+/// The sum of a metric's samples (every label set) in Prometheus text; 0 when absent.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// An outcome for `request` that the pipeline never wrote: `tenant`'s, scored 0.987654.
+fn forged_outcome(request: &InferenceRequest, tenant: &str) -> PredictionOutcome {
+    use streamscore_contracts::{Lineage, OutcomeStatus, SourceOffset, Stage};
+    PredictionOutcome {
+        lineage: Lineage::derive(
+            SourceOffset::new("forged", 0, 0),
+            Stage::Infer,
+            "prediction",
+            "forger",
+            Some(request.request_id.clone()),
+            Some(tenant.to_owned()),
+        ),
+        status: OutcomeStatus::Scored,
+        shadow: false,
+        model: "fraud".to_owned(),
+        model_version: Some("1".to_owned()),
+        model_sha256: None,
+        backend: Some("cpu".to_owned()),
+        score: Some(0.987_654),
+        label: Some("fraud".to_owned()),
+        reason: None,
+        detail: None,
+        retry_after_ms: None,
+        features: streamscore_contracts::Features::default(),
+        batch_size: 1,
+        queue_wait_us: 0,
+        inference_us: 0,
+        request_created_at: request.created_at,
+        reply_to: request.reply_to.clone(),
+    }
+}
+
+/// Produces `value` to `topic` keyed `key`, with `(mac, key id)` headers when given.
+async fn produce_sealed(topic: &str, key: &str, value: &[u8], seal: Option<(&str, &str)>) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let producer = support::kafka().producer().unwrap();
+    let mut record = rdkafka::producer::FutureRecord::to(topic).key(key).payload(value);
+    if let Some((mac, key_id)) = seal {
+        record = record.headers(
+            OwnedHeaders::new()
+                .insert(Header { key: streamscore_kafka::sink::MAC_HEADER, value: Some(mac) })
+                .insert(Header { key: streamscore_kafka::sink::KEY_ID_HEADER, value: Some(key_id) }),
+        );
+    }
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+}
+
+/// Issue 25, item 1 (and the tenant check of item 3): anyone who can write the predictions
+/// topic could answer a caller first. Forgeries with the caller's request id and `reply_to`,
+/// written before the pipeline answers — without a seal, sealed under another key, with a seal
+/// that does not match the bytes, and a genuinely sealed outcome of another tenant — are each
+/// skipped and counted; the caller gets the pipeline's score.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_outcomes_never_reach_the_caller() {
+    use rdkafka::message::Message;
+    let mut stack = Stack::start("bridge-forged").await;
+    let bridge = Arc::new(Bridge::start_with_metrics(stack.config()).await);
+    let (by_name, ordered) = rows(71, 1);
+    let mut call = {
+        let bridge = Arc::clone(&bridge);
+        let body = json!({"features": by_name[0], "version": "1"});
+        tokio::spawn(async move { bridge.post("/v1/models/fraud/predict", Some(ACME), &body).await })
+    };
+    // The request as the bridge published it (no pipeline runs yet).
+    let requests = stack.topics.requests.clone();
+    let published =
+        tokio::task::spawn_blocking(move || support::read_records(&[&requests], 1, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(published.len(), 1, "the call was published");
+    let request_codec = Codec::<InferenceRequest>::with_url(&stack.registry.url, &stack.topics.requests);
+    let request = request_codec.decode(published[0].payload().unwrap()).await.unwrap().value;
+    assert!(request.reply_to.is_some());
+
+    let outcome_codec = Codec::<PredictionOutcome>::with_url(&stack.registry.url, &stack.topics.predictions);
+    outcome_codec.register().await.unwrap();
+    // The key the stages and the bridge of this test take from the environment.
+    let key = AuditKey::from_env().unwrap();
+    let forged = outcome_codec.encode(&forged_outcome(&request, "acme")).unwrap();
+    let other_tenant = outcome_codec.encode(&forged_outcome(&request, "globex")).unwrap();
+    let topic = &stack.topics.predictions;
+    produce_sealed(topic, "acme", &forged, None).await;
+    produce_sealed(topic, "acme", &forged, Some((&key.event_hash(&forged), "0123456789abcdef"))).await;
+    produce_sealed(topic, "acme", &forged, Some((&key.event_hash(b"other bytes"), key.id()))).await;
+    produce_sealed(topic, "globex", &other_tenant, Some((&key.event_hash(&other_tenant), key.id()))).await;
+
+    // The bridge reads all four and skips each (counted), or — the defect — answers with one.
+    let started = std::time::Instant::now();
+    loop {
+        let (_, _, metrics) = bridge.get("/metrics", None).await;
+        let skipped =
+            metric_sum(metrics.as_str().unwrap_or_default(), "streamscore_bridge_unauthenticated_outcomes_total");
+        if skipped >= 4.0 || call.is_finished() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the bridge neither answered nor skipped the forgeries");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!call.is_finished(), "the caller was answered before the pipeline ran: {:?}", (&mut call).await);
+
+    stack.start_pipeline();
+    let (status, _, body) = call.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_close(
+        &[body["predictions"][0]["score"].as_f64().unwrap()],
+        &tract_scores("1", &ordered),
+        "the genuine score",
+    );
+    Arc::try_unwrap(bridge).ok().expect("the call is done").stop().await;
     stack.stop().await;
 }

@@ -3,7 +3,8 @@
 //! `streamscore bridge` serves Open Inference Protocol v2 (so KServe and Triton clients work
 //! unchanged) and streamscore's own JSON. Each call becomes `InferenceRequest`s on the
 //! requests topic, `reply_to` this instance; the answer is the pipeline's outcome, read back
-//! from the predictions topic ([`listen`]), with callers parked in a bounded map
+//! from the predictions topic ([`listen`]) and handed over only when the pipeline sealed it,
+//! with callers parked in a bounded map
 //! ([`waiters`]). API keys from the tenant policy decide the tenant ([`auth`]).
 
 pub mod api;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::producer::FutureProducer;
+use streamscore_contracts::audit::AuditKey;
 use streamscore_contracts::{Codec, InferenceRequest, PredictionOutcome};
 use streamscore_infer::quota::Policy;
 use streamscore_ingest::Tenants;
@@ -50,6 +52,9 @@ pub struct BridgeConfig {
     pub deadline: Duration,
     pub max_waiters: usize,
     pub max_body_bytes: usize,
+    /// The audit key the stages seal their outcomes with; `None`: read at start from the
+    /// environment, as the stages do ([`AuditKey::from_env`]).
+    pub audit_key: Option<AuditKey>,
 }
 
 impl BridgeConfig {
@@ -68,6 +73,7 @@ impl BridgeConfig {
             deadline: DEFAULT_DEADLINE,
             max_waiters: DEFAULT_MAX_WAITERS,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            audit_key: None,
         }
     }
 }
@@ -77,6 +83,8 @@ impl BridgeConfig {
 pub enum BridgeError {
     #[error("tenant policy: {0}")]
     Policy(String),
+    #[error("audit key: {0}")]
+    AuditKey(String),
     #[error("model store {path}: {reason}")]
     Models { path: PathBuf, reason: String },
     #[error("Kafka: {0}")]
@@ -118,6 +126,17 @@ pub async fn serve(
     if keys.is_empty() {
         tracing::warn!(policy = %config.policy.display(), "no tenant has an api_key_sha256: every call will be refused (401)");
     }
+    let audit_key = match config.audit_key.clone() {
+        Some(key) => key,
+        None => AuditKey::from_env().map_err(BridgeError::AuditKey)?,
+    };
+    if !audit_key.is_keyed() {
+        tracing::warn!(
+            "no audit key (STREAMSCORE_AUDIT_KEY_FILE or STREAMSCORE_AUDIT_KEY): outcomes are checked against \
+             the unkeyed seal, which anyone who can write the predictions topic can forge; give the bridge the \
+             stages' audit key"
+        );
+    }
     let tenants = Tenants::Only(policy.file.tenants.keys().cloned().collect());
     let pins = policy.pins();
     let store = SharedStore::new(
@@ -150,6 +169,7 @@ pub async fn serve(
             kafka: config.kafka.clone(),
             predictions_topic: config.predictions_topic.clone(),
             instance: config.instance.clone(),
+            audit_key,
         },
         outcome_codec,
         Arc::clone(&waiters),

@@ -54,6 +54,19 @@ struct Late {
     outcome: Option<Box<PredictionOutcome>>,
 }
 
+/// What [`Waiters::complete`] did with an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Handed to its waiting caller.
+    Handed,
+    /// Kept (or already kept) for a caller that gave up.
+    Kept,
+    /// A waiter or kept id of another tenant than the outcome names: not handed over.
+    WrongTenant,
+    /// Nobody wants it.
+    Unclaimed,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     waiting: HashMap<String, Waiter>,
@@ -187,26 +200,34 @@ impl Waiters {
     }
 
     /// An outcome addressed to this instance: hands it to its caller, or keeps it for a caller
-    /// that gave up. Returns whether anyone wanted it.
-    pub fn complete(&self, request_id: &str, outcome: PredictionOutcome) -> bool {
+    /// that gave up, when it names that caller's tenant.
+    pub fn complete(&self, request_id: &str, outcome: PredictionOutcome) -> Completion {
         let mut inner = self.lock();
-        if let Some(waiter) = inner.waiting.remove(request_id) {
+        let tenant = outcome.lineage.tenant.as_deref();
+        if let Some(waiter) = inner.waiting.get(request_id) {
+            if tenant != Some(waiter.tenant.as_str()) {
+                return Completion::WrongTenant;
+            }
+            let Some(waiter) = inner.waiting.remove(request_id) else { return Completion::Unclaimed };
             drop(inner);
             metrics::gauge!("streamscore_bridge_waiters").set(self.waiting() as f64);
             if let Err(outcome) = waiter.tx.send(outcome) {
                 // The caller went away between its deadline and here: keep the answer.
                 self.keep(request_id, waiter.tenant, outcome);
             }
-            return true;
+            return Completion::Handed;
         }
         if let Some(late) = inner.late.get_mut(request_id) {
+            if tenant != Some(late.tenant.as_str()) {
+                return Completion::WrongTenant;
+            }
             if late.outcome.is_none() {
                 late.outcome = Some(Box::new(outcome));
                 inner.unanswered -= 1;
             }
-            return true;
+            return Completion::Kept;
         }
-        false
+        Completion::Unclaimed
     }
 
     fn keep(&self, request_id: &str, tenant: String, outcome: PredictionOutcome) {
@@ -301,8 +322,8 @@ mod tests {
         let mut rx = waiters.register("acme", &ids(&["a"]), Duration::from_secs(5)).await.expect("registered");
         listener.join().expect("listener");
         assert!(!waiters.go_idle(), "someone waits: the listener stays");
-        assert!(!waiters.complete("b", outcome("b")), "not ours");
-        assert!(waiters.complete("a", outcome("a")));
+        assert_eq!(waiters.complete("b", outcome("b")), Completion::Unclaimed, "not ours");
+        assert_eq!(waiters.complete("a", outcome("a")), Completion::Handed);
         assert_eq!(rx.remove(0).await.expect("answer").lineage.request_id.as_deref(), Some("a"));
         assert!(waiters.go_idle(), "nobody waits: idle");
     }
@@ -326,7 +347,9 @@ mod tests {
         waiters.give_up(&ids(&["a"]));
         assert_eq!(waiters.lookup("acme", "a"), Lookup::Pending);
         assert!(waiters.wanted(), "the listener still looks for it");
-        assert!(waiters.complete("a", outcome("a")));
+        assert_eq!(waiters.complete("a", crate::tests::outcome("globex", "a")), Completion::WrongTenant);
+        assert_eq!(waiters.lookup("acme", "a"), Lookup::Pending, "not another tenant's outcome");
+        assert_eq!(waiters.complete("a", outcome("a")), Completion::Kept);
         assert!(matches!(waiters.lookup("acme", "a"), Lookup::Answered(_)));
         assert_eq!(waiters.lookup("other", "a"), Lookup::Unknown, "another tenant cannot read it");
         assert!(!waiters.wanted(), "answered: nothing left to look for");
@@ -342,9 +365,21 @@ mod tests {
         assert_eq!(waiters.lookup("acme", "r0"), Lookup::Unknown, "the oldest made room");
         assert_eq!(waiters.lookup("acme", "r1"), Lookup::Pending);
         for id in &all[1..] {
-            assert!(waiters.complete(id, outcome(id)));
+            assert_eq!(waiters.complete(id, outcome(id)), Completion::Kept);
         }
         assert!(!waiters.wanted(), "every kept id answered: nothing left to look for");
+    }
+
+    #[tokio::test]
+    async fn an_outcome_naming_another_tenant_is_not_handed_to_the_caller() {
+        let waiters = Waiters::new(10);
+        waiters.set_live();
+        let mut rx = waiters.register("acme", &ids(&["a"]), Duration::from_secs(1)).await.expect("registered");
+        assert_eq!(waiters.complete("a", crate::tests::outcome("globex", "a")), Completion::WrongTenant);
+        assert_eq!(waiters.waiting(), 1, "the caller still waits for its own");
+        assert!(rx[0].try_recv().is_err(), "nothing handed over");
+        assert_eq!(waiters.complete("a", outcome("a")), Completion::Handed);
+        assert_eq!(rx.remove(0).await.expect("answer").lineage.tenant.as_deref(), Some("acme"));
     }
 
     #[tokio::test]
