@@ -750,3 +750,124 @@ async fn forged_outcomes_never_reach_the_caller() {
     Arc::try_unwrap(bridge).ok().expect("the call is done").stop().await;
     stack.stop().await;
 }
+
+/// Issue 25, item 7: one tenant could fill the whole waiters pool and every other tenant got
+/// 503. Each tenant with a key has its share (2,000 slots over the policy's 4 keyed tenants,
+/// and at least one full 1,000-row call): acme's second 1,000-row call is refused, and another
+/// tenant's call still waits for its outcome (a 504 from the stalled pipeline, never a 503).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_tenant_at_its_share_of_the_waiters_leaves_the_others_theirs() {
+    let stack = Stack::start("bridge-shares").await;
+    let mut config = stack.config();
+    config.max_waiters = 2000;
+    config.deadline = Duration::from_secs(8);
+    let bridge = Arc::new(Bridge::start(config).await);
+    let (by_name, _) = rows(81, 1000);
+    let call = |key: &'static str, body: Value| {
+        let bridge = Arc::clone(&bridge);
+        tokio::spawn(async move { bridge.post("/v1/models/fraud/predict", Some(key), &body).await })
+    };
+    let published = |count: usize| {
+        let requests = stack.topics.requests.clone();
+        tokio::task::spawn_blocking(move || support::read_records(&[&requests], count, Duration::from_secs(10)).len())
+    };
+    let first = call(ACME, json!({"instances": by_name}));
+    assert_eq!(published(1000).await.unwrap(), 1000, "acme's first call waits");
+    let mut second = call(ACME, json!({"instances": by_name}));
+    // Refused at once, or (the defect) registered and published beside the first: acme then
+    // holds the whole pool.
+    let refused = tokio::select! {
+        answer = &mut second => Some(answer),
+        _ = published(2000) => None,
+    };
+    let (status, _, body) =
+        bridge.post("/v1/models/fraud/predict", Some(TIGHT), &json!({"features": by_name[0]})).await;
+    assert_eq!((status, error_code(&body)), (504, "DEADLINE_EXCEEDED"), "another tenant still gets its slot: {body}");
+    let (status, headers, body) = match refused {
+        Some(answer) => answer.unwrap(),
+        None => second.await.unwrap(),
+    };
+    assert_eq!((status, error_code(&body)), (429, "TENANT_WAITERS_EXCEEDED"), "{body}");
+    assert!(headers.contains_key("retry-after"));
+    let (status, _, body) = first.await.unwrap();
+    assert_eq!((status, error_code(&body)), (504, "DEADLINE_EXCEEDED"), "{body}");
+    Arc::try_unwrap(bridge).ok().expect("the calls are done").stop().await;
+    stack.stop().await;
+}
+
+/// A gauge's value in Prometheus text.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Issue 25, item 7: a caller that hangs up while it waits (warp drops its handler) left its
+/// waiters behind for good, and the listener then read the predictions topic forever. Against
+/// `streamscore bridge` in its own process (so the gauges are its own): the waiter is counted
+/// while the caller waits; after it hangs up the count is back to 0 and the listener stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_hangs_up_leaves_no_waiter_and_the_listener_goes_idle() {
+    struct Process(std::process::Child);
+    impl Drop for Process {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stack = Stack::start("bridge-hangup").await;
+    let port = streamscore::stack::free_port().unwrap();
+    let _bridge = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
+            .args(["bridge", "--bootstrap", &support::bootstrap(), "--registry-url", &stack.registry.url])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--deadline-ms", "60000"])
+            .arg("--policy")
+            .arg(&stack.policy)
+            .arg("--models")
+            .arg(support::models_dir())
+            .args(["--requests-topic", &stack.topics.requests, "--predictions-topic", &stack.topics.predictions])
+            .env("STREAMSCORE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    let metrics = || async {
+        let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+        Some((gauge(&text, "streamscore_bridge_waiters"), gauge(&text, "streamscore_bridge_listening")))
+    };
+    let wait_for = |want: (f64, f64), what: &'static str| async move {
+        let mut seen = None;
+        for _ in 0..300 {
+            seen = metrics().await;
+            if seen == Some((Some(want.0), Some(want.1))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{what}: (waiters, listening) = {seen:?}, want {want:?}");
+    };
+    let mut ready = false;
+    for _ in 0..300 {
+        ready = http.get(format!("{url}/ready")).send().await.is_ok_and(|r| r.status() == 200);
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the bridge became ready");
+
+    // A call over a raw connection, waiting for an outcome the stalled pipeline never gives.
+    let (by_name, _) = rows(91, 1);
+    let body = json!({"features": by_name[0]}).to_string();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let head = format!(
+        "POST /v1/models/fraud/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ACME}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await.unwrap();
+    wait_for((1.0, 1.0), "the caller waits and the listener reads").await;
+    drop(stream);
+    wait_for((0.0, 0.0), "after the caller hung up").await;
+    stack.stop().await;
+}

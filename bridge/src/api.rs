@@ -552,24 +552,28 @@ impl Bridge {
             })?;
             payloads.push(bytes);
         }
-        let receivers = self.waiters.register(tenant, &ids, left()).await.map_err(|e| match e {
+        // Dropped unsettled (this future dropped: the client hung up), the registration
+        // forgets every request still waiting.
+        let mut registration = self.waiters.register(tenant, &ids, left()).await.map_err(|e| match e {
             WaitError::Full { .. } => ApiError::unavailable("TOO_MANY_WAITING", e.to_string()),
+            WaitError::TenantFull { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TENANT_WAITERS_EXCEEDED", e.to_string()).retry_after(1)
+            }
             WaitError::NotListening => ApiError::unavailable("BROKER_UNAVAILABLE", e.to_string()),
         })?;
         if let Err(error) = self.publish(tenant, payloads, left()).await {
-            match error.status {
-                StatusCode::GATEWAY_TIMEOUT => self.waiters.give_up(&ids),
-                _ => self.waiters.forget(&ids),
+            if error.status == StatusCode::GATEWAY_TIMEOUT {
+                registration.give_up(0);
             }
             return Err(error.details(json!({"request_ids": ids})));
         }
         let mut rows = Vec::with_capacity(ids.len());
-        for (id, receiver) in ids.iter().zip(receivers) {
+        for (id, receiver) in ids.iter().zip(registration.take_receivers()) {
             match tokio::time::timeout(left(), receiver).await {
                 Ok(Ok(outcome)) => rows.push((id.clone(), outcome)),
                 _ => {
                     let pending: Vec<String> = ids[rows.len()..].to_vec();
-                    self.waiters.give_up(&pending);
+                    registration.give_up(rows.len());
                     return Err(ApiError::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         "DEADLINE_EXCEEDED",
@@ -582,6 +586,7 @@ impl Bridge {
                 }
             }
         }
+        registration.finish();
         match outcome_error(&rows, &self.policy) {
             Some(error) => Err(error),
             None => Ok(Scored { rows }),

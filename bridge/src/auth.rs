@@ -34,6 +34,14 @@ impl Keys {
         Ok(Self { entries })
     }
 
+    /// How many tenants have a key.
+    pub fn tenants(&self) -> usize {
+        let mut tenants: Vec<&str> = self.entries.iter().map(|(_, t)| t.as_str()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        tenants.len()
+    }
+
     /// How many keys there are.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -88,6 +96,7 @@ mod tests {
         assert_eq!(keys.tenant("acme-demo-key "), None);
         assert_eq!(keys.tenant(""), None);
         assert_eq!(keys.tenant(ACME), None, "the hash itself is not a key");
+        assert_eq!(keys.tenants(), 1, "tenants with a key");
     }
 
     #[test]

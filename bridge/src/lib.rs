@@ -4,8 +4,7 @@
 //! unchanged) and streamscore's own JSON. Each call becomes `InferenceRequest`s on the
 //! requests topic, `reply_to` this instance; the answer is the pipeline's outcome, read back
 //! from the predictions topic ([`listen`]) and handed over only when the pipeline sealed it,
-//! with callers parked in a bounded map
-//! ([`waiters`]). API keys from the tenant policy decide the tenant ([`auth`]).
+//! with callers parked in a bounded map where each tenant has its share ([`waiters`]). API keys from the tenant policy decide the tenant ([`auth`]).
 
 pub mod api;
 pub mod auth;
@@ -50,7 +49,11 @@ pub struct BridgeConfig {
     /// This instance's `reply_to` id; unique per running bridge.
     pub instance: String,
     pub deadline: Duration,
+    /// Rows waiting for outcomes at once, all tenants together.
     pub max_waiters: usize,
+    /// Rows one tenant may have waiting at once; `None`: [`waiters::default_share`] of
+    /// `max_waiters` over the policy's tenants with API keys.
+    pub max_waiters_per_tenant: Option<usize>,
     pub max_body_bytes: usize,
     /// The audit key the stages seal their outcomes with; `None`: read at start from the
     /// environment, as the stages do ([`AuditKey::from_env`]).
@@ -72,6 +75,7 @@ impl BridgeConfig {
             instance: format!("bridge:{}:{}", streamscore_contracts::lineage::default_instance(), &suffix[..8]),
             deadline: DEFAULT_DEADLINE,
             max_waiters: DEFAULT_MAX_WAITERS,
+            max_waiters_per_tenant: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             audit_key: None,
         }
@@ -137,6 +141,19 @@ pub async fn serve(
              stages' audit key"
         );
     }
+    let share = config
+        .max_waiters_per_tenant
+        .unwrap_or_else(|| waiters::default_share(config.max_waiters, keys.tenants()))
+        .min(config.max_waiters);
+    if keys.tenants() * share > config.max_waiters {
+        tracing::warn!(
+            max_waiters = config.max_waiters,
+            share,
+            tenants = keys.tenants(),
+            "the tenants' shares of the waiters add up to more than --max-waiters: a tenant below its share can \
+             get 503 while others hold theirs; raise --max-waiters to tenants × share to rule that out",
+        );
+    }
     let tenants = Tenants::Only(policy.file.tenants.keys().cloned().collect());
     let pins = policy.pins();
     let store = SharedStore::new(
@@ -162,7 +179,7 @@ pub async fn serve(
     };
     let request_codec = Arc::new(Codec::<InferenceRequest>::with_url(&config.registry_url, &config.requests_topic));
     let outcome_codec = Arc::new(Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic));
-    let waiters = Arc::new(waiters::Waiters::new(config.max_waiters));
+    let waiters = Arc::new(waiters::Waiters::new(config.max_waiters, share));
     let stop = Arc::new(AtomicBool::new(false));
     let listener_thread = listen::spawn(
         listen::ListenConfig {
@@ -186,7 +203,14 @@ pub async fn serve(
             }
         })
     };
-    tracing::info!(instance = %config.instance, deadline_ms = config.deadline.as_millis() as u64, keys = keys.len(), "bridge serving");
+    tracing::info!(
+        instance = %config.instance,
+        deadline_ms = config.deadline.as_millis() as u64,
+        keys = keys.len(),
+        max_waiters = config.max_waiters,
+        max_waiters_per_tenant = share,
+        "bridge serving",
+    );
     let bridge = Arc::new(Bridge {
         config,
         store,
