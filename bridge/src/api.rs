@@ -326,25 +326,17 @@ impl Bridge {
         response
     }
 
-    /// Broker, registry and models, each checked; ready when all are.
+    /// Broker, registry and models, each checked; ready when all are. The broker's answer is
+    /// at most [`crate::ready::BROKER_CHECK_TTL`] old, however many ask. The body says which
+    /// check failed and nothing else: no addresses, no instance id (`reply_to`), no versions.
     pub async fn readiness(&self) -> (bool, warp::reply::Response) {
         let registry = self.request_codec.schema_id().is_some();
         let models = !self.store.current().models().is_empty();
-        let broker = {
-            let producer = self.producer.clone();
-            let topic = self.config.requests_topic.clone();
-            tokio::task::spawn_blocking(move || {
-                use rdkafka::producer::Producer;
-                producer.client().fetch_metadata(Some(&topic), Duration::from_secs(1)).is_ok()
-            })
-            .await
-            .unwrap_or(false)
-        };
+        let broker = self.broker.reachable().await;
         let ready = registry && models && broker;
         let body = json!({
             "ready": ready,
             "checks": {"broker": broker, "registry": registry, "models": models},
-            "instance": self.config.instance,
         });
         (ready, json_response(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body))
     }

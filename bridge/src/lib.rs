@@ -4,12 +4,14 @@
 //! unchanged) and streamscore's own JSON. Each call becomes `InferenceRequest`s on the
 //! requests topic, `reply_to` this instance; the answer is the pipeline's outcome, read back
 //! from the predictions topic ([`listen`]) and handed over only when the pipeline sealed it,
-//! with callers parked in a bounded map where each tenant has its share ([`waiters`]). API keys from the tenant policy decide the tenant ([`auth`]).
+//! with callers parked in a bounded map where each tenant has its share ([`waiters`]). API
+//! keys from the tenant policy decide the tenant ([`auth`]); [`ready`] answers readiness.
 
 pub mod api;
 pub mod auth;
 pub mod listen;
 pub mod openapi;
+pub mod ready;
 pub mod waiters;
 
 use std::future::Future;
@@ -109,6 +111,7 @@ pub struct Bridge {
     request_codec: Arc<Codec<InferenceRequest>>,
     producer: FutureProducer,
     waiters: Arc<waiters::Waiters>,
+    broker: ready::BrokerCheck,
     metrics: Option<MetricsRender>,
 }
 
@@ -211,6 +214,7 @@ pub async fn serve(
         max_waiters_per_tenant = share,
         "bridge serving",
     );
+    let broker = ready::BrokerCheck::of_producer(producer.clone(), config.requests_topic.clone());
     let bridge = Arc::new(Bridge {
         config,
         store,
@@ -221,6 +225,7 @@ pub async fn serve(
         request_codec,
         producer,
         waiters: Arc::clone(&waiters),
+        broker,
         metrics,
     });
     warp::serve(api::routes(bridge)).incoming(listener).graceful(shutdown).run().await;
