@@ -327,20 +327,29 @@ async fn every_status_code_of_the_table_over_real_http() {
     assert_eq!(status, 401);
     assert!(body["error"].is_string(), "OIP errors are a string: {body}");
 
-    // 403: a model the tenant may not use.
-    let (status, _, body) =
-        bridge.post("/v1/models/fraud/predict", Some(WALLED), &json!({"features": by_name[0]})).await;
-    assert_eq!((status, error_code(&body)), (403, "MODEL_NOT_ALLOWED"));
+    // 403: a model the tenant may not use, whether it exists or not (a tenant cannot tell the
+    // models it may not use from names that do not exist), on every route that names a model.
+    for (key, model) in [(WALLED, "fraud"), (ACME, "credit")] {
+        let (status, _, body) =
+            bridge.post(&format!("/v1/models/{model}/predict"), Some(key), &json!({"features": by_name[0]})).await;
+        assert_eq!((status, error_code(&body)), (403, "MODEL_NOT_ALLOWED"), "{key} on {model}: {body}");
+        let (status, _, body) = bridge.post(&format!("/v2/models/{model}/infer"), Some(key), &infer).await;
+        assert_eq!((status, body["code"].as_str()), (403, Some("MODEL_NOT_ALLOWED")), "{key} on {model}: {body}");
+        let (status, _, body) = bridge.get(&format!("/v2/models/{model}"), Some(key)).await;
+        assert_eq!((status, body["code"].as_str()), (403, Some("MODEL_NOT_ALLOWED")), "{key} on {model}: {body}");
+    }
 
-    // 404: unknown model, unknown version, unknown route.
+    // 404: unknown model (for a tenant that may use any), unknown version, unknown route.
     let (status, _, body) =
-        bridge.post("/v1/models/credit/predict", Some(ACME), &json!({"features": by_name[0]})).await;
+        bridge.post("/v1/models/credit/predict", Some(GLOBEX), &json!({"features": by_name[0]})).await;
     assert_eq!((status, error_code(&body)), (404, "UNKNOWN_MODEL"));
     let (status, _, body) =
         bridge.post("/v1/models/fraud/predict", Some(ACME), &json!({"features": by_name[0], "version": "9"})).await;
     assert_eq!((status, error_code(&body)), (404, "UNKNOWN_MODEL_VERSION"));
     let (status, _, _) = bridge.post("/v2/models/fraud/versions/9/infer", Some(ACME), &infer).await;
     assert_eq!(status, 404);
+    let (status, _, body) = bridge.get("/v1/nothing/here", Some(ACME)).await;
+    assert_eq!((status, error_code(&body)), (404, "NOT_FOUND"));
 
     // 400: not JSON, neither features nor instances, a string feature, bad shape and datatype,
     // too many rows.

@@ -368,6 +368,7 @@ impl Bridge {
         version: Option<&str>,
     ) -> Result<warp::reply::Response, ApiError> {
         let tenant = self.tenant(headers)?;
+        self.allowed(&tenant, model)?;
         let routed = self.route(Some(&tenant), model, version)?;
         let versions: Vec<String> = match version {
             Some(v) => vec![v.to_owned()],
@@ -396,6 +397,8 @@ impl Bridge {
         ))
     }
 
+    /// Whether `tenant` may use `model`; checked before the model is looked up, so a tenant
+    /// gets 403 for a model it may not use whether that model exists or not.
     fn allowed(&self, tenant: &str, model: &str) -> Result<(), ApiError> {
         match self.policy.tenant(tenant) {
             None => {
@@ -421,8 +424,8 @@ impl Bridge {
         call_id: &str,
     ) -> Result<warp::reply::Response, ApiError> {
         let tenant = self.tenant(headers)?;
-        let routed = self.route(Some(&tenant), model, version)?;
         self.allowed(&tenant, model)?;
+        let routed = self.route(Some(&tenant), model, version)?;
         if headers.contains_key("inference-header-content-length") {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -459,9 +462,9 @@ impl Bridge {
         call_id: &str,
     ) -> Result<warp::reply::Response, ApiError> {
         let tenant = self.tenant(headers)?;
+        self.allowed(&tenant, model)?;
         let mut request = parse_predict(body)?;
         self.route(Some(&tenant), model, request.version.as_deref())?;
-        self.allowed(&tenant, model)?;
         let rows = request.take_rows()?;
         let scored =
             self.score(call_id, &tenant, model, request.version.as_deref(), rows, request.id.as_deref()).await?;
