@@ -146,6 +146,8 @@ struct Bridge {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), streamscore_bridge::BridgeError>>,
     http: reqwest::Client,
+    /// Every (method, path, status) answered through [`Bridge::post`] and [`Bridge::get`].
+    seen: std::sync::Mutex<Vec<(&'static str, String, u16)>>,
 }
 
 impl Bridge {
@@ -166,7 +168,14 @@ impl Bridge {
         let task = tokio::spawn(streamscore_bridge::serve(config, listener, metrics, async {
             let _ = stop_rx.await;
         }));
-        let bridge = Self { url: format!("http://{addr}"), addr, stop, task, http: reqwest::Client::new() };
+        let bridge = Self {
+            url: format!("http://{addr}"),
+            addr,
+            stop,
+            task,
+            http: reqwest::Client::new(),
+            seen: std::sync::Mutex::default(),
+        };
         // Ready: broker, registry (the request schema registered) and models.
         for _ in 0..200 {
             if let Ok(r) = bridge.http.get(format!("{}/ready", bridge.url)).send().await {
@@ -189,7 +198,9 @@ impl Bridge {
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
-        read(request.send().await.unwrap()).await
+        let answer = read(request.send().await.unwrap()).await;
+        self.seen.lock().unwrap().push(("post", path.to_owned(), answer.0));
+        answer
     }
 
     async fn get(&self, path: &str, key: Option<&str>) -> (u16, HeaderMap, Value) {
@@ -197,7 +208,38 @@ impl Bridge {
         if let Some(key) = key {
             request = request.header("X-API-Key", key);
         }
-        read(request.send().await.unwrap()).await
+        let answer = read(request.send().await.unwrap()).await;
+        self.seen.lock().unwrap().push(("get", path.to_owned(), answer.0));
+        answer
+    }
+
+    /// Every answer this bridge gave through [`Bridge::post`] and [`Bridge::get`] is in its
+    /// OpenAPI document: the path's operation, and the status among its responses (an unknown
+    /// route's 404 excepted, which no operation documents).
+    async fn assert_documented(&self) {
+        let (_, _, spec) = self.get("/openapi.json", None).await;
+        let paths = spec["paths"].as_object().expect("paths");
+        let seen = self.seen.lock().unwrap().clone();
+        assert!(!seen.is_empty());
+        for (method, path, status) in seen {
+            let path = path.split('?').next().unwrap();
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            let template = paths.keys().find(|template| {
+                let parts: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
+                parts.len() == segments.len()
+                    && parts.iter().zip(&segments).all(|(t, s)| t.starts_with('{') || t == s)
+                    && paths[*template].get(method).is_some()
+            });
+            let Some(template) = template else {
+                assert_eq!(status, 404, "{method} {path}: answered {status} but the document has no such operation");
+                continue;
+            };
+            let responses = &paths[template][method]["responses"];
+            assert!(
+                responses.get(status.to_string()).is_some(),
+                "{method} {path} answered {status}, which {template} does not document: {responses}"
+            );
+        }
     }
 }
 
@@ -351,6 +393,35 @@ async fn every_status_code_of_the_table_over_real_http() {
     let (status, _, body) = bridge.get("/v1/nothing/here", Some(ACME)).await;
     assert_eq!((status, error_code(&body)), (404, "NOT_FOUND"));
 
+    // 405: a route that exists, called with a method it does not take: `Allow` names the
+    // methods it takes; the usual error body, with a stable code and the request id.
+    for (method, path, allow) in [
+        (reqwest::Method::DELETE, "/v1/models/fraud/predict", "POST"),
+        (reqwest::Method::GET, "/v1/models/fraud/predict", "POST"),
+        (reqwest::Method::POST, "/healthz", "GET"),
+        (reqwest::Method::PUT, "/v2/models/fraud/infer", "POST"),
+        (reqwest::Method::POST, "/v2/models/fraud/versions/1", "GET"),
+    ] {
+        let response = bridge
+            .http
+            .request(method.clone(), format!("{}{path}", bridge.url))
+            .bearer_auth(ACME)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers, body) = read(response).await;
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        assert_eq!(headers.get("allow").and_then(|v| v.to_str().ok()), Some(allow), "{method} {path}");
+        let (code, request_id) = if path.starts_with("/v2") {
+            assert!(body["error"].is_string(), "{body}");
+            (body["code"].as_str(), body["request_id"].as_str())
+        } else {
+            (body["error"]["code"].as_str(), body["error"]["request_id"].as_str())
+        };
+        assert_eq!(code, Some("METHOD_NOT_ALLOWED"), "{method} {path}: {body}");
+        assert_eq!(request_id, headers.get("x-request-id").and_then(|v| v.to_str().ok()), "{body}");
+    }
+
     // 400: not JSON, neither features nor instances, a string feature, bad shape and datatype,
     // too many rows.
     let response = bridge
@@ -446,9 +517,15 @@ async fn every_status_code_of_the_table_over_real_http() {
     assert_eq!(body["versions"], json!(["1", "2"]));
     assert_eq!(body["inputs"][0], json!({"name": "features", "datatype": "FP32", "shape": [-1, 16]}));
     assert_eq!(bridge.get("/v2/models/fraud", None).await.0, 401, "metadata needs a key");
-    let (status, _, body) = bridge.get("/openapi.json", None).await;
-    assert_eq!(status, 200);
-    assert!(body["paths"]["/v1/models/{model}/predict"]["post"]["responses"]["429"].is_object());
+    let (status, _, body) = bridge.get("/v2/models/fraud/versions/2", Some(ACME)).await;
+    assert_eq!((status, &body["versions"]), (200, &json!(["2"])), "{body}");
+    assert_eq!(bridge.get("/v2/models/fraud/versions/2/ready", None).await.0, 200);
+    assert_eq!(bridge.get("/v2/models/fraud/versions/9/ready", None).await.0, 400);
+    assert_eq!(bridge.get("/ready", None).await.0, 200);
+    assert_eq!(bridge.get("/healthz", None).await.0, 200);
+    assert_eq!(bridge.get("/v2", None).await.0, 200);
+    // The OpenAPI document names every answer given above.
+    bridge.assert_documented().await;
 
     bridge.stop().await;
 
@@ -460,6 +537,7 @@ async fn every_status_code_of_the_table_over_real_http() {
         full.post("/v1/models/fraud/predict", Some(ACME), &json!({"features": by_name[0]})).await;
     assert_eq!((status, error_code(&body)), (503, "TOO_MANY_WAITING"));
     assert!(headers.contains_key("retry-after"));
+    full.assert_documented().await;
     full.stop().await;
     stack.stop().await;
 }
@@ -493,6 +571,7 @@ async fn a_stalled_pipeline_gives_504_and_the_answer_is_kept_for_later() {
     }
     let body = answered.expect("the late answer is kept");
     assert_close(&[body["prediction"]["score"].as_f64().unwrap()], &tract_scores("1", &ordered), "late answer");
+    bridge.assert_documented().await;
     bridge.stop().await;
     stack.stop().await;
 }
@@ -522,6 +601,7 @@ async fn a_restarted_bridge_does_not_answer_old_waiters() {
     assert_eq!(status, 200, "{body}");
     assert_ne!(body["predictions"][0]["request_id"].as_str(), Some(old.as_str()));
     assert_eq!(second.get(&format!("/v1/requests/{old}"), Some(ACME)).await.0, 404, "the old outcome is not replayed");
+    second.assert_documented().await;
     second.stop().await;
     stack.stop().await;
 }
@@ -636,6 +716,16 @@ async fn a_model_failure_is_a_500_naming_it() {
     let (status, _, body) = bridge.post("/v1/models/fraud/predict", Some(ACME), &json!({"features": by_name[0]})).await;
     assert_eq!((status, error_code(&body)), (500, "MODEL_ERROR"), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("device lost"), "{body}");
+    let (status, _, body) = bridge
+        .post(
+            "/v2/models/fraud/infer",
+            Some(ACME),
+            &json!({"inputs": [{
+        "name": "features", "shape": [1, 16], "datatype": "FP32", "data": rows(62, 1).1[0]}]}),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (500, Some("MODEL_ERROR")), "{body}");
+    bridge.assert_documented().await;
     bridge.stop().await;
     stack.stop().await;
 }
@@ -800,6 +890,7 @@ async fn one_tenant_at_its_share_of_the_waiters_leaves_the_others_theirs() {
     assert!(headers.contains_key("retry-after"));
     let (status, _, body) = first.await.unwrap();
     assert_eq!((status, error_code(&body)), (504, "DEADLINE_EXCEEDED"), "{body}");
+    bridge.assert_documented().await;
     Arc::try_unwrap(bridge).ok().expect("the calls are done").stop().await;
     stack.stop().await;
 }

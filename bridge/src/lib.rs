@@ -5,7 +5,8 @@
 //! requests topic, `reply_to` this instance; the answer is the pipeline's outcome, read back
 //! from the predictions topic ([`listen`]) and handed over only when the pipeline sealed it,
 //! with callers parked in a bounded map where each tenant has its share ([`waiters`]). API
-//! keys from the tenant policy decide the tenant ([`auth`]); [`ready`] answers readiness.
+//! keys from the tenant policy decide the tenant ([`auth`]); [`api`] is the routes (one table,
+//! [`api::ROUTES`], which [`openapi`] documents), [`ready`] the readiness checks.
 
 pub mod api;
 pub mod auth;
