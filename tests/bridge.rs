@@ -1,8 +1,10 @@
 //! The HTTP bridge over real HTTP, against the real pipeline on the test stack (tansu and a
-//! registry): every status code of its table, scores equal to tract's for both versions, a
-//! tenant that cannot act as another, 64 concurrent callers each getting their own answer, a
-//! restarted bridge that does not answer old waiters, the 504 path with a stalled pipeline,
-//! and NVIDIA's `tritonclient.http` unchanged (live, ready, metadata, an 8-row infer).
+//! registry): every status code of its table, every answer checked against its OpenAPI
+//! document, scores equal to tract's for both versions, a tenant that cannot act as another,
+//! 64 concurrent callers each getting their own answer, a restarted bridge that does not
+//! answer old waiters, the 504 path with a stalled pipeline, forged outcomes that never reach
+//! the caller, each tenant's share of the waiters, a caller that hangs up leaving nothing
+//! behind, and NVIDIA's `tritonclient.http` unchanged (live, ready, metadata, an 8-row infer).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
