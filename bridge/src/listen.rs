@@ -138,8 +138,8 @@ impl Refusals {
                 let theirs = seal_of(message).1.map(String::from_utf8_lossy).unwrap_or_default();
                 tracing::error!(
                     topic, partition, offset, count, sealed_with = %theirs, ours = key.id(),
-                    "outcomes addressed to this bridge are sealed with another audit key than the bridge's, and \
-                     none is handed to a caller: give the bridge the same audit key as the stages \
+                    "outcomes addressed to this bridge are sealed with another audit key than the bridge's, so \
+                     their callers get no answer: give the bridge the same audit key as the stages \
                      (STREAMSCORE_AUDIT_KEY_FILE or STREAMSCORE_AUDIT_KEY, as in the stack's stack.env)",
                 );
             }
@@ -158,7 +158,8 @@ impl Refusals {
                 count,
                 reason = reason.label(),
                 "an outcome addressed to this bridge is not sealed by the pipeline; skipped \
-                 (something other than the stages writes the predictions topic)",
+                 (something other than the stages writes the predictions topic, or the stages are older \
+                 than the bridge: upgrade them first)",
             ),
         }
     }
