@@ -1,8 +1,10 @@
 //! The HTTP bridge over real HTTP, against the real pipeline on the test stack (tansu and a
-//! registry): every status code of its table, scores equal to tract's for both versions, a
-//! tenant that cannot act as another, 64 concurrent callers each getting their own answer, a
-//! restarted bridge that does not answer old waiters, the 504 path with a stalled pipeline,
-//! and NVIDIA's `tritonclient.http` unchanged (live, ready, metadata, an 8-row infer).
+//! registry): every status code of its table, every answer checked against its OpenAPI
+//! document, scores equal to tract's for both versions, a tenant that cannot act as another,
+//! 64 concurrent callers each getting their own answer, a restarted bridge that does not
+//! answer old waiters, the 504 path with a stalled pipeline, forged outcomes that never reach
+//! the caller, each tenant's share of the waiters, a caller that hangs up leaving nothing
+//! behind, and NVIDIA's `tritonclient.http` unchanged (live, ready, metadata, an 8-row infer).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,6 +17,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use streamscore_bridge::BridgeConfig;
+use streamscore_contracts::audit::AuditKey;
+use streamscore_contracts::{Codec, InferenceRequest, PredictionOutcome};
 use streamscore_infer::{Backend, TractBackend};
 use streamscore_modelstore::ModelStore;
 
@@ -144,17 +148,36 @@ struct Bridge {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), streamscore_bridge::BridgeError>>,
     http: reqwest::Client,
+    /// Every (method, path, status) answered through [`Bridge::post`] and [`Bridge::get`].
+    seen: std::sync::Mutex<Vec<(&'static str, String, u16)>>,
 }
 
 impl Bridge {
     async fn start(config: BridgeConfig) -> Self {
+        Self::start_with(config, None).await
+    }
+
+    /// A bridge serving `GET /metrics` from this test process's recorder.
+    async fn start_with_metrics(config: BridgeConfig) -> Self {
+        let prometheus = streamscore_telemetry::install_recorder();
+        Self::start_with(config, Some(Arc::new(move || prometheus.render()))).await
+    }
+
+    async fn start_with(config: BridgeConfig, metrics: Option<streamscore_bridge::MetricsRender>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(streamscore_bridge::serve(config, listener, None, async {
+        let task = tokio::spawn(streamscore_bridge::serve(config, listener, metrics, async {
             let _ = stop_rx.await;
         }));
-        let bridge = Self { url: format!("http://{addr}"), addr, stop, task, http: reqwest::Client::new() };
+        let bridge = Self {
+            url: format!("http://{addr}"),
+            addr,
+            stop,
+            task,
+            http: reqwest::Client::new(),
+            seen: std::sync::Mutex::default(),
+        };
         // Ready: broker, registry (the request schema registered) and models.
         for _ in 0..200 {
             if let Ok(r) = bridge.http.get(format!("{}/ready", bridge.url)).send().await {
@@ -177,7 +200,9 @@ impl Bridge {
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
-        read(request.send().await.unwrap()).await
+        let answer = read(request.send().await.unwrap()).await;
+        self.seen.lock().unwrap().push(("post", path.to_owned(), answer.0));
+        answer
     }
 
     async fn get(&self, path: &str, key: Option<&str>) -> (u16, HeaderMap, Value) {
@@ -185,7 +210,38 @@ impl Bridge {
         if let Some(key) = key {
             request = request.header("X-API-Key", key);
         }
-        read(request.send().await.unwrap()).await
+        let answer = read(request.send().await.unwrap()).await;
+        self.seen.lock().unwrap().push(("get", path.to_owned(), answer.0));
+        answer
+    }
+
+    /// Every answer this bridge gave through [`Bridge::post`] and [`Bridge::get`] is in its
+    /// OpenAPI document: the path's operation, and the status among its responses (an unknown
+    /// route's 404 excepted, which no operation documents).
+    async fn assert_documented(&self) {
+        let (_, _, spec) = self.get("/openapi.json", None).await;
+        let paths = spec["paths"].as_object().expect("paths");
+        let seen = self.seen.lock().unwrap().clone();
+        assert!(!seen.is_empty());
+        for (method, path, status) in seen {
+            let path = path.split('?').next().unwrap();
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            let template = paths.keys().find(|template| {
+                let parts: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
+                parts.len() == segments.len()
+                    && parts.iter().zip(&segments).all(|(t, s)| t.starts_with('{') || t == s)
+                    && paths[*template].get(method).is_some()
+            });
+            let Some(template) = template else {
+                assert_eq!(status, 404, "{method} {path}: answered {status} but the document has no such operation");
+                continue;
+            };
+            let responses = &paths[template][method]["responses"];
+            assert!(
+                responses.get(status.to_string()).is_some(),
+                "{method} {path} answered {status}, which {template} does not document: {responses}"
+            );
+        }
     }
 }
 
@@ -315,20 +371,58 @@ async fn every_status_code_of_the_table_over_real_http() {
     assert_eq!(status, 401);
     assert!(body["error"].is_string(), "OIP errors are a string: {body}");
 
-    // 403: a model the tenant may not use.
-    let (status, _, body) =
-        bridge.post("/v1/models/fraud/predict", Some(WALLED), &json!({"features": by_name[0]})).await;
-    assert_eq!((status, error_code(&body)), (403, "MODEL_NOT_ALLOWED"));
+    // 403: a model the tenant may not use, whether it exists or not (a tenant cannot tell the
+    // models it may not use from names that do not exist), on every route that names a model.
+    for (key, model) in [(WALLED, "fraud"), (ACME, "credit")] {
+        let (status, _, body) =
+            bridge.post(&format!("/v1/models/{model}/predict"), Some(key), &json!({"features": by_name[0]})).await;
+        assert_eq!((status, error_code(&body)), (403, "MODEL_NOT_ALLOWED"), "{key} on {model}: {body}");
+        let (status, _, body) = bridge.post(&format!("/v2/models/{model}/infer"), Some(key), &infer).await;
+        assert_eq!((status, body["code"].as_str()), (403, Some("MODEL_NOT_ALLOWED")), "{key} on {model}: {body}");
+        let (status, _, body) = bridge.get(&format!("/v2/models/{model}"), Some(key)).await;
+        assert_eq!((status, body["code"].as_str()), (403, Some("MODEL_NOT_ALLOWED")), "{key} on {model}: {body}");
+    }
 
-    // 404: unknown model, unknown version, unknown route.
+    // 404: unknown model (for a tenant that may use any), unknown version, unknown route.
     let (status, _, body) =
-        bridge.post("/v1/models/credit/predict", Some(ACME), &json!({"features": by_name[0]})).await;
+        bridge.post("/v1/models/credit/predict", Some(GLOBEX), &json!({"features": by_name[0]})).await;
     assert_eq!((status, error_code(&body)), (404, "UNKNOWN_MODEL"));
     let (status, _, body) =
         bridge.post("/v1/models/fraud/predict", Some(ACME), &json!({"features": by_name[0], "version": "9"})).await;
     assert_eq!((status, error_code(&body)), (404, "UNKNOWN_MODEL_VERSION"));
     let (status, _, _) = bridge.post("/v2/models/fraud/versions/9/infer", Some(ACME), &infer).await;
     assert_eq!(status, 404);
+    let (status, _, body) = bridge.get("/v1/nothing/here", Some(ACME)).await;
+    assert_eq!((status, error_code(&body)), (404, "NOT_FOUND"));
+
+    // 405: a route that exists, called with a method it does not take: `Allow` names the
+    // methods it takes; the usual error body, with a stable code and the request id.
+    for (method, path, allow) in [
+        (reqwest::Method::DELETE, "/v1/models/fraud/predict", "POST"),
+        (reqwest::Method::GET, "/v1/models/fraud/predict", "POST"),
+        (reqwest::Method::POST, "/healthz", "GET"),
+        (reqwest::Method::PUT, "/v2/models/fraud/infer", "POST"),
+        (reqwest::Method::POST, "/v2/models/fraud/versions/1", "GET"),
+    ] {
+        let response = bridge
+            .http
+            .request(method.clone(), format!("{}{path}", bridge.url))
+            .bearer_auth(ACME)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers, body) = read(response).await;
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        assert_eq!(headers.get("allow").and_then(|v| v.to_str().ok()), Some(allow), "{method} {path}");
+        let (code, request_id) = if path.starts_with("/v2") {
+            assert!(body["error"].is_string(), "{body}");
+            (body["code"].as_str(), body["request_id"].as_str())
+        } else {
+            (body["error"]["code"].as_str(), body["error"]["request_id"].as_str())
+        };
+        assert_eq!(code, Some("METHOD_NOT_ALLOWED"), "{method} {path}: {body}");
+        assert_eq!(request_id, headers.get("x-request-id").and_then(|v| v.to_str().ok()), "{body}");
+    }
 
     // 400: not JSON, neither features nor instances, a string feature, bad shape and datatype,
     // too many rows.
@@ -425,9 +519,15 @@ async fn every_status_code_of_the_table_over_real_http() {
     assert_eq!(body["versions"], json!(["1", "2"]));
     assert_eq!(body["inputs"][0], json!({"name": "features", "datatype": "FP32", "shape": [-1, 16]}));
     assert_eq!(bridge.get("/v2/models/fraud", None).await.0, 401, "metadata needs a key");
-    let (status, _, body) = bridge.get("/openapi.json", None).await;
-    assert_eq!(status, 200);
-    assert!(body["paths"]["/v1/models/{model}/predict"]["post"]["responses"]["429"].is_object());
+    let (status, _, body) = bridge.get("/v2/models/fraud/versions/2", Some(ACME)).await;
+    assert_eq!((status, &body["versions"]), (200, &json!(["2"])), "{body}");
+    assert_eq!(bridge.get("/v2/models/fraud/versions/2/ready", None).await.0, 200);
+    assert_eq!(bridge.get("/v2/models/fraud/versions/9/ready", None).await.0, 400);
+    assert_eq!(bridge.get("/ready", None).await.0, 200);
+    assert_eq!(bridge.get("/healthz", None).await.0, 200);
+    assert_eq!(bridge.get("/v2", None).await.0, 200);
+    // The OpenAPI document names every answer given above.
+    bridge.assert_documented().await;
 
     bridge.stop().await;
 
@@ -439,6 +539,7 @@ async fn every_status_code_of_the_table_over_real_http() {
         full.post("/v1/models/fraud/predict", Some(ACME), &json!({"features": by_name[0]})).await;
     assert_eq!((status, error_code(&body)), (503, "TOO_MANY_WAITING"));
     assert!(headers.contains_key("retry-after"));
+    full.assert_documented().await;
     full.stop().await;
     stack.stop().await;
 }
@@ -472,6 +573,7 @@ async fn a_stalled_pipeline_gives_504_and_the_answer_is_kept_for_later() {
     }
     let body = answered.expect("the late answer is kept");
     assert_close(&[body["prediction"]["score"].as_f64().unwrap()], &tract_scores("1", &ordered), "late answer");
+    bridge.assert_documented().await;
     bridge.stop().await;
     stack.stop().await;
 }
@@ -501,6 +603,7 @@ async fn a_restarted_bridge_does_not_answer_old_waiters() {
     assert_eq!(status, 200, "{body}");
     assert_ne!(body["predictions"][0]["request_id"].as_str(), Some(old.as_str()));
     assert_eq!(second.get(&format!("/v1/requests/{old}"), Some(ACME)).await.0, 404, "the old outcome is not replayed");
+    second.assert_documented().await;
     second.stop().await;
     stack.stop().await;
 }
@@ -615,6 +718,16 @@ async fn a_model_failure_is_a_500_naming_it() {
     let (status, _, body) = bridge.post("/v1/models/fraud/predict", Some(ACME), &json!({"features": by_name[0]})).await;
     assert_eq!((status, error_code(&body)), (500, "MODEL_ERROR"), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("device lost"), "{body}");
+    let (status, _, body) = bridge
+        .post(
+            "/v2/models/fraud/infer",
+            Some(ACME),
+            &json!({"inputs": [{
+        "name": "features", "shape": [1, 16], "datatype": "FP32", "data": rows(62, 1).1[0]}]}),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (500, Some("MODEL_ERROR")), "{body}");
+    bridge.assert_documented().await;
     bridge.stop().await;
     stack.stop().await;
 }
@@ -665,5 +778,247 @@ async fn a_version_dropped_into_the_store_is_served_without_a_restart() {
     let scores: Vec<f64> = body["outputs"][0]["data"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).collect();
     assert_close(&scores, &tract_scores("2", &ordered), "the dropped-in version");
     bridge.stop().await;
+    stack.stop().await;
+}
+
+/// The sum of a metric's samples (every label set) in Prometheus text; 0 when absent.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// An outcome for `request` that the pipeline never wrote: `tenant`'s, scored 0.987654.
+fn forged_outcome(request: &InferenceRequest, tenant: &str) -> PredictionOutcome {
+    use streamscore_contracts::{Lineage, OutcomeStatus, SourceOffset, Stage};
+    PredictionOutcome {
+        lineage: Lineage::derive(
+            SourceOffset::new("forged", 0, 0),
+            Stage::Infer,
+            "prediction",
+            "forger",
+            Some(request.request_id.clone()),
+            Some(tenant.to_owned()),
+        ),
+        status: OutcomeStatus::Scored,
+        shadow: false,
+        model: "fraud".to_owned(),
+        model_version: Some("1".to_owned()),
+        model_sha256: None,
+        backend: Some("cpu".to_owned()),
+        score: Some(0.987_654),
+        label: Some("fraud".to_owned()),
+        reason: None,
+        detail: None,
+        retry_after_ms: None,
+        features: streamscore_contracts::Features::default(),
+        batch_size: 1,
+        queue_wait_us: 0,
+        inference_us: 0,
+        request_created_at: request.created_at,
+        reply_to: request.reply_to.clone(),
+    }
+}
+
+/// Produces `value` to `topic` keyed `key`, with `(mac, key id)` headers when given.
+async fn produce_sealed(topic: &str, key: &str, value: &[u8], seal: Option<(&str, &str)>) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let producer = support::kafka().producer().unwrap();
+    let mut record = rdkafka::producer::FutureRecord::to(topic).key(key).payload(value);
+    if let Some((mac, key_id)) = seal {
+        record = record.headers(
+            OwnedHeaders::new()
+                .insert(Header { key: streamscore_kafka::sink::MAC_HEADER, value: Some(mac) })
+                .insert(Header { key: streamscore_kafka::sink::KEY_ID_HEADER, value: Some(key_id) }),
+        );
+    }
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+}
+
+/// Issue 25, item 1 (and the tenant check of item 3): anyone who can write the predictions
+/// topic could answer a caller first. Forgeries with the caller's request id and `reply_to`,
+/// written before the pipeline answers — without a seal, sealed under another key, with a seal
+/// that does not match the bytes, and a genuinely sealed outcome of another tenant — are each
+/// skipped and counted; the caller gets the pipeline's score.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_outcomes_never_reach_the_caller() {
+    use rdkafka::message::Message;
+    let mut stack = Stack::start("bridge-forged").await;
+    let bridge = Arc::new(Bridge::start_with_metrics(stack.config()).await);
+    let (by_name, ordered) = rows(71, 1);
+    let mut call = {
+        let bridge = Arc::clone(&bridge);
+        let body = json!({"features": by_name[0], "version": "1"});
+        tokio::spawn(async move { bridge.post("/v1/models/fraud/predict", Some(ACME), &body).await })
+    };
+    // The request as the bridge published it (no pipeline runs yet).
+    let requests = stack.topics.requests.clone();
+    let published =
+        tokio::task::spawn_blocking(move || support::read_records(&[&requests], 1, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert_eq!(published.len(), 1, "the call was published");
+    let request_codec = Codec::<InferenceRequest>::with_url(&stack.registry.url, &stack.topics.requests);
+    let request = request_codec.decode(published[0].payload().unwrap()).await.unwrap().value;
+    assert!(request.reply_to.is_some());
+
+    let outcome_codec = Codec::<PredictionOutcome>::with_url(&stack.registry.url, &stack.topics.predictions);
+    outcome_codec.register().await.unwrap();
+    // The key the stages and the bridge of this test take from the environment.
+    let key = AuditKey::from_env().unwrap();
+    let forged = outcome_codec.encode(&forged_outcome(&request, "acme")).unwrap();
+    let other_tenant = outcome_codec.encode(&forged_outcome(&request, "globex")).unwrap();
+    let topic = &stack.topics.predictions;
+    produce_sealed(topic, "acme", &forged, None).await;
+    produce_sealed(topic, "acme", &forged, Some((&key.event_hash(&forged), "0123456789abcdef"))).await;
+    produce_sealed(topic, "acme", &forged, Some((&key.event_hash(b"other bytes"), key.id()))).await;
+    produce_sealed(topic, "globex", &other_tenant, Some((&key.event_hash(&other_tenant), key.id()))).await;
+
+    // The bridge reads all four and skips each (counted), or — the defect — answers with one.
+    let started = std::time::Instant::now();
+    loop {
+        let (_, _, metrics) = bridge.get("/metrics", None).await;
+        let skipped =
+            metric_sum(metrics.as_str().unwrap_or_default(), "streamscore_bridge_unauthenticated_outcomes_total");
+        if skipped >= 4.0 || call.is_finished() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the bridge neither answered nor skipped the forgeries");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!call.is_finished(), "the caller was answered before the pipeline ran: {:?}", (&mut call).await);
+
+    stack.start_pipeline();
+    let (status, _, body) = call.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_close(
+        &[body["predictions"][0]["score"].as_f64().unwrap()],
+        &tract_scores("1", &ordered),
+        "the genuine score",
+    );
+    Arc::try_unwrap(bridge).ok().expect("the call is done").stop().await;
+    stack.stop().await;
+}
+
+/// Issue 25, item 7: one tenant could fill the whole waiters pool and every other tenant got
+/// 503. Each tenant with a key has its share (2,000 slots over the policy's 4 keyed tenants,
+/// and at least one full 1,000-row call): acme's second 1,000-row call is refused, and another
+/// tenant's call still waits for its outcome (a 504 from the stalled pipeline, never a 503).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_tenant_at_its_share_of_the_waiters_leaves_the_others_theirs() {
+    let stack = Stack::start("bridge-shares").await;
+    let mut config = stack.config();
+    config.max_waiters = 2000;
+    config.deadline = Duration::from_secs(8);
+    let bridge = Arc::new(Bridge::start(config).await);
+    let (by_name, _) = rows(81, 1000);
+    let call = |key: &'static str, body: Value| {
+        let bridge = Arc::clone(&bridge);
+        tokio::spawn(async move { bridge.post("/v1/models/fraud/predict", Some(key), &body).await })
+    };
+    let published = |count: usize| {
+        let requests = stack.topics.requests.clone();
+        tokio::task::spawn_blocking(move || support::read_records(&[&requests], count, Duration::from_secs(10)).len())
+    };
+    let first = call(ACME, json!({"instances": by_name}));
+    assert_eq!(published(1000).await.unwrap(), 1000, "acme's first call waits");
+    let mut second = call(ACME, json!({"instances": by_name}));
+    // Refused at once, or (the defect) registered and published beside the first: acme then
+    // holds the whole pool.
+    let refused = tokio::select! {
+        answer = &mut second => Some(answer),
+        _ = published(2000) => None,
+    };
+    let (status, _, body) =
+        bridge.post("/v1/models/fraud/predict", Some(TIGHT), &json!({"features": by_name[0]})).await;
+    assert_eq!((status, error_code(&body)), (504, "DEADLINE_EXCEEDED"), "another tenant still gets its slot: {body}");
+    let (status, headers, body) = match refused {
+        Some(answer) => answer.unwrap(),
+        None => second.await.unwrap(),
+    };
+    assert_eq!((status, error_code(&body)), (429, "TENANT_WAITERS_EXCEEDED"), "{body}");
+    assert!(headers.contains_key("retry-after"));
+    let (status, _, body) = first.await.unwrap();
+    assert_eq!((status, error_code(&body)), (504, "DEADLINE_EXCEEDED"), "{body}");
+    bridge.assert_documented().await;
+    Arc::try_unwrap(bridge).ok().expect("the calls are done").stop().await;
+    stack.stop().await;
+}
+
+/// A gauge's value in Prometheus text.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Issue 25, item 7: a caller that hangs up while it waits (warp drops its handler) left its
+/// waiters behind for good, and the listener then read the predictions topic forever. Against
+/// `streamscore bridge` in its own process (so the gauges are its own): the waiter is counted
+/// while the caller waits; after it hangs up the count is back to 0 and the listener stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_hangs_up_leaves_no_waiter_and_the_listener_goes_idle() {
+    struct Process(std::process::Child);
+    impl Drop for Process {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stack = Stack::start("bridge-hangup").await;
+    let port = streamscore::stack::free_port().unwrap();
+    let _bridge = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
+            .args(["bridge", "--bootstrap", &support::bootstrap(), "--registry-url", &stack.registry.url])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--deadline-ms", "60000"])
+            .arg("--policy")
+            .arg(&stack.policy)
+            .arg("--models")
+            .arg(support::models_dir())
+            .args(["--requests-topic", &stack.topics.requests, "--predictions-topic", &stack.topics.predictions])
+            .env("STREAMSCORE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    let metrics = || async {
+        let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;
+        Some((gauge(&text, "streamscore_bridge_waiters"), gauge(&text, "streamscore_bridge_listening")))
+    };
+    let wait_for = |want: (f64, f64), what: &'static str| async move {
+        let mut seen = None;
+        for _ in 0..300 {
+            seen = metrics().await;
+            if seen == Some((Some(want.0), Some(want.1))) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{what}: (waiters, listening) = {seen:?}, want {want:?}");
+    };
+    let mut ready = false;
+    for _ in 0..300 {
+        ready = http.get(format!("{url}/ready")).send().await.is_ok_and(|r| r.status() == 200);
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the bridge became ready");
+
+    // A call over a raw connection, waiting for an outcome the stalled pipeline never gives.
+    let (by_name, _) = rows(91, 1);
+    let body = json!({"features": by_name[0]}).to_string();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let head = format!(
+        "POST /v1/models/fraud/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {ACME}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await.unwrap();
+    wait_for((1.0, 1.0), "the caller waits and the listener reads").await;
+    drop(stream);
+    wait_for((0.0, 0.0), "after the caller hung up").await;
     stack.stop().await;
 }

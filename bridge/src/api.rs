@@ -27,6 +27,92 @@ use crate::Bridge;
 /// Rows one call may carry.
 pub const MAX_ROWS: usize = 1000;
 
+/// What a route does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Healthz,
+    Ready,
+    Metrics,
+    OpenApi,
+    ServerMetadata,
+    ServerLive,
+    ServerReady,
+    ModelReady,
+    ModelMetadata,
+    Infer,
+    Predict,
+    RequestStatus,
+}
+
+/// One route: its method, its path as the OpenAPI document writes it (`{name}` matches one
+/// segment), what it does, and its `route` metric label.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub endpoint: Endpoint,
+    pub label: &'static str,
+}
+
+const fn route(method: &'static str, path: &'static str, endpoint: Endpoint, label: &'static str) -> Route {
+    Route { method, path, endpoint, label }
+}
+
+/// Every route the bridge serves: requests are dispatched through this table, a path it has
+/// under another method is a 405 naming the methods it has, and the OpenAPI document lists
+/// exactly these (tested).
+pub const ROUTES: &[Route] = &[
+    route("GET", "/healthz", Endpoint::Healthz, "healthz"),
+    route("GET", "/ready", Endpoint::Ready, "ready"),
+    route("GET", "/metrics", Endpoint::Metrics, "metrics"),
+    route("GET", "/openapi.json", Endpoint::OpenApi, "openapi"),
+    route("GET", "/v2", Endpoint::ServerMetadata, "v2_server"),
+    route("GET", "/v2/health/live", Endpoint::ServerLive, "v2_health"),
+    route("GET", "/v2/health/ready", Endpoint::ServerReady, "v2_health"),
+    route("GET", "/v2/models/{model}/ready", Endpoint::ModelReady, "v2_model_ready"),
+    route("GET", "/v2/models/{model}/versions/{version}/ready", Endpoint::ModelReady, "v2_model_ready"),
+    route("GET", "/v2/models/{model}", Endpoint::ModelMetadata, "v2_model_metadata"),
+    route("GET", "/v2/models/{model}/versions/{version}", Endpoint::ModelMetadata, "v2_model_metadata"),
+    route("POST", "/v2/models/{model}/infer", Endpoint::Infer, "v2_infer"),
+    route("POST", "/v2/models/{model}/versions/{version}/infer", Endpoint::Infer, "v2_infer"),
+    route("POST", "/v1/models/{model}/predict", Endpoint::Predict, "v1_predict"),
+    route("GET", "/v1/requests/{id}", Endpoint::RequestStatus, "v1_request"),
+];
+
+impl Route {
+    /// The path's parameters (in order) when `segments` is this route's path.
+    fn parameters<'a>(&self, segments: &[&'a str]) -> Option<Vec<&'a str>> {
+        let mut parts = self.path.split('/').filter(|s| !s.is_empty());
+        let mut parameters = Vec::new();
+        for segment in segments {
+            let part = parts.next()?;
+            if part.starts_with('{') {
+                parameters.push(*segment);
+            } else if part != *segment {
+                return None;
+            }
+        }
+        parts.next().is_none().then_some(parameters)
+    }
+}
+
+/// The route `method` and `segments` name with its path parameters, else the methods the path
+/// has under other routes (empty: no such path).
+pub fn resolve<'a>(method: &Method, segments: &[&'a str]) -> Result<(&'static Route, Vec<&'a str>), Vec<&'static str>> {
+    let mut allowed = Vec::new();
+    for route in ROUTES {
+        if let Some(parameters) = route.parameters(segments) {
+            if route.method == method.as_str() {
+                return Ok((route, parameters));
+            }
+            if !allowed.contains(&route.method) {
+                allowed.push(route.method);
+            }
+        }
+    }
+    Err(allowed)
+}
+
 /// Which error shape a route answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
@@ -85,6 +171,16 @@ impl ApiError {
         error
     }
 
+    /// 405: `path` exists under `allowed` methods only (the `Allow` header and `details.allow`).
+    fn method_not_allowed(method: &Method, path: &str, allowed: &[&str]) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!("{path} does not take {method}; it takes {}", allowed.join(", ")),
+        )
+        .details(json!({ "allow": allowed }))
+    }
+
     fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message).retry_after(1)
     }
@@ -116,6 +212,14 @@ impl ApiError {
             headers.insert("ratelimit-reset", HeaderValue::from(reset));
             if let Ok(policy) = HeaderValue::from_str(&format!("{burst};w=1;rate={limit}")) {
                 headers.insert("ratelimit-policy", policy);
+            }
+        }
+        if self.status == StatusCode::METHOD_NOT_ALLOWED {
+            // The methods the path takes, from the details `method_not_allowed` wrote.
+            let methods: Vec<&str> =
+                self.details["allow"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            if let Ok(allow) = HeaderValue::from_str(&methods.join(", ")) {
+                headers.insert(warp::http::header::ALLOW, allow);
             }
         }
         if self.unauthorized {
@@ -184,7 +288,9 @@ fn status_label(status: StatusCode) -> &'static str {
         401 => "401",
         403 => "403",
         404 => "404",
+        405 => "405",
         413 => "413",
+        415 => "415",
         422 => "422",
         429 => "429",
         500 => "500",
@@ -276,39 +382,38 @@ impl Bridge {
             }
             Err(BodyError::Read(e)) => return ("other", Err(ApiError::bad_request(format!("reading the body: {e}")))),
         };
-        let get = method == Method::GET;
-        let post = method == Method::POST;
-        match segments {
-            ["healthz"] if get => ("healthz", Ok(json_response(StatusCode::OK, &json!({"status": "ok"})))),
-            ["ready"] if get => ("ready", Ok(self.readiness().await.1)),
-            ["metrics"] if get => ("metrics", Ok(self.metrics())),
-            ["openapi.json"] if get => ("openapi", Ok(json_response(StatusCode::OK, &crate::openapi::document()))),
-            ["v2"] if get => ("v2_server", Ok(json_response(StatusCode::OK, &self.server_metadata()))),
-            ["v2", "health", "live"] if get => ("v2_health", Ok(empty(StatusCode::OK))),
-            ["v2", "health", "ready"] if get => {
+        let (route, parameters) = match resolve(method, segments) {
+            Ok(found) => found,
+            Err(allowed) if allowed.is_empty() => {
+                let path = format!("/{}", segments.join("/"));
+                return ("other", Err(ApiError::not_found("NOT_FOUND", format!("no route {method} {path}"))));
+            }
+            Err(allowed) => {
+                let path = format!("/{}", segments.join("/"));
+                return ("other", Err(ApiError::method_not_allowed(method, &path, &allowed)));
+            }
+        };
+        // The table's paths name their parameters in this order: model, then version (or id).
+        let first = parameters.first().copied().unwrap_or_default();
+        let version = parameters.get(1).copied();
+        let result = match route.endpoint {
+            Endpoint::Healthz => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+            Endpoint::Ready => Ok(self.readiness().await.1),
+            Endpoint::Metrics => Ok(self.metrics()),
+            Endpoint::OpenApi => Ok(json_response(StatusCode::OK, &crate::openapi::document())),
+            Endpoint::ServerMetadata => Ok(json_response(StatusCode::OK, &self.server_metadata())),
+            Endpoint::ServerLive => Ok(empty(StatusCode::OK)),
+            Endpoint::ServerReady => {
                 let ready = self.readiness().await.0;
-                ("v2_health", Ok(empty(if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST })))
+                Ok(empty(if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST }))
             }
-            ["v2", "models", model, "ready"] if get => ("v2_model_ready", Ok(self.model_ready(model, None).await)),
-            ["v2", "models", model, "versions", version, "ready"] if get => {
-                ("v2_model_ready", Ok(self.model_ready(model, Some(version)).await))
-            }
-            ["v2", "models", model] if get => ("v2_model_metadata", self.model_metadata(headers, model, None)),
-            ["v2", "models", model, "versions", version] if get => {
-                ("v2_model_metadata", self.model_metadata(headers, model, Some(version)))
-            }
-            ["v2", "models", model, "infer"] if post => {
-                ("v2_infer", self.oip_infer(headers, model, None, &body, call_id).await)
-            }
-            ["v2", "models", model, "versions", version, "infer"] if post => {
-                ("v2_infer", self.oip_infer(headers, model, Some(version), &body, call_id).await)
-            }
-            ["v1", "models", model, "predict"] if post => {
-                ("v1_predict", self.predict(headers, model, &body, call_id).await)
-            }
-            ["v1", "requests", id] if get => ("v1_request", self.request_status(headers, id)),
-            _ => ("other", Err(ApiError::not_found("NOT_FOUND", format!("no route {method} /{}", segments.join("/"))))),
-        }
+            Endpoint::ModelReady => Ok(self.model_ready(first, version).await),
+            Endpoint::ModelMetadata => self.model_metadata(headers, first, version),
+            Endpoint::Infer => self.oip_infer(headers, first, version, &body, call_id).await,
+            Endpoint::Predict => self.predict(headers, first, &body, call_id).await,
+            Endpoint::RequestStatus => self.request_status(headers, first),
+        };
+        (route.label, result)
     }
 
     fn tenant(&self, headers: &HeaderMap) -> Result<String, ApiError> {
@@ -326,25 +431,17 @@ impl Bridge {
         response
     }
 
-    /// Broker, registry and models, each checked; ready when all are.
+    /// Broker, registry and models, each checked; ready when all are. The broker's answer is
+    /// at most [`crate::ready::BROKER_CHECK_TTL`] old, however many ask. The body says which
+    /// check failed and nothing else: no addresses, no instance id (`reply_to`), no versions.
     pub async fn readiness(&self) -> (bool, warp::reply::Response) {
         let registry = self.request_codec.schema_id().is_some();
         let models = !self.store.current().models().is_empty();
-        let broker = {
-            let producer = self.producer.clone();
-            let topic = self.config.requests_topic.clone();
-            tokio::task::spawn_blocking(move || {
-                use rdkafka::producer::Producer;
-                producer.client().fetch_metadata(Some(&topic), Duration::from_secs(1)).is_ok()
-            })
-            .await
-            .unwrap_or(false)
-        };
+        let broker = self.broker.reachable().await;
         let ready = registry && models && broker;
         let body = json!({
             "ready": ready,
             "checks": {"broker": broker, "registry": registry, "models": models},
-            "instance": self.config.instance,
         });
         (ready, json_response(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body))
     }
@@ -376,6 +473,7 @@ impl Bridge {
         version: Option<&str>,
     ) -> Result<warp::reply::Response, ApiError> {
         let tenant = self.tenant(headers)?;
+        self.allowed(&tenant, model)?;
         let routed = self.route(Some(&tenant), model, version)?;
         let versions: Vec<String> = match version {
             Some(v) => vec![v.to_owned()],
@@ -404,6 +502,8 @@ impl Bridge {
         ))
     }
 
+    /// Whether `tenant` may use `model`; checked before the model is looked up, so a tenant
+    /// gets 403 for a model it may not use whether that model exists or not.
     fn allowed(&self, tenant: &str, model: &str) -> Result<(), ApiError> {
         match self.policy.tenant(tenant) {
             None => {
@@ -429,8 +529,8 @@ impl Bridge {
         call_id: &str,
     ) -> Result<warp::reply::Response, ApiError> {
         let tenant = self.tenant(headers)?;
-        let routed = self.route(Some(&tenant), model, version)?;
         self.allowed(&tenant, model)?;
+        let routed = self.route(Some(&tenant), model, version)?;
         if headers.contains_key("inference-header-content-length") {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -467,9 +567,9 @@ impl Bridge {
         call_id: &str,
     ) -> Result<warp::reply::Response, ApiError> {
         let tenant = self.tenant(headers)?;
+        self.allowed(&tenant, model)?;
         let mut request = parse_predict(body)?;
         self.route(Some(&tenant), model, request.version.as_deref())?;
-        self.allowed(&tenant, model)?;
         let rows = request.take_rows()?;
         let scored =
             self.score(call_id, &tenant, model, request.version.as_deref(), rows, request.id.as_deref()).await?;
@@ -556,24 +656,28 @@ impl Bridge {
             })?;
             payloads.push(bytes);
         }
-        let receivers = self.waiters.register(tenant, &ids, left()).await.map_err(|e| match e {
+        // Dropped unsettled (this future dropped: the client hung up), the registration
+        // forgets every request still waiting.
+        let mut registration = self.waiters.register(tenant, &ids, left()).await.map_err(|e| match e {
             WaitError::Full { .. } => ApiError::unavailable("TOO_MANY_WAITING", e.to_string()),
+            WaitError::TenantFull { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TENANT_WAITERS_EXCEEDED", e.to_string()).retry_after(1)
+            }
             WaitError::NotListening => ApiError::unavailable("BROKER_UNAVAILABLE", e.to_string()),
         })?;
         if let Err(error) = self.publish(tenant, payloads, left()).await {
-            match error.status {
-                StatusCode::GATEWAY_TIMEOUT => self.waiters.give_up(&ids),
-                _ => self.waiters.forget(&ids),
+            if error.status == StatusCode::GATEWAY_TIMEOUT {
+                registration.give_up(0);
             }
             return Err(error.details(json!({"request_ids": ids})));
         }
         let mut rows = Vec::with_capacity(ids.len());
-        for (id, receiver) in ids.iter().zip(receivers) {
+        for (id, receiver) in ids.iter().zip(registration.take_receivers()) {
             match tokio::time::timeout(left(), receiver).await {
                 Ok(Ok(outcome)) => rows.push((id.clone(), outcome)),
                 _ => {
                     let pending: Vec<String> = ids[rows.len()..].to_vec();
-                    self.waiters.give_up(&pending);
+                    registration.give_up(rows.len());
                     return Err(ApiError::new(
                         StatusCode::GATEWAY_TIMEOUT,
                         "DEADLINE_EXCEEDED",
@@ -586,6 +690,7 @@ impl Bridge {
                 }
             }
         }
+        registration.finish();
         match outcome_error(&rows, &self.policy) {
             Some(error) => Err(error),
             None => Ok(Scored { rows }),
@@ -874,6 +979,45 @@ mod tests {
         let mut int = tensor(vec![1, 2], json!([1, 2]));
         int.inputs[0].datatype = "BYTES".to_owned();
         assert_eq!(int.rows(&names).expect_err("datatype").status, StatusCode::BAD_REQUEST);
+    }
+
+    /// `path` with every `{name}` replaced by `value`.
+    fn instance(path: &str, value: &str) -> Vec<String> {
+        path.split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| if s.starts_with('{') { value.to_owned() } else { s.to_owned() })
+            .collect()
+    }
+
+    #[test]
+    fn every_route_of_the_table_resolves_to_itself() {
+        for route in ROUTES {
+            let segments = instance(route.path, "x");
+            let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+            let method = Method::from_bytes(route.method.as_bytes()).expect("method");
+            let (found, parameters) = resolve(&method, &segments).expect(route.path);
+            assert_eq!(found.path, route.path, "{} {}: another route comes first", route.method, route.path);
+            assert_eq!(parameters.len(), route.path.matches('{').count());
+        }
+    }
+
+    #[test]
+    fn a_known_path_under_another_method_names_the_methods_it_takes() {
+        let resolved = |method: Method, path: &str| {
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            resolve(&method, &segments).map(|(route, parameters)| (route.label, parameters.join(",")))
+        };
+        assert_eq!(resolved(Method::DELETE, "/v1/models/fraud/predict"), Err(vec!["POST"]));
+        assert_eq!(resolved(Method::POST, "/ready"), Err(vec!["GET"]));
+        assert_eq!(resolved(Method::GET, "/v1/nothing"), Err(vec![]), "no such path: 404");
+        assert_eq!(
+            resolved(Method::GET, "/v2/models/fraud/versions/2"),
+            Ok(("v2_model_metadata", "fraud,2".to_owned()))
+        );
+        assert_eq!(resolved(Method::GET, "/v1/requests/r-1"), Ok(("v1_request", "r-1".to_owned())));
+        let response = ApiError::method_not_allowed(&Method::PUT, "/healthz", &["GET"]).render(Dialect::Own, "call");
+        assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(response.headers()["allow"], "GET");
     }
 
     #[test]

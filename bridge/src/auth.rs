@@ -3,7 +3,8 @@
 //! A presented key (`Authorization: Bearer KEY` or `X-API-Key: KEY`) is hashed and compared
 //! with every entry in constant time (no early exit, no data-dependent branch per byte), so
 //! the time taken says nothing about how close a guess was. The tenant comes from the key
-//! only; nothing in a body can name another.
+//! only; nothing in a body can name another. A policy that gives one key to two tenants is
+//! refused: the key would silently name only one of them.
 
 use streamscore_infer::quota::policy::Policy;
 use warp::http::HeaderMap;
@@ -21,17 +22,36 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
-    /// The keys of `policy`, or which entry is not a sha256 in hex.
+    /// The keys of `policy`, or which entry is not a sha256 in hex, or which two tenants
+    /// share a key.
     pub fn from_policy(policy: &Policy) -> Result<Self, String> {
-        let mut entries = Vec::new();
+        let mut entries: Vec<([u8; 32], String)> = Vec::new();
         for (tenant, tenant_policy) in &policy.file.tenants {
             for hex in &tenant_policy.api_key_sha256 {
                 let digest = streamscore_contracts::sha256_from_hex(hex)
                     .ok_or_else(|| format!("tenant {tenant}: api_key_sha256 {hex:?} is not 64 hex digits"))?;
-                entries.push((digest, tenant.clone()));
+                match entries.iter().find(|(known, _)| *known == digest) {
+                    Some((_, other)) if other != tenant => {
+                        return Err(format!(
+                            "tenants {other} and {tenant} have the same API key (api_key_sha256 {hex}): a key must \
+                             name one tenant; give each its own key"
+                        ))
+                    }
+                    // The same key twice under one tenant: one entry is enough.
+                    Some(_) => {}
+                    None => entries.push((digest, tenant.clone())),
+                }
             }
         }
         Ok(Self { entries })
+    }
+
+    /// How many tenants have a key.
+    pub fn tenants(&self) -> usize {
+        let mut tenants: Vec<&str> = self.entries.iter().map(|(_, t)| t.as_str()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        tenants.len()
     }
 
     /// How many keys there are.
@@ -88,6 +108,7 @@ mod tests {
         assert_eq!(keys.tenant("acme-demo-key "), None);
         assert_eq!(keys.tenant(""), None);
         assert_eq!(keys.tenant(ACME), None, "the hash itself is not a key");
+        assert_eq!(keys.tenants(), 1, "tenants with a key");
     }
 
     #[test]
@@ -97,6 +118,29 @@ mod tests {
         policy.file.tenants.get_mut("acme").expect("acme").api_key_sha256 = vec!["abc".to_owned()];
         let error = Keys::from_policy(&policy).expect_err("bad hash");
         assert!(error.contains("tenant acme"), "{error}");
+    }
+
+    #[test]
+    fn one_key_under_two_tenants_is_refused_naming_both() {
+        // Upper case is the same digest: still the same key.
+        let policy = policy(&format!(
+            "version = 1\n[tenants.acme]\napi_key_sha256 = [\"{ACME}\"]\nrate_per_sec = 1\nburst = 1\n\
+             [tenants.other]\napi_key_sha256 = [\"{}\"]\nrate_per_sec = 1\nburst = 1\n",
+            ACME.to_uppercase()
+        ));
+        let error = Keys::from_policy(&policy).expect_err("one key, two tenants");
+        assert!(error.contains("tenants acme and other"), "{error}");
+    }
+
+    #[test]
+    fn tenants_with_keys_are_counted_once() {
+        let keys = Keys::from_policy(&policy(&format!(
+            "version = 1\n[tenants.acme]\napi_key_sha256 = [\"{ACME}\", \"{ACME}\", \"{}\"]\nrate_per_sec = 1\n\
+             burst = 1\n[tenants.other]\nrate_per_sec = 1\nburst = 1\n",
+            "0".repeat(64)
+        )))
+        .expect("keys");
+        assert_eq!((keys.len(), keys.tenants()), (2, 1));
     }
 
     #[test]

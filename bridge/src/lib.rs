@@ -3,13 +3,16 @@
 //! `streamscore bridge` serves Open Inference Protocol v2 (so KServe and Triton clients work
 //! unchanged) and streamscore's own JSON. Each call becomes `InferenceRequest`s on the
 //! requests topic, `reply_to` this instance; the answer is the pipeline's outcome, read back
-//! from the predictions topic ([`listen`]), with callers parked in a bounded map
-//! ([`waiters`]). API keys from the tenant policy decide the tenant ([`auth`]).
+//! from the predictions topic ([`listen`]) and handed over only when the pipeline sealed it,
+//! with callers parked in a bounded map where each tenant has its share ([`waiters`]). API
+//! keys from the tenant policy decide the tenant ([`auth`]); [`api`] is the routes (one table,
+//! [`api::ROUTES`], which [`openapi`] documents), [`ready`] the readiness checks.
 
 pub mod api;
 pub mod auth;
 pub mod listen;
 pub mod openapi;
+pub mod ready;
 pub mod waiters;
 
 use std::future::Future;
@@ -19,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::producer::FutureProducer;
+use streamscore_contracts::audit::AuditKey;
 use streamscore_contracts::{Codec, InferenceRequest, PredictionOutcome};
 use streamscore_infer::quota::Policy;
 use streamscore_ingest::Tenants;
@@ -48,10 +52,17 @@ pub struct BridgeConfig {
     /// This instance's `reply_to` id; unique per running bridge.
     pub instance: String,
     pub deadline: Duration,
+    /// Rows waiting for outcomes at once, all tenants together.
     pub max_waiters: usize,
+    /// Rows one tenant may have waiting at once; `None`: [`waiters::default_share`] of
+    /// `max_waiters` over the policy's tenants with API keys.
+    pub max_waiters_per_tenant: Option<usize>,
     pub max_body_bytes: usize,
     /// The rollouts topic a call is validated by (as routing will score it).
     pub rollouts_topic: String,
+    /// The audit key the stages seal their outcomes with; `None`: read at start from the
+    /// environment, as the stages do ([`AuditKey::from_env`]).
+    pub audit_key: Option<AuditKey>,
 }
 
 impl BridgeConfig {
@@ -69,8 +80,10 @@ impl BridgeConfig {
             instance: format!("bridge:{}:{}", streamscore_contracts::lineage::default_instance(), &suffix[..8]),
             deadline: DEFAULT_DEADLINE,
             max_waiters: DEFAULT_MAX_WAITERS,
+            max_waiters_per_tenant: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             rollouts_topic: streamscore_contracts::topics::ROLLOUTS.to_owned(),
+            audit_key: None,
         }
     }
 }
@@ -80,6 +93,8 @@ impl BridgeConfig {
 pub enum BridgeError {
     #[error("tenant policy: {0}")]
     Policy(String),
+    #[error("audit key: {0}")]
+    AuditKey(String),
     #[error("model store {path}: {reason}")]
     Models { path: PathBuf, reason: String },
     #[error("Kafka: {0}")]
@@ -102,6 +117,7 @@ pub struct Bridge {
     request_codec: Arc<Codec<InferenceRequest>>,
     producer: FutureProducer,
     waiters: Arc<waiters::Waiters>,
+    broker: ready::BrokerCheck,
     metrics: Option<MetricsRender>,
 }
 
@@ -122,6 +138,30 @@ pub async fn serve(
     let keys = auth::Keys::from_policy(&policy).map_err(BridgeError::Policy)?;
     if keys.is_empty() {
         tracing::warn!(policy = %config.policy.display(), "no tenant has an api_key_sha256: every call will be refused (401)");
+    }
+    let audit_key = match config.audit_key.clone() {
+        Some(key) => key,
+        None => AuditKey::from_env().map_err(BridgeError::AuditKey)?,
+    };
+    if !audit_key.is_keyed() {
+        tracing::warn!(
+            "no audit key (STREAMSCORE_AUDIT_KEY_FILE or STREAMSCORE_AUDIT_KEY): outcomes are checked against \
+             the unkeyed seal, which anyone who can write the predictions topic can forge; give the bridge the \
+             stages' audit key"
+        );
+    }
+    let share = config
+        .max_waiters_per_tenant
+        .unwrap_or_else(|| waiters::default_share(config.max_waiters, keys.tenants()))
+        .min(config.max_waiters);
+    if keys.tenants() * share > config.max_waiters {
+        tracing::warn!(
+            max_waiters = config.max_waiters,
+            share,
+            tenants = keys.tenants(),
+            "the tenants' shares of the waiters add up to more than --max-waiters: a tenant below its share can \
+             get 503 while others hold theirs; raise --max-waiters to tenants × share to rule that out",
+        );
     }
     let tenants = Tenants::Only(policy.file.tenants.keys().cloned().collect());
     let pins = policy.pins();
@@ -148,13 +188,14 @@ pub async fn serve(
     };
     let request_codec = Arc::new(Codec::<InferenceRequest>::with_url(&config.registry_url, &config.requests_topic));
     let outcome_codec = Arc::new(Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic));
-    let waiters = Arc::new(waiters::Waiters::new(config.max_waiters));
+    let waiters = Arc::new(waiters::Waiters::new(config.max_waiters, share));
     let stop = Arc::new(AtomicBool::new(false));
     let listener_thread = listen::spawn(
         listen::ListenConfig {
             kafka: config.kafka.clone(),
             predictions_topic: config.predictions_topic.clone(),
             instance: config.instance.clone(),
+            audit_key,
         },
         outcome_codec,
         Arc::clone(&waiters),
@@ -201,7 +242,15 @@ pub async fn serve(
             }
         })
     };
-    tracing::info!(instance = %config.instance, deadline_ms = config.deadline.as_millis() as u64, keys = keys.len(), "bridge serving");
+    tracing::info!(
+        instance = %config.instance,
+        deadline_ms = config.deadline.as_millis() as u64,
+        keys = keys.len(),
+        max_waiters = config.max_waiters,
+        max_waiters_per_tenant = share,
+        "bridge serving",
+    );
+    let broker = ready::BrokerCheck::of_producer(producer.clone(), config.requests_topic.clone());
     let bridge = Arc::new(Bridge {
         config,
         store,
@@ -213,6 +262,7 @@ pub async fn serve(
         request_codec,
         producer,
         waiters: Arc::clone(&waiters),
+        broker,
         metrics,
     });
     warp::serve(api::routes(bridge)).incoming(listener).graceful(shutdown.wait()).run().await;

@@ -1,4 +1,5 @@
-//! The OpenAPI 3 document served on `GET /openapi.json`.
+//! The OpenAPI 3 document served on `GET /openapi.json`: every route of [`crate::api::ROUTES`]
+//! (tested here) with every status it answers (tested over HTTP in `tests/bridge.rs`).
 
 use serde_json::{json, Value};
 
@@ -16,20 +17,28 @@ fn errors(dialect: fn() -> Value, codes: &[&str]) -> serde_json::Map<String, Val
 
 /// The document.
 pub fn document() -> Value {
-    let call_errors = ["400", "401", "403", "404", "413", "422", "429", "503", "504"];
+    // 500: the model failed on the batch (the pipeline's FAILED outcome, MODEL_ERROR).
+    let call_errors = ["400", "401", "403", "404", "413", "422", "429", "500", "503", "504"];
     let mut predict_responses = errors(error_own, &call_errors);
     predict_responses.insert(
         "200".to_owned(),
         json!({"description": "one prediction per row", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Predictions"}}}}),
     );
     let mut infer_responses = errors(error_oip, &call_errors);
+    infer_responses.insert("415".to_owned(), error_oip());
     infer_responses.insert(
         "200".to_owned(),
         json!({"description": "the score tensor", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OipResponse"}}}}),
     );
-    let mut status_responses = errors(error_own, &["401", "404", "429", "500"]);
+    // A kept answer that is a refusal answers as the call would have.
+    let mut status_responses = errors(error_own, &["401", "403", "404", "422", "429", "500", "503"]);
     status_responses.insert("200".to_owned(), json!({"description": "answered"}));
     status_responses.insert("202".to_owned(), json!({"description": "still pending"}));
+    let mut metadata_responses = errors(error_oip, &["401", "403", "404", "503"]);
+    metadata_responses.insert("200".to_owned(), json!({"description": "name, versions, inputs, outputs"}));
+    let model = json!({"name": "model", "in": "path", "required": true, "schema": {"type": "string"}});
+    let version = json!({"name": "version", "in": "path", "required": true, "schema": {"type": "string"}});
+    let ready = json!({"200": {"description": "ready"}, "400": {"description": "not ready (empty body)"}});
     let key = json!([{"bearer": []}, {"apiKey": []}]);
     json!({
         "openapi": "3.0.3",
@@ -126,14 +135,80 @@ pub fn document() -> Value {
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OipRequest"}}}},
                 "responses": infer_responses,
             }},
-            "/v2/models/{model}": {"get": {"summary": "Model metadata", "security": key, "responses": {"200": {"description": "metadata"}, "401": error_oip(), "404": error_oip()}}},
-            "/v2/models/{model}/ready": {"get": {"summary": "Model readiness (no key)", "responses": {"200": {"description": "ready"}, "400": {"description": "not ready"}}}},
+            "/v2/models/{model}": {"get": {
+                "summary": "Model metadata, for the version the key's tenant is routed to",
+                "security": key,
+                "parameters": [model],
+                "responses": metadata_responses.clone(),
+            }},
+            "/v2/models/{model}/versions/{version}": {"get": {
+                "summary": "Model metadata of one version",
+                "security": key,
+                "parameters": [model, version],
+                "responses": metadata_responses,
+            }},
+            "/v2/models/{model}/ready": {"get": {"summary": "Model readiness (no key)", "parameters": [model], "responses": ready}},
+            "/v2/models/{model}/versions/{version}/ready": {"get": {
+                "summary": "Readiness of one version (no key)",
+                "parameters": [model, version],
+                "responses": ready,
+            }},
             "/v2": {"get": {"summary": "Server metadata", "responses": {"200": {"description": "name, version, extensions"}}}},
             "/v2/health/live": {"get": {"summary": "Liveness (no key)", "responses": {"200": {"description": "live"}}}},
-            "/v2/health/ready": {"get": {"summary": "Readiness (no key)", "responses": {"200": {"description": "ready"}, "400": {"description": "not ready"}}}},
+            "/v2/health/ready": {"get": {"summary": "Readiness (no key)", "responses": ready}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "live"}}}},
-            "/ready": {"get": {"summary": "Broker, registry and models", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready, with the failing checks"}}}},
+            "/ready": {"get": {"summary": "Broker, registry and models (no key; says which check failed, nothing more)", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready, with the failing checks"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn the_document_lists_exactly_the_route_table() {
+        let document = document();
+        let documented: BTreeSet<(String, String)> = document["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .flat_map(|(path, operations)| {
+                operations.as_object().expect("operations").keys().map(move |m| (m.to_uppercase(), path.clone()))
+            })
+            .collect();
+        let served: BTreeSet<(String, String)> =
+            crate::api::ROUTES.iter().map(|r| (r.method.to_owned(), r.path.to_owned())).collect();
+        assert_eq!(documented, served);
+    }
+
+    #[test]
+    fn every_operation_documents_its_answers_and_names_its_path_parameters() {
+        let document = document();
+        for (path, operations) in document["paths"].as_object().expect("paths") {
+            for (method, operation) in operations.as_object().expect("operations") {
+                let responses = operation["responses"].as_object().expect("responses");
+                assert!(responses.keys().any(|c| c.starts_with('2')), "{method} {path}: no success");
+                let named: BTreeSet<&str> = operation["parameters"]
+                    .as_array()
+                    .map(|p| p.iter().filter_map(|p| p["name"].as_str()).collect())
+                    .unwrap_or_default();
+                let in_path: BTreeSet<&str> =
+                    path.split('/').filter_map(|s| s.strip_prefix('{')?.strip_suffix('}')).collect();
+                assert_eq!(named, in_path, "{method} {path}: path parameters");
+                if operation.get("security").is_some() {
+                    assert!(responses.contains_key("401"), "{method} {path}: a key route without 401");
+                }
+            }
+        }
+        let predict = &document["paths"]["/v1/models/{model}/predict"]["post"]["responses"];
+        let infer = &document["paths"]["/v2/models/{model}/infer"]["post"]["responses"];
+        for code in ["200", "400", "401", "403", "404", "413", "422", "429", "500", "503", "504"] {
+            assert!(predict[code].is_object() && infer[code].is_object(), "{code}");
+        }
+    }
 }

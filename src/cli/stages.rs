@@ -328,6 +328,10 @@ pub(crate) struct BridgeCommand {
     /// Callers (rows) waiting at once before new calls get 503.
     #[arg(long, default_value_t = streamscore_bridge::DEFAULT_MAX_WAITERS)]
     pub(crate) max_waiters: usize,
+    /// Rows one tenant may have waiting at once before its calls get 429 (default: --max-waiters
+    /// divided by the policy's tenants with an API key, at least one full call of 1,000 rows).
+    #[arg(long)]
+    pub(crate) max_waiters_per_tenant: Option<usize>,
     /// Largest request body in bytes (chunked bodies included): 413 above.
     #[arg(long, default_value_t = streamscore_bridge::DEFAULT_MAX_BODY_BYTES)]
     pub(crate) max_body_bytes: usize,
@@ -347,6 +351,7 @@ impl BridgeCommand {
             predictions_topic,
             deadline_ms,
             max_waiters,
+            max_waiters_per_tenant,
             max_body_bytes,
             instance,
         } = self;
@@ -360,6 +365,7 @@ impl BridgeCommand {
         config.predictions_topic = predictions_topic;
         config.deadline = std::time::Duration::from_millis(deadline_ms);
         config.max_waiters = max_waiters;
+        config.max_waiters_per_tenant = max_waiters_per_tenant;
         config.max_body_bytes = max_body_bytes;
         if let Some(instance) = instance {
             config.instance = instance;

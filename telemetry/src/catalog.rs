@@ -191,6 +191,11 @@ pub const METRICS: &[Metric] = &[
         &[],
         "Outcomes of bridge requests whose caller had already gone.",
     ),
+    counter(
+        "streamscore_bridge_unauthenticated_outcomes_total",
+        &["reason"],
+        "Outcomes addressed to the bridge it did not hand over: seal missing, wrong_key, bad_mac, or wrong_tenant.",
+    ),
 ];
 
 /// The catalog entry of `name` (a family name, without `_bucket`, `_sum` or `_count`).
