@@ -93,8 +93,13 @@ impl Drop for Stack {
     }
 }
 
-const EVENT_TOPICS: [&str; 4] =
-    ["inference.requests", "inference.validated", "inference.predictions", "inference.dead-letter"];
+const EVENT_TOPICS: [&str; 5] = [
+    "inference.requests",
+    "inference.validated",
+    "inference.predictions",
+    "inference.dead-letter",
+    "inference.feedback",
+];
 const SINGLE_TOPICS: [&str; 3] = ["audit.log", "monitor.alerts", "_schemas"];
 
 #[test]

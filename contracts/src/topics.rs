@@ -17,15 +17,18 @@ pub const DEAD_LETTER: &str = "inference.dead-letter";
 pub const AUDIT: &str = "audit.log";
 /// Drift alerts from the monitor.
 pub const ALERTS: &str = "monitor.alerts";
+/// Ground truth: a label per request id, often days after the score. Keyed by tenant.
+pub const FEEDBACK: &str = "inference.feedback";
 
 /// Every event topic with the schema of its values.
-pub const EVENT_TOPICS: [(&str, SchemaFile); 6] = [
+pub const EVENT_TOPICS: [(&str, SchemaFile); 7] = [
     (REQUESTS, schemas::INFERENCE_REQUEST),
     (VALIDATED, schemas::VALIDATED_REQUEST),
     (PREDICTIONS, schemas::PREDICTION_OUTCOME),
     (DEAD_LETTER, schemas::DEAD_LETTER),
     (AUDIT, schemas::AUDIT_RECORD),
     (ALERTS, schemas::DRIFT_ALERT),
+    (FEEDBACK, schemas::FEEDBACK),
 ];
 
 /// The registry subject of a topic's values (TopicNameStrategy).
