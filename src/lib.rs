@@ -11,7 +11,7 @@ pub mod stack;
 
 // The analysts' commands live in `streamscore-history` (history/); re-exported under their
 // old paths.
-pub use streamscore_history::{audit, lineage, replay, replay_parquet};
+pub use streamscore_history::{audit, lineage, quality, replay, replay_parquet};
 
 /// Writes `rows` synthetic transactions from `seed` as CSV: the features in model input
 /// order, then `is_fraud` and the rule's `fraud_probability`. Event times are one second apart

@@ -93,6 +93,11 @@ enum Command {
     /// another (`--model fraud@2`: an agreement report). Rows to a .jsonl or .parquet file, the
     /// report beside it (<out>.report.json).
     Replay(cli::analysts::ReplayCommand),
+    /// Model quality per version from the topics alone: every scored outcome joined to its
+    /// label on inference.feedback (AUC, log loss, Brier, precision/recall/F1 at the version's
+    /// threshold, calibration error); --json for machines, --out FILE.parquet for one row per
+    /// labeled prediction with its features.
+    Quality(cli::analysts::QualityCommand),
     /// Print the `kafka-acls.sh` commands that bind tenants to their producers' principals:
     /// each tenant with `kafka_principals` in the policy gets its own requests topic, writable
     /// only by those principals (see the README's Security section).
@@ -205,6 +210,7 @@ impl Command {
             Command::Audit(_) => "audit",
             Command::Lineage(_) => "lineage",
             Command::Replay(_) => "replay",
+            Command::Quality(_) => "quality",
             Command::Acls(_) => "acls",
             Command::Ingest(_) => "ingest",
             Command::Produce(_) => "produce",
@@ -248,6 +254,7 @@ async fn run(command: Command, shutdown: Shutdown) -> Result<()> {
         Command::Audit(args) => args.run().await,
         Command::Lineage(args) => args.run().await,
         Command::Replay(args) => args.run().await,
+        Command::Quality(args) => args.run().await,
         Command::Acls(args) => args.run().await,
         Command::Ingest(args) => args.run(shutdown).await,
         Command::Produce(args) => args.run(shutdown).await,

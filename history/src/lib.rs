@@ -5,7 +5,9 @@
 //!   also the topic readers the other commands share.
 //! - [`lineage`]: everything the topics say about one request.
 //! - [`replay`]: re-scoring history offline (same version: a proof; another: an agreement
-//!   report), rows to JSONL or Parquet ([`replay_parquet`]).
+//!   report), rows (with their features) to JSONL or Parquet ([`replay_parquet`]).
+//! - [`quality`]: model quality per version from the prediction and feedback topics alone,
+//!   labeled rows (with their features) to Parquet.
 //!
 //! These are commands, run by a person or a script and read as a whole report or an error,
 //! so this crate returns `anyhow` errors with context (as the binary does) rather than typed
@@ -14,5 +16,6 @@
 
 pub mod audit;
 pub mod lineage;
+pub mod quality;
 pub mod replay;
 pub mod replay_parquet;
