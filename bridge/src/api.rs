@@ -20,6 +20,8 @@ use streamscore_modelstore::{ModelVersion, RouteError};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::Filter;
 
+mod feedback;
+
 use crate::auth;
 use crate::waiters::{Lookup, WaitError};
 use crate::Bridge;
@@ -307,6 +309,7 @@ impl Bridge {
                 ("v1_predict", self.predict(headers, model, &body, call_id).await)
             }
             ["v1", "requests", id] if get => ("v1_request", self.request_status(headers, id)),
+            ["v1", "feedback"] if post => ("v1_feedback", self.feedback(headers, &body).await),
             _ => ("other", Err(ApiError::not_found("NOT_FOUND", format!("no route {method} /{}", segments.join("/"))))),
         }
     }

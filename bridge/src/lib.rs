@@ -42,6 +42,8 @@ pub struct BridgeConfig {
     pub registry_url: String,
     pub requests_topic: String,
     pub predictions_topic: String,
+    /// Where `POST /v1/feedback` publishes labels.
+    pub feedback_topic: String,
     pub models: PathBuf,
     /// The tenant policy: API keys, allowed models, pins, quotas (for `RateLimit-*`).
     pub policy: PathBuf,
@@ -62,6 +64,7 @@ impl BridgeConfig {
             registry_url: registry_url.to_owned(),
             requests_topic: streamscore_contracts::topics::REQUESTS.to_owned(),
             predictions_topic: streamscore_contracts::topics::PREDICTIONS.to_owned(),
+            feedback_topic: streamscore_contracts::topics::FEEDBACK.to_owned(),
             models,
             policy,
             instance: format!("bridge:{}:{}", streamscore_contracts::lineage::default_instance(), &suffix[..8]),
@@ -95,6 +98,8 @@ pub struct Bridge {
     /// The policy's pins, which a call is checked against as routing will score it.
     pins: streamscore_modelstore::Pins,
     request_codec: Arc<Codec<InferenceRequest>>,
+    /// Registered on the first `POST /v1/feedback`.
+    feedback_codec: Codec<streamscore_contracts::Feedback>,
     producer: FutureProducer,
     waiters: Arc<waiters::Waiters>,
     metrics: Option<MetricsRender>,
@@ -142,6 +147,7 @@ pub async fn serve(
         client.create().map_err(|e| BridgeError::Kafka(e.to_string()))?
     };
     let request_codec = Arc::new(Codec::<InferenceRequest>::with_url(&config.registry_url, &config.requests_topic));
+    let feedback_codec = Codec::with_url(&config.registry_url, &config.feedback_topic);
     let outcome_codec = Arc::new(Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic));
     let waiters = Arc::new(waiters::Waiters::new(config.max_waiters));
     let stop = Arc::new(AtomicBool::new(false));
@@ -176,6 +182,7 @@ pub async fn serve(
         tenants,
         pins,
         request_codec,
+        feedback_codec,
         producer,
         waiters: Arc::clone(&waiters),
         metrics,

@@ -330,6 +330,9 @@ pub(crate) struct BridgeCommand {
     /// Topic outcomes are read from.
     #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
     pub(crate) predictions_topic: String,
+    /// Topic `POST /v1/feedback` publishes labels to.
+    #[arg(long, default_value = streamscore_contracts::topics::FEEDBACK)]
+    pub(crate) feedback_topic: String,
     /// How long a caller waits for its outcome before a 504, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub(crate) deadline_ms: u64,
@@ -353,6 +356,7 @@ impl BridgeCommand {
             store,
             requests_topic,
             predictions_topic,
+            feedback_topic,
             deadline_ms,
             max_waiters,
             max_body_bytes,
@@ -366,6 +370,7 @@ impl BridgeCommand {
         );
         config.requests_topic = requests_topic;
         config.predictions_topic = predictions_topic;
+        config.feedback_topic = feedback_topic;
         config.deadline = std::time::Duration::from_millis(deadline_ms);
         config.max_waiters = max_waiters;
         config.max_body_bytes = max_body_bytes;
