@@ -87,6 +87,7 @@ fn main() {
     store.commit().expect("commit");
     let seconds = started.elapsed().as_secs_f64();
     let stats = store.stats().expect("stats");
+    let join_rss = peak_rss_mib();
     let refresh = Instant::now();
     let report = streamscore_monitor::quality::report::read(dir.path(), now, &|_, _| None).expect("report");
     let refresh_seconds = refresh.elapsed().as_secs_f64();
@@ -106,12 +107,12 @@ fn main() {
         stats.pending
     );
     println!(
-        "memory: peak resident {:.1} MiB (before the join {rss_before:.1} MiB; SQLite's page cache is bounded at 32 MiB)",
-        peak_rss_mib()
+        "memory: peak resident {join_rss:.1} MiB through the join (at start {rss_before:.1} MiB; SQLite's page cache is bounded at 32 MiB)"
     );
     println!(
-        "refresh: {} rows of figures from {} labeled pairs in {refresh_seconds:.2} s",
+        "refresh: {} rows of figures from {} labeled pairs in {refresh_seconds:.2} s, peak resident {:.1} MiB after it",
         report.rows.len(),
-        stats.labeled
+        stats.labeled,
+        peak_rss_mib()
     );
 }

@@ -65,21 +65,24 @@ pub fn compute(
     now: i64,
     thresholds: &dyn Fn(&str, &str) -> Option<f64>,
 ) -> rusqlite::Result<QualityReport> {
-    let rows = store::labeled(conn, i64::MIN)?;
     let widest = WINDOWS.iter().filter_map(|(_, w)| *w).max().unwrap_or(0);
     let (minutes, totals) = store::volumes(conn, store::minute_of(now.saturating_sub(widest)))?;
     type Key = (String, String, String);
     let mut groups: BTreeMap<Key, Vec<(i64, Pair)>> = BTreeMap::new();
-    for row in rows {
+    // Streamed from the store into the groups (a pair is 40 bytes; rows are not kept).
+    store::for_each_labeled(conn, i64::MIN, |row| {
         let predicted = row.predicted.or_else(|| thresholds(&row.model, &row.version).map(|t| row.score >= t));
         let pair = Pair { score: row.score, predicted, actual: row.actual, delay_us: row.observed_at - row.created_at };
         for tenant in [row.tenant.as_str(), ALL_TENANTS] {
-            groups
-                .entry((row.model.clone(), row.version.clone(), tenant.to_owned()))
-                .or_default()
-                .push((row.created_at, pair));
+            let key = (row.model.clone(), row.version.clone(), tenant.to_owned());
+            match groups.get_mut(&key) {
+                Some(pairs) => pairs.push((row.created_at, pair)),
+                None => {
+                    groups.insert(key, vec![(row.created_at, pair)]);
+                }
+            }
         }
-    }
+    })?;
     // Keys with predictions but no label yet still get a row (labeled 0).
     for (model, version, tenant) in totals.keys() {
         for t in [tenant.as_str(), ALL_TENANTS] {

@@ -792,6 +792,30 @@ fn reason_from_code(code: &str) -> DeadLetterReason {
     .unwrap_or(R::Other)
 }
 
+/// Calls `f` with each labeled pair of a request created at or after `from` (µs), one at a
+/// time (a refresh over millions of pairs holds none of the rows).
+pub fn for_each_labeled(conn: &Connection, from: i64, mut f: impl FnMut(LabeledRow)) -> rusqlite::Result<()> {
+    let mut statement = conn.prepare_cached(
+        "SELECT model, version, tenant, shadow, created_at, score, predicted, actual, observed_at
+         FROM labeled WHERE created_at >= ?1",
+    )?;
+    let mut rows = statement.query([from])?;
+    while let Some(r) = rows.next()? {
+        f(LabeledRow {
+            model: r.get(0)?,
+            version: r.get(1)?,
+            tenant: r.get(2)?,
+            shadow: r.get(3)?,
+            created_at: r.get(4)?,
+            score: r.get(5)?,
+            predicted: r.get(6)?,
+            actual: r.get(7)?,
+            observed_at: r.get(8)?,
+        });
+    }
+    Ok(())
+}
+
 /// The labeled pairs of requests created at or after `from` (µs).
 pub fn labeled(conn: &Connection, from: i64) -> rusqlite::Result<Vec<LabeledRow>> {
     let mut statement = conn.prepare_cached(
