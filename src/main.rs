@@ -68,7 +68,8 @@ enum Command {
     /// Run ingest and infer fused in one process (the default deployment).
     Pipeline(cli::stages::PipelineCommand),
     /// Monitor predictions: drift per model version against the reference distributions,
-    /// latency, alerts on monitor.alerts and the audit log.
+    /// model quality from labels on inference.feedback joined to the predictions, latency,
+    /// alerts on monitor.alerts and the audit log.
     Monitor(cli::stages::MonitorCommand),
     /// Run the infer stage on its own, reading the validated topic.
     Infer(cli::stages::InferCommand),

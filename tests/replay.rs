@@ -130,7 +130,8 @@ print(json.dumps({
                 .as_object()
                 .unwrap()
                 .iter()
-                .map(|(k, x)| (k.clone(), x.as_f64().unwrap()))
+                // A NaN feature (a NON_FINITE dead letter's) is null in JSON.
+                .map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(f64::NAN)))
                 .collect(),
         })
         .collect();
