@@ -458,6 +458,28 @@ print(json.dumps({"rows": t.num_rows, "columns": t.column_names, "created_at": s
     }
     assert!(!degraded_entries.is_empty(), "QUALITY_DEGRADED is audited");
     assert!(degraded_entries.iter().all(|(s, b)| s == "fraud/2" && b.starts_with("auc ")), "{degraded_entries:?}");
-    drop((steady, restarted));
+
+    // Rebuildable from the topics: the steady monitor stops (SIGTERM, its group's offsets
+    // committed at the end), and a new store in its group is filled from the topics alone.
+    let mut steady = steady;
+    let status = Command::new("kill").args(["-TERM", &steady.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let stopped = steady.child.wait().unwrap();
+    assert!(stopped.success(), "the steady monitor stops cleanly: {stopped}");
+    let rebuilt = monitor(&args, &dir.path().join("c"), &group_a);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut c = BTreeMap::new();
+    while Instant::now() < deadline {
+        c = scrape(rebuilt.port).await;
+        if ["1", "2"].iter().all(|v| metric(&c, "streamscore_quality_labeled", &labeled_all(v)) == Some(want_labeled)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let fc = figures(&c);
+    let differ: Vec<(&String, &String, Option<&String>)> =
+        fa.iter().filter(|(k, v)| fc.get(*k) != Some(*v)).map(|(k, v)| (k, v, fc.get(k))).take(10).collect();
+    assert!(differ.is_empty() && fa.len() == fc.len(), "a store rebuilt from the topics reports the same: {differ:#?}");
+    drop((rebuilt, restarted));
     registry.stop().await;
 }
