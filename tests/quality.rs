@@ -279,7 +279,7 @@ async fn labels_give_sklearns_figures_and_a_killed_monitor_counts_the_same() {
     let restarted = monitor(&args, &store_b, &group_b);
 
     // scikit-learn on the pairs the labels make, per version.
-    let store = streamscore_modelstore::ModelStore::open(&support::models_dir()).unwrap();
+    let store = streamscore_modelstore::ModelStore::open(support::models_dir()).unwrap();
     let mut pairs: BTreeMap<String, (Vec<f64>, Vec<u8>, Vec<u8>)> = BTreeMap::new();
     for (id, actual) in &truth {
         for (version, score) in &by_request[id].2 {

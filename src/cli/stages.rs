@@ -294,7 +294,9 @@ impl MonitorCommand {
             quality.horizon = label_horizon;
             quality.retention = quality_retention;
             quality.every = std::time::Duration::from_secs_f64(quality_every_secs);
-            quality.policy = if quality_policy.is_file() || quality_policy != PathBuf::from("policies/quality.toml") {
+            quality.policy = if quality_policy.is_file()
+                || quality_policy != std::path::Path::new("policies/quality.toml")
+            {
                 streamscore_monitor::quality::QualityPolicy::load(&quality_policy)?
             } else {
                 tracing::warn!(policy = %quality_policy.display(), "no quality policy: no version is judged QUALITY_DEGRADED");

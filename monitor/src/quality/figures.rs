@@ -169,6 +169,8 @@ fn percentile(sorted: &[i64], q: f64) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
     use super::*;
 
     fn pair(score: f64, actual: f64) -> Pair {

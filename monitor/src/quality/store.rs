@@ -157,6 +157,8 @@ pub struct StoreStats {
 
 /// Predictions made per (model, version, tenant) and minute of their request's creation.
 pub type Volumes = HashMap<(String, String, String), Vec<(i64, u64)>>;
+/// Predictions made per (model, version, tenant) since the store started.
+pub type Totals = HashMap<(String, String, String), u64>;
 
 const MINUTE_US: i64 = 60_000_000;
 
@@ -839,10 +841,7 @@ pub fn labeled(conn: &Connection, from: i64) -> rusqlite::Result<Vec<LabeledRow>
 }
 
 /// Predictions per minute from minute `from` on, and in total since the store started.
-pub fn volumes(
-    conn: &Connection,
-    from_minute: i64,
-) -> rusqlite::Result<(Volumes, HashMap<(String, String, String), u64>)> {
+pub fn volumes(conn: &Connection, from_minute: i64) -> rusqlite::Result<(Volumes, Totals)> {
     let mut minutes: Volumes = HashMap::new();
     let mut statement =
         conn.prepare_cached("SELECT model, version, tenant, minute, predictions FROM volume WHERE minute >= ?1")?;
