@@ -3,15 +3,15 @@
 //! tests drive the same code the CLI runs.
 
 pub mod acls;
-pub mod audit;
 pub mod demo;
-pub mod lineage;
 pub mod loadgen;
 pub mod pipeline;
-pub mod replay;
-pub mod replay_parquet;
 pub mod run;
 pub mod stack;
+
+// The analysts' commands live in `streamscore-history` (history/); re-exported under their
+// old paths.
+pub use streamscore_history::{audit, lineage, quality, replay, replay_parquet};
 
 /// Writes `rows` synthetic transactions from `seed` as CSV: the features in model input
 /// order, then `is_fraud` and the rule's `fraud_probability`. Event times are one second apart

@@ -68,7 +68,8 @@ enum Command {
     /// Run ingest and infer fused in one process (the default deployment).
     Pipeline(cli::stages::PipelineCommand),
     /// Monitor predictions: drift per model version against the reference distributions,
-    /// latency, alerts on monitor.alerts and the audit log.
+    /// model quality from labels on inference.feedback joined to the predictions, latency,
+    /// alerts on monitor.alerts and the audit log.
     Monitor(cli::stages::MonitorCommand),
     /// Run the infer stage on its own, reading the validated topic.
     Infer(cli::stages::InferCommand),
@@ -98,6 +99,11 @@ enum Command {
     /// `status`, `promote`, `pause`, `resume`, `rollback`. Every stage follows the changes
     /// within seconds; each is in the audit log.
     Rollout(cli::rollout::RolloutCommand),
+    /// Model quality per version from the topics alone: every scored outcome joined to its
+    /// label on inference.feedback (AUC, log loss, Brier, precision/recall/F1 at the version's
+    /// threshold, calibration error); --json for machines, --out FILE.parquet for one row per
+    /// labeled prediction with its features.
+    Quality(cli::analysts::QualityCommand),
     /// Print the `kafka-acls.sh` commands that bind tenants to their producers' principals:
     /// each tenant with `kafka_principals` in the policy gets its own requests topic, writable
     /// only by those principals (see the README's Security section).
@@ -211,6 +217,7 @@ impl Command {
             Command::Lineage(_) => "lineage",
             Command::Replay(_) => "replay",
             Command::Rollout(_) => "rollout",
+            Command::Quality(_) => "quality",
             Command::Acls(_) => "acls",
             Command::Ingest(_) => "ingest",
             Command::Produce(_) => "produce",
@@ -255,6 +262,7 @@ async fn run(command: Command, shutdown: Shutdown) -> Result<()> {
         Command::Lineage(args) => args.run().await,
         Command::Replay(args) => args.run().await,
         Command::Rollout(args) => args.run().await,
+        Command::Quality(args) => args.run().await,
         Command::Acls(args) => args.run().await,
         Command::Ingest(args) => args.run(shutdown).await,
         Command::Produce(args) => args.run(shutdown).await,

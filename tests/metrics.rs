@@ -202,6 +202,9 @@ fn the_dashboard_covers_what_operators_ask() {
         ("drift per feature and version", catalog::DRIFT_STATISTIC),
         ("drift alert annotations", "streamscore_drift_alerts_total"),
         ("backend and versions loaded", "streamscore_backend_info"),
+        ("model quality per version", "streamscore_quality_auc"),
+        ("quality degraded", "streamscore_quality_degraded"),
+        ("label delay", "streamscore_quality_label_delay_seconds"),
     ] {
         assert!(text.contains(metric), "no panel shows {what} ({metric})");
     }
@@ -274,4 +277,75 @@ fn the_dockerfile_builds_a_non_root_image_with_a_health_check() {
     }
     let ignore = std::fs::read_to_string(deploy::root().join(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l == "target"), "the build context leaves target/ out");
+}
+
+/// The alert rules (`deploy/prometheus/rules/`): promtool accepts them, every alert has a
+/// `promtool test rules` case that fires and one that stays quiet (and they pass), a summary, a
+/// description and a runbook section in the README, and names only exported metrics. A rule
+/// broken on purpose fails its case.
+#[test]
+fn every_alert_rule_is_tested_and_has_a_runbook() {
+    let rules_dir = deploy::root().join("deploy/prometheus/rules");
+    let rules_file = rules_dir.join("streamscore.yml");
+    let tests_file = rules_dir.join("tests/streamscore_test.yml");
+    let promtool = deploy::prometheus_tool("promtool");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let output = std::process::Command::new(&promtool).args(args).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    };
+    let (ok, said) = run(&["check".as_ref(), "rules".as_ref(), rules_file.as_os_str()]);
+    assert!(ok, "promtool check rules: {said}");
+    let (ok, said) = run(&["test".as_ref(), "rules".as_ref(), tests_file.as_os_str()]);
+    assert!(ok, "promtool test rules: {said}");
+
+    let rules = std::fs::read_to_string(&rules_file).unwrap();
+    let tests = std::fs::read_to_string(&tests_file).unwrap();
+    let readme = std::fs::read_to_string(deploy::root().join("README.md")).unwrap();
+    let alerts: Vec<(&str, &str)> = rules
+        .split("- alert: ")
+        .skip(1)
+        .map(|block| block.split_once('\n').unwrap())
+        .map(|(name, body)| (name.trim(), body))
+        .collect();
+    assert!(alerts.len() >= 9, "{} alerts", alerts.len());
+    let mut problems = Vec::new();
+    for (name, body) in &alerts {
+        for case in [format!("{name} fires: "), format!("{name} stays quiet")] {
+            if !tests.contains(&case) {
+                problems.push(format!("{name}: no promtool case named \"{case}...\""));
+            }
+        }
+        for annotation in ["summary:", "description:", "runbook:"] {
+            if !body.contains(annotation) {
+                problems.push(format!("{name}: no {annotation} annotation"));
+            }
+        }
+        let anchor = format!("runbook: \"README.md#{}\"", name.to_ascii_lowercase());
+        if !body.contains(&anchor) {
+            problems.push(format!("{name}: its runbook should be {anchor}"));
+        }
+        if !readme.lines().any(|l| l.trim() == format!("#### {name}")) {
+            problems.push(format!("{name}: no \"#### {name}\" runbook section in the README"));
+        }
+    }
+    for name in deploy::metric_names(&rules) {
+        let known = catalog::find(&name)
+            .or_else(|| name.strip_suffix("_bucket").and_then(catalog::find).filter(|m| m.kind == Kind::Histogram));
+        if known.is_none() {
+            problems.push(format!("the rules name {name}, which streamscore does not export"));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // The cases can fail: with a threshold moved out of reach, a firing case does not fire.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    let broken = rules.replace("streamscore_consumer_lag_seconds) > 60", "streamscore_consumer_lag_seconds) > 6000");
+    assert_ne!(broken, rules, "the rule to break is there");
+    std::fs::write(dir.path().join("streamscore.yml"), broken).unwrap();
+    std::fs::write(dir.path().join("tests/streamscore_test.yml"), &tests).unwrap();
+    let (ok, said) =
+        run(&["test".as_ref(), "rules".as_ref(), dir.path().join("tests/streamscore_test.yml").as_os_str()]);
+    assert!(!ok && said.contains("ConsumerLagHigh"), "a broken rule fails its case: {said}");
 }

@@ -39,7 +39,7 @@ fn spawn(name: &'static str, program: &std::path::Path, args: &[String]) -> Proc
         .arg(program)
         .args(args)
         // Warnings, but not the monitor's line per drift alert (this run drifts on purpose).
-        .env("STREAMSCORE_LOG", "warn,streamscore_monitor::stage=error")
+        .env("STREAMSCORE_LOG", "warn,streamscore_monitor::stage=error,streamscore_monitor::quality=error")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -168,11 +168,15 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
     ));
 
     let topics = StageTopics::create("prometheus").await;
-    let [alerts, audit, checkpoints, rollouts] =
-        ["alerts", "audit", "quota-checkpoints", "rollouts"].map(support::unique);
+    let [alerts, audit, checkpoints, rollouts, feedback] =
+        ["alerts", "audit", "quota-checkpoints", "rollouts", "feedback"].map(support::unique);
     streamscore_kafka::ensure_topics(
         &support::kafka(),
-        &[streamscore_kafka::TopicSpec::event(&alerts, 1), streamscore_kafka::TopicSpec::event(&audit, 1)],
+        &[
+            streamscore_kafka::TopicSpec::event(&alerts, 1),
+            streamscore_kafka::TopicSpec::event(&audit, 1),
+            streamscore_kafka::TopicSpec::event(&feedback, 3),
+        ],
     )
     .await
     .unwrap();
@@ -235,9 +239,17 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
         &rollouts,
         "--metrics-listen",
         &format!("127.0.0.1:{monitor_port}"),
+        "--feedback-topic",
+        &feedback,
+        "--quality-store",
+        &dir.path().join("quality").display().to_string(),
+        "--quality-every-secs",
+        "1",
     ]));
     let mut bridge_args = common("bridge");
     bridge_args.extend(strings(&[
+        "--feedback-topic",
+        &feedback,
         "--listen",
         &format!("127.0.0.1:{bridge_port}"),
         "--policy",
@@ -352,6 +364,48 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
         .await
         .unwrap();
     assert!(answer.status().is_success(), "the bridge answers: {}", answer.status());
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    let id = answer["predictions"][0]["request_id"].as_str().unwrap().to_owned();
+    // Its label, through the bridge; and labels for the load's outcomes on the feedback topic,
+    // so the quality panels have figures (both classes, the label following the score).
+    let labeled = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{bridge_port}/v1/feedback"))
+        .bearer_auth("acme-demo-key")
+        .json(&serde_json::json!({"request_id": id, "actual": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(labeled.status(), reqwest::StatusCode::ACCEPTED, "{:?}", labeled.text().await);
+    let outcomes =
+        tokio::task::block_in_place(|| support::read_records(&[&topics.predictions], 3000, Duration::from_secs(30)));
+    let outcome_codec = Codec::<streamscore_contracts::PredictionOutcome>::with_url(&registry, &topics.predictions);
+    let feedback_codec = Codec::<streamscore_contracts::Feedback>::with_url(&registry, &feedback);
+    feedback_codec.register().await.unwrap();
+    let mut labels = Vec::new();
+    for (i, record) in outcomes.iter().enumerate() {
+        use rdkafka::message::Message;
+        let Ok(o) = outcome_codec.decode(record.payload().unwrap_or_default()).await.map(|d| d.value) else { continue };
+        let (Some(score), Some(request_id), Some(tenant)) = (o.score, o.lineage.request_id, o.lineage.tenant) else {
+            continue;
+        };
+        if o.shadow {
+            continue;
+        }
+        // Positive when the score beats a fixed pseudo-random draw: correlated, both classes.
+        let draw = ((i as u64).wrapping_mul(2_654_435_761) % 1000) as f64 / 1000.0;
+        let actual = if score > draw * 0.2 { 1.0 } else { 0.0 };
+        let label = streamscore_contracts::Feedback {
+            request_id,
+            tenant: tenant.clone(),
+            actual,
+            observed_at: streamscore_contracts::now_micros(),
+            source: Some("test".to_owned()),
+            attributes: None,
+        };
+        labels.push((tenant.into_bytes(), feedback_codec.encode(&label).unwrap()));
+    }
+    assert!(labels.len() > 500, "labels for the load's outcomes ({})", labels.len());
+    support::produce(&feedback, &labels).await;
 
     // Every dashboard query returns data (a 5-minute range covers the whole run).
     let queries = deploy::dashboard_queries();

@@ -92,6 +92,7 @@ print(json.dumps({
             assert_eq!(read["equal"], report.scored, "pyarrow sees the same scores");
             assert_eq!(read["created_at"], "timestamp[us, tz=UTC]");
             assert!(read["columns"].as_array().unwrap().iter().any(|c| c == "original_label"));
+            assert!(read["columns"].as_array().unwrap().iter().any(|c| c == "feature_amount"), "the features: {read}");
         }
         Err(_) if std::env::var_os("CI").is_some() => panic!("STREAMSCORE_PYTHON is not set under CI"),
         Err(_) => eprintln!("SKIPPED the pyarrow check: STREAMSCORE_PYTHON not set (scripts/test.sh sets it up)"),
@@ -125,11 +126,19 @@ print(json.dumps({
             score_diff: v["score_diff"].as_f64(),
             label_changed: v["label_changed"].as_bool().unwrap(),
             decision_changed: v["decision_changed"].as_bool().unwrap(),
+            features: v["features"]
+                .as_object()
+                .unwrap()
+                .iter()
+                // A NaN feature (a NON_FINITE dead letter's) is null in JSON.
+                .map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(f64::NAN)))
+                .collect(),
         })
         .collect();
     assert_eq!(rows.len(), 10_000);
     let scored: Vec<&Row> = rows.iter().filter(|r| r.decision == "scored").collect();
     assert!(scored.iter().all(|r| r.version.as_deref() == Some("2")), "every request scored by fraud/2");
+    assert!(scored.iter().all(|r| r.features.len() == 16), "rows carry the request's 16 features");
     assert!(scored.iter().all(|r| r.original_version.as_deref() == Some("1")), "against the original fraud/1");
     let flips = rows.iter().filter(|r| r.label_changed).count();
     assert_eq!(report.flips_total, flips);

@@ -93,8 +93,13 @@ impl Drop for Stack {
     }
 }
 
-const EVENT_TOPICS: [&str; 4] =
-    ["inference.requests", "inference.validated", "inference.predictions", "inference.dead-letter"];
+const EVENT_TOPICS: [&str; 5] = [
+    "inference.requests",
+    "inference.validated",
+    "inference.predictions",
+    "inference.dead-letter",
+    "inference.feedback",
+];
 const SINGLE_TOPICS: [&str; 3] = ["audit.log", "monitor.alerts", "_schemas"];
 
 #[test]
@@ -152,7 +157,7 @@ async fn the_registry_survives_a_topic_recreated_under_it() {
     let kafka = stack.kafka();
     let subjects_before: serde_json::Value =
         reqwest::get(format!("{}/subjects", stack.registry())).await.unwrap().json().await.unwrap();
-    assert_eq!(subjects_before.as_array().map(Vec::len), Some(6), "stack up registered the contracts");
+    assert_eq!(subjects_before.as_array().map(Vec::len), Some(7), "stack up registered the contracts");
 
     recreate(&kafka, "inference.requests", 3).await;
 

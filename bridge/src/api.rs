@@ -20,6 +20,8 @@ use streamscore_modelstore::{ModelVersion, RouteError};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use warp::Filter;
 
+mod feedback;
+
 use crate::auth;
 use crate::waiters::{Lookup, WaitError};
 use crate::Bridge;
@@ -42,6 +44,7 @@ pub enum Endpoint {
     Infer,
     Predict,
     RequestStatus,
+    Feedback,
 }
 
 /// One route: its method, its path as the OpenAPI document writes it (`{name}` matches one
@@ -77,6 +80,7 @@ pub const ROUTES: &[Route] = &[
     route("POST", "/v2/models/{model}/versions/{version}/infer", Endpoint::Infer, "v2_infer"),
     route("POST", "/v1/models/{model}/predict", Endpoint::Predict, "v1_predict"),
     route("GET", "/v1/requests/{id}", Endpoint::RequestStatus, "v1_request"),
+    route("POST", "/v1/feedback", Endpoint::Feedback, "v1_feedback"),
 ];
 
 impl Route {
@@ -412,6 +416,7 @@ impl Bridge {
             Endpoint::Infer => self.oip_infer(headers, first, version, &body, call_id).await,
             Endpoint::Predict => self.predict(headers, first, &body, call_id).await,
             Endpoint::RequestStatus => self.request_status(headers, first),
+            Endpoint::Feedback => self.feedback(headers, &body).await,
         };
         (route.label, result)
     }

@@ -46,6 +46,8 @@ pub struct BridgeConfig {
     pub registry_url: String,
     pub requests_topic: String,
     pub predictions_topic: String,
+    /// Where `POST /v1/feedback` publishes labels.
+    pub feedback_topic: String,
     pub models: PathBuf,
     /// The tenant policy: API keys, allowed models, pins, quotas (for `RateLimit-*`).
     pub policy: PathBuf,
@@ -75,6 +77,7 @@ impl BridgeConfig {
             registry_url: registry_url.to_owned(),
             requests_topic: streamscore_contracts::topics::REQUESTS.to_owned(),
             predictions_topic: streamscore_contracts::topics::PREDICTIONS.to_owned(),
+            feedback_topic: streamscore_contracts::topics::FEEDBACK.to_owned(),
             models,
             policy,
             instance: format!("bridge:{}:{}", streamscore_contracts::lineage::default_instance(), &suffix[..8]),
@@ -115,6 +118,8 @@ pub struct Bridge {
     /// The rollouts in force (a model's split, after the pins).
     rollouts: streamscore_control::RolloutTable,
     request_codec: Arc<Codec<InferenceRequest>>,
+    /// Registered on the first `POST /v1/feedback`.
+    feedback_codec: Codec<streamscore_contracts::Feedback>,
     producer: FutureProducer,
     waiters: Arc<waiters::Waiters>,
     broker: ready::BrokerCheck,
@@ -187,6 +192,7 @@ pub async fn serve(
         client.create().map_err(|e| BridgeError::Kafka(e.to_string()))?
     };
     let request_codec = Arc::new(Codec::<InferenceRequest>::with_url(&config.registry_url, &config.requests_topic));
+    let feedback_codec = Codec::with_url(&config.registry_url, &config.feedback_topic);
     let outcome_codec = Arc::new(Codec::<PredictionOutcome>::with_url(&config.registry_url, &config.predictions_topic));
     let waiters = Arc::new(waiters::Waiters::new(config.max_waiters, share));
     let stop = Arc::new(AtomicBool::new(false));
@@ -260,6 +266,7 @@ pub async fn serve(
         pins,
         rollouts,
         request_codec,
+        feedback_codec,
         producer,
         waiters: Arc::clone(&waiters),
         broker,

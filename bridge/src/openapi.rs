@@ -34,6 +34,8 @@ pub fn document() -> Value {
     let mut status_responses = errors(error_own, &["401", "403", "404", "422", "429", "500", "503"]);
     status_responses.insert("200".to_owned(), json!({"description": "answered"}));
     status_responses.insert("202".to_owned(), json!({"description": "still pending"}));
+    let mut feedback_responses = errors(error_own, &["400", "401", "413", "422", "500", "503"]);
+    feedback_responses.insert("202".to_owned(), json!({"description": "published: {\"accepted\", \"request_ids\"}"}));
     let mut metadata_responses = errors(error_oip, &["401", "403", "404", "503"]);
     metadata_responses.insert("200".to_owned(), json!({"description": "name, versions, inputs, outputs"}));
     let model = json!({"name": "model", "in": "path", "required": true, "schema": {"type": "string"}});
@@ -96,6 +98,17 @@ pub fn document() -> Value {
                         "data": {"type": "array"},
                     }}},
                 }},
+                "FeedbackLabel": {"type": "object", "required": ["request_id", "actual"], "properties": {
+                    "request_id": {"type": "string"},
+                    "actual": {"type": "number", "enum": [0, 1]},
+                    "observed_at": {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "integer", "description": "µs since the epoch"}]},
+                    "source": {"type": "string"},
+                    "attributes": {"type": "object", "additionalProperties": {"type": "string"}},
+                }},
+                "FeedbackRequest": {"oneOf": [
+                    {"$ref": "#/components/schemas/FeedbackLabel"},
+                    {"type": "object", "required": ["feedback"], "properties": {"feedback": {"type": "array", "items": {"$ref": "#/components/schemas/FeedbackLabel"}}}},
+                ]},
                 "OipResponse": {"type": "object", "properties": {
                     "model_name": {"type": "string"},
                     "model_version": {"type": "string"},
@@ -117,6 +130,12 @@ pub fn document() -> Value {
                 "security": key,
                 "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}],
                 "responses": status_responses,
+            }},
+            "/v1/feedback": {"post": {
+                "summary": "Ground truth: one label, or {\"feedback\": [...]} of up to 1,000, for the caller's tenant's requests (published to inference.feedback)",
+                "security": key,
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}}}},
+                "responses": feedback_responses,
             }},
             "/v2/models/{model}/infer": {"post": {
                 "summary": "Open Inference Protocol v2 inference (JSON tensors)",

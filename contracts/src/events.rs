@@ -157,6 +157,11 @@ pub struct PredictionOutcome {
 /// partitioner over the tenant), where the tenant's quota is decided;
 /// `TIMESTAMP_OUT_OF_RANGE`: `created_at` is outside ingest's event-time window;
 /// `MODEL_REFUSED`: the version the request routes to was refused when the store loaded it.
+/// Feedback on `inference.feedback` the monitor refuses: `FEEDBACK_UNKNOWN_REQUEST`, no scored
+/// outcome of the request within the label horizon (never scored, or scored more than the
+/// horizon before the label); `FEEDBACK_TENANT_MISMATCH`, a label from another tenant than the
+/// request's (a tenant labels only its own requests); `FEEDBACK_INVALID`, an `actual` that is
+/// not a label of the model (1.0 or 0.0) or no tenant. NaN and infinities are `NON_FINITE`.
 /// `UNDECODABLE`: not Confluent-framed Avro, or a body that does not decode;
 /// `UNKNOWN_SCHEMA`: the header's schema id is not in the registry; `SCHEMA_INVALID`: the
 /// writer's schema cannot be resolved to the request schema; the rest name the failed check.
@@ -185,6 +190,9 @@ pub enum DeadLetterReason {
     // Appended after `OTHER`: symbols keep their indices, so the schema stays BACKWARD
     // compatible.
     WrongPartition,
+    FeedbackUnknownRequest,
+    FeedbackTenantMismatch,
+    FeedbackInvalid,
 }
 
 impl DeadLetterReason {
@@ -210,6 +218,9 @@ impl DeadLetterReason {
             Self::ModelRefused => "MODEL_REFUSED",
             Self::Other => "OTHER",
             Self::WrongPartition => "WRONG_PARTITION",
+            Self::FeedbackUnknownRequest => "FEEDBACK_UNKNOWN_REQUEST",
+            Self::FeedbackTenantMismatch => "FEEDBACK_TENANT_MISMATCH",
+            Self::FeedbackInvalid => "FEEDBACK_INVALID",
         }
     }
 }
@@ -280,6 +291,25 @@ pub struct AuditRecord {
     pub occurred_at: i64,
     pub prev_hash: String,
     pub hash: String,
+}
+
+/// `io.streamscore.v1.Feedback`: ground truth for one scored request, on `inference.feedback`
+/// (keyed by tenant). Any Confluent Avro serializer can write it; the bridge's
+/// `POST /v1/feedback` publishes the same events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct Feedback {
+    pub request_id: String,
+    pub tenant: String,
+    /// 1.0 for the positive label (fraud), 0.0 for the negative.
+    pub actual: f64,
+    /// When the outcome became known, µs since the epoch.
+    #[avro(with = crate::lineage::timestamp_micros)]
+    pub observed_at: i64,
+    #[serde(default)]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub attributes: Option<HashMap<String, String>>,
 }
 
 /// `io.streamscore.v1.DriftMethod`.
@@ -494,6 +524,9 @@ impl Event for InferenceRequest {
     fn read_direct(body: &[u8]) -> Option<Self> {
         crate::codec::request::read_request(body)
     }
+}
+impl Event for Feedback {
+    const SCHEMA: SchemaFile = schemas::FEEDBACK;
 }
 impl Event for ValidatedRequest {
     const SCHEMA: SchemaFile = schemas::VALIDATED_REQUEST;

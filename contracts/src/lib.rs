@@ -16,7 +16,7 @@ pub mod topics;
 
 pub use codec::{Codec, DecodeError, Decoded, EncodeError, RegistryError, WireHeader};
 pub use events::{
-    AuditRecord, DeadLetter, DeadLetterReason, DriftAlert, DriftMethod, Event, FeatureHasher, Features,
+    AuditRecord, DeadLetter, DeadLetterReason, DriftAlert, DriftMethod, Event, FeatureHasher, Features, Feedback,
     InferenceRequest, OutcomeReason, OutcomeStatus, PredictionOutcome, Rollout, RolloutStatus, RoutedBy, Severity,
     Share, ValidatedRequest,
 };

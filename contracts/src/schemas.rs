@@ -39,10 +39,19 @@ schema_file!(DEAD_LETTER, "dead_letter.avsc", "io.streamscore.v1.DeadLetter");
 schema_file!(AUDIT_RECORD, "audit_record.avsc", "io.streamscore.v1.AuditRecord");
 schema_file!(DRIFT_ALERT, "drift_alert.avsc", "io.streamscore.v1.DriftAlert");
 schema_file!(ROLLOUT, "rollout.avsc", "io.streamscore.v1.Rollout");
+schema_file!(FEEDBACK, "feedback.avsc", "io.streamscore.v1.Feedback");
 
 /// Every schema file, in data-flow order.
-pub const ALL: [SchemaFile; 7] =
-    [INFERENCE_REQUEST, VALIDATED_REQUEST, PREDICTION_OUTCOME, DEAD_LETTER, AUDIT_RECORD, DRIFT_ALERT, ROLLOUT];
+pub const ALL: [SchemaFile; 8] = [
+    INFERENCE_REQUEST,
+    VALIDATED_REQUEST,
+    PREDICTION_OUTCOME,
+    DEAD_LETTER,
+    AUDIT_RECORD,
+    DRIFT_ALERT,
+    ROLLOUT,
+    FEEDBACK,
+];
 
 /// Parses Avro schema JSON, refusing what apache-avro parses but cannot put in Parsing
 /// Canonical Form: in apache-avro 0.22, `Schema::canonical_form` panics on some schemas

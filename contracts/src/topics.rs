@@ -19,9 +19,11 @@ pub const AUDIT: &str = "audit.log";
 pub const ALERTS: &str = "monitor.alerts";
 /// The rollout of each model (compacted, keyed by model): the split every stage routes by.
 pub const ROLLOUTS: &str = "control.rollouts";
+/// Ground truth: a label per request id, often days after the score. Keyed by tenant.
+pub const FEEDBACK: &str = "inference.feedback";
 
 /// Every event topic with the schema of its values.
-pub const EVENT_TOPICS: [(&str, SchemaFile); 7] = [
+pub const EVENT_TOPICS: [(&str, SchemaFile); 8] = [
     (REQUESTS, schemas::INFERENCE_REQUEST),
     (VALIDATED, schemas::VALIDATED_REQUEST),
     (PREDICTIONS, schemas::PREDICTION_OUTCOME),
@@ -29,6 +31,7 @@ pub const EVENT_TOPICS: [(&str, SchemaFile); 7] = [
     (AUDIT, schemas::AUDIT_RECORD),
     (ALERTS, schemas::DRIFT_ALERT),
     (ROLLOUTS, schemas::ROLLOUT),
+    (FEEDBACK, schemas::FEEDBACK),
 ];
 
 /// The registry subject of a topic's values (TopicNameStrategy).

@@ -76,10 +76,10 @@ pub fn event_topics() -> Vec<TopicSpec> {
     event_topics_with(CLUSTER_PARTITIONS)
 }
 
-/// The event topics with `partitions` for requests, validated requests and predictions, which
-/// are keyed by tenant and share a partition count so a tenant stays on "the same" partition
-/// number across them. Dead letters get up to 3. The audit log has one partition: its hash
-/// chain needs a total order.
+/// The event topics with `partitions` for requests, validated requests, predictions and
+/// feedback, which are keyed by tenant and share a partition count so a tenant stays on "the
+/// same" partition number across them. Dead letters get up to 3. The audit log has one
+/// partition: its hash chain needs a total order.
 pub fn event_topics_with(partitions: i32) -> Vec<TopicSpec> {
     vec![
         TopicSpec::requests(topics::REQUESTS, partitions),
@@ -88,6 +88,7 @@ pub fn event_topics_with(partitions: i32) -> Vec<TopicSpec> {
         TopicSpec::event(topics::DEAD_LETTER, partitions.min(3)),
         TopicSpec::event(topics::AUDIT, 1),
         TopicSpec::event(topics::ALERTS, 1),
+        TopicSpec::event(topics::FEEDBACK, partitions),
     ]
 }
 

@@ -1,4 +1,5 @@
-//! The analysts' commands: `audit verify`, `lineage`, `replay`.
+//! The analysts' commands: `audit verify`, `lineage`, `replay`, `quality` (their work is in
+//! `streamscore-history`).
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -197,6 +198,67 @@ impl ReplayCommand {
         }
         if !report.ok() {
             std::process::exit(1);
+        }
+
+        Ok(())
+    }
+}
+
+/// Model quality per version from the topics alone (not from the monitor's store): every
+/// scored outcome (primary and shadow) joined to its label on the feedback topic, as the
+/// monitor joins them.
+#[derive(Debug, clap::Args)]
+pub(crate) struct QualityCommand {
+    #[command(flatten)]
+    pub(crate) endpoints: Endpoints,
+    /// Only this model (`fraud`) or version (`fraud@2`).
+    #[arg(long)]
+    pub(crate) model: Option<String>,
+    /// Prediction time from (the request's creation): RFC 3339 or µs since the epoch.
+    #[arg(long)]
+    pub(crate) from: Option<String>,
+    /// Prediction time up to (inclusive): as --from.
+    #[arg(long)]
+    pub(crate) to: Option<String>,
+    /// Print the report as JSON: {"versions": [{"model", "version", "labeled", "auc", ...}]}.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// One row per labeled prediction (request id, tenant, version, score, label, actual,
+    /// delay, the features) to this .parquet file.
+    #[arg(long)]
+    pub(crate) out: Option<PathBuf>,
+    /// Labels count up to this long after their request's creation (as the monitor's).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub(crate) label_horizon: std::time::Duration,
+    #[command(flatten)]
+    pub(crate) store: ModelStoreArgs,
+    #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
+    pub(crate) predictions_topic: String,
+    #[arg(long, default_value = streamscore_contracts::topics::FEEDBACK)]
+    pub(crate) feedback_topic: String,
+}
+
+impl QualityCommand {
+    pub(crate) async fn run(self) -> Result<()> {
+        let Self { endpoints, model, from, to, json, out, label_horizon, store, predictions_topic, feedback_topic } =
+            self;
+        let config = streamscore::quality::QualityConfig {
+            kafka: KafkaConfig::new(&endpoints.bootstrap),
+            registry_url: endpoints.registry_url.clone(),
+            predictions_topic,
+            feedback_topic,
+            models: store.dir,
+            model,
+            from: from.as_deref().map(streamscore::audit::parse_time).transpose()?,
+            to: to.as_deref().map(streamscore::audit::parse_time).transpose()?,
+            horizon_us: i64::try_from(label_horizon.as_micros()).unwrap_or(i64::MAX),
+            out,
+        };
+        let report = streamscore::quality::quality(&config).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", streamscore::quality::describe(&report));
         }
 
         Ok(())

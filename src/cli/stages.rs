@@ -210,6 +210,30 @@ pub(crate) struct MonitorCommand {
     /// serves none, port 0 any free port.
     #[arg(long, default_value = "127.0.0.1:9404", value_name = "ADDR|off")]
     pub(crate) metrics_listen: MetricsListen,
+    /// Where the quality join keeps its state (SQLite, `quality.sqlite3`); a missing store is
+    /// rebuilt from the prediction and feedback topics.
+    #[arg(long, env = "STREAMSCORE_QUALITY_STORE", default_value = ".streamscore/quality", value_name = "DIR")]
+    pub(crate) quality_store: PathBuf,
+    /// No quality join (labels are not read).
+    #[arg(long)]
+    pub(crate) no_quality: bool,
+    /// Topic labels are read from.
+    #[arg(long, default_value = streamscore_contracts::topics::FEEDBACK)]
+    pub(crate) feedback_topic: String,
+    /// Labels count for predictions up to this long after the request's creation; a label
+    /// of a request still unknown after it is dead-lettered (FEEDBACK_UNKNOWN_REQUEST).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub(crate) label_horizon: std::time::Duration,
+    /// How long labeled predictions are kept (the `all` window).
+    #[arg(long, default_value = "90d", value_parser = humantime::parse_duration)]
+    pub(crate) quality_retention: std::time::Duration,
+    /// Seconds between computations of the quality figures (and checks of the policy).
+    #[arg(long, default_value_t = 30.0)]
+    pub(crate) quality_every_secs: f64,
+    /// The quality thresholds (QUALITY_DEGRADED); a missing file at the default path means
+    /// no thresholds.
+    #[arg(long, env = "STREAMSCORE_QUALITY_POLICY", default_value = "policies/quality.toml", value_name = "FILE")]
+    pub(crate) quality_policy: PathBuf,
 }
 
 impl MonitorCommand {
@@ -233,6 +257,13 @@ impl MonitorCommand {
             policy,
             no_controller,
             rollouts_topic,
+            quality_store,
+            no_quality,
+            feedback_topic,
+            label_horizon,
+            quality_retention,
+            quality_every_secs,
+            quality_policy,
         } = self;
         serve_metrics(metrics_listen).await?;
         let store = store.open()?;
@@ -291,6 +322,26 @@ impl MonitorCommand {
         config.detector.window_events = window_events;
         config.detector.thresholds =
             config.detector.thresholds.with_overrides(&thresholds).map_err(|e| anyhow::anyhow!("--thresholds {e}"))?;
+        if !no_quality {
+            anyhow::ensure!(
+                quality_every_secs.is_finite() && quality_every_secs > 0.0,
+                "--quality-every-secs must be above 0"
+            );
+            let mut quality = streamscore_monitor::quality::QualityConfig::new(quality_store);
+            quality.feedback_topic = feedback_topic;
+            quality.horizon = label_horizon;
+            quality.retention = quality_retention;
+            quality.every = std::time::Duration::from_secs_f64(quality_every_secs);
+            quality.policy = if quality_policy.is_file()
+                || quality_policy != std::path::Path::new("policies/quality.toml")
+            {
+                streamscore_monitor::quality::QualityPolicy::load(&quality_policy)?
+            } else {
+                tracing::warn!(policy = %quality_policy.display(), "no quality policy: no version is judged QUALITY_DEGRADED");
+                streamscore_monitor::quality::QualityPolicy::default()
+            };
+            config.quality = Some(quality);
+        }
         let summary = streamscore_monitor::stage::run(config, store, shutdown).await?;
         tracing::info!(predictions = summary.predictions, alerts = summary.alerts.len(), "monitor stopped");
         if let Some(controller) = controller {
@@ -322,6 +373,9 @@ pub(crate) struct BridgeCommand {
     /// Topic outcomes are read from.
     #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
     pub(crate) predictions_topic: String,
+    /// Topic `POST /v1/feedback` publishes labels to.
+    #[arg(long, default_value = streamscore_contracts::topics::FEEDBACK)]
+    pub(crate) feedback_topic: String,
     /// How long a caller waits for its outcome before a 504, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub(crate) deadline_ms: u64,
@@ -349,6 +403,7 @@ impl BridgeCommand {
             store,
             requests_topic,
             predictions_topic,
+            feedback_topic,
             deadline_ms,
             max_waiters,
             max_waiters_per_tenant,
@@ -363,6 +418,7 @@ impl BridgeCommand {
         );
         config.requests_topic = requests_topic;
         config.predictions_topic = predictions_topic;
+        config.feedback_topic = feedback_topic;
         config.deadline = std::time::Duration::from_millis(deadline_ms);
         config.max_waiters = max_waiters;
         config.max_waiters_per_tenant = max_waiters_per_tenant;

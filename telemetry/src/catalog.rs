@@ -43,6 +43,9 @@ pub const SINK_RECORDS: &str = "streamscore_sink_records_total";
 pub const BATCH_SIZE: &str = "streamscore_infer_batch_size";
 pub const DRIFT_STATISTIC: &str = "streamscore_drift_statistic";
 
+/// The labels of the quality figures.
+const QUALITY: [&str; 4] = ["model", "version", "tenant", "window"];
+
 const fn counter(name: &'static str, labels: &'static [&'static str], help: &'static str) -> Metric {
     Metric { name, kind: Kind::Counter, labels, help }
 }
@@ -175,6 +178,47 @@ pub const METRICS: &[Metric] = &[
     ),
     counter("streamscore_monitor_dead_letters_total", &["reason"], "Dead letters the monitor read, by reason code."),
     counter("streamscore_monitor_undecodable_total", &["topic"], "Records the monitor could not decode."),
+    // Model quality (the monitor's join of labels to predictions), per model version and
+    // tenant (`_all`: every tenant) over windows of prediction time (1h, 24h, 7d, all).
+    gauge("streamscore_quality_predictions", &QUALITY, "Scored predictions whose request was created in the window."),
+    gauge("streamscore_quality_labeled", &QUALITY, "Predictions in the window joined to a label."),
+    gauge("streamscore_quality_labeled_ratio", &QUALITY, "Labeled predictions over predictions in the window."),
+    gauge(
+        "streamscore_quality_auc",
+        &QUALITY,
+        "ROC AUC of the labeled predictions in the window (NaN with one class).",
+    ),
+    gauge("streamscore_quality_log_loss", &QUALITY, "Log loss of the labeled predictions in the window."),
+    gauge("streamscore_quality_brier_score", &QUALITY, "Brier score (mean squared error of the score) in the window."),
+    gauge("streamscore_quality_precision", &QUALITY, "Precision at the version's threshold in the window."),
+    gauge("streamscore_quality_recall", &QUALITY, "Recall at the version's threshold in the window."),
+    gauge("streamscore_quality_f1", &QUALITY, "F1 at the version's threshold in the window."),
+    gauge(
+        "streamscore_quality_calibration_error",
+        &QUALITY,
+        "Expected calibration error (10 equal-width score bins) in the window.",
+    ),
+    gauge(
+        "streamscore_quality_label_delay_seconds",
+        &["model", "version", "tenant", "window", "percentile"],
+        "From a request's creation to its label's observation, 50th and 99th percentile.",
+    ),
+    gauge(
+        "streamscore_quality_degraded",
+        &["model", "version"],
+        "1 while a version is below the quality policy's thresholds (QUALITY_DEGRADED), else 0.",
+    ),
+    counter(
+        "streamscore_quality_feedback_total",
+        &["outcome", "reason"],
+        "Labels the monitor read: joined, pending, duplicate, corrected, stale, or dead_letter with its reason.",
+    ),
+    gauge(
+        "streamscore_quality_pending_labels",
+        &[],
+        "Labels waiting for their request's prediction (up to the horizon).",
+    ),
+    gauge("streamscore_quality_store_bytes", &[], "Size of the quality join's store on disk (database and log)."),
     // Schema registry.
     counter("streamscore_registry_requests_total", &["method", "outcome"], "Registry HTTP requests: ok or error."),
     // HTTP bridge.

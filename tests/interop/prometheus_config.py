@@ -4,6 +4,7 @@ scrape interval is shortened; jobs not given are dropped.
 
 usage: prometheus_config.py IN OUT INTERVAL JOB=HOST:PORT[,HOST:PORT] ...
 """
+import os
 import sys
 
 import yaml
@@ -30,5 +31,9 @@ for job in config["scrape_configs"]:
 if targets:
     sys.exit(f"no job {', '.join(targets)} in {source}")
 config["scrape_configs"] = jobs
+# Rule files are relative to the source config's folder; the alerts go nowhere here.
+base = os.path.dirname(os.path.abspath(source))
+config["rule_files"] = [os.path.join(base, f) for f in config.get("rule_files", [])]
+config.pop("alerting", None)
 with open(out, "w") as f:
     yaml.safe_dump(config, f, sort_keys=False)

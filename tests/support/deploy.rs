@@ -48,7 +48,7 @@ pub fn dashboard_queries() -> Vec<Query> {
 
 /// `expr` with Grafana's variables replaced by what a query to Prometheus' API needs.
 pub fn substitute(expr: &str, rate_interval: &str) -> String {
-    expr.replace("$__rate_interval", rate_interval).replace("$method", "psi")
+    expr.replace("$__rate_interval", rate_interval).replace("$method", "psi").replace("$quality_window", "1h")
 }
 
 /// A tool of Debian's `prometheus` package (`prometheus`, `promtool`): on PATH, or in

@@ -139,3 +139,14 @@ pub fn alert() -> DriftAlert {
         instance: "test-host:42".to_owned(),
     }
 }
+
+pub fn feedback() -> Feedback {
+    Feedback {
+        request_id: "r-1".to_owned(),
+        tenant: "tenant-01".to_owned(),
+        actual: 1.0,
+        observed_at: 1_764_600_000_000_000,
+        source: Some("chargebacks".to_owned()),
+        attributes: Some(HashMap::from([("case".to_owned(), "cb-17".to_owned())])),
+    }
+}

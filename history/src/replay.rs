@@ -109,6 +109,8 @@ pub struct Row {
     pub score_diff: Option<f64>,
     pub label_changed: bool,
     pub decision_changed: bool,
+    /// The request's features, as it carried them (empty when it could not be decoded).
+    pub features: BTreeMap<String, f64>,
 }
 
 /// A request whose label flips under the other version.
@@ -390,6 +392,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
                         score_diff: None,
                         label_changed: false,
                         decision_changed: false,
+                        features: BTreeMap::new(),
                     });
                 }
                 continue;
@@ -429,6 +432,7 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             score_diff: None,
             label_changed: false,
             decision_changed: false,
+            features: request.features.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         };
         // Ingest's checks, in its order.
         if let Some((reason, _)) =
