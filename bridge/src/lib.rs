@@ -219,6 +219,7 @@ pub(crate) mod tests {
             inference_us: 0,
             request_created_at: 0,
             reply_to: Some("me".to_owned()),
+            explanation: None,
         }
     }
 }

@@ -16,8 +16,9 @@ pub mod topics;
 
 pub use codec::{Codec, DecodeError, Decoded, EncodeError, RegistryError, WireHeader};
 pub use events::{
-    AuditRecord, DeadLetter, DeadLetterReason, DriftAlert, DriftMethod, Event, FeatureHasher, Features,
-    InferenceRequest, OutcomeReason, OutcomeStatus, PredictionOutcome, Severity, ValidatedRequest,
+    wants_explanation, Attribution, AuditRecord, DeadLetter, DeadLetterReason, DriftAlert, DriftMethod, Event,
+    Explanation, FeatureHasher, Features, InferenceRequest, OutcomeReason, OutcomeStatus, PredictionOutcome, Severity,
+    ValidatedRequest, EXPLAIN_ATTRIBUTE,
 };
 pub use lineage::{now_micros, Lineage, SourceOffset, Stage};
 

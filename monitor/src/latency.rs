@@ -101,6 +101,7 @@ mod tests {
             inference_us: 5,
             request_created_at: created,
             reply_to: None,
+            explanation: None,
         }
     }
 
