@@ -11,7 +11,7 @@
 //! - [`batcher`]: micro-batching on a maximum size or a maximum wait.
 //! - [`stage`]: the stage itself — policy and model loading (audited), per-version batches
 //!   scored off the reactor, shadow versions, hot-loaded new versions, outcomes acknowledged
-//!   before their requests are.
+//!   before their requests are; explained requests in a lane of their own per version.
 //! - [`outcome`]: explicit rejections; [`source`]: reading the validated topic (the split
 //!   deployment).
 

@@ -24,8 +24,9 @@ pub enum Availability {
 #[derive(Debug, Clone)]
 pub enum Route {
     /// To `version`'s batcher, after `delay_us` of quota delay (0: now); `tier` orders a
-    /// backlog (1 first); `admitted`: the request holds a quota in-flight slot.
-    Score { version: Arc<ModelVersion>, delay_us: i64, tier: u8, admitted: bool },
+    /// backlog (1 first); `admitted`: the request holds a quota in-flight slot; `explain`: to
+    /// the version's explanation lane, where its outcome gets an explanation.
+    Score { version: Arc<ModelVersion>, delay_us: i64, tier: u8, admitted: bool, explain: bool },
     /// A rejection outcome with its typed reason and what to do about it.
     Reject { reason: OutcomeReason, detail: String, retry_after_ms: Option<i64>, admitted: bool },
 }
@@ -58,15 +59,25 @@ pub fn route(
     availability: impl Fn(&str) -> Availability,
 ) -> (Route, Option<QuotaOutcome>) {
     let tenant = &request.tenant;
+    // An explanation asked for with a value that means nothing is refused before it costs
+    // anything.
+    let explain = match streamscore_contracts::wants_explanation(request) {
+        Ok(explain) => explain,
+        Err(detail) => return (Route::reject(OutcomeReason::ExplainInvalid, detail, false), None),
+    };
     let mut delay_us = 0;
     let mut quota = None;
     let mut tier = 2;
-    let mut policy_pin = None;
     let admitted = quotas.is_some();
+    let policy_pin = quotas.as_ref().and_then(|q| q.policy().pin(tenant, &request.model)).map(str::to_owned);
+    let pin = pins.get(tenant).map(String::as_str).or(policy_pin.as_deref());
+    // The version is looked up first (pure) so the quota charges an explanation's cost only
+    // when one will run; the decisions keep their order: quota, then routing.
+    let routed = store.route(&request.model, request.model_version.as_deref(), pin);
+    let explainable = explain && routed.as_ref().is_ok_and(|v| v.meta.baseline_row().is_some());
     if let Some(q) = quotas {
-        let decision = q.decide(tenant, &request.model, quota_time_us);
+        let decision = q.decide_request(tenant, &request.model, quota_time_us, explainable);
         tier = q.tier(tenant);
-        policy_pin = q.policy().pin(tenant, &request.model).map(str::to_owned);
         let rejected = |route| (route, Some(QuotaOutcome::Rejected));
         match decision {
             QuotaDecision::Admit => quota = Some(QuotaOutcome::Admitted),
@@ -93,12 +104,19 @@ pub fn route(
             }
         }
     }
-    let pin = pins.get(tenant).map(String::as_str).or(policy_pin.as_deref());
-    let route = match store.route(&request.model, request.model_version.as_deref(), pin) {
+    let route = match routed {
         Ok(version) => {
             let key = version.key();
             match availability(&key) {
-                Availability::Loaded => Route::Score { version, delay_us, tier, admitted },
+                Availability::Loaded if explain && !explainable => Route::reject(
+                    OutcomeReason::ExplanationUnavailable,
+                    format!(
+                        "{key} has no baseline in its metadata.json, so it cannot be explained; \
+                         ask without explain, or name a version that has one"
+                    ),
+                    admitted,
+                ),
+                Availability::Loaded => Route::Score { version, delay_us, tier, admitted, explain },
                 Availability::Refused(reason) => Route::reject(
                     OutcomeReason::ModelRefused,
                     format!("{key} was refused when loaded: {reason}"),
@@ -278,5 +296,78 @@ allowed_models = ["other"]
         let (tiered, _) =
             route(&request("acme", "fraud", None, 1_000_000), 1_000_000, Some(&mut q), &none, &store, loaded);
         assert!(matches!(tiered, Route::Score { tier: 1, .. }), "{tiered:?}");
+    }
+
+    fn explained(tenant: &str, version: Option<&str>, at: i64, value: &str) -> InferenceRequest {
+        let mut r = request(tenant, "fraud", version, at);
+        r.attributes.insert("explain".to_owned(), value.to_owned());
+        r
+    }
+
+    /// A copy of the shipped models whose fraud/1 has no baseline (a version made before
+    /// explanations).
+    fn store_without_baseline() -> (tempfile::TempDir, ModelStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fraud"));
+        let family = dir.path().join("fraud");
+        for version in ["1", "2"] {
+            std::fs::create_dir_all(family.join(version)).expect("mkdir");
+            for file in ["metadata.json", "model.onnx"] {
+                std::fs::copy(source.join(version).join(file), family.join(version).join(file)).expect("copy");
+            }
+        }
+        std::fs::copy(source.join("model.json"), family.join("model.json")).expect("copy");
+        let path = family.join("1/metadata.json");
+        let mut meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        meta.as_object_mut().expect("an object").remove("baseline");
+        std::fs::write(&path, meta.to_string()).expect("write");
+        let store = ModelStore::open(dir.path()).expect("a version without a baseline is served");
+        (dir, store)
+    }
+
+    /// `explain = "true"` goes to the explanation lane and costs the policy's explain cost;
+    /// another value is refused before it costs anything; a version without a baseline refuses
+    /// the explanation, charging only what a plain request costs.
+    #[test]
+    fn explanations_are_routed_charged_and_refused_explicitly() {
+        let store = store();
+        let none = HashMap::new();
+        let (plain, _) = route(&request("acme", "fraud", Some("1"), 0), 0, None, &none, &store, loaded);
+        assert!(matches!(plain, Route::Score { explain: false, .. }), "{plain:?}");
+        let (lane, _) = route(&explained("acme", Some("2"), 0, "true"), 0, None, &none, &store, loaded);
+        assert!(matches!(lane, Route::Score { explain: true, .. }), "{lane:?}");
+        let (no, _) = route(&explained("acme", Some("2"), 0, "false"), 0, None, &none, &store, loaded);
+        assert!(matches!(no, Route::Score { explain: false, .. }), "{no:?}");
+
+        // acme's burst is 2, so an explanation costs 2 (the default, capped at the burst).
+        let mut q = quotas();
+        q.adopt("acme", 1, None);
+        let (bad, quota) = route(&explained("acme", Some("1"), 0, "yes"), 0, Some(&mut q), &none, &store, loaded);
+        assert_eq!((outcome(&bad), quota), ("EXPLAIN_INVALID".to_owned(), None), "refused before the quota");
+        if let Route::Reject { detail, admitted, .. } = &bad {
+            assert!(detail.contains("\"yes\"") && !admitted, "{detail}");
+        }
+        let (first, _) = route(&explained("acme", Some("1"), 0, "true"), 0, Some(&mut q), &none, &store, loaded);
+        assert!(matches!(first, Route::Score { explain: true, admitted: true, .. }), "{first:?}");
+        let (after, _) = route(&request("acme", "fraud", Some("1"), 0), 0, Some(&mut q), &none, &store, loaded);
+        assert_eq!(outcome(&after), "QUOTA_EXCEEDED", "the explanation took both tokens");
+
+        let (_dir, bare) = store_without_baseline();
+        let mut q = quotas();
+        q.adopt("acme", 1, None);
+        let (unavailable, quota) =
+            route(&explained("acme", Some("1"), 0, "true"), 0, Some(&mut q), &none, &bare, loaded);
+        assert_eq!(
+            (outcome(&unavailable), quota),
+            ("EXPLANATION_UNAVAILABLE".to_owned(), Some(QuotaOutcome::Admitted))
+        );
+        if let Route::Reject { detail, admitted, .. } = &unavailable {
+            assert!(detail.contains("fraud/1") && detail.contains("baseline") && *admitted, "{detail}");
+        }
+        let (next, _) = route(&request("acme", "fraud", Some("1"), 0), 0, Some(&mut q), &none, &bare, loaded);
+        assert_eq!(outcome(&next), "fraud/1", "the refused explanation cost one token, not two");
+        let (other, _) = route(&explained("acme", Some("2"), 1_000_000, "true"), 1_000_000, None, &none, &bare, loaded);
+        assert!(matches!(other, Route::Score { explain: true, .. }), "fraud/2 still has its baseline");
     }
 }

@@ -112,6 +112,11 @@ pub const METRICS: &[Metric] = &[
     histogram(BATCH_SIZE, &[], "Requests per scored micro-batch."),
     histogram("streamscore_infer_inference_seconds", &["model"], "Time to score one micro-batch."),
     histogram("streamscore_infer_queue_wait_seconds", &[], "Time a request waited for its micro-batch."),
+    histogram(
+        "streamscore_infer_explanation_seconds",
+        &["model"],
+        "Time to explain one request (its coalition rows scored in the version's explanation lane).",
+    ),
     counter("streamscore_infer_registry_retries_total", &[], "Schema registry lookups infer retried."),
     counter(
         "streamscore_infer_undecodable_validated_total",

@@ -131,6 +131,15 @@ struct Item {
 /// What the batchers pass around.
 type Queued = Box<Item>;
 
+/// The two lanes of a loaded version: its batches, and its explained requests, scored and
+/// explained apart so that an explanation (2^16 coalition rows) never holds up the requests
+/// batched with it.
+#[derive(Debug, Clone)]
+struct Lanes {
+    plain: mpsc::Sender<Queued>,
+    explain: mpsc::Sender<Queued>,
+}
+
 /// Shared by the batch tasks.
 struct Shared {
     config: InferConfig,
@@ -202,7 +211,7 @@ pub async fn run(
     });
 
     let mut models: HashMap<String, Arc<Loaded>> = HashMap::new();
-    let mut batchers: HashMap<String, mpsc::Sender<Queued>> = HashMap::new();
+    let mut batchers: HashMap<String, Lanes> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     // Every version first, so shadows are loaded before the batchers that use them start.
     // A version that does not load is refused (audited) and the others are served.

@@ -12,7 +12,7 @@ pub(super) async fn route_one(
     store: &SharedStore,
     mut quotas: Option<&mut Quotas>,
     quota_metrics: &mut QuotaMetrics,
-    batchers: &HashMap<String, mpsc::Sender<Queued>>,
+    batchers: &HashMap<String, Lanes>,
     refused: &Refusals,
     validated: ValidatedRequest,
     ack: Ack,
@@ -50,11 +50,12 @@ pub(super) async fn route_one(
         }
     }
     match route {
-        Route::Score { version, delay_us, tier, .. } => {
+        Route::Score { version, delay_us, tier, explain, .. } => {
             let key = version.key();
-            let Some(tx) = batchers.get(&key) else {
+            let Some(lanes) = batchers.get(&key) else {
                 return Err(InferError::Delivery(format!("batcher of {key} missing")));
             };
+            let tx = if explain { &lanes.explain } else { &lanes.plain };
             let item = Box::new(Item { validated, ack, enqueued: Instant::now(), tier });
             if delay_us == 0 {
                 tx.send(item).await.map_err(|_| InferError::Delivery(format!("batcher of {key} stopped")))?;

@@ -5,25 +5,32 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-/// Starts the batcher of a loaded version (with its shadow, if one is configured and loaded).
+/// Explained requests one explanation lane scores and explains together at most (what is
+/// waiting when the lane is free; each explanation is 2^16 rows for the shipped models).
+pub(super) const EXPLAIN_BATCH: usize = 8;
+
+/// Starts the batcher of a loaded version (with its shadow, if one is configured and loaded),
+/// and its explanation lane.
 pub(super) fn start_batcher(
     shared: &Arc<Shared>,
     key: &str,
     models: &HashMap<String, Arc<Loaded>>,
-    batchers: &mut HashMap<String, mpsc::Sender<Queued>>,
+    batchers: &mut HashMap<String, Lanes>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
     let Some(loaded) = models.get(key).cloned() else { return };
     let version = Arc::clone(&loaded.version);
     let key = key.to_owned();
     let (tx, rx) = mpsc::channel::<Queued>(shared.config.batch.max_batch * 4);
-    batchers.insert(key.clone(), tx);
+    let (explain_tx, explain_rx) = mpsc::channel::<Queued>(shared.config.batch.max_batch * 4);
+    batchers.insert(key.clone(), Lanes { plain: tx, explain: explain_tx });
     let shadow = shared
         .config
         .shadow
         .get(&version.meta.name)
         .filter(|v| **v != version.meta.version)
         .and_then(|v| models.get(&format!("{}/{v}", version.meta.name)).cloned());
+    tasks.spawn(explain_lane(Arc::clone(shared), Arc::clone(&loaded), shadow.clone(), explain_rx));
     let shared_for_batches = Arc::clone(shared);
     let config = shared.config.batch;
     tasks.spawn(async move {
@@ -36,25 +43,48 @@ pub(super) fn start_batcher(
             let loaded = Arc::clone(&loaded);
             let shadow = shadow.clone();
             running.spawn(async move {
-                // A panic in a batch (a scorer, the outcome code) stops the stage with an error
-                // naming it; the batch's requests are never acknowledged, so nothing is lost.
-                let scored = std::panic::AssertUnwindSafe(score_batch(&shared, &loaded, shadow.as_deref(), batch))
-                    .catch_unwind()
-                    .await;
-                let error = match scored {
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) => e,
-                    Err(payload) => InferError::Panicked {
-                        what: format!("a batch of {}", loaded.version.key()),
-                        message: panic_message(payload.as_ref()),
-                    },
-                };
-                let _ = shared.errors.send(error);
+                guarded(&shared, &loaded, shadow.as_deref(), batch, false).await;
             });
         })
         .await;
         while running.join_next().await.is_some() {}
     });
+}
+
+/// The explanation lane of a version: the explained requests waiting (up to
+/// [`EXPLAIN_BATCH`]) are scored and explained together, one batch at a time, apart from the
+/// version's other batches; the explanations run on the blocking pool, off the reactor.
+async fn explain_lane(
+    shared: Arc<Shared>,
+    loaded: Arc<Loaded>,
+    shadow: Option<Arc<Loaded>>,
+    mut rx: mpsc::Receiver<Queued>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < EXPLAIN_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        guarded(&shared, &loaded, shadow.as_deref(), batch, true).await;
+    }
+}
+
+/// Scores a batch; a failure or a panic (a scorer, the outcome code) stops the stage with an
+/// error naming it, and the batch's requests are never acknowledged, so nothing is lost.
+async fn guarded(shared: &Shared, loaded: &Loaded, shadow: Option<&Loaded>, batch: Vec<Queued>, explain: bool) {
+    let scored = std::panic::AssertUnwindSafe(score_batch(shared, loaded, shadow, batch, explain)).catch_unwind().await;
+    let error = match scored {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e,
+        Err(payload) => InferError::Panicked {
+            what: format!("a batch of {}", loaded.version.key()),
+            message: panic_message(payload.as_ref()),
+        },
+    };
+    let _ = shared.errors.send(error);
 }
 
 /// Appends a request's input row for `version` to `input`: the vector ingest checked, when it
@@ -73,11 +103,14 @@ pub(super) fn append_row(
     Ok(())
 }
 
+/// Scores a batch (and its shadow) and writes an outcome per request; `explain`: the batch is
+/// an explanation lane's, and each scored outcome gets its explanation.
 pub(super) async fn score_batch(
     shared: &Shared,
     loaded: &Loaded,
     shadow: Option<&Loaded>,
     batch: Vec<Queued>,
+    explain: bool,
 ) -> Result<(), InferError> {
     let started = Instant::now();
     let features = loaded.scorer.features();
@@ -102,6 +135,14 @@ pub(super) async fn score_batch(
     let shadow_scores = match shadow {
         Some(s) => Some((s, score(Arc::clone(&s.scorer), Arc::clone(&input), n).await.map_err(panicked(&s.version))?)),
         None => None,
+    };
+    let explanations = match (explain, &primary) {
+        (true, Ok(_)) => Some(
+            explain_rows(loaded, Arc::clone(&input), rows.iter().filter_map(|r| r.clone().ok()).collect())
+                .await
+                .map_err(panicked(&loaded.version))?,
+        ),
+        _ => None,
     };
     metrics::histogram!("streamscore_infer_batch_size").record(batch.len() as f64);
     metrics::histogram!("streamscore_infer_inference_seconds", "model" => loaded.version.key())
@@ -130,6 +171,16 @@ pub(super) async fn score_batch(
                 outcome.queue_wait_us = queue_wait_us;
                 outcome.inference_us = inference_us;
                 fill_score(&mut outcome, &loaded.version, primary.as_ref().map(|s| s[i]));
+                if let Some(explained) = explanations.as_ref().and_then(|e| e.get(i)) {
+                    match explained {
+                        Ok(explanation) => outcome.explanation = Some(explanation.clone()),
+                        Err(e) => {
+                            outcome.status = OutcomeStatus::Failed;
+                            outcome.reason = Some(OutcomeReason::ModelError.code().to_owned());
+                            outcome.detail = Some(e.to_string());
+                        }
+                    }
+                }
                 if let (Some((s, scores)), Some(kind)) = (&shadow_scores, &shadow_kind) {
                     let mut shadow_outcome = outcome_for(shared, s, &item, kind, true);
                     shadow_outcome.batch_size = outcome.batch_size;
@@ -160,6 +211,36 @@ pub(super) async fn score_batch(
     // One audit entry commits the batch's outputs; each request is done once it is acknowledged.
     shared.committer.audit().commit(events, acks).await?;
     Ok(())
+}
+
+/// Explains the rows `ranges` of `input` by `loaded`, on the blocking pool, one after the
+/// other; per row its explanation or why it has none. `Err(message)`: a panic.
+pub(super) async fn explain_rows(
+    loaded: &Loaded,
+    input: Arc<[f32]>,
+    ranges: Vec<std::ops::Range<usize>>,
+) -> Result<Vec<Result<streamscore_contracts::Explanation, crate::explain::ExplainError>>, String> {
+    let scorer = Arc::clone(&loaded.scorer);
+    let version = Arc::clone(&loaded.version);
+    let model = version.key();
+    let explained = tokio::task::spawn_blocking(move || {
+        ranges
+            .into_iter()
+            .map(|range| {
+                let started = std::time::Instant::now();
+                let explained = crate::explain::explain_row(scorer.as_ref(), &version, &input[range]);
+                metrics::histogram!("streamscore_infer_explanation_seconds", "model" => version.key())
+                    .record(started.elapsed().as_secs_f64());
+                explained
+            })
+            .collect()
+    })
+    .await;
+    match explained {
+        Ok(all) => Ok(all),
+        Err(e) if e.is_panic() => Err(panic_message(e.into_panic().as_ref())),
+        Err(e) => Err(format!("explaining a batch of {model}: {e}")),
+    }
 }
 
 /// The most rows a CPU backend scores inline, on the async worker that assembled the batch:
