@@ -93,6 +93,10 @@ enum Command {
     /// another (`--model fraud@2`: an agreement report). Rows to a .jsonl or .parquet file, the
     /// report beside it (<out>.report.json).
     Replay(cli::analysts::ReplayCommand),
+    /// Explain a past request again from the topics: baseline Shapley values of its features
+    /// by the version (and backend) that scored it, the reason codes, and whether they equal,
+    /// bit for bit, the explanation the request got live (exit status 1 when not).
+    Explain(cli::analysts::ExplainCommand),
     /// Print the `kafka-acls.sh` commands that bind tenants to their producers' principals:
     /// each tenant with `kafka_principals` in the policy gets its own requests topic, writable
     /// only by those principals (see the README's Security section).
@@ -205,6 +209,7 @@ impl Command {
             Command::Audit(_) => "audit",
             Command::Lineage(_) => "lineage",
             Command::Replay(_) => "replay",
+            Command::Explain(_) => "explain",
             Command::Acls(_) => "acls",
             Command::Ingest(_) => "ingest",
             Command::Produce(_) => "produce",
@@ -248,6 +253,7 @@ async fn run(command: Command, shutdown: Shutdown) -> Result<()> {
         Command::Audit(args) => args.run().await,
         Command::Lineage(args) => args.run().await,
         Command::Replay(args) => args.run().await,
+        Command::Explain(args) => args.run().await,
         Command::Acls(args) => args.run().await,
         Command::Ingest(args) => args.run(shutdown).await,
         Command::Produce(args) => args.run(shutdown).await,

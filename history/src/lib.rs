@@ -6,6 +6,8 @@
 //! - [`lineage`]: everything the topics say about one request.
 //! - [`replay`]: re-scoring history offline (same version: a proof; another: an agreement
 //!   report), rows to JSONL or Parquet ([`replay_parquet`]).
+//! - [`explain`]: a past request's explanation recomputed from the topics by the version that
+//!   scored it, bit for bit the live one.
 //!
 //! These are commands, run by a person or a script and read as a whole report or an error,
 //! so this crate returns `anyhow` errors with context (as the binary does) rather than typed
@@ -13,6 +15,7 @@
 //! the `streamscore` binary (`src/cli/analysts.rs`).
 
 pub mod audit;
+pub mod explain;
 pub mod lineage;
 pub mod replay;
 pub mod replay_parquet;
