@@ -1,7 +1,7 @@
 //! A real Prometheus (Debian's package) scraping the running stages with the project's scrape
 //! config (`deploy/prometheus/prometheus.yml`, its targets pointed at this test's processes):
 //! every target is up, every query of the Grafana dashboard returns data after a short run
-//! under load (with bad records, quotas, a drift and a bridge call), and what each stage serves
+//! under load (with bad records, quotas, a drift and an explained bridge call), and what each stage serves
 //! passes `promtool check metrics` and matches the catalog (names, types, label names).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -307,16 +307,18 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
     assert!(down.is_empty(), "targets not up after 60 s: {down:?}");
     eprintln!("prometheus: 4 targets up after {:.1} s", started.elapsed().as_secs_f64());
 
-    // A synchronous caller through the bridge.
+    // A synchronous caller through the bridge, asking for an explanation.
     let features: streamscore_contracts::Features = streamscore_synth::Generator::new(7).next(0).by_name();
     let answer = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{bridge_port}/v1/models/fraud/predict"))
+        .post(format!("http://127.0.0.1:{bridge_port}/v1/models/fraud/predict?explain=true"))
         .bearer_auth("acme-demo-key")
         .json(&serde_json::json!({ "features": features }))
         .send()
         .await
         .unwrap();
     assert!(answer.status().is_success(), "the bridge answers: {}", answer.status());
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    assert!(answer["predictions"][0]["explanation"]["top"].is_array(), "explained: {answer}");
 
     // Every dashboard query returns data (a 5-minute range covers the whole run).
     let queries = deploy::dashboard_queries();
