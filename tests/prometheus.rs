@@ -228,6 +228,11 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
         &format!("{group}={}", topics.requests),
         "--lag-every-secs",
         "1",
+        // Explain a predictions sample often enough to close windows of mean |φ| in the run.
+        "--attribution-sample",
+        "0.02",
+        "--attribution-window",
+        "3",
         "--metrics-listen",
         &format!("127.0.0.1:{monitor_port}"),
     ]));

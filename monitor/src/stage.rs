@@ -59,6 +59,8 @@ pub struct MonitorConfig {
     pub lag_every: Duration,
     /// Groups whose lag is measured and exported, with the topic each consumes.
     pub lag_targets: Vec<crate::lag::LagTarget>,
+    /// The sample of predictions explained for `streamscore_attribution_mean_abs`.
+    pub attribution: crate::attribution::AttributionConfig,
 }
 
 impl MonitorConfig {
@@ -84,6 +86,7 @@ impl MonitorConfig {
             .into_iter()
             .map(|(group, topic)| crate::lag::LagTarget { group: group.to_owned(), topic: topic.to_owned() })
             .collect(),
+            attribution: crate::attribution::AttributionConfig::default(),
         }
     }
 }
@@ -147,6 +150,7 @@ pub async fn run_with_stats(
         SourceConfig::new(&config.group, &[&config.predictions_topic, &config.dead_letter_topic], "monitor");
     let mut source = Source::open(&config.kafka, source_config)?;
     let mut detectors: HashMap<(String, String), Detector> = HashMap::new();
+    let attributions = crate::attribution::Sampler::new(config.attribution, models.clone());
     let mut summary = MonitorSummary::default();
     let mut report = tokio::time::interval(config.report_every);
     report.tick().await;
@@ -215,6 +219,7 @@ pub async fn run_with_stats(
                 if outcome.status != OutcomeStatus::Scored {
                     return Ok(None);
                 }
+                attributions.offer(&outcome);
                 summary.predictions += 1;
                 summary.latencies.record(&outcome);
                 let Some(version) = outcome.model_version else { return Ok(None) };

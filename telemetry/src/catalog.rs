@@ -42,6 +42,7 @@ pub const SOURCE_RECORDS: &str = "streamscore_source_records_total";
 pub const SINK_RECORDS: &str = "streamscore_sink_records_total";
 pub const BATCH_SIZE: &str = "streamscore_infer_batch_size";
 pub const DRIFT_STATISTIC: &str = "streamscore_drift_statistic";
+pub const ATTRIBUTION_MEAN_ABS: &str = "streamscore_attribution_mean_abs";
 
 const fn counter(name: &'static str, labels: &'static [&'static str], help: &'static str) -> Metric {
     Metric { name, kind: Kind::Counter, labels, help }
@@ -158,6 +159,16 @@ pub const METRICS: &[Metric] = &[
     ),
     counter("streamscore_monitor_dead_letters_total", &["reason"], "Dead letters the monitor read, by reason code."),
     counter("streamscore_monitor_undecodable_total", &["topic"], "Records the monitor could not decode."),
+    gauge(
+        ATTRIBUTION_MEAN_ABS,
+        &["model", "version", "feature"],
+        "Mean absolute attribution (Shapley value) of a feature over the last window of sampled predictions.",
+    ),
+    counter(
+        "streamscore_monitor_attribution_samples_total",
+        &["outcome"],
+        "Predictions sampled for attributions: explained here, carried (the outcome had one), skipped (busy or not explainable).",
+    ),
     // Schema registry.
     counter("streamscore_registry_requests_total", &["method", "outcome"], "Registry HTTP requests: ok or error."),
     // HTTP bridge.
