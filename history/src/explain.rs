@@ -234,22 +234,24 @@ pub fn describe(r: &Recomputed) -> String {
         e.baseline_score,
         e.score - e.baseline_score,
     );
+    // Values and baselines are the model's f32 inputs: shown as such (0.91, not 0.9100000262).
+    #[allow(clippy::cast_possible_truncation)]
+    let input = |v: f64| v as f32;
     let _ = writeln!(out, "  reasons");
     for (i, a) in e.top.iter().enumerate() {
+        let (value, baseline) = (input(a.value), input(a.baseline));
         let _ = writeln!(
             out,
-            "    {}. {:<22} {:>+.6}   value {} (baseline {})",
+            "    {}. {:<22} {:>+.6}   value {value} (baseline {baseline})",
             i + 1,
             a.feature,
-            a.attribution,
-            a.value,
-            a.baseline
+            a.attribution
         );
     }
     let _ = writeln!(out, "  every feature");
     for a in &e.attributions {
-        let _ =
-            writeln!(out, "    {:<24} {:>+.6}   value {} (baseline {})", a.feature, a.attribution, a.value, a.baseline);
+        let (value, baseline) = (input(a.value), input(a.baseline));
+        let _ = writeln!(out, "    {:<24} {:>+.6}   value {value} (baseline {baseline})", a.feature, a.attribution);
     }
     let _ = writeln!(
         out,
