@@ -2,14 +2,19 @@
 //! (`streamscore pipeline` with quotas and a shadow, as the main job runs it), against the
 //! local broker: requests/s and p50/p99 of the HTTP round trip at concurrency 1, 16 and 64
 //! with single-row and 64-row calls (closed loop), then single-row calls paced at a rate
-//! (open loop: the target is p99 ≤ 25 ms at 500 req/s). Beside each: CPU-µs per call of the
+//! (open loop: the target is p99 ≤ 25 ms at 500 req/s), then the same paced run with every
+//! Nth call explained (`?explain=true`): the unexplained calls' p50/p99 beside the first paced
+//! run's, and the explained calls' own (explanations run in a lane of their own, so the
+//! unexplained p99 should not move beyond noise). Beside each: CPU-µs per call of the
 //! bridge, the pipeline and the broker (their pids' CPU), and the calls that were not 200.
 //!
 //! Run (with the local stack up, e.g. `streamscore stack up`):
 //!     export $(cat .streamscore/stack.env)
-//!     cargo bench --bench bridge -- --bench [SECONDS_PER_STEP] [RATE]
-//! Defaults: 10 s per step, 500 req/s paced. `BENCH_BRIDGE_KAFKA_PROPERTIES="key=value;..."`
-//! sets librdkafka properties of the bridge process alone.
+//!     cargo bench --bench bridge -- --bench [SECONDS_PER_STEP] [RATE] [EXPLAIN_EVERY]
+//! Defaults: 10 s per step, 500 req/s paced, every 50th call explained in the mixed run.
+//! `BENCH_BRIDGE_PACED_ONLY=1` skips the closed-loop steps.
+//! `BENCH_BRIDGE_KAFKA_PROPERTIES="key=value;..."` sets librdkafka properties of the bridge
+//! process alone.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -76,9 +81,16 @@ struct Step {
 impl Step {
     fn print(mut self, label: &str) {
         self.latencies_ms.sort_by(f64::total_cmp);
-        let per_call = |cpu: f64| if self.calls == 0 { f64::NAN } else { cpu * 1e6 / self.calls as f64 };
+        // No CPU figure for a step that shares its run with another (the explained calls).
+        let per_call = |cpu: f64| {
+            if self.calls == 0 || cpu.is_nan() {
+                "–".to_owned()
+            } else {
+                format!("{:.0}", cpu * 1e6 / self.calls as f64)
+            }
+        };
         println!(
-            "| {label} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {:.0} | {:.0} | {:.0} |",
+            "| {label} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {} | {} | {} |",
             self.calls as f64 / self.elapsed,
             self.rows as f64 / self.elapsed,
             quantile(&self.latencies_ms, 0.50),
@@ -150,8 +162,17 @@ async fn closed_loop(
     step
 }
 
-/// Single-row calls started at `rate` per second whatever the answers do (open loop).
-async fn paced(processes: &Processes, url: &str, rows: &Arc<Vec<Value>>, rate: f64, seconds: f64) -> Step {
+/// Single-row calls started at `rate` per second whatever the answers do (open loop); with
+/// `explain_every` > 0 every such call asks for an explanation. The unexplained calls' step
+/// (with the whole run's CPU per unexplained call), then the explained calls' (latency only).
+async fn paced(
+    processes: &Processes,
+    url: &str,
+    rows: &Arc<Vec<Value>>,
+    rate: f64,
+    seconds: f64,
+    explain_every: usize,
+) -> (Step, Step) {
     let http = reqwest::Client::new();
     let before = processes.cpu();
     let started = Instant::now();
@@ -159,23 +180,33 @@ async fn paced(processes: &Processes, url: &str, rows: &Arc<Vec<Value>>, rate: f
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut calls = Vec::new();
     let total = (rate * seconds) as usize;
+    let explained_url = format!("{url}?explain=true");
     for i in 0..total {
         ticker.tick().await;
-        let (http, url, body) = (http.clone(), url.to_owned(), body(rows, 1, i));
-        calls.push(tokio::spawn(async move { call(&http, &url, &body).await }));
+        let explain = explain_every > 0 && i % explain_every == explain_every - 1;
+        let url = if explain { explained_url.clone() } else { url.to_owned() };
+        let (http, body) = (http.clone(), body(rows, 1, i));
+        calls.push(tokio::spawn(async move { (explain, call(&http, &url, &body).await) }));
     }
-    let mut step = Step { calls: 0, rows: 0, not_ok: 0, elapsed: 0.0, latencies_ms: Vec::new(), cpu: [0.0; 3] };
+    let empty = || Step { calls: 0, rows: 0, not_ok: 0, elapsed: 0.0, latencies_ms: Vec::new(), cpu: [0.0; 3] };
+    let (mut plain, mut explained) = (empty(), empty());
     for answer in futures::future::join_all(calls).await {
-        let (ok, ms) = answer.unwrap_or((false, f64::NAN));
+        let (explain, (ok, ms)) = answer.unwrap_or((false, (false, f64::NAN)));
+        let step = if explain { &mut explained } else { &mut plain };
         step.calls += 1;
         step.not_ok += u64::from(!ok);
         step.latencies_ms.push(ms);
     }
-    step.rows = step.calls;
-    step.elapsed = started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64();
     let after = processes.cpu();
-    step.cpu = [after[0] - before[0], after[1] - before[1], after[2] - before[2]];
-    step
+    for step in [&mut plain, &mut explained] {
+        step.rows = step.calls;
+        step.elapsed = elapsed;
+    }
+    // The run's CPU per call goes with the unexplained calls (the explanations' cost included).
+    plain.cpu = [after[0] - before[0], after[1] - before[1], after[2] - before[2]];
+    explained.cpu = [f64::NAN; 3];
+    (plain, explained)
 }
 
 #[tokio::main]
@@ -187,6 +218,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let seconds: f64 = args.get(at + 1).and_then(|a| a.parse().ok()).unwrap_or(10.0);
     let rate: f64 = args.get(at + 2).and_then(|a| a.parse().ok()).unwrap_or(500.0);
+    let explain_every: usize = args.get(at + 3).and_then(|a| a.parse().ok()).unwrap_or(50).max(1);
+    let paced_only = std::env::var_os("BENCH_BRIDGE_PACED_ONLY").is_some();
     let (bootstrap, registry) = stack_env()?;
     let broker_pid = std::env::var("STREAMSCORE_BROKER_PID")
         .map_err(|_| anyhow::anyhow!("set STREAMSCORE_BROKER_PID (streamscore stack up writes it to stack.env)"))?;
@@ -258,13 +291,23 @@ async fn main() -> anyhow::Result<()> {
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for n in [1, 64] {
         for concurrency in [1, 16, 64] {
+            if paced_only {
+                continue;
+            }
             let step = closed_loop(&processes, &url, &rows, concurrency, n, seconds).await;
             step.print(&format!("{n} row{}, concurrency {concurrency}", if n == 1 { "" } else { "s" }));
         }
     }
-    let step = paced(&processes, &url, &rows, rate, seconds.max(10.0)).await;
+    let (step, _) = paced(&processes, &url, &rows, rate, seconds.max(10.0), 0).await;
     step.print(&format!("1 row, paced {rate:.0}/s"));
+    let (plain, explained) = paced(&processes, &url, &rows, rate, seconds.max(10.0), explain_every).await;
+    plain.print(&format!("1 row, paced {rate:.0}/s, every {explain_every}th explained: the unexplained calls"));
+    explained.print(&format!("1 row, paced {rate:.0}/s, every {explain_every}th explained: the explained calls"));
+    let (again, _) = paced(&processes, &url, &rows, rate, seconds.max(10.0), 0).await;
+    again.print(&format!("1 row, paced {rate:.0}/s, again (noise)"));
     println!();
-    println!("rerun: export $(cat .streamscore/stack.env); cargo bench --bench bridge -- --bench {seconds} {rate}");
+    println!(
+        "rerun: export $(cat .streamscore/stack.env); cargo bench --bench bridge -- --bench {seconds} {rate} {explain_every}"
+    );
     Ok(())
 }

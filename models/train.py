@@ -28,8 +28,9 @@ What it does:
 
    * ``model.onnx``;
    * ``metadata.json``: feature specs, label/threshold, training settings,
-     held-out metrics and the monitor's reference distributions (inner bin
-     edges and shares of each feature and of the score on the held-out set);
+     held-out metrics, the monitor's reference distributions (inner bin
+     edges and shares of each feature and of the score on the held-out set)
+     and the explanations' baseline (every feature's training mean);
    * ``golden.json``: 256 held-out feature vectors (float32 values) and the
      scores onnxruntime gives them;
 
@@ -375,6 +376,12 @@ def reference(x: np.ndarray, score: np.ndarray) -> dict:
     return {"features": features, "score": histogram(score.astype(np.float64), SCORE_EDGES)}
 
 
+def baseline(mean: np.ndarray) -> dict[str, float]:
+    """The row explanations are relative to: every feature's training mean (the model store
+    checks each is present, finite and within its feature's range)."""
+    return {name: float(m) for (name, _, _, _), m in zip(FEATURES, mean)}
+
+
 # --- the run ----------------------------------------------------------------
 
 
@@ -445,6 +452,7 @@ def build_version(
             },
             "metrics": held_out,
             "reference": reference(x_hold, scores),
+            "baseline": baseline(mean),
         },
     )
     write_json(

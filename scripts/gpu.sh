@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU job: on a machine with an NVIDIA GPU and its driver, runs the CUDA kernel tests
-# (which skip themselves elsewhere) and the CUDA-versus-tract benchmark table.
+# (which skip themselves elsewhere), the CUDA-versus-tract benchmark table and µs per
+# explanation on each backend.
 #   scripts/gpu.sh                 build here, run the tests, then the full bench
 #   scripts/gpu.sh --quick         the same with a short bench
 #   scripts/gpu.sh --package DIR   build the test and bench binaries here (no GPU needed) and
@@ -41,6 +42,7 @@ case "${1:-}" in
   {
     cargo test --locked -p streamscore-infer --test gpu --test cuda --no-run --message-format=json
     cargo bench --locked -p streamscore-infer --bench backends --no-run --message-format=json
+    cargo bench --locked -p streamscore-infer --bench explain --no-run --message-format=json
   } | executables | while read -r name path; do
     cp "$path" "$stage/bin/$name"
     strip "$stage/bin/$name"
@@ -68,6 +70,8 @@ case "${1:-}" in
   "$job/bin/cuda" || status=$?
   echo "== CUDA against tract"
   "$job/bin/backends" --bench "$@" || status=$?
+  echo "== explanations: CUDA against tract"
+  "$job/bin/explain" --bench "$@" || status=$?
   exit "$status"
   ;;
 esac
@@ -82,3 +86,5 @@ echo "== CUDA tests"
 cargo test --locked -p streamscore-infer --test gpu --test cuda
 echo "== CUDA against tract"
 cargo bench --locked -p streamscore-infer --bench backends -- --bench "$@"
+echo "== explanations: CUDA against tract"
+cargo bench --locked -p streamscore-infer --bench explain -- --bench "$@"

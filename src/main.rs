@@ -104,6 +104,10 @@ enum Command {
     /// threshold, calibration error); --json for machines, --out FILE.parquet for one row per
     /// labeled prediction with its features.
     Quality(cli::analysts::QualityCommand),
+    /// Explain a past request again from the topics: baseline Shapley values of its features
+    /// by the version (and backend) that scored it, the reason codes, and whether they equal,
+    /// bit for bit, the explanation the request got live (exit status 1 when not).
+    Explain(cli::analysts::ExplainCommand),
     /// Print the `kafka-acls.sh` commands that bind tenants to their producers' principals:
     /// each tenant with `kafka_principals` in the policy gets its own requests topic, writable
     /// only by those principals (see the README's Security section).
@@ -218,6 +222,7 @@ impl Command {
             Command::Replay(_) => "replay",
             Command::Rollout(_) => "rollout",
             Command::Quality(_) => "quality",
+            Command::Explain(_) => "explain",
             Command::Acls(_) => "acls",
             Command::Ingest(_) => "ingest",
             Command::Produce(_) => "produce",
@@ -263,6 +268,7 @@ async fn run(command: Command, shutdown: Shutdown) -> Result<()> {
         Command::Replay(args) => args.run().await,
         Command::Rollout(args) => args.run().await,
         Command::Quality(args) => args.run().await,
+        Command::Explain(args) => args.run().await,
         Command::Acls(args) => args.run().await,
         Command::Ingest(args) => args.run(shutdown).await,
         Command::Produce(args) => args.run(shutdown).await,

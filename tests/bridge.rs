@@ -818,6 +818,8 @@ fn forged_outcome(request: &InferenceRequest, tenant: &str) -> PredictionOutcome
         inference_us: 0,
         request_created_at: request.created_at,
         reply_to: request.reply_to.clone(),
+        routed_by: None,
+        explanation: None,
     }
 }
 

@@ -183,6 +183,93 @@ async fn validated_request_v2_is_backward_compatible_with_v1_data() {
     registry.stop().await;
 }
 
+/// `PredictionOutcome` before explanations (`tests/fixtures/prediction_outcome_v1.avsc` is the
+/// file as it was): the same fields, without `explanation`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+struct PredictionOutcomeV1 {
+    lineage: Lineage,
+    status: OutcomeStatus,
+    shadow: bool,
+    model: String,
+    model_version: Option<String>,
+    model_sha256: Option<String>,
+    backend: Option<String>,
+    score: Option<f64>,
+    label: Option<String>,
+    reason: Option<String>,
+    detail: Option<String>,
+    retry_after_ms: Option<i64>,
+    #[avro(with = streamscore_contracts::events::features_schema)]
+    features: Features,
+    batch_size: i32,
+    queue_wait_us: i64,
+    inference_us: i64,
+    #[avro(with = streamscore_contracts::lineage::timestamp_micros)]
+    request_created_at: i64,
+    reply_to: Option<String>,
+}
+
+impl Event for PredictionOutcomeV1 {
+    const SCHEMA: SchemaFile = SchemaFile {
+        file: "tests/fixtures/prediction_outcome_v1.avsc",
+        full_name: "io.streamscore.v1.PredictionOutcome",
+        text: include_str!("fixtures/prediction_outcome_v1.avsc"),
+    };
+}
+
+/// The outcome with `explanation` (optional, null default, appended) passes the registry's
+/// BACKWARD check against the version before it, reads the outcomes already on the topic with
+/// no explanation, and a consumer still on the old schema reads explained outcomes (the
+/// explanation skipped). Both encoders agree: the direct one and apache-avro's through the codec.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_explanation_field_is_a_backward_compatible_evolution() {
+    let registry = TestRegistry::start().await;
+    let topic = support::unique("outcome-evolution");
+    let v1 = Codec::<PredictionOutcomeV1>::with_url(&registry.url, &topic);
+    let v2 = Codec::<PredictionOutcome>::with_url(&registry.url, &topic);
+    let id1 = v1.register().await.unwrap();
+    let explained = samples::prediction();
+    assert!(explained.explanation.is_some());
+    let old = PredictionOutcomeV1 {
+        lineage: explained.lineage.clone(),
+        status: explained.status,
+        shadow: explained.shadow,
+        model: explained.model.clone(),
+        model_version: explained.model_version.clone(),
+        model_sha256: explained.model_sha256.clone(),
+        backend: explained.backend.clone(),
+        score: explained.score,
+        label: explained.label.clone(),
+        reason: None,
+        detail: None,
+        retry_after_ms: None,
+        features: explained.features.clone(),
+        batch_size: explained.batch_size,
+        queue_wait_us: explained.queue_wait_us,
+        inference_us: explained.inference_us,
+        request_created_at: explained.request_created_at,
+        reply_to: None,
+    };
+    let on_the_topic = v1.encode(&old).unwrap();
+    let id2 = v2.register().await.expect("an optional field with a null default passes the BACKWARD check");
+    assert_ne!(id1, id2);
+
+    let read = v2.decode(&on_the_topic).await.expect("the new schema reads old outcomes").value;
+    assert_eq!(read.explanation, None);
+    assert_eq!(read.score, old.score);
+
+    let direct = v2
+        .encode_outcome(&explained, explained.features.iter().map(|(k, v)| (k.as_str(), *v)))
+        .expect("encodes directly");
+    assert_eq!(direct, v2.encode(&explained).unwrap(), "the direct encoder writes apache-avro's bytes");
+    let by_old_reader = v1.decode(&direct).await.expect("an old consumer reads explained outcomes").value;
+    assert_eq!(by_old_reader.score, explained.score);
+    assert_eq!(by_old_reader.features, explained.features);
+    assert_eq!(v2.decode(&direct).await.unwrap().value, explained, "the new reader gets the explanation");
+    registry.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bytes_interoperate_with_schema_registry_converter() {
     let registry = TestRegistry::start().await;

@@ -200,6 +200,8 @@ fn the_dashboard_covers_what_operators_ask() {
         ("consumer lag in records", "streamscore_consumer_lag_records"),
         ("consumer lag in seconds", "streamscore_consumer_lag_seconds"),
         ("drift per feature and version", catalog::DRIFT_STATISTIC),
+        ("what drives each version: mean |φ| per feature", catalog::ATTRIBUTION_MEAN_ABS),
+        ("explanation time", "streamscore_infer_explanation_seconds_bucket"),
         ("drift alert annotations", "streamscore_drift_alerts_total"),
         ("backend and versions loaded", "streamscore_backend_info"),
         ("model quality per version", "streamscore_quality_auc"),

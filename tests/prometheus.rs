@@ -1,7 +1,7 @@
 //! A real Prometheus (Debian's package) scraping the running stages with the project's scrape
 //! config (`deploy/prometheus/prometheus.yml`, its targets pointed at this test's processes):
 //! every target is up, every query of the Grafana dashboard returns data after a short run
-//! under load (with bad records, quotas, a drift and a bridge call), and what each stage serves
+//! under load (with bad records, quotas, a drift and an explained bridge call), and what each stage serves
 //! passes `promtool check metrics` and matches the catalog (names, types, label names).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -237,6 +237,11 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
         "1",
         "--rollouts-topic",
         &rollouts,
+        // Explain a predictions sample often enough to close windows of mean |φ| in the run.
+        "--attribution-sample",
+        "0.02",
+        "--attribution-window",
+        "3",
         "--metrics-listen",
         &format!("127.0.0.1:{monitor_port}"),
         "--feedback-topic",
@@ -354,10 +359,10 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
         writer.close(std::collections::HashMap::new()).await.unwrap();
     }
 
-    // A synchronous caller through the bridge.
+    // A synchronous caller through the bridge, asking for an explanation.
     let features: streamscore_contracts::Features = streamscore_synth::Generator::new(7).next(0).by_name();
     let answer = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{bridge_port}/v1/models/fraud/predict"))
+        .post(format!("http://127.0.0.1:{bridge_port}/v1/models/fraud/predict?explain=true"))
         .bearer_auth("acme-demo-key")
         .json(&serde_json::json!({ "features": features }))
         .send()
@@ -365,6 +370,7 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
         .unwrap();
     assert!(answer.status().is_success(), "the bridge answers: {}", answer.status());
     let answer: serde_json::Value = answer.json().await.unwrap();
+    assert!(answer["predictions"][0]["explanation"]["top"].is_array(), "explained: {answer}");
     let id = answer["predictions"][0]["request_id"].as_str().unwrap().to_owned();
     // Its label, through the bridge; and labels for the load's outcomes on the feedback topic,
     // so the quality panels have figures (both classes, the label following the score).

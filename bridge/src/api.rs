@@ -262,13 +262,19 @@ pub fn routes(bridge: Arc<Bridge>) -> impl Filter<Extract = (warp::reply::Respon
 }
 
 fn answer(bridge: Arc<Bridge>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    warp::method().and(warp::path::full()).and(warp::header::headers_cloned()).and(warp::body::stream()).then(
-        move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
+    // The query string, or none (`?explain=true` on /v1 predict).
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    warp::method()
+        .and(warp::path::full())
+        .and(query)
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(move |method: Method, path: warp::path::FullPath, query: String, headers: HeaderMap, body| {
             let bridge = Arc::clone(&bridge);
             async move {
                 let started = Instant::now();
                 let body = read_limited(body, bridge.config.max_body_bytes).await;
-                let (route, response) = bridge.handle(&method, path.as_str(), &headers, body).await;
+                let (route, response) = bridge.handle(&method, path.as_str(), &query, &headers, body).await;
                 metrics::counter!(
                     "streamscore_bridge_requests_total",
                     "route" => route,
@@ -279,8 +285,7 @@ fn answer(bridge: Arc<Bridge>) -> impl Filter<Extract = (warp::reply::Response,)
                     .record(started.elapsed().as_secs_f64());
                 response
             }
-        },
-    )
+        })
 }
 
 /// Status codes as metric labels: the ones the bridge answers with, anything else `other`.
@@ -344,13 +349,14 @@ impl Bridge {
         &self,
         method: &Method,
         path: &str,
+        query: &str,
         headers: &HeaderMap,
         body: Result<Bytes, BodyError>,
     ) -> (&'static str, warp::reply::Response) {
         let call_id = uuid::Uuid::new_v4().to_string();
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let dialect = if segments.first() == Some(&"v2") { Dialect::Oip } else { Dialect::Own };
-        let (route, result) = self.dispatch(method, &segments, headers, body, &call_id).await;
+        let (route, result) = self.dispatch(method, &segments, query, headers, body, &call_id).await;
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -370,6 +376,7 @@ impl Bridge {
         &self,
         method: &Method,
         segments: &[&str],
+        query: &str,
         headers: &HeaderMap,
         body: Result<Bytes, BodyError>,
         call_id: &str,
@@ -414,7 +421,7 @@ impl Bridge {
             Endpoint::ModelReady => Ok(self.model_ready(first, version).await),
             Endpoint::ModelMetadata => self.model_metadata(headers, first, version),
             Endpoint::Infer => self.oip_infer(headers, first, version, &body, call_id).await,
-            Endpoint::Predict => self.predict(headers, first, &body, call_id).await,
+            Endpoint::Predict => self.predict(headers, first, query, &body, call_id).await,
             Endpoint::RequestStatus => self.request_status(headers, first),
             Endpoint::Feedback => self.feedback(headers, &body).await,
         };
@@ -545,7 +552,9 @@ impl Bridge {
         }
         let names: Vec<&str> = routed.meta.features.iter().map(|f| f.name.as_str()).collect();
         let (request, rows) = parse_oip(body, &names)?;
-        let scored = self.score(call_id, &tenant, model, version, rows, request.id.as_deref()).await?;
+        let explain = request.explain()?;
+        explainable(&routed, explain)?;
+        let scored = self.score(call_id, &tenant, model, version, rows, request.id.as_deref(), explain).await?;
         let data: Vec<f64> = scored.rows.iter().map(|(_, o)| o.score.unwrap_or(f64::NAN)).collect();
         let first = &scored.rows[0].1;
         let mut body = json!({
@@ -558,6 +567,10 @@ impl Bridge {
                 "labels": scored.rows.iter().map(|(_, o)| o.label.as_deref()).collect::<Vec<_>>(),
             },
         });
+        if explain {
+            body["parameters"]["explanations"] =
+                scored.rows.iter().map(|(_, o)| o.explanation.as_ref().map_or(Value::Null, explanation_json)).collect();
+        }
         if let Some(id) = request.id {
             body["id"] = Value::String(id);
         }
@@ -568,16 +581,19 @@ impl Bridge {
         &self,
         headers: &HeaderMap,
         model: &str,
+        query: &str,
         body: &[u8],
         call_id: &str,
     ) -> Result<warp::reply::Response, ApiError> {
         let tenant = self.tenant(headers)?;
         self.allowed(&tenant, model)?;
         let mut request = parse_predict(body)?;
-        self.route(Some(&tenant), model, request.version.as_deref())?;
+        let explain = request.explain(query)?;
+        let routed = self.route(Some(&tenant), model, request.version.as_deref())?;
+        explainable(&routed, explain)?;
         let rows = request.take_rows()?;
-        let scored =
-            self.score(call_id, &tenant, model, request.version.as_deref(), rows, request.id.as_deref()).await?;
+        let (version, client) = (request.version.as_deref(), request.id.as_deref());
+        let scored = self.score(call_id, &tenant, model, version, rows, client, explain).await?;
         let predictions: Vec<Value> = scored.rows.iter().map(|(id, o)| prediction_json(id, o)).collect();
         let mut body = json!({"predictions": predictions});
         if let Some(id) = request.id {
@@ -611,7 +627,9 @@ impl Bridge {
         }
     }
 
-    /// Checks, publishes and waits for the outcomes of one call's rows.
+    /// Checks, publishes and waits for the outcomes of one call's rows; `explain`: each
+    /// request asks for an explanation (the attribute `explain` = `true`).
+    #[allow(clippy::too_many_arguments)]
     async fn score(
         &self,
         call_id: &str,
@@ -620,6 +638,7 @@ impl Bridge {
         version: Option<&str>,
         rows: Vec<Features>,
         client_id: Option<&str>,
+        explain: bool,
     ) -> Result<Scored, ApiError> {
         let started = Instant::now();
         let deadline = self.config.deadline;
@@ -636,6 +655,9 @@ impl Bridge {
             let mut attributes = HashMap::from([("via".to_owned(), "bridge".to_owned())]);
             if let Some(client) = client_id {
                 attributes.insert("client_request_id".to_owned(), client.to_owned());
+            }
+            if explain {
+                attributes.insert(streamscore_contracts::EXPLAIN_ATTRIBUTE.to_owned(), "true".to_owned());
             }
             let request = InferenceRequest {
                 request_id: id.clone(),
@@ -772,6 +794,8 @@ fn outcome_error(rows: &[(String, PredictionOutcome)], policy: &streamscore_infe
         "MODEL_NOT_LOADED" => "MODEL_NOT_LOADED",
         "MODEL_REFUSED" => "MODEL_REFUSED",
         "MODEL_ERROR" => "MODEL_ERROR",
+        "EXPLAIN_INVALID" => "EXPLAIN_INVALID",
+        "EXPLANATION_UNAVAILABLE" => "EXPLANATION_UNAVAILABLE",
         _ if outcome.status == OutcomeStatus::Failed => "MODEL_ERROR",
         _ => "REJECTED",
     };
@@ -781,6 +805,7 @@ fn outcome_error(rows: &[(String, PredictionOutcome)], policy: &streamscore_infe
         (_, "MODEL_NOT_ALLOWED" | "UNKNOWN_TENANT") => StatusCode::FORBIDDEN,
         (_, "UNKNOWN_MODEL" | "UNKNOWN_MODEL_VERSION") => StatusCode::NOT_FOUND,
         (_, "MODEL_NOT_LOADED" | "MODEL_REFUSED") => StatusCode::SERVICE_UNAVAILABLE,
+        (_, "EXPLAIN_INVALID") => StatusCode::BAD_REQUEST,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
     let mut error = ApiError::new(status, code, detail).details(details);
@@ -797,14 +822,75 @@ fn outcome_error(rows: &[(String, PredictionOutcome)], policy: &streamscore_infe
 }
 
 fn prediction_json(id: &str, outcome: &PredictionOutcome) -> Value {
-    json!({
+    let mut prediction = json!({
         "request_id": id,
         "score": outcome.score,
         "label": outcome.label,
         "model": outcome.model,
         "version": outcome.model_version,
         "backend": outcome.backend,
-    })
+    });
+    if let Some(explanation) = &outcome.explanation {
+        prediction["explanation"] = explanation_json(explanation);
+    }
+    prediction
+}
+
+/// An explanation as callers read it: the baseline's score, every feature's attribution by
+/// name, and the top reasons (feature, its value, its attribution), largest |φ| first.
+pub fn explanation_json(e: &streamscore_contracts::Explanation) -> Value {
+    let attributions: serde_json::Map<String, Value> =
+        e.attributions.iter().map(|a| (a.feature.clone(), json!(a.attribution))).collect();
+    let top: Vec<Value> =
+        e.top.iter().map(|a| json!({"feature": a.feature, "value": a.value, "attribution": a.attribution})).collect();
+    let mut body = json!({
+        "method": e.method,
+        "baseline_score": e.baseline_score,
+        "score": e.score,
+        "attributions": attributions,
+        "top": top,
+    });
+    if let Some(n) = e.permutations {
+        body["permutations"] = json!(n);
+    }
+    if let Some(bound) = e.error_bound {
+        body["error_bound"] = json!(bound);
+    }
+    body
+}
+
+/// Refuses an explanation of a version that has none (no baseline in its metadata) before
+/// anything is published.
+fn explainable(version: &ModelVersion, explain: bool) -> Result<(), ApiError> {
+    if explain && version.meta.baseline_row().is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "EXPLANATION_UNAVAILABLE",
+            format!(
+                "{} has no baseline in its metadata.json, so it cannot be explained; ask without explain",
+                version.key()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The `explain` flag of a query string (`explain=true` or `explain=false`); `None` without it.
+fn query_explain(query: &str) -> Result<Option<bool>, ApiError> {
+    let mut found = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name == "explain" {
+            found = Some(match value {
+                "true" => true,
+                "false" => false,
+                other => {
+                    return Err(ApiError::bad_request(format!("explain={other}: give explain=true or explain=false")))
+                }
+            });
+        }
+    }
+    Ok(found)
 }
 
 /// Parses an Open Inference Protocol v2 inference body into its rows (feature name to value)
@@ -823,6 +909,17 @@ pub fn parse_predict(body: &[u8]) -> Result<PredictRequest, ApiError> {
 }
 
 impl PredictRequest {
+    /// Whether the call asks for explanations: `?explain=true` or `"explain": true`; the two
+    /// may not disagree.
+    pub fn explain(&self, query: &str) -> Result<bool, ApiError> {
+        match (query_explain(query)?, self.explain) {
+            (Some(q), Some(b)) if q != b => {
+                Err(ApiError::bad_request(format!("explain is {q} in the query and {b} in the body")))
+            }
+            (q, b) => Ok(q.or(b).unwrap_or(false)),
+        }
+    }
+
     /// The call's rows: `features` (one) or `instances` (1 to [`MAX_ROWS`]).
     pub fn take_rows(&mut self) -> Result<Vec<Features>, ApiError> {
         match (self.features.take(), self.instances.take()) {
@@ -852,6 +949,9 @@ pub struct PredictRequest {
     /// The caller's own id, echoed back (never the pipeline's request id).
     #[serde(default)]
     pub id: Option<String>,
+    /// Explain each row (as `?explain=true`).
+    #[serde(default)]
+    pub explain: Option<bool>,
 }
 
 /// An Open Inference Protocol v2 inference request (JSON tensors only).
@@ -860,6 +960,9 @@ pub struct OipRequest {
     #[serde(default)]
     pub id: Option<String>,
     inputs: Vec<OipTensor>,
+    /// Request parameters; `explain: true` asks for explanations, other keys are ignored.
+    #[serde(default)]
+    parameters: Option<serde_json::Map<String, Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -874,6 +977,15 @@ struct OipTensor {
 }
 
 impl OipRequest {
+    /// Whether `parameters.explain` asks for explanations (a boolean when present).
+    pub fn explain(&self) -> Result<bool, ApiError> {
+        match self.parameters.as_ref().and_then(|p| p.get("explain")) {
+            None => Ok(false),
+            Some(Value::Bool(explain)) => Ok(*explain),
+            Some(other) => Err(ApiError::bad_request(format!("parameters.explain is {other}; give true or false"))),
+        }
+    }
+
     /// The rows of the `features` tensor, each a map from feature name to value.
     fn rows(&self, names: &[&str]) -> Result<Vec<Features>, ApiError> {
         let [tensor] = self.inputs.as_slice() else {
@@ -945,6 +1057,7 @@ mod tests {
     fn tensor(shape: Vec<i64>, data: Value) -> OipRequest {
         OipRequest {
             id: None,
+            parameters: None,
             inputs: vec![OipTensor {
                 name: "features".to_owned(),
                 shape,
@@ -1023,6 +1136,61 @@ mod tests {
         let response = ApiError::method_not_allowed(&Method::PUT, "/healthz", &["GET"]).render(Dialect::Own, "call");
         assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(response.headers()["allow"], "GET");
+    }
+
+    #[test]
+    fn the_explain_flag_comes_from_the_query_the_body_or_the_parameters() {
+        let predict = |body: &str| parse_predict(body.as_bytes()).expect("a predict body");
+        let plain = predict(r#"{"features": {"a": 1}}"#);
+        assert!(!plain.explain("").expect("a flag") && !plain.explain("x=1&explain=false").expect("a flag"));
+        assert!(plain.explain("explain=true").expect("a flag") && plain.explain("v=2&explain=true").expect("a flag"));
+        assert!(predict(r#"{"features": {"a": 1}, "explain": true}"#).explain("").expect("a flag"));
+        assert!(predict(r#"{"features": {"a": 1}, "explain": true}"#).explain("explain=true").expect("a flag"));
+        for (query, body) in [("explain=yes", r#"{"features": {}}"#), ("explain=false", r#"{"explain": true}"#)] {
+            let error = predict(body).explain(query).expect_err(query);
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{query}: {}", error.message);
+        }
+        assert!(parse_predict(br#"{"explain": "yes"}"#).is_err(), "a boolean in the body");
+        let oip = |parameters: &str| {
+            let body = format!(
+                r#"{{"inputs": [{{"name": "features", "shape": [1, 1], "datatype": "FP32", "data": [1]}}]{parameters}}}"#
+            );
+            parse_oip(body.as_bytes(), &["a"]).expect("an OIP body").0
+        };
+        assert!(!oip("").explain().expect("a flag"));
+        assert!(oip(r#", "parameters": {"explain": true, "other": 1}"#).explain().expect("a flag"));
+        assert!(!oip(r#", "parameters": {"explain": false}"#).explain().expect("a flag"));
+        assert_eq!(
+            oip(r#", "parameters": {"explain": "true"}"#).explain().expect_err("not a boolean").status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn an_explanation_is_answered_by_feature_with_the_top_reasons() {
+        let attribution = |feature: &str, attribution: f64| streamscore_contracts::Attribution {
+            feature: feature.to_owned(),
+            value: 2.0,
+            baseline: 1.0,
+            attribution,
+        };
+        let mut outcome: PredictionOutcome = crate::tests::outcome("acme", "r1");
+        outcome.explanation = Some(streamscore_contracts::Explanation {
+            method: "exact_shapley".to_owned(),
+            baseline_score: 0.25,
+            score: 0.5,
+            attributions: vec![attribution("a", 0.05), attribution("b", 0.2)],
+            top: vec![attribution("b", 0.2), attribution("a", 0.05)],
+            permutations: None,
+            error_bound: None,
+        });
+        let json = prediction_json("r1", &outcome);
+        assert_eq!(json["explanation"]["baseline_score"], 0.25);
+        assert_eq!(json["explanation"]["attributions"]["b"], 0.2);
+        assert_eq!(json["explanation"]["top"][0], json!({"feature": "b", "value": 2.0, "attribution": 0.2}));
+        assert!(json["explanation"].get("error_bound").is_none(), "exact: no bound");
+        outcome.explanation = None;
+        assert!(prediction_json("r1", &outcome).get("explanation").is_none());
     }
 
     #[test]

@@ -313,6 +313,7 @@ pub(crate) mod tests {
             request_created_at: 0,
             reply_to: Some("me".to_owned()),
             routed_by: None,
+            explanation: None,
         }
     }
 }

@@ -303,7 +303,8 @@ pub fn content_hash(key: &AuditKey, record: &AuditRecord) -> String {
 /// written (`written_at`, `instance`, `batch_size`, `queue_wait_us`, `inference_us`). Two
 /// copies of one event with the same content are the same answer written twice (a request
 /// redelivered after a crash is scored again in another batch, by another process); a copy
-/// with other content (another score, status, version, reply address or features) is not.
+/// with other content (another score, status, version, reply address, features or
+/// explanation) is not.
 pub fn outcome_content(key: &AuditKey, outcome: &crate::PredictionOutcome) -> String {
     let mut f = Fields(key.mac());
     lineage_content(&mut f, &outcome.lineage);
@@ -335,6 +336,23 @@ pub fn outcome_content(key: &AuditKey, outcome: &crate::PredictionOutcome) -> St
             f.field(&routed.generation.to_be_bytes());
             f.field(&routed.step.to_be_bytes());
         }
+    }
+    // Appended only when present: the content of an outcome without one is what it was.
+    if let Some(e) = &outcome.explanation {
+        f.field(e.method.as_bytes());
+        f.field(&e.baseline_score.to_bits().to_be_bytes());
+        f.field(&e.score.to_bits().to_be_bytes());
+        for list in [&e.attributions, &e.top] {
+            f.field(&(list.len() as u64).to_be_bytes());
+            for a in list {
+                f.field(a.feature.as_bytes());
+                f.field(&a.value.to_bits().to_be_bytes());
+                f.field(&a.baseline.to_bits().to_be_bytes());
+                f.field(&a.attribution.to_bits().to_be_bytes());
+            }
+        }
+        f.optional(e.permutations.map(i32::to_be_bytes).as_ref().map(|b| &b[..]));
+        f.optional(e.error_bound.map(f64::to_bits).map(u64::to_be_bytes).as_ref().map(|b| &b[..]));
     }
     hex(&f.0.finalize().into_bytes()[..16])
 }
@@ -478,6 +496,45 @@ mod tests {
         assert_ne!(with(None, Some(HASHING)), with(Some(""), Some(HASHING)));
         // Entries written before the tag keep verifying by the rules they were written with.
         assert_eq!(with(None, None), with(Some("\u{0}"), None));
+    }
+
+    /// An explanation is part of what an outcome says: a copy with another attribution is
+    /// another answer, and an outcome without one keeps the content it had.
+    #[test]
+    fn an_explanation_is_part_of_an_outcomes_content() {
+        let key = AuditKey::new(b"k");
+        let request = crate::InferenceRequest {
+            request_id: "r".to_owned(),
+            tenant: "acme".to_owned(),
+            model: "fraud".to_owned(),
+            model_version: None,
+            features: crate::Features::default(),
+            created_at: 1,
+            reply_to: None,
+            attributes: HashMap::new(),
+        };
+        let lineage =
+            Lineage::derive(crate::SourceOffset::new("t", 0, 1), crate::Stage::Infer, "prediction", "i", None, None);
+        let plain = crate::PredictionOutcome::new(lineage, &request, crate::OutcomeStatus::Scored);
+        let mut explained = plain.clone();
+        let attribution =
+            |a: f64| crate::Attribution { feature: "amount".to_owned(), value: 1.0, baseline: 0.5, attribution: a };
+        explained.explanation = Some(crate::Explanation {
+            method: "exact_shapley".to_owned(),
+            baseline_score: 0.25,
+            score: 0.5,
+            attributions: vec![attribution(0.25)],
+            top: vec![attribution(0.25)],
+            permutations: None,
+            error_bound: None,
+        });
+        assert_ne!(outcome_content(&key, &plain), outcome_content(&key, &explained));
+        assert_eq!(outcome_content(&key, &explained), outcome_content(&key, &explained.clone()));
+        let mut forged = explained.clone();
+        if let Some(e) = forged.explanation.as_mut() {
+            e.attributions[0].attribution = 0.250_000_1;
+        }
+        assert_ne!(outcome_content(&key, &forged), outcome_content(&key, &explained));
     }
 
     #[test]

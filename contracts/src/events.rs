@@ -148,6 +148,52 @@ pub struct PredictionOutcome {
     /// The rollout state whose split chose the version, when one did.
     #[serde(default)]
     pub routed_by: Option<RoutedBy>,
+    /// Set when the request asked for an explanation (attribute `explain` = `true`) and it
+    /// was scored. Appended with a null default: the schema stays BACKWARD compatible.
+    #[serde(default)]
+    pub explanation: Option<Explanation>,
+}
+
+/// The request attribute that asks for an explanation, and the value that does.
+pub const EXPLAIN_ATTRIBUTE: &str = "explain";
+
+/// Whether a request asks for an explanation: `Ok(true)` for the attribute `explain` =
+/// `"true"`, `Ok(false)` without it or for `"false"`; any other value is an error (the caller
+/// gets an explicit rejection, not a silent guess).
+pub fn wants_explanation(request: &InferenceRequest) -> Result<bool, String> {
+    match request.attributes.get(EXPLAIN_ATTRIBUTE).map(String::as_str) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(format!("attribute {EXPLAIN_ATTRIBUTE} = {other:?}: expected \"true\" or \"false\"")),
+    }
+}
+
+/// `io.streamscore.v1.Explanation`: baseline Shapley values of one prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct Explanation {
+    /// `exact_shapley` or `sampled_shapley`.
+    pub method: String,
+    pub baseline_score: f64,
+    /// The score of the request's row in the explanation's own batches:
+    /// `baseline_score + Σ attribution`.
+    pub score: f64,
+    /// Every feature, in the model's input order.
+    pub attributions: Vec<Attribution>,
+    /// The reason codes: at most five features by largest |attribution|, largest first.
+    pub top: Vec<Attribution>,
+    pub permutations: Option<i32>,
+    pub error_bound: Option<f64>,
+}
+
+/// `io.streamscore.v1.Attribution`: one feature's share of `score - baseline_score`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct Attribution {
+    pub feature: String,
+    pub value: f64,
+    pub baseline: f64,
+    pub attribution: f64,
 }
 
 /// `io.streamscore.v1.DeadLetterReason`: why a record could not become a valid request.
@@ -352,10 +398,14 @@ pub enum OutcomeReason {
     /// Scored (status `SCORED`) by the model's fallback version, because the version the
     /// request routed to failed, was refused or is not loaded; the detail says which and why.
     Fallback,
+    /// The attribute `explain` is neither `"true"` nor `"false"`.
+    ExplainInvalid,
+    /// An explanation was asked of a version that has no baseline in its `metadata.json`.
+    ExplanationUnavailable,
 }
 
 impl OutcomeReason {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 13] = [
         Self::QuotaExceeded,
         Self::InFlightExceeded,
         Self::UnknownTenant,
@@ -367,6 +417,8 @@ impl OutcomeReason {
         Self::FeaturesInvalid,
         Self::ModelError,
         Self::Fallback,
+        Self::ExplainInvalid,
+        Self::ExplanationUnavailable,
     ];
 
     /// The reason code as written on the wire.
@@ -383,6 +435,8 @@ impl OutcomeReason {
             Self::FeaturesInvalid => "FEATURES_INVALID",
             Self::ModelError => "MODEL_ERROR",
             Self::Fallback => "FALLBACK",
+            Self::ExplainInvalid => "EXPLAIN_INVALID",
+            Self::ExplanationUnavailable => "EXPLANATION_UNAVAILABLE",
         }
     }
 
@@ -556,6 +610,7 @@ impl PredictionOutcome {
             request_created_at: request.created_at,
             reply_to: request.reply_to.clone(),
             routed_by: None,
+            explanation: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod codec;
+pub mod drift_stats;
 pub mod events;
 pub mod lineage;
 pub mod partition;
@@ -16,9 +17,9 @@ pub mod topics;
 
 pub use codec::{Codec, DecodeError, Decoded, EncodeError, RegistryError, WireHeader};
 pub use events::{
-    AuditRecord, DeadLetter, DeadLetterReason, DriftAlert, DriftMethod, Event, FeatureHasher, Features, Feedback,
-    InferenceRequest, OutcomeReason, OutcomeStatus, PredictionOutcome, Rollout, RolloutStatus, RoutedBy, Severity,
-    Share, ValidatedRequest,
+    wants_explanation, Attribution, AuditRecord, DeadLetter, DeadLetterReason, DriftAlert, DriftMethod, Event,
+    Explanation, FeatureHasher, Features, Feedback, InferenceRequest, OutcomeReason, OutcomeStatus, PredictionOutcome,
+    Rollout, RolloutStatus, RoutedBy, Severity, Share, ValidatedRequest, EXPLAIN_ATTRIBUTE,
 };
 pub use lineage::{now_micros, Lineage, SourceOffset, Stage};
 

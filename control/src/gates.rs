@@ -234,7 +234,7 @@ impl StepFigures {
         }
         #[allow(clippy::cast_precision_loss)]
         let reference: Vec<f64> = self.incumbent.score_bins.iter().map(|&c| c as f64 / incumbent as f64).collect();
-        streamscore_monitor::drift::stats::psi(&reference, &self.candidate.score_bins)
+        streamscore_contracts::drift_stats::psi(&reference, &self.candidate.score_bins)
     }
 
     /// The share of compared labels that agree (1 without any).

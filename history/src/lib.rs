@@ -8,6 +8,8 @@
 //!   report), rows (with their features) to JSONL or Parquet ([`replay_parquet`]).
 //! - [`quality`]: model quality per version from the prediction and feedback topics alone,
 //!   labeled rows (with their features) to Parquet.
+//! - [`explain`]: a past request's explanation recomputed from the topics by the version that
+//!   scored it, bit for bit the live one.
 //!
 //! These are commands, run by a person or a script and read as a whole report or an error,
 //! so this crate returns `anyhow` errors with context (as the binary does) rather than typed
@@ -15,6 +17,7 @@
 //! the `streamscore` binary (`src/cli/analysts.rs`).
 
 pub mod audit;
+pub mod explain;
 pub mod lineage;
 pub mod quality;
 pub mod replay;

@@ -475,13 +475,33 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             rows.push(row);
             continue;
         }
+        // An explanation asked for with a value that means nothing was refused before its
+        // quota; one that will run (its version has a baseline) cost the tenant's explain cost.
+        let pin = policy.as_ref().and_then(|p| p.pin(&request.tenant, &request.model));
+        let Ok(explain) = streamscore_contracts::wants_explanation(&request) else {
+            row.decision = "rejected".to_owned();
+            row.reason = Some("EXPLAIN_INVALID".to_owned());
+            rows.push(row);
+            continue;
+        };
+        // The version the pipeline routed to (the request's, its pin, its split): what the
+        // explanation's cost was decided on.
+        let live_split = match (request.model_version.as_deref(), pin) {
+            (None, None) => rollouts_at.route(&request.model, &request.request_id),
+            _ => None,
+        };
+        let explainable = explain
+            && store
+                .route(&request.model, request.model_version.as_deref(), pin.or(live_split.as_ref().map(|s| s.version.as_str())))
+                .is_ok_and(|v| v.meta.baseline_row().is_some());
         // Quotas, on the clock the pipeline decided them on: when each request reached the
         // broker (its `created_at` for a record without a timestamp).
         if let Some(q) = quotas.as_mut() {
             if adopted.insert(request.tenant.clone()) {
                 q.adopt(&request.tenant, 1, None);
             }
-            let decision = q.decide(&request.tenant, &request.model, received_at.unwrap_or(request.created_at));
+            let at = received_at.unwrap_or(request.created_at);
+            let decision = q.decide_request(&request.tenant, &request.model, at, explainable);
             q.release(&request.tenant);
             let refused = match decision {
                 QuotaDecision::Admit | QuotaDecision::Delay { .. } => None,
@@ -498,7 +518,6 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
         }
         // Routing, or the version asked for.
         let forced = config.model.as_ref().filter(|(m, _)| *m == request.model).map(|(_, v)| v.as_str());
-        let pin = policy.as_ref().and_then(|p| p.pin(&request.tenant, &request.model));
         let requested = forced.or(request.model_version.as_deref());
         let split = match (requested, pin) {
             (None, None) => rollouts_at.route(&request.model, &request.request_id),
@@ -519,6 +538,12 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
             }
         };
         row.version = Some(version.meta.version.clone());
+        if explain && !explainable && forced.is_none() {
+            row.decision = "rejected".to_owned();
+            row.reason = Some("EXPLANATION_UNAVAILABLE".to_owned());
+            rows.push(row);
+            continue;
+        }
         match version.check(&request.features) {
             Ok(vector) => {
                 pending.entry(version.key()).or_default().push((rows.len(), vector.to_vec()));

@@ -1,7 +1,8 @@
 //! The routing decision for one validated request, as a value: the tenant's quota (delay or
 //! reject), then the version (the request's, else the tenant's pin, else its model's rollout
-//! split, else the model's default), then whether this instance has that version loaded. Pure — no Kafka, no clock,
-//! no I/O — so every path has a unit test; the stage acts on the [`Route`] it returns.
+//! split, else the model's default), then whether this instance has that version loaded (else
+//! the model's fallback). Pure — no Kafka, no clock, no I/O — so every path has a unit test;
+//! the stage acts on the [`Route`] it returns.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,9 +27,10 @@ pub enum Availability {
 pub enum Route {
     /// To `version`'s batcher, after `delay_us` of quota delay (0: now); `tier` orders a
     /// backlog (1 first); `admitted`: the request holds a quota in-flight slot; `routed_by`:
-    /// the rollout whose split chose the version, if one did.
-    /// `fallback`: set when the model's fallback version scores it instead of the version it
-    /// routed to (which failed to load or is not loaded), saying which and why.
+    /// the rollout whose split chose the version, if one did; `fallback`: set when the model's
+    /// fallback version scores it instead of the version it routed to (which failed to load
+    /// or is not loaded), saying which and why; `explain`: to the version's explanation lane,
+    /// where its outcome gets an explanation.
     Score {
         version: Arc<ModelVersion>,
         delay_us: i64,
@@ -36,6 +38,7 @@ pub enum Route {
         admitted: bool,
         routed_by: Option<RoutedBy>,
         fallback: Option<(String, String)>,
+        explain: bool,
     },
     /// A rejection outcome with its typed reason and what to do about it.
     Reject { reason: OutcomeReason, detail: String, retry_after_ms: Option<i64>, admitted: bool },
@@ -58,7 +61,7 @@ pub enum QuotaOutcome {
 /// Decides one request. `quota_time_us`: the clock its quota is decided on (when the request
 /// reached the broker, [`streamscore_contracts::ValidatedRequest::quota_time`]); `quotas`: the
 /// tenant policy in force (the caller has adopted the bucket its partition committed); `pins`:
-/// the stage's own `--pins`, before the policy's.
+/// the stage's own `--pins`, before the policy's; `rollouts`: the models' rollouts in force.
 /// Returns the route and, with a policy, what the quota decided.
 pub fn route(
     request: &InferenceRequest,
@@ -70,15 +73,33 @@ pub fn route(
     availability: impl Fn(&str) -> Availability,
 ) -> (Route, Option<QuotaOutcome>) {
     let tenant = &request.tenant;
+    // An explanation asked for with a value that means nothing is refused before it costs
+    // anything.
+    let explain = match streamscore_contracts::wants_explanation(request) {
+        Ok(explain) => explain,
+        Err(detail) => return (Route::reject(OutcomeReason::ExplainInvalid, detail, false), None),
+    };
     let mut delay_us = 0;
     let mut quota = None;
     let mut tier = 2;
-    let mut policy_pin = None;
     let admitted = quotas.is_some();
+    let policy_pin = quotas.as_ref().and_then(|q| q.policy().pin(tenant, &request.model)).map(str::to_owned);
+    let pin = pins.get(tenant).map(String::as_str).or(policy_pin.as_deref());
+    // Precedence: the version the request names, its tenant's pin, its model's rollout split,
+    // the model's default.
+    let split = match (&request.model_version, pin) {
+        (None, None) => rollouts.route(&request.model, &request.request_id),
+        _ => None,
+    };
+    let chosen = pin.or(split.as_ref().map(|s| s.version.as_str()));
+    let routed_by = split.as_ref().map(|s| s.routed_by.clone());
+    // The version is looked up first (pure) so the quota charges an explanation's cost only
+    // when one will run; the decisions keep their order: quota, then routing.
+    let routed = store.route(&request.model, request.model_version.as_deref(), chosen);
+    let explainable = explain && routed.as_ref().is_ok_and(|v| v.meta.baseline_row().is_some());
     if let Some(q) = quotas {
-        let decision = q.decide(tenant, &request.model, quota_time_us);
+        let decision = q.decide_request(tenant, &request.model, quota_time_us, explainable);
         tier = q.tier(tenant);
-        policy_pin = q.policy().pin(tenant, &request.model).map(str::to_owned);
         let rejected = |route| (route, Some(QuotaOutcome::Rejected));
         match decision {
             QuotaDecision::Admit => quota = Some(QuotaOutcome::Admitted),
@@ -105,17 +126,9 @@ pub fn route(
             }
         }
     }
-    let pin = pins.get(tenant).map(String::as_str).or(policy_pin.as_deref());
-    // Precedence: the version the request names, its tenant's pin, its model's rollout split,
-    // the model's default.
-    let split = match (&request.model_version, pin) {
-        (None, None) => rollouts.route(&request.model, &request.request_id),
-        _ => None,
-    };
-    let chosen = pin.or(split.as_ref().map(|s| s.version.as_str()));
-    let routed_by = split.as_ref().map(|s| s.routed_by.clone());
     // A version that cannot run is replaced by the model's fallback, when it has one loaded
-    // (flagged FALLBACK in the outcome); else the request is rejected with the reason.
+    // (flagged FALLBACK in the outcome; explained only if the fallback has a baseline); else
+    // the request is rejected with the reason.
     let fallback_or = |reason: OutcomeReason, detail: String, routed_by: Option<RoutedBy>| match store
         .fallback(&request.model)
         .filter(|f| availability(&f.key()) == Availability::Loaded)
@@ -124,15 +137,34 @@ pub fn route(
             let detail = format!("{detail}; scored by the fallback {}", fallback.key());
             let from =
                 format!("{}/{}", request.model, chosen.or(request.model_version.as_deref()).unwrap_or("default"));
-            Route::Score { version: fallback, delay_us, tier, admitted, routed_by, fallback: Some((from, detail)) }
+            let explain = explain && fallback.meta.baseline_row().is_some();
+            Route::Score {
+                version: fallback,
+                delay_us,
+                tier,
+                admitted,
+                routed_by,
+                fallback: Some((from, detail)),
+                explain,
+            }
         }
         None => Route::reject(reason, detail, admitted),
     };
-    let route = match store.route(&request.model, request.model_version.as_deref(), chosen) {
+    let route = match routed {
         Ok(version) => {
             let key = version.key();
             match availability(&key) {
-                Availability::Loaded => Route::Score { version, delay_us, tier, admitted, routed_by, fallback: None },
+                Availability::Loaded if explain && !explainable => Route::reject(
+                    OutcomeReason::ExplanationUnavailable,
+                    format!(
+                        "{key} has no baseline in its metadata.json, so it cannot be explained; \
+                         ask without explain, or name a version that has one"
+                    ),
+                    admitted,
+                ),
+                Availability::Loaded => {
+                    Route::Score { version, delay_us, tier, admitted, routed_by, fallback: None, explain }
+                }
                 Availability::Refused(reason) => fallback_or(
                     OutcomeReason::ModelRefused,
                     format!("{key} was refused when loaded: {reason}"),
@@ -401,5 +433,78 @@ allowed_models = ["other"]
         let pins = HashMap::from([("acme".to_owned(), "2".to_owned())]);
         let (pinned, _) = route(&request("acme", "fraud", None, 0), 0, None, &pins, &rollouts, &store, loaded);
         assert!(matches!(pinned, Route::Score { routed_by: None, ref version, .. } if version.meta.version == "2"));
+    }
+
+    fn explained(tenant: &str, version: Option<&str>, at: i64, value: &str) -> InferenceRequest {
+        let mut r = request(tenant, "fraud", version, at);
+        r.attributes.insert("explain".to_owned(), value.to_owned());
+        r
+    }
+
+    /// A copy of the shipped models whose fraud/1 has no baseline (a version made before
+    /// explanations).
+    fn store_without_baseline() -> (tempfile::TempDir, ModelStore) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let source = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fraud"));
+        let family = dir.path().join("fraud");
+        for version in ["1", "2"] {
+            std::fs::create_dir_all(family.join(version)).expect("mkdir");
+            for file in ["metadata.json", "model.onnx"] {
+                std::fs::copy(source.join(version).join(file), family.join(version).join(file)).expect("copy");
+            }
+        }
+        std::fs::copy(source.join("model.json"), family.join("model.json")).expect("copy");
+        let path = family.join("1/metadata.json");
+        let mut meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        meta.as_object_mut().expect("an object").remove("baseline");
+        std::fs::write(&path, meta.to_string()).expect("write");
+        let store = ModelStore::open(dir.path()).expect("a version without a baseline is served");
+        (dir, store)
+    }
+
+    /// `explain = "true"` goes to the explanation lane and costs the policy's explain cost;
+    /// another value is refused before it costs anything; a version without a baseline refuses
+    /// the explanation, charging only what a plain request costs.
+    #[test]
+    fn explanations_are_routed_charged_and_refused_explicitly() {
+        let store = store();
+        let none = HashMap::new();
+        let (plain, _) = route(&request("acme", "fraud", Some("1"), 0), 0, None, &none, &Rollouts::default(), &store, loaded);
+        assert!(matches!(plain, Route::Score { explain: false, .. }), "{plain:?}");
+        let (lane, _) = route(&explained("acme", Some("2"), 0, "true"), 0, None, &none, &Rollouts::default(), &store, loaded);
+        assert!(matches!(lane, Route::Score { explain: true, .. }), "{lane:?}");
+        let (no, _) = route(&explained("acme", Some("2"), 0, "false"), 0, None, &none, &Rollouts::default(), &store, loaded);
+        assert!(matches!(no, Route::Score { explain: false, .. }), "{no:?}");
+
+        // acme's burst is 2, so an explanation costs 2 (the default, capped at the burst).
+        let mut q = quotas();
+        q.adopt("acme", 1, None);
+        let (bad, quota) = route(&explained("acme", Some("1"), 0, "yes"), 0, Some(&mut q), &none, &Rollouts::default(), &store, loaded);
+        assert_eq!((outcome(&bad), quota), ("EXPLAIN_INVALID".to_owned(), None), "refused before the quota");
+        if let Route::Reject { detail, admitted, .. } = &bad {
+            assert!(detail.contains("\"yes\"") && !admitted, "{detail}");
+        }
+        let (first, _) = route(&explained("acme", Some("1"), 0, "true"), 0, Some(&mut q), &none, &Rollouts::default(), &store, loaded);
+        assert!(matches!(first, Route::Score { explain: true, admitted: true, .. }), "{first:?}");
+        let (after, _) = route(&request("acme", "fraud", Some("1"), 0), 0, Some(&mut q), &none, &Rollouts::default(), &store, loaded);
+        assert_eq!(outcome(&after), "QUOTA_EXCEEDED", "the explanation took both tokens");
+
+        let (_dir, bare) = store_without_baseline();
+        let mut q = quotas();
+        q.adopt("acme", 1, None);
+        let (unavailable, quota) =
+            route(&explained("acme", Some("1"), 0, "true"), 0, Some(&mut q), &none, &Rollouts::default(), &bare, loaded);
+        assert_eq!(
+            (outcome(&unavailable), quota),
+            ("EXPLANATION_UNAVAILABLE".to_owned(), Some(QuotaOutcome::Admitted))
+        );
+        if let Route::Reject { detail, admitted, .. } = &unavailable {
+            assert!(detail.contains("fraud/1") && detail.contains("baseline") && *admitted, "{detail}");
+        }
+        let (next, _) = route(&request("acme", "fraud", Some("1"), 0), 0, Some(&mut q), &none, &Rollouts::default(), &bare, loaded);
+        assert_eq!(outcome(&next), "fraud/1", "the refused explanation cost one token, not two");
+        let (other, _) = route(&explained("acme", Some("2"), 1_000_000, "true"), 1_000_000, None, &none, &Rollouts::default(), &bare, loaded);
+        assert!(matches!(other, Route::Score { explain: true, .. }), "fraud/2 still has its baseline");
     }
 }

@@ -149,6 +149,41 @@ fn the_backend_matches_tract_and_the_goldens() -> Result<(), Failed> {
     Ok(())
 }
 
+/// The CUDA backend explains as tract does: for rows of every shipped version, attributions
+/// within 1e-5 of tract's, efficiency within 1e-12 of the explanation's own scores, and the
+/// same bits when the same row is explained again (what `streamscore explain` relies on).
+fn cuda_explanations_match_tracts() -> Result<(), Failed> {
+    use streamscore_infer::explain::explain_row;
+    let cuda = backend()?;
+    let store = ModelStore::open(models_root()).map_err(|e| e.to_string())?;
+    for version in store.versions() {
+        let golden = Golden::of(&version)?;
+        let (gpu, cpu) = (cuda.load(&version)?, TractBackend.load(&version)?);
+        for (i, row) in golden.rows.iter().take(8).enumerate() {
+            let ours = explain_row(gpu.as_ref(), &version, row).map_err(|e| e.to_string())?;
+            let tract = explain_row(cpu.as_ref(), &version, row).map_err(|e| e.to_string())?;
+            let what = format!("{} row {i}", version.key());
+            for (a, b) in ours.attributions.iter().zip(&tract.attributions) {
+                if (a.attribution - b.attribution).abs() > 1e-5 {
+                    return Err(format!(
+                        "{what}: {} is {} on CUDA, {} on tract",
+                        a.feature, a.attribution, b.attribution
+                    )
+                    .into());
+                }
+            }
+            let total: f64 = ours.attributions.iter().map(|a| a.attribution).sum();
+            if (total - (ours.score - ours.baseline_score)).abs() > 1e-12 {
+                return Err(format!("{what}: efficiency {total} vs {}", ours.score - ours.baseline_score).into());
+            }
+            if explain_row(gpu.as_ref(), &version, row).map_err(|e| e.to_string())? != ours {
+                return Err(format!("{what}: explained twice on CUDA, two different answers").into());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn batches_across_chunks_keep_row_order_on_both_plans() -> Result<(), Failed> {
     let cuda = backend()?;
     let path = Path::new(models_root()).join("fraud/2/model.onnx");
@@ -273,11 +308,12 @@ fn main() {
         eprintln!("no GPU on this machine: every GPU test reports itself as ignored");
     }
     type Test = fn() -> Result<(), Failed>;
-    let tests: [(&str, Test); 7] = [
+    let tests: [(&str, Test); 8] = [
         ("dense_forward_matches_its_reference_on_random_shapes", dense_forward_matches_its_reference_on_random_shapes),
         ("softmax_rows_matches_its_reference", softmax_rows_matches_its_reference),
         ("mlp_forward_matches_its_reference_on_random_networks", mlp_forward_matches_its_reference_on_random_networks),
         ("the_backend_matches_tract_and_the_goldens", the_backend_matches_tract_and_the_goldens),
+        ("cuda_explanations_match_tracts", cuda_explanations_match_tracts),
         ("batches_across_chunks_keep_row_order_on_both_plans", batches_across_chunks_keep_row_order_on_both_plans),
         ("concurrent_batches_are_each_scored_right", concurrent_batches_are_each_scored_right),
         (

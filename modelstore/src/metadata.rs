@@ -53,6 +53,13 @@ pub struct ModelMetadata {
     /// Scores at or above the threshold get the positive label.
     pub threshold: f64,
     pub reference: Reference,
+    /// The row explanations are relative to: a value for every feature (the training means),
+    /// written by `models/train.py` and checked when the store loads the version (every
+    /// feature, nothing else, finite, within the feature's range). `None`: a version made
+    /// before explanations existed; it is served, and an explanation of it is refused
+    /// (`EXPLANATION_UNAVAILABLE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BTreeMap<String, f64>>,
     #[serde(default)]
     pub training: serde_json::Value,
     #[serde(default)]
@@ -60,6 +67,38 @@ pub struct ModelMetadata {
 }
 
 impl ModelMetadata {
+    /// The baseline as an input row (the features' order, as f32, as the model sees it);
+    /// `None` without a baseline or when it lacks a feature (the store refuses such a version).
+    pub fn baseline_row(&self) -> Option<Vec<f32>> {
+        let baseline = self.baseline.as_ref()?;
+        #[allow(clippy::cast_possible_truncation)]
+        self.features.iter().map(|f| baseline.get(&f.name).map(|v| *v as f32)).collect()
+    }
+
+    /// Checks the baseline against the features: every feature present, no other, each value
+    /// finite and within the feature's range. `Ok` without a baseline.
+    pub fn check_baseline(&self) -> Result<(), String> {
+        let Some(baseline) = &self.baseline else { return Ok(()) };
+        for f in &self.features {
+            let Some(&value) = baseline.get(&f.name) else {
+                return Err(format!("baseline has no value for feature {}", f.name));
+            };
+            if !value.is_finite() {
+                return Err(format!("baseline value of {} is {value}, not a finite number", f.name));
+            }
+            if value < f.min || value > f.max {
+                return Err(format!(
+                    "baseline value of {} is {value}, outside its range [{}, {}]",
+                    f.name, f.min, f.max
+                ));
+            }
+        }
+        if let Some(extra) = baseline.keys().find(|name| !self.features.iter().any(|f| &f.name == *name)) {
+            return Err(format!("baseline names {extra}, which is not one of the model's features"));
+        }
+        Ok(())
+    }
+
     /// The label for a score.
     pub fn label(&self, score: f64) -> &str {
         let index = usize::from(score >= self.threshold);

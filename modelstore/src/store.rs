@@ -164,6 +164,7 @@ fn load_version(dir: &Path, family: &str) -> Result<ModelVersion, StoreError> {
             return Err(invalid(format!("feature {} has min {} above max {}", f.name, f.min, f.max)));
         }
     }
+    meta.check_baseline().map_err(|reason| invalid(format!("{reason} (models/train.py writes the training means)")))?;
     // The ONNX file lives in the version's folder: no absolute path, no way out of it.
     let relative = Path::new(&meta.onnx_file);
     if meta.onnx_file.is_empty()

@@ -102,6 +102,7 @@ mod tests {
             request_created_at: created,
             reply_to: None,
             routed_by: None,
+            explanation: None,
         }
     }
 

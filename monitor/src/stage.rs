@@ -65,6 +65,8 @@ pub struct MonitorConfig {
     pub lag_targets: Vec<crate::lag::LagTarget>,
     /// Labels joined to the predictions for quality per version (`None`: no quality).
     pub quality: Option<crate::quality::QualityConfig>,
+    /// The sample of predictions explained for `streamscore_attribution_mean_abs`.
+    pub attribution: crate::attribution::AttributionConfig,
 }
 
 impl MonitorConfig {
@@ -91,6 +93,7 @@ impl MonitorConfig {
             .map(|(group, topic)| crate::lag::LagTarget { group: group.to_owned(), topic: topic.to_owned() })
             .collect(),
             quality: None,
+            attribution: crate::attribution::AttributionConfig::default(),
         }
     }
 }
@@ -189,6 +192,7 @@ pub async fn run_with_stats(
     let source_config = SourceConfig::new(&config.group, &topics, "monitor");
     let mut source = Source::open(&config.kafka, source_config)?;
     let mut detectors: HashMap<(String, String), Detector> = HashMap::new();
+    let attributions = crate::attribution::Sampler::new(config.attribution, models.clone());
     let mut summary = MonitorSummary::default();
     let mut report = tokio::time::interval(config.report_every);
     report.tick().await;
@@ -296,6 +300,7 @@ pub async fn run_with_stats(
                 if joining {
                     labelable = crate::quality::join::prediction_of(&outcome, &models);
                 }
+                attributions.offer(&outcome);
                 summary.predictions += 1;
                 summary.latencies.record(&outcome);
                 let Some(version) = outcome.model_version else { return Ok(None) };

@@ -1,5 +1,5 @@
-//! The analysts' commands: `audit verify`, `lineage`, `replay`, `quality` (their work is in
-//! `streamscore-history`).
+//! The analysts' commands: `audit verify`, `lineage`, `replay`, `quality`, `explain` (their
+//! work is in `streamscore-history`).
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -93,6 +93,52 @@ impl LineageCommand {
             print!("{}", streamscore::lineage::describe(&trace));
         }
         if trace.ingest == "unknown" && trace.request.is_none() {
+            std::process::exit(1);
+        }
+
+        Ok(())
+    }
+}
+
+/// Explain a past request again from the topics, with the version and backend that scored
+/// it; says whether it equals the live explanation bit for bit (exit status 1 when not).
+#[derive(Debug, clap::Args)]
+pub(crate) struct ExplainCommand {
+    #[command(flatten)]
+    pub(crate) endpoints: Endpoints,
+    /// The request id (as the producer or the bridge set it).
+    pub(crate) request_id: String,
+    /// Print it as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Topic of prediction outcomes.
+    #[arg(long, default_value = streamscore_contracts::topics::PREDICTIONS)]
+    pub(crate) predictions_topic: String,
+    #[command(flatten)]
+    pub(crate) store: ModelStoreArgs,
+    /// Recompute on this backend instead of the one that scored the request (cpu, cuda); only
+    /// the same backend gives the same bits.
+    #[arg(long)]
+    pub(crate) backend: Option<streamscore_infer::selection::BackendChoice>,
+}
+
+impl ExplainCommand {
+    pub(crate) async fn run(self) -> Result<()> {
+        let Self { endpoints, request_id, json, predictions_topic, store, backend } = self;
+        let config = streamscore_history::explain::ExplainConfig {
+            kafka: KafkaConfig::new(&endpoints.bootstrap),
+            registry_url: endpoints.registry_url.clone(),
+            predictions_topic,
+            models: store.dir,
+            backend,
+        };
+        let recomputed = streamscore_history::explain::recompute(&config, &request_id).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&recomputed)?);
+        } else {
+            print!("{}", streamscore_history::explain::describe(&recomputed));
+        }
+        if recomputed.comparison == streamscore_history::explain::Comparison::Differs {
             std::process::exit(1);
         }
 

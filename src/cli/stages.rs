@@ -206,6 +206,14 @@ pub(crate) struct MonitorCommand {
     /// The rollouts the controller moves.
     #[arg(long, default_value = streamscore_contracts::topics::ROLLOUTS)]
     pub(crate) rollouts_topic: String,
+    /// Share of scored predictions explained for `streamscore_attribution_mean_abs` (mean |φ|
+    /// per feature and version), 0 to 1; 0 = off. Each costs one explanation on tract (2^16
+    /// rows for the shipped models), one at a time: samples that come while one runs are skipped.
+    #[arg(long, default_value_t = 0.001, value_name = "RATE")]
+    pub(crate) attribution_sample: f64,
+    /// Explanations per window of a version's mean |φ|.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub(crate) attribution_window: usize,
     /// Serve Prometheus metrics (`GET /metrics`, `GET /healthz`) on this address; `off`
     /// serves none, port 0 any free port.
     #[arg(long, default_value = "127.0.0.1:9404", value_name = "ADDR|off")]
@@ -253,6 +261,8 @@ impl MonitorCommand {
             thresholds,
             lag_targets,
             lag_every_secs,
+            attribution_sample,
+            attribution_window,
             metrics_listen,
             policy,
             no_controller,
@@ -313,6 +323,15 @@ impl MonitorCommand {
         }
         anyhow::ensure!(lag_every_secs.is_finite() && lag_every_secs > 0.0, "--lag-every-secs must be above 0");
         config.lag_every = std::time::Duration::from_secs_f64(lag_every_secs);
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&attribution_sample),
+            "--attribution-sample {attribution_sample}: a share from 0 (off) to 1"
+        );
+        anyhow::ensure!(attribution_window >= 1, "--attribution-window must be at least 1");
+        config.attribution = streamscore_monitor::attribution::AttributionConfig {
+            sample_rate: attribution_sample,
+            window: attribution_window,
+        };
         #[allow(clippy::cast_possible_truncation)]
         {
             config.detector.window_us = (window_secs * 1e6) as i64;

@@ -42,6 +42,7 @@ pub const SOURCE_RECORDS: &str = "streamscore_source_records_total";
 pub const SINK_RECORDS: &str = "streamscore_sink_records_total";
 pub const BATCH_SIZE: &str = "streamscore_infer_batch_size";
 pub const DRIFT_STATISTIC: &str = "streamscore_drift_statistic";
+pub const ATTRIBUTION_MEAN_ABS: &str = "streamscore_attribution_mean_abs";
 
 /// The labels of the quality figures.
 const QUALITY: [&str; 4] = ["model", "version", "tenant", "window"];
@@ -137,6 +138,11 @@ pub const METRICS: &[Metric] = &[
     histogram(BATCH_SIZE, &[], "Requests per scored micro-batch."),
     histogram("streamscore_infer_inference_seconds", &["model"], "Time to score one micro-batch."),
     histogram("streamscore_infer_queue_wait_seconds", &[], "Time a request waited for its micro-batch."),
+    histogram(
+        "streamscore_infer_explanation_seconds",
+        &["model"],
+        "Time to explain one request (its coalition rows scored in the version's explanation lane).",
+    ),
     counter("streamscore_infer_registry_retries_total", &[], "Schema registry lookups infer retried."),
     counter(
         "streamscore_infer_undecodable_validated_total",
@@ -219,6 +225,16 @@ pub const METRICS: &[Metric] = &[
         "Labels waiting for their request's prediction (up to the horizon).",
     ),
     gauge("streamscore_quality_store_bytes", &[], "Size of the quality join's store on disk (database and log)."),
+    gauge(
+        ATTRIBUTION_MEAN_ABS,
+        &["model", "version", "feature"],
+        "Mean absolute attribution (Shapley value) of a feature over the last window of sampled predictions.",
+    ),
+    counter(
+        "streamscore_monitor_attribution_samples_total",
+        &["outcome"],
+        "Predictions sampled for attributions: explained here, carried (the outcome had one), skipped (busy or not explainable).",
+    ),
     // Schema registry.
     counter("streamscore_registry_requests_total", &["method", "outcome"], "Registry HTTP requests: ok or error."),
     // HTTP bridge.

@@ -58,6 +58,22 @@ pub fn prediction() -> PredictionOutcome {
         request_created_at: 1_764_000_000_000_000,
         reply_to: None,
         routed_by: Some(RoutedBy { rollout_id: "r-7".to_owned(), generation: 3, step: 1 }),
+        explanation: Some(Explanation {
+            method: "exact_shapley".to_owned(),
+            baseline_score: 0.0625,
+            score: 0.125,
+            attributions: (0..16)
+                .map(|i| Attribution {
+                    feature: format!("f{i:02}"),
+                    value: f64::from(i) * 1.5 - 3.0,
+                    baseline: 1.0,
+                    attribution: if i == 3 { 0.0625 } else { 0.0 },
+                })
+                .collect(),
+            top: vec![Attribution { feature: "f03".to_owned(), value: 1.5, baseline: 1.0, attribution: 0.0625 }],
+            permutations: None,
+            error_bound: None,
+        }),
     }
 }
 

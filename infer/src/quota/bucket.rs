@@ -78,16 +78,22 @@ impl Bucket {
     /// Decides one event at `at_us`. With `max_delay_us > 0` an event that would wait no longer
     /// than that is admitted against future tokens instead of rejected.
     pub fn decide(&mut self, at_us: i64, max_delay_us: i64) -> BucketDecision {
+        self.decide_cost(at_us, max_delay_us, 1)
+    }
+
+    /// Decides one event that costs `cost` tokens (an explained request), as [`Bucket::decide`].
+    pub fn decide_cost(&mut self, at_us: i64, max_delay_us: i64, cost: u32) -> BucketDecision {
         self.refill(at_us);
-        if self.tokens >= SCALE {
-            self.tokens -= SCALE;
+        let cost = i128::from(cost.max(1)) * SCALE;
+        if self.tokens >= cost {
+            self.tokens -= cost;
             return BucketDecision::Admit;
         }
-        let deficit = SCALE.saturating_sub(self.tokens);
+        let deficit = cost.saturating_sub(self.tokens);
         let rate = i128::from(self.rate.max(1));
         let wait_us = i64::try_from(deficit.saturating_add(rate - 1) / rate).unwrap_or(i64::MAX);
         if max_delay_us > 0 && wait_us <= max_delay_us {
-            self.tokens -= SCALE;
+            self.tokens -= cost;
             return BucketDecision::Delay { wait_us };
         }
         BucketDecision::Reject { retry_after_ms: wait_us.saturating_add(999) / 1000 }
@@ -110,5 +116,17 @@ mod tests {
         // Delay: admitted against the next token, 100 ms later.
         assert_eq!(b.decide(100_000, 150_000), BucketDecision::Delay { wait_us: 100_000 });
         assert_eq!(b.decide(100_000, 150_000), BucketDecision::Reject { retry_after_ms: 200 }, "debt is bounded");
+    }
+
+    #[test]
+    fn an_explained_request_takes_its_cost_in_tokens() {
+        let mut b = Bucket::full(10, 8, 0);
+        assert_eq!(b.decide_cost(0, 0, 5), BucketDecision::Admit);
+        assert_eq!(b.tokens_micro(), 3 * SCALE);
+        // 3 tokens left: 5 more need 2 tokens of refill, 200 ms at 10/s.
+        assert_eq!(b.decide_cost(0, 0, 5), BucketDecision::Reject { retry_after_ms: 200 });
+        assert_eq!(b.decide(0, 0), BucketDecision::Admit, "a plain request still fits");
+        assert_eq!(b.decide_cost(200_000, 0, 5), BucketDecision::Reject { retry_after_ms: 100 });
+        assert_eq!(b.decide_cost(300_000, 0, 5), BucketDecision::Admit);
     }
 }

@@ -67,6 +67,8 @@ struct Limits {
     max_in_flight: u32,
     max_delay_us: i64,
     tier: u8,
+    /// Tokens an explained request takes.
+    explain_cost: u32,
 }
 
 impl Limits {
@@ -79,6 +81,7 @@ impl Limits {
                 OnExceed::Delay => i64::try_from(policy.max_delay_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
             },
             tier: policy.tier,
+            explain_cost: policy.explain_cost(),
         }
     }
 }
@@ -184,6 +187,12 @@ impl Quotas {
 
     /// Decides a request of `tenant` for `model` with event time `at_us`.
     pub fn decide(&mut self, tenant: &str, model: &str, at_us: i64) -> QuotaDecision {
+        self.decide_request(tenant, model, at_us, false)
+    }
+
+    /// [`Quotas::decide`] for a request that is (`explained`) or is not explained: an explained
+    /// request takes the tenant's `explain_cost` in tokens instead of one.
+    pub fn decide_request(&mut self, tenant: &str, model: &str, at_us: i64, explained: bool) -> QuotaDecision {
         // One hash lookup on the hot path; a new tenant takes the slow path once.
         let state = match self.tenants.get_mut(tenant) {
             Some(state) => state,
@@ -199,7 +208,8 @@ impl Quotas {
         if state.in_flight >= limits.max_in_flight {
             return QuotaDecision::Reject { reason: OutcomeReason::InFlightExceeded, retry_after_ms: 1 };
         }
-        let decision = match state.bucket.decide(at_us, limits.max_delay_us) {
+        let cost = if explained { limits.explain_cost } else { 1 };
+        let decision = match state.bucket.decide_cost(at_us, limits.max_delay_us, cost) {
             BucketDecision::Admit => QuotaDecision::Admit,
             BucketDecision::Delay { wait_us } => QuotaDecision::Delay { wait_us },
             BucketDecision::Reject { retry_after_ms } => {

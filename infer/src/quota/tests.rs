@@ -145,6 +145,8 @@ fn a_malformed_policy_is_refused_naming_the_field() {
             "version = 1\nunknown_tenants = \"default\"\n[default]\nrate_per_sec = 5\nburst = 5\nkafka_principals = [\"User:x\"]\n",
             "[default]: field kafka_principals",
         ),
+        ("version = 1\n[tenants.a]\nrate_per_sec = 5\nburst = 5\nexplain_cost = 0\n", "tenant a: field explain_cost"),
+        ("version = 1\n[tenants.a]\nrate_per_sec = 5\nburst = 5\nexplain_cost = 6\n", "tenant a: field explain_cost"),
     ];
     for (text, expected) in cases {
         let error = Policy::parse(Path::new("policies/tenants.toml"), text.as_bytes()).expect_err(text).to_string();
@@ -217,4 +219,32 @@ fn tenants_with_kafka_principals_are_bound() {
     let policy = policy(text);
     let bound: Vec<(&str, Vec<String>)> = policy.bound_tenants().map(|(t, p)| (t, p.to_vec())).collect();
     assert_eq!(bound, [("a", vec!["User:alice".to_owned(), "User:CN=a,O=x".to_owned()])]);
+}
+
+/// An explained request takes the policy's `explain_cost` in tokens; unset, the default or the
+/// burst when that is smaller (a full bucket always admits one); a plain request still one.
+#[test]
+fn an_explained_request_is_charged_its_policy_cost() {
+    let text = "version = 1\n[tenants.set]\nrate_per_sec = 10\nburst = 50\nexplain_cost = 20\n\
+                [tenants.small]\nrate_per_sec = 10\nburst = 30\n[tenants.large]\nrate_per_sec = 10\nburst = 5000\n";
+    let mut quotas = Quotas::new(policy(text));
+    assert_eq!(quotas.policy().tenant("set").map(TenantPolicy::explain_cost), Some(20));
+    assert_eq!(quotas.policy().tenant("small").map(TenantPolicy::explain_cost), Some(30));
+    assert_eq!(quotas.policy().tenant("large").map(TenantPolicy::explain_cost), Some(policy::DEFAULT_EXPLAIN_COST));
+    // 50 tokens: two explanations (40), then ten plain requests, then nothing.
+    for _ in 0..2 {
+        assert_eq!(quotas.decide_request("set", "fraud", 0, true), QuotaDecision::Admit);
+    }
+    assert_eq!(
+        quotas.decide_request("set", "fraud", 0, true),
+        QuotaDecision::Reject { reason: OutcomeReason::QuotaExceeded, retry_after_ms: 1000 },
+        "10 tokens left, 20 needed: 10 more at 10/s"
+    );
+    for _ in 0..10 {
+        assert_eq!(quotas.decide("set", "fraud", 0), QuotaDecision::Admit);
+    }
+    assert!(matches!(quotas.decide("set", "fraud", 0), QuotaDecision::Reject { .. }));
+    // A full bucket of the small burst admits one explanation, which empties it.
+    assert_eq!(quotas.decide_request("small", "fraud", 0, true), QuotaDecision::Admit);
+    assert!(matches!(quotas.decide("small", "fraud", 0), QuotaDecision::Reject { .. }));
 }

@@ -144,6 +144,15 @@ struct Item {
 /// What the batchers pass around.
 type Queued = Box<Item>;
 
+/// The two lanes of a loaded version: its batches, and its explained requests, scored and
+/// explained apart so that an explanation (2^16 coalition rows) never holds up the requests
+/// batched with it.
+#[derive(Debug, Clone)]
+struct Lanes {
+    plain: mpsc::Sender<Queued>,
+    explain: mpsc::Sender<Queued>,
+}
+
 /// Shared by the batch tasks.
 struct Shared {
     config: InferConfig,
@@ -160,7 +169,8 @@ struct Shared {
     loaded: std::sync::RwLock<HashMap<String, Arc<Loaded>>>,
     /// Every version's batcher, by key: a batch that failed finds its fallback's here. Weak, so
     /// that closing the input still closes every batcher (a fallback after that is FAILED).
-    batchers: std::sync::RwLock<HashMap<String, mpsc::WeakSender<Queued>>>,
+    /// Per version: its plain lane and its explanation lane.
+    batchers: std::sync::RwLock<HashMap<String, (mpsc::WeakSender<Queued>, mpsc::WeakSender<Queued>)>>,
     /// The model store (its fallbacks).
     store: SharedStore,
 }
@@ -225,7 +235,7 @@ pub async fn run(
     });
 
     let mut models: HashMap<String, Arc<Loaded>> = HashMap::new();
-    let mut batchers: HashMap<String, mpsc::Sender<Queued>> = HashMap::new();
+    let mut batchers: HashMap<String, Lanes> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     // Every version first, so shadows are loaded before the batchers that use them start.
     // A version that does not load is refused (audited) and the others are served.

@@ -12,7 +12,7 @@ pub(super) async fn route_one(
     store: &SharedStore,
     mut quotas: Option<&mut Quotas>,
     quota_metrics: &mut QuotaMetrics,
-    batchers: &HashMap<String, mpsc::Sender<Queued>>,
+    batchers: &HashMap<String, Lanes>,
     refused: &Refusals,
     validated: ValidatedRequest,
     ack: Ack,
@@ -52,11 +52,12 @@ pub(super) async fn route_one(
         }
     }
     match route {
-        Route::Score { version, delay_us, tier, routed_by, fallback, .. } => {
+        Route::Score { version, delay_us, tier, routed_by, fallback, explain, .. } => {
             let key = version.key();
-            let Some(tx) = batchers.get(&key) else {
+            let Some(lanes) = batchers.get(&key) else {
                 return Err(InferError::Delivery(format!("batcher of {key} missing")));
             };
+            let tx = if explain { &lanes.explain } else { &lanes.plain };
             let item = Box::new(Item { validated, routed_by, fallback, ack, enqueued: Instant::now(), tier });
             if delay_us == 0 {
                 tx.send(item).await.map_err(|_| InferError::Delivery(format!("batcher of {key} stopped")))?;

@@ -5,12 +5,17 @@
 #[allow(clippy::wildcard_imports)]
 use super::*;
 
-/// Starts the batcher of a loaded version (with its shadow, if one is configured and loaded).
+/// Explained requests one explanation lane scores and explains together at most (what is
+/// waiting when the lane is free; each explanation is 2^16 rows for the shipped models).
+pub(super) const EXPLAIN_BATCH: usize = 8;
+
+/// Starts the batcher of a loaded version (with its shadow, if one is configured and loaded),
+/// and its explanation lane.
 pub(super) fn start_batcher(
     shared: &Arc<Shared>,
     key: &str,
     models: &HashMap<String, Arc<Loaded>>,
-    batchers: &mut HashMap<String, mpsc::Sender<Queued>>,
+    batchers: &mut HashMap<String, Lanes>,
     tasks: &mut tokio::task::JoinSet<()>,
 ) {
     let Some(loaded) = models.get(key).cloned() else { return };
@@ -22,14 +27,20 @@ pub(super) fn start_batcher(
     let version = Arc::clone(&loaded.version);
     let key = key.to_owned();
     let (tx, rx) = mpsc::channel::<Queued>(shared.config.batch.max_batch * 4);
-    shared.batchers.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(key.clone(), tx.downgrade());
-    batchers.insert(key.clone(), tx);
+    let (explain_tx, explain_rx) = mpsc::channel::<Queued>(shared.config.batch.max_batch * 4);
+    shared
+        .batchers
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key.clone(), (tx.downgrade(), explain_tx.downgrade()));
+    batchers.insert(key.clone(), Lanes { plain: tx, explain: explain_tx });
     let configured_shadow = shared
         .config
         .shadow
         .get(&version.meta.name)
         .filter(|v| **v != version.meta.version)
         .and_then(|v| models.get(&format!("{}/{v}", version.meta.name)).cloned());
+    tasks.spawn(explain_lane(Arc::clone(shared), Arc::clone(&loaded), configured_shadow.clone(), explain_rx));
     let shared_for_batches = Arc::clone(shared);
     let config = shared.config.batch;
     tasks.spawn(async move {
@@ -43,20 +54,7 @@ pub(super) fn start_batcher(
             // The model's rollout, while it shadows a candidate, decides the shadow per batch.
             let shadow = rollout_shadow(&shared, &loaded.version).or_else(|| configured_shadow.clone());
             running.spawn(async move {
-                // A panic in a batch (a scorer, the outcome code) stops the stage with an error
-                // naming it; the batch's requests are never acknowledged, so nothing is lost.
-                let scored = std::panic::AssertUnwindSafe(score_batch(&shared, &loaded, shadow.as_deref(), batch))
-                    .catch_unwind()
-                    .await;
-                let error = match scored {
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) => e,
-                    Err(payload) => InferError::Panicked {
-                        what: format!("a batch of {}", loaded.version.key()),
-                        message: panic_message(payload.as_ref()),
-                    },
-                };
-                let _ = shared.errors.send(error);
+                guarded(&shared, &loaded, shadow.as_deref(), batch, false).await;
             });
         })
         .await;
@@ -71,6 +69,43 @@ fn rollout_shadow(shared: &Shared, version: &ModelVersion) -> Option<Arc<Loaded>
     let shadow = rollouts.shadow_of(&version.meta.name).filter(|v| *v != version.meta.version)?;
     let loaded = shared.loaded.read().unwrap_or_else(std::sync::PoisonError::into_inner);
     loaded.get(&format!("{}/{shadow}", version.meta.name)).cloned()
+}
+
+/// The explanation lane of a version: the explained requests waiting (up to
+/// [`EXPLAIN_BATCH`]) are scored and explained together, one batch at a time, apart from the
+/// version's other batches; the explanations run on the blocking pool, off the reactor.
+async fn explain_lane(
+    shared: Arc<Shared>,
+    loaded: Arc<Loaded>,
+    shadow: Option<Arc<Loaded>>,
+    mut rx: mpsc::Receiver<Queued>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < EXPLAIN_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let shadow = rollout_shadow(&shared, &loaded.version).or_else(|| shadow.clone());
+        guarded(&shared, &loaded, shadow.as_deref(), batch, true).await;
+    }
+}
+
+/// Scores a batch; a failure or a panic (a scorer, the outcome code) stops the stage with an
+/// error naming it, and the batch's requests are never acknowledged, so nothing is lost.
+async fn guarded(shared: &Shared, loaded: &Loaded, shadow: Option<&Loaded>, batch: Vec<Queued>, explain: bool) {
+    let scored = std::panic::AssertUnwindSafe(score_batch(shared, loaded, shadow, batch, explain)).catch_unwind().await;
+    let error = match scored {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e,
+        Err(payload) => InferError::Panicked {
+            what: format!("a batch of {}", loaded.version.key()),
+            message: panic_message(payload.as_ref()),
+        },
+    };
+    let _ = shared.errors.send(error);
 }
 
 /// Appends a request's input row for `version` to `input`: the vector ingest checked, when it
@@ -89,22 +124,28 @@ pub(super) fn append_row(
     Ok(())
 }
 
-/// The batcher of `version`'s model's fallback, when the model has one other than `version`
-/// that is loaded here.
-fn fallback_batcher(shared: &Shared, version: &ModelVersion) -> Option<(String, mpsc::Sender<Queued>)> {
-    let key = shared.store.current().fallback(&version.meta.name)?.key();
+/// The lane of `version`'s model's fallback (its explanation lane for `explain`, when it
+/// has a baseline), when the model has a fallback other than `version` that is loaded here.
+fn fallback_lane(shared: &Shared, version: &ModelVersion, explain: bool) -> Option<(String, mpsc::Sender<Queued>)> {
+    let fallback = shared.store.current().fallback(&version.meta.name)?;
+    let key = fallback.key();
     if key == version.key() {
         return None;
     }
     let batchers = shared.batchers.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-    batchers.get(&key).and_then(mpsc::WeakSender::upgrade).map(|tx| (key.clone(), tx))
+    let (plain, explaining) = batchers.get(&key)?;
+    let lane = if explain && fallback.meta.baseline_row().is_some() { explaining } else { plain };
+    lane.upgrade().map(|tx| (key.clone(), tx))
 }
 
+/// Scores a batch (and its shadow) and writes an outcome per request; `explain`: the batch is
+/// an explanation lane's, and each scored outcome gets its explanation.
 pub(super) async fn score_batch(
     shared: &Shared,
     loaded: &Loaded,
     shadow: Option<&Loaded>,
     mut batch: Vec<Queued>,
+    explain: bool,
 ) -> Result<(), InferError> {
     let started = Instant::now();
     let features = loaded.scorer.features();
@@ -129,7 +170,7 @@ pub(super) async fn score_batch(
     // The version failed on this batch: the model's fallback scores its requests instead (its
     // outcomes flagged FALLBACK), when it has one loaded; else they are FAILED.
     if let Err(e) = &primary {
-        if let Some((to, tx)) = fallback_batcher(shared, &loaded.version) {
+        if let Some((to, tx)) = fallback_lane(shared, &loaded.version, explain) {
             let from = loaded.version.key();
             let detail = format!("{from} failed: {e}; scored by the fallback {to}");
             let (mut kept, mut kept_rows) = (Vec::new(), Vec::new());
@@ -174,6 +215,14 @@ pub(super) async fn score_batch(
             Some((s, score(Arc::clone(&s.scorer), Arc::clone(own), rows).await.map_err(panicked(&s.version))?))
         }
         (None, _) => None,
+    };
+    let explanations = match (explain, &primary) {
+        (true, Ok(_)) => Some(
+            explain_rows(loaded, Arc::clone(&input), rows.iter().filter_map(|r| r.clone().ok()).collect())
+                .await
+                .map_err(panicked(&loaded.version))?,
+        ),
+        _ => None,
     };
     metrics::histogram!("streamscore_infer_batch_size").record(batch.len() as f64);
     metrics::histogram!("streamscore_infer_inference_seconds", "model" => loaded.version.key())
@@ -224,6 +273,16 @@ pub(super) async fn score_batch(
                 outcome.queue_wait_us = queue_wait_us;
                 outcome.inference_us = inference_us;
                 fill_score(&mut outcome, &loaded.version, primary.as_ref().map(|s| s[i]));
+                if let Some(explained) = explanations.as_ref().and_then(|e| e.get(i)) {
+                    match explained {
+                        Ok(explanation) => outcome.explanation = Some(explanation.clone()),
+                        Err(e) => {
+                            outcome.status = OutcomeStatus::Failed;
+                            outcome.reason = Some(OutcomeReason::ModelError.code().to_owned());
+                            outcome.detail = Some(e.to_string());
+                        }
+                    }
+                }
                 if let (Some((s, scores)), Some(kind)) = (&shadow_scores, &shadow_kind) {
                     let mut shadow_outcome = outcome_for(shared, s, &item, kind, true);
                     shadow_outcome.batch_size = outcome.batch_size;
@@ -279,6 +338,36 @@ pub(super) async fn score_batch(
 fn same_layout(a: &ModelVersion, b: &ModelVersion) -> bool {
     a.meta.features.len() == b.meta.features.len()
         && a.meta.features.iter().zip(&b.meta.features).all(|(x, y)| x.name == y.name)
+}
+
+/// Explains the rows `ranges` of `input` by `loaded`, on the blocking pool, one after the
+/// other; per row its explanation or why it has none. `Err(message)`: a panic.
+pub(super) async fn explain_rows(
+    loaded: &Loaded,
+    input: Arc<[f32]>,
+    ranges: Vec<std::ops::Range<usize>>,
+) -> Result<Vec<Result<streamscore_contracts::Explanation, crate::explain::ExplainError>>, String> {
+    let scorer = Arc::clone(&loaded.scorer);
+    let version = Arc::clone(&loaded.version);
+    let model = version.key();
+    let explained = tokio::task::spawn_blocking(move || {
+        ranges
+            .into_iter()
+            .map(|range| {
+                let started = std::time::Instant::now();
+                let explained = crate::explain::explain_row(scorer.as_ref(), &version, &input[range]);
+                metrics::histogram!("streamscore_infer_explanation_seconds", "model" => version.key())
+                    .record(started.elapsed().as_secs_f64());
+                explained
+            })
+            .collect()
+    })
+    .await;
+    match explained {
+        Ok(all) => Ok(all),
+        Err(e) if e.is_panic() => Err(panic_message(e.into_panic().as_ref())),
+        Err(e) => Err(format!("explaining a batch of {model}: {e}")),
+    }
 }
 
 /// The most rows a CPU backend scores inline, on the async worker that assembled the batch:

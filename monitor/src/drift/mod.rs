@@ -6,7 +6,9 @@
 //! - [`detector`]: windows, sliding views, thresholds, K-consecutive alerts, dataset drift.
 
 pub mod detector;
-pub mod stats;
+/// The statistics themselves live with [`streamscore_contracts::DriftMethod`], which names
+/// them (the rollout controller computes PSI too).
+pub use streamscore_contracts::drift_stats as stats;
 pub mod window;
 
 pub use detector::{Detector, DetectorConfig, Reference, Threshold, Thresholds};
