@@ -237,6 +237,31 @@ impl StepFigures {
         streamscore_contracts::drift_stats::psi(&reference, &self.candidate.score_bins)
     }
 
+    /// What PSI between two samples of one distribution comes to by chance alone, about:
+    /// (bins - 1) × (1/n₁ + 1/n₂) (PSI is twice the KL-symmetrised divergence, whose sampling
+    /// noise is χ²-distributed with bins - 1 degrees of freedom). Infinite without both.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn psi_noise(&self) -> f64 {
+        let incumbent: u64 = self.incumbent.score_bins.iter().sum();
+        let candidate: u64 = self.candidate.score_bins.iter().sum();
+        if incumbent == 0 || candidate == 0 {
+            return f64::INFINITY;
+        }
+        9.0 * (1.0 / incumbent as f64 + 1.0 / candidate as f64)
+    }
+
+    /// Whether the score PSI says something: both versions have scores enough that chance
+    /// alone stays under a quarter of the threshold (about 290 scores each for 0.25). Before
+    /// that a small step's PSI is noise (a good candidate read 0.28 on 100 against 48).
+    pub fn psi_judgeable(&self, t: &GateThresholds) -> bool {
+        self.psi_noise() <= t.max_score_psi / 4.0
+    }
+
+    /// Whether both versions have latencies enough for a p99 that is not their maximum.
+    fn p99_judgeable(&self) -> bool {
+        self.candidate.latencies.len() >= 100 && self.incumbent.latencies.len() >= 100
+    }
+
     /// The share of compared labels that agree (1 without any).
     #[allow(clippy::cast_precision_loss)]
     pub fn agreement(&self) -> f64 {
@@ -288,7 +313,8 @@ impl StepFigures {
 
     /// The verdict on `rollout`'s step at `now` (µs): a gate fails once the candidate has
     /// enough outcomes to judge it (a tenth of the step's samples, at least 20); the step
-    /// passes once it has all its samples and its time and every gate holds.
+    /// passes once it has all its samples and its time and every gate holds, the score PSI
+    /// on samples that can tell (while the incumbent still answers some of the traffic).
     pub fn verdict(&self, rollout: &streamscore_contracts::Rollout, thresholds: &GateThresholds, now: i64) -> Verdict {
         let samples = u64::try_from(rollout.min_samples.max(1)).unwrap_or(1);
         let judged = self.candidate.outcomes >= (samples / 10).max(20).min(samples);
@@ -298,7 +324,10 @@ impl StepFigures {
             }
         }
         let enough_time = now - rollout.step_started_at >= rollout.step_secs.saturating_mul(1_000_000);
-        if self.candidate.outcomes >= samples && enough_time {
+        let incumbent_answers = rollout.status == streamscore_contracts::RolloutStatus::Shadow
+            || rollout.split.iter().any(|share| share.version == rollout.incumbent && share.basis_points > 0);
+        let psi_told = !incumbent_answers || self.psi_judgeable(thresholds);
+        if self.candidate.outcomes >= samples && enough_time && psi_told {
             match self.failure(thresholds) {
                 Some(reason) => Verdict::Fail(reason),
                 None => Verdict::Pass,
@@ -314,14 +343,14 @@ impl StepFigures {
             return Some(format!("candidate error rate {error_rate:.4} is over {}", t.max_error_rate));
         }
         let ratio = self.p99_ratio();
-        if self.incumbent.outcomes > 0 && ratio > t.max_p99_ratio {
+        if self.p99_judgeable() && ratio > t.max_p99_ratio {
             return Some(format!(
                 "candidate p99 latency is {ratio:.2} times the incumbent's (max {})",
                 t.max_p99_ratio
             ));
         }
         let psi = self.score_psi();
-        if psi > t.max_score_psi {
+        if self.psi_judgeable(t) && psi > t.max_score_psi {
             return Some(format!(
                 "candidate scores diverge from the incumbent's: PSI {psi:.4} over {}",
                 t.max_score_psi
@@ -339,5 +368,56 @@ impl StepFigures {
             return Some(format!("drift alerts on the candidate: {}", self.drift.join(", ")));
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn figures(incumbent: &[u64; 10], candidate: &[u64; 10]) -> StepFigures {
+        let mut f = StepFigures::default();
+        f.incumbent.score_bins = *incumbent;
+        f.incumbent.outcomes = incumbent.iter().sum();
+        f.candidate.score_bins = *candidate;
+        f.candidate.outcomes = candidate.iter().sum();
+        f
+    }
+
+    /// A step's PSI is judged only once chance alone cannot make it cross the threshold: the
+    /// same distribution on 48 and 100 scores reads well over 0.25 by chance and is not a
+    /// failure; a real divergence on hundreds of scores is.
+    #[test]
+    fn psi_fails_a_step_only_on_samples_that_can_tell() {
+        let t = GateThresholds::default();
+        // 48 against 100 scores, drawn from one distribution but lumpy, as small samples are.
+        let small = figures(&[30, 10, 3, 2, 1, 1, 1, 0, 0, 0], &[50, 30, 5, 3, 3, 2, 2, 2, 2, 1]);
+        assert!(small.score_psi() > t.max_score_psi, "noise alone crosses the threshold: {}", small.score_psi());
+        assert!(!small.psi_judgeable(&t));
+        assert_eq!(small.failure(&t), None, "not judged on 48 scores");
+
+        let diverging = figures(&[400, 200, 50, 20, 10, 5, 5, 5, 3, 2], &[100, 100, 100, 100, 100, 100, 50, 50, 50, 50]);
+        assert!(diverging.psi_judgeable(&t));
+        let reason = diverging.failure(&t).expect("a real divergence fails");
+        assert!(reason.contains("PSI"), "{reason}");
+
+        let same = figures(&[400, 200, 50, 20, 10, 5, 5, 5, 3, 2], &[402, 198, 51, 19, 10, 5, 5, 5, 3, 2]);
+        assert!(same.psi_judgeable(&t));
+        assert_eq!(same.failure(&t), None);
+    }
+
+    /// The p99 gate needs 100 latencies a side: below that a p99 is a maximum.
+    #[test]
+    fn the_p99_gate_waits_for_a_p99() {
+        let t = GateThresholds::default();
+        let mut f = StepFigures::default();
+        f.incumbent.latencies = vec![1_000; 50];
+        f.candidate.latencies = vec![5_000; 50];
+        assert_eq!(f.failure(&t), None);
+        f.incumbent.latencies = vec![1_000; 200];
+        f.candidate.latencies = vec![5_000; 200];
+        assert!(f.failure(&t).expect("5x the incumbent's p99").contains("p99"));
     }
 }
