@@ -81,6 +81,8 @@ struct Stack {
     policy: PathBuf,
     _dir: tempfile::TempDir,
     pipeline: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    /// The rollouts the pipeline and the bridge follow (private: not the stack's).
+    rollouts: String,
 }
 
 impl Stack {
@@ -90,7 +92,7 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("tenants.toml");
         std::fs::write(&policy, policy_text()).unwrap();
-        Self { registry, topics, policy, _dir: dir, pipeline: None }
+        Self { registry, topics, policy, _dir: dir, pipeline: None, rollouts: support::unique("rollouts") }
     }
 
     fn start_pipeline(&mut self) {
@@ -108,6 +110,7 @@ impl Stack {
         config.infer.audit_topic = support::unique("audit");
         config.infer.quota_state_topic = support::unique("quota");
         config.infer.policy = Some(self.policy.clone());
+        config.infer.rollouts_topic = Some(self.rollouts.clone());
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             streamscore::pipeline::run(config, backend, Arc::default(), async {
@@ -132,7 +135,47 @@ impl Stack {
         config.requests_topic = self.topics.requests.clone();
         config.predictions_topic = self.topics.predictions.clone();
         config.deadline = Duration::from_secs(10);
+        config.rollouts_topic.clone_from(&self.rollouts);
         config
+    }
+
+    /// Writes `next` (after `current`) to the stack's rollouts topic, with its audit entry.
+    async fn publish_rollout(
+        &self,
+        current: Option<&streamscore_contracts::Rollout>,
+        next: &streamscore_contracts::Rollout,
+    ) {
+        let shutdown = streamscore_kafka::Shutdown::never();
+        let audit = support::unique("audit");
+        streamscore_kafka::ensure_topics(
+            &support::kafka(),
+            &[streamscore_kafka::TopicSpec::event(&audit, 1), streamscore_control::table::topic_spec(&self.rollouts)],
+        )
+        .await
+        .unwrap();
+        let writer = Arc::new(
+            streamscore_kafka::audit::AuditWriter::new(
+                &support::kafka(),
+                &self.registry.url,
+                &audit,
+                "control",
+                "test@host",
+                &shutdown,
+            )
+            .await
+            .unwrap(),
+        );
+        let publisher = streamscore_control::publish::Publisher::new(
+            &support::kafka(),
+            &self.registry.url,
+            &self.rollouts,
+            Arc::clone(&writer),
+            &shutdown,
+        )
+        .await
+        .unwrap();
+        publisher.publish(current, next).await.unwrap();
+        writer.close(HashMap::new()).await.unwrap();
     }
 
     async fn stop(mut self) {
@@ -1022,5 +1065,54 @@ async fn a_caller_that_hangs_up_leaves_no_waiter_and_the_listener_goes_idle() {
     wait_for((1.0, 1.0), "the caller waits and the listener reads").await;
     drop(stream);
     wait_for((0.0, 0.0), "after the caller hung up").await;
+    stack.stop().await;
+}
+
+/// A rollout's split and its rollback reach the bridge's callers within 5 s: a call that
+/// names no version is answered by the split's version, and by the incumbent again once the
+/// rollout is rolled back (the bridge and the pipeline both follow the rollouts topic).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_and_its_rollback_reach_bridge_callers_within_seconds() {
+    use streamscore_control::lifecycle;
+    let mut stack = Stack::start("bridge-rollout").await;
+    stack.start_pipeline();
+    let bridge = Bridge::start(stack.config()).await;
+    let change = |reason: &str| lifecycle::Change {
+        by: "test@host".to_owned(),
+        reason: reason.to_owned(),
+        at: streamscore_contracts::now_micros(),
+        figures: HashMap::new(),
+    };
+    let (by_name, _) = rows(81, 1);
+    let call = || async {
+        let (status, _, body) =
+            bridge.post("/v1/models/fraud/predict", Some(ACME), &json!({"features": by_name[0]})).await;
+        assert_eq!(status, 200, "{body}");
+        body["predictions"][0]["version"].as_str().unwrap().to_owned()
+    };
+    let until = |want: &'static str, what: &'static str| async move {
+        let since = std::time::Instant::now();
+        loop {
+            let version = call().await;
+            if version == want {
+                eprintln!("{what}: version {want} after {:.1} s", since.elapsed().as_secs_f64());
+                return since.elapsed();
+            }
+            assert!(since.elapsed() < Duration::from_secs(5), "{what}: still version {version} after 5 s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    assert_eq!(call().await, "1", "model.json's default before any rollout");
+
+    // fraud@2 over 1, promoted at once: 2 answers everything; then rolled back to 1.
+    let started = lifecycle::start(None, "fraud", "1", "2", vec![100], 60, 500, change("canary")).unwrap();
+    stack.publish_rollout(None, &started).await;
+    let promoted = lifecycle::promote(&started, change("promoted")).unwrap();
+    stack.publish_rollout(Some(&started), &promoted).await;
+    until("2", "the promotion").await;
+    let back = lifecycle::rollback(&promoted, change("back to 1")).unwrap();
+    stack.publish_rollout(Some(&promoted), &back).await;
+    until("1", "the rollback").await;
+    bridge.stop().await;
     stack.stop().await;
 }

@@ -398,7 +398,8 @@ mod tests {
         assert!(!small.psi_judgeable(&t));
         assert_eq!(small.failure(&t), None, "not judged on 48 scores");
 
-        let diverging = figures(&[400, 200, 50, 20, 10, 5, 5, 5, 3, 2], &[100, 100, 100, 100, 100, 100, 50, 50, 50, 50]);
+        let diverging =
+            figures(&[400, 200, 50, 20, 10, 5, 5, 5, 3, 2], &[100, 100, 100, 100, 100, 100, 50, 50, 50, 50]);
         assert!(diverging.psi_judgeable(&t));
         let reason = diverging.failure(&t).expect("a real divergence fails");
         assert!(reason.contains("PSI"), "{reason}");

@@ -492,7 +492,11 @@ pub async fn replay(config: &ReplayConfig) -> Result<ReplayReport> {
         };
         let explainable = explain
             && store
-                .route(&request.model, request.model_version.as_deref(), pin.or(live_split.as_ref().map(|s| s.version.as_str())))
+                .route(
+                    &request.model,
+                    request.model_version.as_deref(),
+                    pin.or(live_split.as_ref().map(|s| s.version.as_str())),
+                )
                 .is_ok_and(|v| v.meta.baseline_row().is_some());
         // Quotas, on the clock the pipeline decided them on: when each request reached the
         // broker (its `created_at` for a record without a timestamp).

@@ -470,31 +470,65 @@ allowed_models = ["other"]
     fn explanations_are_routed_charged_and_refused_explicitly() {
         let store = store();
         let none = HashMap::new();
-        let (plain, _) = route(&request("acme", "fraud", Some("1"), 0), 0, None, &none, &Rollouts::default(), &store, loaded);
+        let (plain, _) =
+            route(&request("acme", "fraud", Some("1"), 0), 0, None, &none, &Rollouts::default(), &store, loaded);
         assert!(matches!(plain, Route::Score { explain: false, .. }), "{plain:?}");
-        let (lane, _) = route(&explained("acme", Some("2"), 0, "true"), 0, None, &none, &Rollouts::default(), &store, loaded);
+        let (lane, _) =
+            route(&explained("acme", Some("2"), 0, "true"), 0, None, &none, &Rollouts::default(), &store, loaded);
         assert!(matches!(lane, Route::Score { explain: true, .. }), "{lane:?}");
-        let (no, _) = route(&explained("acme", Some("2"), 0, "false"), 0, None, &none, &Rollouts::default(), &store, loaded);
+        let (no, _) =
+            route(&explained("acme", Some("2"), 0, "false"), 0, None, &none, &Rollouts::default(), &store, loaded);
         assert!(matches!(no, Route::Score { explain: false, .. }), "{no:?}");
 
         // acme's burst is 2, so an explanation costs 2 (the default, capped at the burst).
         let mut q = quotas();
         q.adopt("acme", 1, None);
-        let (bad, quota) = route(&explained("acme", Some("1"), 0, "yes"), 0, Some(&mut q), &none, &Rollouts::default(), &store, loaded);
+        let (bad, quota) = route(
+            &explained("acme", Some("1"), 0, "yes"),
+            0,
+            Some(&mut q),
+            &none,
+            &Rollouts::default(),
+            &store,
+            loaded,
+        );
         assert_eq!((outcome(&bad), quota), ("EXPLAIN_INVALID".to_owned(), None), "refused before the quota");
         if let Route::Reject { detail, admitted, .. } = &bad {
             assert!(detail.contains("\"yes\"") && !admitted, "{detail}");
         }
-        let (first, _) = route(&explained("acme", Some("1"), 0, "true"), 0, Some(&mut q), &none, &Rollouts::default(), &store, loaded);
+        let (first, _) = route(
+            &explained("acme", Some("1"), 0, "true"),
+            0,
+            Some(&mut q),
+            &none,
+            &Rollouts::default(),
+            &store,
+            loaded,
+        );
         assert!(matches!(first, Route::Score { explain: true, admitted: true, .. }), "{first:?}");
-        let (after, _) = route(&request("acme", "fraud", Some("1"), 0), 0, Some(&mut q), &none, &Rollouts::default(), &store, loaded);
+        let (after, _) = route(
+            &request("acme", "fraud", Some("1"), 0),
+            0,
+            Some(&mut q),
+            &none,
+            &Rollouts::default(),
+            &store,
+            loaded,
+        );
         assert_eq!(outcome(&after), "QUOTA_EXCEEDED", "the explanation took both tokens");
 
         let (_dir, bare) = store_without_baseline();
         let mut q = quotas();
         q.adopt("acme", 1, None);
-        let (unavailable, quota) =
-            route(&explained("acme", Some("1"), 0, "true"), 0, Some(&mut q), &none, &Rollouts::default(), &bare, loaded);
+        let (unavailable, quota) = route(
+            &explained("acme", Some("1"), 0, "true"),
+            0,
+            Some(&mut q),
+            &none,
+            &Rollouts::default(),
+            &bare,
+            loaded,
+        );
         assert_eq!(
             (outcome(&unavailable), quota),
             ("EXPLANATION_UNAVAILABLE".to_owned(), Some(QuotaOutcome::Admitted))
@@ -502,9 +536,18 @@ allowed_models = ["other"]
         if let Route::Reject { detail, admitted, .. } = &unavailable {
             assert!(detail.contains("fraud/1") && detail.contains("baseline") && *admitted, "{detail}");
         }
-        let (next, _) = route(&request("acme", "fraud", Some("1"), 0), 0, Some(&mut q), &none, &Rollouts::default(), &bare, loaded);
+        let (next, _) =
+            route(&request("acme", "fraud", Some("1"), 0), 0, Some(&mut q), &none, &Rollouts::default(), &bare, loaded);
         assert_eq!(outcome(&next), "fraud/1", "the refused explanation cost one token, not two");
-        let (other, _) = route(&explained("acme", Some("2"), 1_000_000, "true"), 1_000_000, None, &none, &Rollouts::default(), &bare, loaded);
+        let (other, _) = route(
+            &explained("acme", Some("2"), 1_000_000, "true"),
+            1_000_000,
+            None,
+            &none,
+            &Rollouts::default(),
+            &bare,
+            loaded,
+        );
         assert!(matches!(other, Route::Score { explain: true, .. }), "fraud/2 still has its baseline");
     }
 }
