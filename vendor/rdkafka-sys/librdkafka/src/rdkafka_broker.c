@@ -3960,6 +3960,17 @@ static int rd_kafka_toppar_producer_serve(rd_kafka_broker_t *rkb,
                 /* Partition not registered in transaction yet */
                 max_requests = 0;
         } else if (max_requests > 0) {
+                /* streamscore patch: an idempotent producer sends nothing
+                 * more to this partition while its in-flight window is
+                 * full (see the RD_KAFKA_IDEMP_MAX_INFLIGHT limit below);
+                 * a wakeup set for its ready batch would only spin the
+                 * broker thread (poll with no timeout) until the response
+                 * comes, which wakes the thread itself. */
+                rd_bool_t inflight_full =
+                    rd_kafka_is_idempotent(rkb->rkb_rk) &&
+                    rd_atomic32_get(&rktp->rktp_msgs_inflight) >=
+                        RD_KAFKA_IDEMP_MAX_INFLIGHT;
+
                 /* Move messages from locked partition produce queue
                  * to broker-local xmit queue. */
                 if ((move_cnt = rktp->rktp_msgq.rkmq_msg_cnt) > 0) {
@@ -3978,8 +3989,10 @@ static int rd_kafka_toppar_producer_serve(rd_kafka_broker_t *rkb,
                     /* Only update the broker thread wakeup time
                      * if connection is up and messages can actually be
                      * sent, otherwise the wakeup can't do much. */
-                    rkb->rkb_state == RD_KAFKA_BROKER_STATE_UP ? next_wakeup
-                                                               : NULL,
+                    rkb->rkb_state == RD_KAFKA_BROKER_STATE_UP &&
+                            !inflight_full
+                        ? next_wakeup
+                        : NULL,
                     now, flushing ? 1 : rkb->rkb_rk->rk_conf.buffering_max_us,
                     /* Batch message count threshold */
                     rkb->rkb_rk->rk_conf.batch_num_messages,
