@@ -33,6 +33,7 @@ pub async fn register_contracts(registry_url: &str) -> Result<Vec<(String, u32)>
         one::<AuditRecord>(registry_url, topics::AUDIT).await?,
         one::<DriftAlert>(registry_url, topics::ALERTS).await?,
         one::<Feedback>(registry_url, topics::FEEDBACK).await?,
+        one::<Rollout>(registry_url, topics::ROLLOUTS).await?,
     ])
 }
 

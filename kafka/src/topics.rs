@@ -79,7 +79,7 @@ pub fn event_topics() -> Vec<TopicSpec> {
 /// The event topics with `partitions` for requests, validated requests, predictions and
 /// feedback, which are keyed by tenant and share a partition count so a tenant stays on "the
 /// same" partition number across them. Dead letters get up to 3. The audit log has one
-/// partition: its hash chain needs a total order.
+/// partition: its hash chain needs a total order; the rollouts one, compacted.
 pub fn event_topics_with(partitions: i32) -> Vec<TopicSpec> {
     vec![
         TopicSpec::requests(topics::REQUESTS, partitions),
@@ -89,6 +89,8 @@ pub fn event_topics_with(partitions: i32) -> Vec<TopicSpec> {
         TopicSpec::event(topics::AUDIT, 1),
         TopicSpec::event(topics::ALERTS, 1),
         TopicSpec::event(topics::FEEDBACK, partitions),
+        // The models' rollouts: one record per model, compacted (every stage follows it).
+        TopicSpec::state(topics::ROLLOUTS),
     ]
 }
 
