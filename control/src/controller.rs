@@ -42,7 +42,13 @@ pub struct ControllerConfig {
     pub thresholds: GateThresholds,
     /// How often the gates are evaluated.
     pub every: Duration,
+    /// The versions the monitor's quality join has judged `QUALITY_DEGRADED` (model, version →
+    /// why), when it runs in the same process: a step whose candidate is in it fails.
+    pub degraded: Option<Degraded>,
 }
+
+/// `(model, version)` → why it is `QUALITY_DEGRADED` (the monitor's quality join keeps it).
+pub type Degraded = Arc<std::sync::RwLock<HashMap<(String, String), String>>>;
 
 impl ControllerConfig {
     pub fn new(kafka: KafkaConfig, registry_url: &str, instance: &str) -> Self {
@@ -57,6 +63,7 @@ impl ControllerConfig {
             instance: instance.to_owned(),
             thresholds: GateThresholds::default(),
             every: Duration::from_secs(1),
+            degraded: None,
         }
     }
 }
@@ -183,6 +190,14 @@ pub async fn run(config: ControllerConfig, shutdown: Shutdown) -> Result<(), Con
                         continue;
                     }
                     let now = streamscore_contracts::now_micros();
+                    figures.quality = match (&config.degraded, &rollout.candidate) {
+                        (Some(degraded), Some(candidate)) => degraded
+                            .read()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .get(&(rollout.model.clone(), candidate.clone()))
+                            .cloned(),
+                        _ => None,
+                    };
                     let verdict = figures.verdict(rollout, &config.thresholds, now);
                     tracing::debug!(
                         model = rollout.model,

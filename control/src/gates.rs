@@ -24,6 +24,10 @@ pub struct GateThresholds {
     /// Whether a drift alert on the candidate (monitor.alerts) fails the step.
     #[serde(default = "default_fail_on_drift")]
     pub fail_on_drift: bool,
+    /// Whether the candidate judged `QUALITY_DEGRADED` by the monitor's quality join (its
+    /// labels against the quality policy) fails the step.
+    #[serde(default = "default_fail_on_quality")]
+    pub fail_on_quality: bool,
 }
 
 fn default_max_error_rate() -> f64 {
@@ -41,6 +45,9 @@ fn default_min_label_agreement() -> f64 {
 fn default_fail_on_drift() -> bool {
     true
 }
+fn default_fail_on_quality() -> bool {
+    true
+}
 
 impl Default for GateThresholds {
     fn default() -> Self {
@@ -50,6 +57,7 @@ impl Default for GateThresholds {
             max_score_psi: default_max_score_psi(),
             min_label_agreement: default_min_label_agreement(),
             fail_on_drift: default_fail_on_drift(),
+            fail_on_quality: default_fail_on_quality(),
         }
     }
 }
@@ -85,6 +93,8 @@ pub struct StepFigures {
     pending: std::collections::HashMap<String, (Version, String)>,
     /// Drift alerts on the candidate raised during the step (feature names).
     pub drift: Vec<String>,
+    /// Why the candidate is `QUALITY_DEGRADED` (ground truth joined by the monitor), if it is.
+    pub quality: Option<String>,
 }
 
 /// Which side of the rollout an outcome is on.
@@ -298,6 +308,7 @@ impl StepFigures {
                 format!("{:.4} of {} (min {})", self.agreement(), self.compared, thresholds.min_label_agreement),
             ),
             ("drift_alerts".to_owned(), if self.drift.is_empty() { "none".to_owned() } else { self.drift.join(",") }),
+            ("quality".to_owned(), self.quality.clone().unwrap_or_else(|| "not degraded".to_owned())),
         ])
     }
 
@@ -367,6 +378,9 @@ impl StepFigures {
         if t.fail_on_drift && !self.drift.is_empty() {
             return Some(format!("drift alerts on the candidate: {}", self.drift.join(", ")));
         }
+        if let Some(why) = self.quality.as_ref().filter(|_| t.fail_on_quality) {
+            return Some(format!("the candidate is QUALITY_DEGRADED: {why}"));
+        }
         None
     }
 }
@@ -407,6 +421,18 @@ mod tests {
         let same = figures(&[400, 200, 50, 20, 10, 5, 5, 5, 3, 2], &[402, 198, 51, 19, 10, 5, 5, 5, 3, 2]);
         assert!(same.psi_judgeable(&t));
         assert_eq!(same.failure(&t), None);
+    }
+
+    /// A candidate the monitor judged QUALITY_DEGRADED fails its step, unless the policy says not.
+    #[test]
+    fn a_degraded_candidate_fails_its_step() {
+        let mut t = GateThresholds::default();
+        let mut f = StepFigures::default();
+        assert_eq!(f.failure(&t), None);
+        f.quality = Some("auc 0.61 < 0.80".to_owned());
+        assert!(f.failure(&t).expect("degraded").contains("QUALITY_DEGRADED: auc 0.61"));
+        t.fail_on_quality = false;
+        assert_eq!(f.failure(&t), None);
     }
 
     /// The p99 gate needs 100 latencies a side: below that a p99 is a maximum.

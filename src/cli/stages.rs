@@ -277,6 +277,8 @@ impl MonitorCommand {
         } = self;
         serve_metrics(metrics_listen).await?;
         let store = store.open()?;
+        // What the quality join judges QUALITY_DEGRADED, read by the controller's gates.
+        let degraded = streamscore_monitor::quality::Degraded::default();
         // The rollout controller, unless told not to (one acts per cluster, whichever monitor
         // leads; the others stand by).
         let controller = if no_controller {
@@ -291,6 +293,7 @@ impl MonitorCommand {
             controller.rollouts_topic = rollouts_topic;
             controller.alerts_topic.clone_from(&alerts_topic);
             controller.audit_topic.clone_from(&audit_topic);
+            controller.degraded = (!no_quality).then(|| degraded.clone());
             if let Some(path) = &policy {
                 controller.thresholds = streamscore_infer::quota::Policy::load(path)?.rollout_gates();
             }
@@ -351,6 +354,7 @@ impl MonitorCommand {
             quality.horizon = label_horizon;
             quality.retention = quality_retention;
             quality.every = std::time::Duration::from_secs_f64(quality_every_secs);
+            quality.degraded = degraded;
             quality.policy = if quality_policy.is_file()
                 || quality_policy != std::path::Path::new("policies/quality.toml")
             {

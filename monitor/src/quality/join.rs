@@ -2,7 +2,7 @@
 //! source's records and the [`QualityStore`], with the outbox's dead letters, the refreshes
 //! of the figures and the `QUALITY_DEGRADED` / `QUALITY_RECOVERED` audit entries.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,7 +39,13 @@ pub struct QualityConfig {
     /// Changes are committed in batches this often at most (their records wait for it).
     pub commit_every: Duration,
     pub policy: QualityPolicy,
+    /// The versions now `QUALITY_DEGRADED`, with why, kept current after every check: the
+    /// rollout controller in the same process fails a step whose candidate is in it.
+    pub degraded: Degraded,
 }
+
+/// `(model, version)` → the thresholds it breaches, shared with whoever reads it.
+pub type Degraded = std::sync::Arc<std::sync::RwLock<HashMap<(String, String), String>>>;
 
 impl QualityConfig {
     pub fn new(store_dir: PathBuf) -> Self {
@@ -51,6 +57,7 @@ impl QualityConfig {
             every: Duration::from_secs(30),
             commit_every: Duration::from_millis(100),
             policy: QualityPolicy::default(),
+            degraded: Degraded::default(),
         }
     }
 }
@@ -319,7 +326,7 @@ impl Quality {
                 .set(if degraded { 1.0 } else { 0.0 });
             let was = recorded.contains_key(&(model.clone(), version.clone()));
             let subject = format!("{model}/{version}");
-            let mut details = std::collections::HashMap::from([
+            let mut details = HashMap::from([
                 ("window".to_owned(), row.window.to_owned()),
                 ("labeled".to_owned(), row.figures.labeled.to_string()),
             ]);
@@ -335,6 +342,8 @@ impl Quality {
                 self.store.set_degraded(&model, &version, None)?;
             }
         }
+        let now = self.store.degraded()?;
+        *self.config.degraded.write().unwrap_or_else(std::sync::PoisonError::into_inner) = now;
         self.commit()
     }
 

@@ -19,7 +19,7 @@ pub mod rebuild;
 pub mod report;
 pub mod store;
 
-pub use join::{Quality, QualityConfig};
+pub use join::{Degraded, Quality, QualityConfig};
 pub use policy::QualityPolicy;
 pub use report::{QualityReport, QualityRow};
 pub use store::QualityStore;
