@@ -253,7 +253,10 @@ pub(crate) fn describe(rollout: &Rollout) -> String {
     if let Some(shadow) = &rollout.shadow {
         let _ = writeln!(out, "  shadow     {shadow} (scored beside, answering nothing)");
     }
-    if !rollout.steps.is_empty() {
+    // A settled rollout (promoted, rolled back) has no step in progress.
+    if !rollout.steps.is_empty()
+        && matches!(rollout.status, RolloutStatus::Shadow | RolloutStatus::Canary | RolloutStatus::Paused)
+    {
         let steps: Vec<String> = rollout
             .steps
             .iter()
@@ -265,7 +268,11 @@ pub(crate) fn describe(rollout: &Rollout) -> String {
             out,
             "  steps      {} ({}); {in_step} s in this step, {} s and {} candidate outcomes needed",
             steps.join(" "),
-            if rollout.status == RolloutStatus::Shadow { "shadow" } else { "canary" },
+            match rollout.status {
+                RolloutStatus::Shadow => "shadow",
+                RolloutStatus::Paused => "paused",
+                _ => "canary",
+            },
             rollout.step_secs,
             rollout.min_samples
         );
