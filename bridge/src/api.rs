@@ -23,6 +23,7 @@ use warp::Filter;
 mod feedback;
 
 use crate::auth;
+use crate::jwt::{self, Scope};
 use crate::waiters::{Lookup, WaitError};
 use crate::Bridge;
 
@@ -135,7 +136,8 @@ pub struct ApiError {
     pub details: Value,
     retry_after_secs: Option<u64>,
     rate_limit: Option<(u32, u32)>,
-    unauthorized: bool,
+    /// The `WWW-Authenticate` challenge of a 401 or a 403 for a missing scope.
+    challenge: Option<String>,
 }
 
 impl ApiError {
@@ -147,7 +149,7 @@ impl ApiError {
             details: Value::Null,
             retry_after_secs: None,
             rate_limit: None,
-            unauthorized: false,
+            challenge: None,
         }
     }
 
@@ -171,7 +173,30 @@ impl ApiError {
 
     fn unauthorized(message: &str) -> Self {
         let mut error = Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message);
-        error.unauthorized = true;
+        error.challenge = Some(format!("Bearer {REALM}, charset=\"UTF-8\""));
+        error
+    }
+
+    /// 401 for a bearer token that is not valid (RFC 6750 `invalid_token`).
+    fn invalid_token(why: &jwt::TokenError) -> Self {
+        let mut error = Self::new(StatusCode::UNAUTHORIZED, "INVALID_TOKEN", format!("bearer token refused: {why}"));
+        error.challenge = Some(format!(
+            "Bearer {REALM}, error=\"invalid_token\", error_description=\"{}\"",
+            quotable(&why.to_string())
+        ));
+        error
+    }
+
+    /// 403 for a valid token without `scope` (RFC 6750 `insufficient_scope`).
+    fn insufficient_scope(scope: Scope) -> Self {
+        let scope = scope.as_str();
+        let mut error = Self::new(
+            StatusCode::FORBIDDEN,
+            "INSUFFICIENT_SCOPE",
+            format!("this call needs the {scope} scope, which the token does not grant"),
+        )
+        .details(json!({"scope": scope}));
+        error.challenge = Some(format!("Bearer {REALM}, error=\"insufficient_scope\", scope=\"{scope}\""));
         error
     }
 
@@ -226,14 +251,21 @@ impl ApiError {
                 headers.insert(warp::http::header::ALLOW, allow);
             }
         }
-        if self.unauthorized {
-            headers.insert(
-                warp::http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"streamscore\", charset=\"UTF-8\""),
-            );
+        if let Some(challenge) = &self.challenge {
+            if let Ok(value) = HeaderValue::from_str(challenge) {
+                headers.insert(warp::http::header::WWW_AUTHENTICATE, value);
+            }
         }
         response
     }
+}
+
+/// The realm of every challenge.
+const REALM: &str = "realm=\"streamscore\"";
+
+/// `text` as the inside of a quoted-string: printable ASCII without `"` or `\\`.
+fn quotable(text: &str) -> String {
+    text.chars().map(|c| if (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ' { c } else { '\'' }).collect()
 }
 
 fn json_response(status: StatusCode, body: &Value) -> warp::reply::Response {
@@ -339,6 +371,23 @@ where
     Ok(body.freeze())
 }
 
+/// Who is calling: the tenant, and the token when a token (not an API key) named it.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    pub(crate) tenant: String,
+    token: Option<jwt::TokenIdentity>,
+}
+
+impl Caller {
+    /// Whether the caller may do `scope`: always with an API key, with a token when it grants it.
+    pub(crate) fn may(&self, scope: Scope) -> Result<(), ApiError> {
+        match &self.token {
+            Some(token) if !token.has(scope) => Err(ApiError::insufficient_scope(scope)),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What one call scored: per row, its request id and outcome.
 struct Scored {
     rows: Vec<(String, PredictionOutcome)>,
@@ -428,10 +477,34 @@ impl Bridge {
         (route.label, result)
     }
 
-    fn tenant(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        let key = auth::presented_key(headers)
-            .ok_or_else(|| ApiError::unauthorized("an API key is required (Authorization: Bearer KEY or X-API-Key)"))?;
-        self.keys.tenant(key).map(str::to_owned).ok_or_else(|| ApiError::unauthorized("unknown API key"))
+    /// Who is calling, from the API key or the bearer token, and whether it may do `scope`.
+    /// An API key may do everything its tenant may; a token only what its scopes say.
+    fn caller(&self, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
+        let credential = auth::presented_key(headers).ok_or_else(|| {
+            ApiError::unauthorized("an API key or a bearer token is required (Authorization: Bearer ... or X-API-Key)")
+        })?;
+        let authority = self.authority.get();
+        let caller = match &self.jwt {
+            Some((jwks, expect)) if jwt::looks_like_jwt(credential) => {
+                let identity = jwks.get().verify(credential, expect).map_err(|e| ApiError::invalid_token(&e))?;
+                // A token names a tenant; only one the policy lists may call.
+                if !authority.policy.file.tenants.contains_key(&identity.tenant) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "UNKNOWN_TENANT",
+                        format!("tenant {} may not call: the tenant policy does not list it", identity.tenant),
+                    ));
+                }
+                Caller { tenant: identity.tenant.clone(), token: Some(identity) }
+            }
+            _ => {
+                let tenant =
+                    authority.keys.tenant(credential).ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
+                Caller { tenant: tenant.to_owned(), token: None }
+            }
+        };
+        caller.may(scope)?;
+        Ok(caller)
     }
 
     fn metrics(&self) -> warp::reply::Response {
@@ -464,7 +537,8 @@ impl Bridge {
 
     /// The version a call runs: the path's, else the tenant's pin, else the default.
     fn route(&self, tenant: Option<&str>, model: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, ApiError> {
-        let pin = tenant.and_then(|t| self.policy.pin(t, model));
+        let authority = self.authority.get();
+        let pin = tenant.and_then(|t| authority.policy.pin(t, model));
         self.store.current().route(model, version, pin).map_err(|e| match e {
             RouteError::UnknownModel { .. } => ApiError::not_found("UNKNOWN_MODEL", e.to_string()),
             RouteError::UnknownVersion { .. } => ApiError::not_found("UNKNOWN_MODEL_VERSION", e.to_string()),
@@ -484,7 +558,7 @@ impl Bridge {
         model: &str,
         version: Option<&str>,
     ) -> Result<warp::reply::Response, ApiError> {
-        let tenant = self.tenant(headers)?;
+        let tenant = self.caller(headers, Scope::Predict)?.tenant;
         self.allowed(&tenant, model)?;
         let routed = self.route(Some(&tenant), model, version)?;
         let versions: Vec<String> = match version {
@@ -517,7 +591,7 @@ impl Bridge {
     /// Whether `tenant` may use `model`; checked before the model is looked up, so a tenant
     /// gets 403 for a model it may not use whether that model exists or not.
     fn allowed(&self, tenant: &str, model: &str) -> Result<(), ApiError> {
-        match self.policy.tenant(tenant) {
+        match self.authority.get().policy.tenant(tenant) {
             None => {
                 Err(ApiError::new(StatusCode::FORBIDDEN, "UNKNOWN_TENANT", format!("tenant {tenant} may not call")))
             }
@@ -540,7 +614,8 @@ impl Bridge {
         body: &[u8],
         call_id: &str,
     ) -> Result<warp::reply::Response, ApiError> {
-        let tenant = self.tenant(headers)?;
+        let caller = self.caller(headers, Scope::Predict)?;
+        let tenant = caller.tenant.clone();
         self.allowed(&tenant, model)?;
         let routed = self.route(Some(&tenant), model, version)?;
         if headers.contains_key("inference-header-content-length") {
@@ -553,6 +628,9 @@ impl Bridge {
         let names: Vec<&str> = routed.meta.features.iter().map(|f| f.name.as_str()).collect();
         let (request, rows) = parse_oip(body, &names)?;
         let explain = request.explain()?;
+        if explain {
+            caller.may(Scope::Explain)?;
+        }
         explainable(&routed, explain)?;
         let scored = self.score(call_id, &tenant, model, version, rows, request.id.as_deref(), explain).await?;
         let data: Vec<f64> = scored.rows.iter().map(|(_, o)| o.score.unwrap_or(f64::NAN)).collect();
@@ -585,10 +663,14 @@ impl Bridge {
         body: &[u8],
         call_id: &str,
     ) -> Result<warp::reply::Response, ApiError> {
-        let tenant = self.tenant(headers)?;
+        let caller = self.caller(headers, Scope::Predict)?;
+        let tenant = caller.tenant.clone();
         self.allowed(&tenant, model)?;
         let mut request = parse_predict(body)?;
         let explain = request.explain(query)?;
+        if explain {
+            caller.may(Scope::Explain)?;
+        }
         let routed = self.route(Some(&tenant), model, request.version.as_deref())?;
         explainable(&routed, explain)?;
         let rows = request.take_rows()?;
@@ -603,10 +685,13 @@ impl Bridge {
     }
 
     fn request_status(&self, headers: &HeaderMap, id: &str) -> Result<warp::reply::Response, ApiError> {
-        let tenant = self.tenant(headers)?;
+        let tenant = self.caller(headers, Scope::Predict)?.tenant;
         match self.waiters.lookup(&tenant, id) {
             Lookup::Answered(outcome) => {
-                match outcome_error(std::slice::from_ref(&(id.to_owned(), *outcome.clone())), &self.policy) {
+                match outcome_error(
+                    std::slice::from_ref(&(id.to_owned(), *outcome.clone())),
+                    &self.authority.get().policy,
+                ) {
                     None => Ok(json_response(
                         StatusCode::OK,
                         &json!({"status": "answered", "prediction": prediction_json(id, &outcome)}),
@@ -644,6 +729,7 @@ impl Bridge {
         let deadline = self.config.deadline;
         let left = || deadline.saturating_sub(started.elapsed());
         let store = self.store.current();
+        let authority = self.authority.get();
         let ids: Vec<String> = if rows.len() == 1 {
             vec![call_id.to_owned()]
         } else {
@@ -671,9 +757,9 @@ impl Bridge {
             };
             if let Some((reason, detail)) = streamscore_ingest::check_request(
                 &request,
-                &self.tenants,
+                &authority.tenants,
                 Some(&store),
-                &self.pins,
+                &authority.pins,
                 &self.rollouts.current(),
             ) {
                 return Err(check_error(reason, detail).details(json!({"row": row, "reason": reason.code()})));
@@ -718,7 +804,7 @@ impl Bridge {
             }
         }
         registration.finish();
-        match outcome_error(&rows, &self.policy) {
+        match outcome_error(&rows, &self.authority.get().policy) {
             Some(error) => Err(error),
             None => Ok(Scored { rows }),
         }
@@ -728,10 +814,11 @@ impl Bridge {
     async fn publish(&self, tenant: &str, payloads: Vec<Vec<u8>>, wait: Duration) -> Result<(), ApiError> {
         use rdkafka::producer::FutureRecord;
         let mut deliveries = Vec::with_capacity(payloads.len());
+        let authority = self.authority.get();
         for payload in &payloads {
             // A tenant bound to Kafka principals has its own topic (ingest refuses it on the
             // shared one); the bridge, which authenticated the caller by API key, writes there.
-            let topic = self.policy.bound_tenants().find(|(t, _)| *t == tenant).map_or_else(
+            let topic = authority.policy.bound_tenants().find(|(t, _)| *t == tenant).map_or_else(
                 || self.config.requests_topic.clone(),
                 |(t, _)| streamscore_ingest::TenantTopics::topic_for(&self.config.requests_topic, t),
             );

@@ -5,14 +5,18 @@
 //! requests topic, `reply_to` this instance; the answer is the pipeline's outcome, read back
 //! from the predictions topic ([`listen`]) and handed over only when the pipeline sealed it,
 //! with callers parked in a bounded map where each tenant has its share ([`waiters`]). API
-//! keys from the tenant policy decide the tenant ([`auth`]); [`api`] is the routes (one table,
-//! [`api::ROUTES`], which [`openapi`] documents), [`ready`] the readiness checks.
+//! keys from the tenant policy ([`auth`]) or JWT bearer tokens checked against a JWKS
+//! ([`jwt`]) decide the tenant; both files are re-read when they change ([`rotate`]).
+//! [`api`] is the routes (one table, [`api::ROUTES`], which [`openapi`] documents), [`ready`]
+//! the readiness checks.
 
 pub mod api;
 pub mod auth;
+pub mod jwt;
 pub mod listen;
 pub mod openapi;
 pub mod ready;
+pub mod rotate;
 pub mod waiters;
 
 use std::future::Future;
@@ -24,8 +28,6 @@ use std::time::Duration;
 use rdkafka::producer::FutureProducer;
 use streamscore_contracts::audit::AuditKey;
 use streamscore_contracts::{Codec, InferenceRequest, PredictionOutcome};
-use streamscore_infer::quota::Policy;
-use streamscore_ingest::Tenants;
 use streamscore_kafka::KafkaConfig;
 use streamscore_modelstore::{ModelStore, SharedStore};
 
@@ -65,6 +67,18 @@ pub struct BridgeConfig {
     /// The audit key the stages seal their outcomes with; `None`: read at start from the
     /// environment, as the stages do ([`AuditKey::from_env`]).
     pub audit_key: Option<AuditKey>,
+    /// JWT bearer tokens beside the API keys; `None`: API keys only.
+    pub jwt: Option<JwtConfig>,
+    /// How often the policy and JWKS files are checked for a change ([`rotate::POLL`]).
+    pub reload_every: Duration,
+}
+
+/// Where the JWKS is and what a token must say.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// A JWKS document (`{"keys": [...]}`), re-read when it changes.
+    pub jwks_file: PathBuf,
+    pub expect: jwt::Expectations,
 }
 
 impl BridgeConfig {
@@ -87,6 +101,8 @@ impl BridgeConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             rollouts_topic: streamscore_contracts::topics::ROLLOUTS.to_owned(),
             audit_key: None,
+            jwt: None,
+            reload_every: rotate::POLL,
         }
     }
 }
@@ -96,6 +112,8 @@ impl BridgeConfig {
 pub enum BridgeError {
     #[error("tenant policy: {0}")]
     Policy(String),
+    #[error("JWKS {path}: {reason}")]
+    Jwks { path: PathBuf, reason: String },
     #[error("audit key: {0}")]
     AuditKey(String),
     #[error("model store {path}: {reason}")]
@@ -110,11 +128,10 @@ pub enum BridgeError {
 pub struct Bridge {
     pub config: BridgeConfig,
     store: SharedStore,
-    policy: Policy,
-    keys: auth::Keys,
-    tenants: Tenants,
-    /// The policy's pins, which a call is checked against as routing will score it.
-    pins: streamscore_modelstore::Pins,
+    /// The policy's keys, tenants and pins, swapped whole when the file changes.
+    authority: Arc<rotate::Current<rotate::Authority>>,
+    /// The JWKS (swapped whole when the file changes) and what a token must say.
+    jwt: Option<(Arc<rotate::Current<jwt::Jwks>>, jwt::Expectations)>,
     /// The rollouts in force (a model's split, after the pins).
     rollouts: streamscore_control::RolloutTable,
     request_codec: Arc<Codec<InferenceRequest>>,
@@ -128,7 +145,10 @@ pub struct Bridge {
 
 impl std::fmt::Debug for Bridge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bridge").field("config", &self.config).field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("Bridge")
+            .field("config", &self.config)
+            .field("keys", &self.authority.get().keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -139,11 +159,28 @@ pub async fn serve(
     metrics: Option<MetricsRender>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BridgeError> {
-    let policy = Policy::load(&config.policy).map_err(|e| BridgeError::Policy(e.to_string()))?;
-    let keys = auth::Keys::from_policy(&policy).map_err(BridgeError::Policy)?;
-    if keys.is_empty() {
-        tracing::warn!(policy = %config.policy.display(), "no tenant has an api_key_sha256: every call will be refused (401)");
+    let policy_files = vec![config.policy.clone()];
+    let (policy_sha256, policy_bytes) = rotate::fingerprint(&policy_files)
+        .ok_or_else(|| BridgeError::Policy(format!("cannot read {}", config.policy.display())))?;
+    let authority = rotate::Authority::parse(&config.policy, &policy_bytes[0]).map_err(BridgeError::Policy)?;
+    let keys = &authority.keys;
+    if keys.is_empty() && config.jwt.is_none() {
+        tracing::warn!(policy = %config.policy.display(), "no tenant has an api_key_sha256 and no JWKS is given: every call will be refused (401)");
     }
+    let jwks = match &config.jwt {
+        None => None,
+        Some(jwt) => {
+            let files = vec![jwt.jwks_file.clone()];
+            let (sha256, bytes) = rotate::fingerprint(&files)
+                .ok_or_else(|| BridgeError::Jwks { path: jwt.jwks_file.clone(), reason: "cannot read it".into() })?;
+            let jwks = jwt::Jwks::parse(&bytes[0])
+                .map_err(|e| BridgeError::Jwks { path: jwt.jwks_file.clone(), reason: e.to_string() })?;
+            for skipped in &jwks.skipped {
+                tracing::warn!(jwks = %jwt.jwks_file.display(), "JWKS key not used: {skipped}");
+            }
+            Some((sha256, jwks))
+        }
+    };
     let audit_key = match config.audit_key.clone() {
         Some(key) => key,
         None => AuditKey::from_env().map_err(BridgeError::AuditKey)?,
@@ -155,21 +192,23 @@ pub async fn serve(
              stages' audit key"
         );
     }
+    // With tokens, any tenant the policy names may call; with keys only, those with a key. The
+    // share is set at start: a policy reload changes who may call, not the shares.
+    let callers = if config.jwt.is_some() { authority.policy.file.tenants.len() } else { keys.tenants() };
     let share = config
         .max_waiters_per_tenant
-        .unwrap_or_else(|| waiters::default_share(config.max_waiters, keys.tenants()))
+        .unwrap_or_else(|| waiters::default_share(config.max_waiters, callers))
         .min(config.max_waiters);
-    if keys.tenants() * share > config.max_waiters {
+    if callers * share > config.max_waiters {
         tracing::warn!(
             max_waiters = config.max_waiters,
             share,
-            tenants = keys.tenants(),
+            tenants = callers,
             "the tenants' shares of the waiters add up to more than --max-waiters: a tenant below its share can \
              get 503 while others hold theirs; raise --max-waiters to tenants × share to rule that out",
         );
     }
-    let tenants = Tenants::Only(policy.file.tenants.keys().cloned().collect());
-    let pins = policy.pins();
+    let key_count = keys.len();
     let store = SharedStore::new(
         ModelStore::open(&config.models)
             .map_err(|e| BridgeError::Models { path: config.models.clone(), reason: e.to_string() })?,
@@ -251,19 +290,27 @@ pub async fn serve(
     tracing::info!(
         instance = %config.instance,
         deadline_ms = config.deadline.as_millis() as u64,
-        keys = keys.len(),
+        keys = key_count,
+        jwt = config.jwt.is_some(),
         max_waiters = config.max_waiters,
         max_waiters_per_tenant = share,
         "bridge serving",
     );
     let broker = ready::BrokerCheck::of_producer(producer.clone(), config.requests_topic.clone());
+    let authority = Arc::new(rotate::Current::new(authority));
+    let _ = (policy_files, policy_sha256);
+    let jwt = match (jwks, &config.jwt) {
+        (Some((_, jwks)), Some(jwt)) => {
+            let current = Arc::new(rotate::Current::new(jwks));
+            Some((current, jwt.expect.clone()))
+        }
+        _ => None,
+    };
     let bridge = Arc::new(Bridge {
         config,
         store,
-        policy,
-        keys,
-        tenants,
-        pins,
+        authority,
+        jwt,
         rollouts,
         request_codec,
         feedback_codec,

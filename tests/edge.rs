@@ -1,0 +1,315 @@
+//! The bridge's edge against the real pipeline on the test stack (tansu and a registry), over
+//! real HTTP: JWT bearer tokens checked against a JWKS made in the test (a valid token scores
+//! with its tenant claim's tenant whatever the body says; expired, another audience, another
+//! issuer, `alg: none`, HS256 keyed with the public key, an unknown key and a tampered
+//! signature are 401 `invalid_token`; a missing scope is 403 `insufficient_scope`).
+//!
+//! The key material comes from `tests/interop/edge_keys.py` (PyJWT and cryptography) under
+//! `STREAMSCORE_PYTHON`, as the other interoperability tests drive Python.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use streamscore_bridge::BridgeConfig;
+use streamscore_contracts::{Codec, InferenceRequest};
+use streamscore_infer::TractBackend;
+
+mod support;
+use support::{StageTopics, TestRegistry};
+
+const ISSUER: &str = "https://idp.streamscore.test";
+const AUDIENCE: &str = "streamscore-bridge";
+const ACME: &str = "acme-key";
+const GLOBEX: &str = "globex-key";
+
+fn sha(key: &str) -> String {
+    format!("{:x}", Sha256::digest(key.as_bytes()))
+}
+
+/// The policy: acme and globex, each with a key unless `without` names it.
+fn policy_text(without: &[&str]) -> String {
+    let key = |tenant: &str, key: &str| {
+        if without.contains(&tenant) {
+            String::new()
+        } else {
+            format!("api_key_sha256 = [\"{}\"]\n", sha(key))
+        }
+    };
+    format!(
+        "version = 1\nunknown_tenants = \"refuse\"\n\n[tenants.acme]\n{}rate_per_sec = 100000\nburst = 100000\n\
+         max_in_flight = 100000\n\n[tenants.globex]\n{}rate_per_sec = 100000\nburst = 100000\nmax_in_flight = 100000\n",
+        key("acme", ACME),
+        key("globex", GLOBEX)
+    )
+}
+
+/// The Python the interoperability tests run, or `None` to skip (never under CI).
+fn python() -> Option<String> {
+    match std::env::var("STREAMSCORE_PYTHON") {
+        Ok(python) => Some(python),
+        Err(_) if std::env::var_os("CI").is_some() => panic!("STREAMSCORE_PYTHON is not set under CI"),
+        Err(_) => {
+            eprintln!("SKIPPED: STREAMSCORE_PYTHON not set (scripts/test.sh sets it up)");
+            None
+        }
+    }
+}
+
+/// Key material and tokens made fresh for this test: see tests/interop/edge_keys.py.
+struct Keys {
+    dir: tempfile::TempDir,
+    tokens: Value,
+}
+
+impl Keys {
+    fn make(python: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!("{}/tests/interop/edge_keys.py", env!("CARGO_MANIFEST_DIR"));
+        let output = std::process::Command::new(python)
+            .args([script.as_str(), dir.path().to_str().unwrap(), ISSUER, AUDIENCE])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "edge_keys.py: {}", String::from_utf8_lossy(&output.stderr));
+        let tokens = serde_json::from_slice(&output.stdout).unwrap();
+        Self { dir, tokens }
+    }
+
+    fn token(&self, name: &str) -> &str {
+        self.tokens[name].as_str().unwrap_or_else(|| panic!("no token {name}"))
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+}
+
+/// A registry, topics, a policy file and (when asked) the fused pipeline on them.
+struct Stack {
+    registry: TestRegistry,
+    topics: StageTopics,
+    policy: PathBuf,
+    _dir: tempfile::TempDir,
+    pipeline: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Stack {
+    async fn start(prefix: &str) -> Self {
+        let registry = TestRegistry::start().await;
+        let topics = StageTopics::create(prefix).await;
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("tenants.toml");
+        std::fs::write(&policy, policy_text(&[])).unwrap();
+        Self { registry, topics, policy, _dir: dir, pipeline: None }
+    }
+
+    fn start_pipeline(&mut self) {
+        let mut config = support::pipeline_config(
+            &support::kafka(),
+            &self.registry.url,
+            self.topics.pipeline(),
+            &support::unique("edge-pipeline"),
+            "edge-test",
+        );
+        config.infer.audit_topic = support::unique("audit");
+        config.infer.quota_state_topic = support::unique("quota");
+        config.infer.policy = Some(self.policy.clone());
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            streamscore::pipeline::run(config, Arc::new(TractBackend), Arc::default(), async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .map(|_| ())
+        });
+        self.pipeline = Some((stop, task));
+    }
+
+    fn config(&self, keys: Option<&Keys>) -> BridgeConfig {
+        let mut config =
+            BridgeConfig::new(support::kafka(), &self.registry.url, support::models_dir(), self.policy.clone());
+        config.requests_topic = self.topics.requests.clone();
+        config.predictions_topic = self.topics.predictions.clone();
+        config.deadline = Duration::from_secs(10);
+        config.jwt = keys.map(|keys| streamscore_bridge::JwtConfig {
+            jwks_file: keys.path("jwks.json"),
+            expect: streamscore_bridge::jwt::Expectations {
+                issuer: ISSUER.to_owned(),
+                audience: AUDIENCE.to_owned(),
+                tenant_claim: "tenant".to_owned(),
+            },
+        });
+        config
+    }
+
+    async fn stop(mut self) {
+        if let Some((stop, task)) = self.pipeline.take() {
+            let _ = stop.send(());
+            task.await.unwrap().expect("the pipeline ran");
+        }
+        self.registry.stop().await;
+    }
+}
+
+/// A bridge serving on a free port.
+struct Bridge {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), streamscore_bridge::BridgeError>>,
+    http: reqwest::Client,
+}
+
+impl Bridge {
+    async fn start(config: BridgeConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(streamscore_bridge::serve(config, listener, None, async {
+            let _ = stop_rx.await;
+        }));
+        let bridge = Self { url: format!("http://{addr}"), stop, task, http: reqwest::Client::new() };
+        for _ in 0..200 {
+            if let Ok(r) = bridge.http.get(format!("{}/ready", bridge.url)).send().await {
+                if r.status() == 200 {
+                    return bridge;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the bridge did not become ready");
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().expect("the bridge ran");
+    }
+
+    /// POST with `Authorization: Bearer credential`: status, `WWW-Authenticate`, body.
+    async fn post(&self, path: &str, credential: &str, body: &Value) -> (u16, String, Value) {
+        let response =
+            self.http.post(format!("{}{path}", self.url)).bearer_auth(credential).json(body).send().await.unwrap();
+        read(response).await
+    }
+
+    /// GET the model's metadata with `credential`: status, `WWW-Authenticate`, body.
+    async fn metadata(&self, credential: &str) -> (u16, String, Value) {
+        let response =
+            self.http.get(format!("{}/v2/models/fraud", self.url)).bearer_auth(credential).send().await.unwrap();
+        read(response).await
+    }
+}
+
+async fn read(response: reqwest::Response) -> (u16, String, Value) {
+    let status = response.status().as_u16();
+    let challenge =
+        response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let text = response.text().await.unwrap();
+    (status, challenge, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// One valid row of features, by name.
+fn features(seed: u64) -> Value {
+    let mut generator = streamscore_synth::Generator::new(seed);
+    let row: std::collections::HashMap<String, f64> = generator.next(0).by_name();
+    json!(row)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_bearer_tokens_score_with_their_tenant_and_bad_ones_are_refused() {
+    let Some(python) = python() else { return };
+    let keys = Keys::make(&python);
+    let mut stack = Stack::start("edge-jwt").await;
+    stack.start_pipeline();
+    let bridge = Bridge::start(stack.config(Some(&keys))).await;
+    let predict = "/v1/models/fraud/predict";
+
+    // Valid tokens of each algorithm score; the body's "tenant" is not read.
+    let mut scored = Vec::new();
+    for name in ["rsa", "ec", "ed", "no_kid", "expired_within_skew"] {
+        let body = json!({"features": features(scored.len() as u64), "tenant": "globex"});
+        let (status, _, answer) = bridge.post(predict, keys.token(name), &body).await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        scored.push((name, answer["predictions"][0]["request_id"].as_str().unwrap().to_owned()));
+    }
+    // An API key still works beside the tokens.
+    let (status, _, answer) = bridge.post(predict, ACME, &json!({"features": features(9)})).await;
+    assert_eq!(status, 200, "API key: {answer}");
+
+    // The requests topic says whose each call was: the token's tenant claim (the ec token's
+    // is globex, with its scopes in `scp`), never the body's.
+    let codec = Codec::<InferenceRequest>::with_url(&stack.registry.url, &stack.topics.requests);
+    let records = support::read_records(&[&stack.topics.requests], scored.len() + 1, Duration::from_secs(30));
+    let mut tenants = std::collections::HashMap::new();
+    for record in &records {
+        let request = codec.decode(rdkafka::message::Message::payload(record).unwrap()).await.unwrap().value;
+        tenants.insert(request.request_id, request.tenant);
+    }
+    for (name, id) in &scored {
+        let expected = if *name == "ec" { "globex" } else { "acme" };
+        assert_eq!(tenants.get(id).map(String::as_str), Some(expected), "{name}");
+    }
+
+    // Each bad token is a 401 with the RFC 6750 challenge, on the /v1 and the /v2 routes.
+    for name in [
+        "expired",
+        "no_exp",
+        "other_audience",
+        "other_issuer",
+        "alg_none",
+        "hs256_public_key",
+        "tampered",
+        "rsa_next",
+        "no_tenant",
+    ] {
+        let (status, challenge, answer) =
+            bridge.post(predict, keys.token(name), &json!({"features": features(1)})).await;
+        assert_eq!(status, 401, "{name}: {answer}");
+        assert_eq!(answer["error"]["code"], "INVALID_TOKEN", "{name}: {answer}");
+        assert!(
+            challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""),
+            "{name}: {challenge}"
+        );
+        let (status, challenge, answer) = bridge.metadata(keys.token(name)).await;
+        assert_eq!(status, 401, "{name} on /v2: {answer}");
+        assert!(challenge.contains("error=\"invalid_token\""), "{name} on /v2: {challenge}");
+    }
+    let (status, _, answer) = bridge.post(predict, keys.token("alg_none"), &json!({"features": features(1)})).await;
+    assert!(answer["error"]["message"].as_str().unwrap().contains("none"), "{status} {answer}");
+    let (_, _, answer) = bridge.post(predict, keys.token("hs256_public_key"), &json!({"features": features(1)})).await;
+    assert!(answer["error"]["message"].as_str().unwrap().contains("HS256"), "{answer}");
+
+    // A valid token without the scope is a 403 naming it: feedback-only may not predict, a
+    // predict-only token may not ask for explanations nor send feedback.
+    let (status, challenge, answer) =
+        bridge.post(predict, keys.token("feedback_only"), &json!({"features": features(2)})).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("INSUFFICIENT_SCOPE")), "{answer}");
+    assert!(
+        challenge.contains("error=\"insufficient_scope\"") && challenge.contains("scope=\"predict\""),
+        "{challenge}"
+    );
+    let (status, challenge, answer) = bridge
+        .post(&format!("{predict}?explain=true"), keys.token("predict_only"), &json!({"features": features(3)}))
+        .await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("INSUFFICIENT_SCOPE")), "{answer}");
+    assert!(challenge.contains("scope=\"explain\""), "{challenge}");
+    let label = json!({"request_id": scored[0].1, "actual": 1.0});
+    let (status, challenge, answer) = bridge.post("/v1/feedback", keys.token("predict_only"), &label).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("INSUFFICIENT_SCOPE")), "{answer}");
+    assert!(challenge.contains("scope=\"feedback\""), "{challenge}");
+
+    // A tenant the policy does not list cannot call, whatever the token says.
+    let (status, _, answer) =
+        bridge.post(predict, keys.token("unlisted_tenant"), &json!({"features": features(4)})).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("UNKNOWN_TENANT")), "{answer}");
+
+    // Nothing refused reached the requests topic: exactly the scored calls are there.
+    let all = support::read_all(&[&stack.topics.requests], Duration::from_secs(2));
+    assert_eq!(all.len(), scored.len() + 1, "only the accepted calls were published");
+
+    bridge.stop().await;
+    stack.stop().await;
+}
