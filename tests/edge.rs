@@ -2,7 +2,9 @@
 //! real HTTP: JWT bearer tokens checked against a JWKS made in the test (a valid token scores
 //! with its tenant claim's tenant whatever the body says; expired, another audience, another
 //! issuer, `alg: none`, HS256 keyed with the public key, an unknown key and a tampered
-//! signature are 401 `invalid_token`; a missing scope is 403 `insufficient_scope`).
+//! signature are 401 `invalid_token`; a missing scope is 403 `insufficient_scope`), and keys
+//! rotated without a restart (a key removed from the policy is refused within 5 s, a JWKS
+//! replaced is in force within 5 s).
 //!
 //! The key material comes from `tests/interop/edge_keys.py` (PyJWT and cryptography) under
 //! `STREAMSCORE_PYTHON`, as the other interoperability tests drive Python.
@@ -11,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -46,6 +48,13 @@ fn policy_text(without: &[&str]) -> String {
         key("acme", ACME),
         key("globex", GLOBEX)
     )
+}
+
+/// Replaces `path` as a deployment tool would: a new file renamed over the old one.
+fn replace(path: &Path, contents: &[u8]) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, contents).unwrap();
+    std::fs::rename(&next, path).unwrap();
 }
 
 /// The Python the interoperability tests run, or `None` to skip (never under CI).
@@ -309,6 +318,89 @@ async fn jwt_bearer_tokens_score_with_their_tenant_and_bad_ones_are_refused() {
     // Nothing refused reached the requests topic: exactly the scored calls are there.
     let all = support::read_all(&[&stack.topics.requests], Duration::from_secs(2));
     assert_eq!(all.len(), scored.len() + 1, "only the accepted calls were published");
+
+    bridge.stop().await;
+    stack.stop().await;
+}
+
+/// Calls `probe` every 100 ms until it returns true; the time that took, failing past `limit`.
+async fn within<F, Fut>(limit: Duration, what: &str, mut probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if probe().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_removed_from_the_policy_is_refused_within_5_s_without_a_restart() {
+    let stack = Stack::start("edge-rotate").await;
+    let bridge = Bridge::start(stack.config(None)).await;
+    assert_eq!(bridge.metadata(ACME).await.0, 200);
+    assert_eq!(bridge.metadata(GLOBEX).await.0, 200);
+
+    // Revoked: acme's key is gone from the policy.
+    replace(&stack.policy, policy_text(&["acme"]).as_bytes());
+    let took =
+        within(Duration::from_secs(5), "the revoked key refused", || async { bridge.metadata(ACME).await.0 == 401 })
+            .await;
+    eprintln!("revoked key refused after {took:?}");
+    // From then on, and globex's key is untouched.
+    for _ in 0..5 {
+        assert_eq!(bridge.metadata(ACME).await.0, 401);
+        assert_eq!(bridge.metadata(GLOBEX).await.0, 200);
+    }
+
+    // A policy that does not check is refused and the loaded one stays: globex keeps working,
+    // acme stays revoked, across several polls.
+    replace(&stack.policy, b"version = 1\n[tenants.acme\n");
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert_eq!(bridge.metadata(GLOBEX).await.0, 200, "a broken policy file replaced the loaded one");
+        assert_eq!(bridge.metadata(ACME).await.0, 401);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A key given back is taken within 5 s too.
+    replace(&stack.policy, policy_text(&[]).as_bytes());
+    within(Duration::from_secs(5), "the restored key taken", || async { bridge.metadata(ACME).await.0 == 200 }).await;
+
+    bridge.stop().await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_jwks_is_in_force_within_5_s_without_a_restart() {
+    let Some(python) = python() else { return };
+    let keys = Keys::make(&python);
+    let stack = Stack::start("edge-jwks").await;
+    let bridge = Bridge::start(stack.config(Some(&keys))).await;
+    assert_eq!(bridge.metadata(keys.token("rsa")).await.0, 200);
+    assert_eq!(bridge.metadata(keys.token("rsa_next")).await.0, 401, "rsa-2 is not in the JWKS yet");
+
+    // The identity provider rotated: rsa-1 out, rsa-2 in.
+    replace(&keys.path("jwks.json"), &std::fs::read(keys.path("jwks-next.json")).unwrap());
+    within(Duration::from_secs(5), "the new key taken", || async {
+        bridge.metadata(keys.token("rsa_next")).await.0 == 200
+    })
+    .await;
+    assert_eq!(bridge.metadata(keys.token("rsa")).await.0, 401, "rsa-1 left the JWKS");
+    assert_eq!(bridge.metadata(keys.token("ec")).await.0, 200, "ec-1 stayed");
+
+    // A JWKS with only an HMAC key is refused; the loaded one stays.
+    replace(&keys.path("jwks.json"), br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "rsa-2"}]}"#);
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert_eq!(bridge.metadata(keys.token("rsa_next")).await.0, 200, "an HMAC-only JWKS replaced the loaded one");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     bridge.stop().await;
     stack.stop().await;

@@ -127,6 +127,17 @@ enum Dialect {
     Own,
 }
 
+/// Which `WWW-Authenticate` challenge an error carries (RFC 6750).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Challenge {
+    /// No credential, or an unknown API key.
+    Credentials,
+    /// A bearer token that is not valid; the message is the description.
+    InvalidToken,
+    /// A valid token without this scope.
+    InsufficientScope(Scope),
+}
+
 /// An error answer: status, stable code, message, details, and the headers it needs.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -137,7 +148,7 @@ pub struct ApiError {
     retry_after_secs: Option<u64>,
     rate_limit: Option<(u32, u32)>,
     /// The `WWW-Authenticate` challenge of a 401 or a 403 for a missing scope.
-    challenge: Option<String>,
+    challenge: Option<Challenge>,
 }
 
 impl ApiError {
@@ -173,30 +184,27 @@ impl ApiError {
 
     fn unauthorized(message: &str) -> Self {
         let mut error = Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message);
-        error.challenge = Some(format!("Bearer {REALM}, charset=\"UTF-8\""));
+        error.challenge = Some(Challenge::Credentials);
         error
     }
 
     /// 401 for a bearer token that is not valid (RFC 6750 `invalid_token`).
     fn invalid_token(why: &jwt::TokenError) -> Self {
         let mut error = Self::new(StatusCode::UNAUTHORIZED, "INVALID_TOKEN", format!("bearer token refused: {why}"));
-        error.challenge = Some(format!(
-            "Bearer {REALM}, error=\"invalid_token\", error_description=\"{}\"",
-            quotable(&why.to_string())
-        ));
+        error.challenge = Some(Challenge::InvalidToken);
         error
     }
 
     /// 403 for a valid token without `scope` (RFC 6750 `insufficient_scope`).
     fn insufficient_scope(scope: Scope) -> Self {
-        let scope = scope.as_str();
+        let name = scope.as_str();
         let mut error = Self::new(
             StatusCode::FORBIDDEN,
             "INSUFFICIENT_SCOPE",
-            format!("this call needs the {scope} scope, which the token does not grant"),
+            format!("this call needs the {name} scope, which the token does not grant"),
         )
-        .details(json!({"scope": scope}));
-        error.challenge = Some(format!("Bearer {REALM}, error=\"insufficient_scope\", scope=\"{scope}\""));
+        .details(json!({"scope": name}));
+        error.challenge = Some(Challenge::InsufficientScope(scope));
         error
     }
 
@@ -251,17 +259,27 @@ impl ApiError {
                 headers.insert(warp::http::header::ALLOW, allow);
             }
         }
-        if let Some(challenge) = &self.challenge {
-            if let Ok(value) = HeaderValue::from_str(challenge) {
+        if let Some(challenge) = self.challenge {
+            let realm = "realm=\"streamscore\"";
+            let challenge = match challenge {
+                Challenge::Credentials => format!("Bearer {realm}, charset=\"UTF-8\""),
+                Challenge::InvalidToken => {
+                    format!(
+                        "Bearer {realm}, error=\"invalid_token\", error_description=\"{}\"",
+                        quotable(&self.message)
+                    )
+                }
+                Challenge::InsufficientScope(scope) => {
+                    format!("Bearer {realm}, error=\"insufficient_scope\", scope=\"{}\"", scope.as_str())
+                }
+            };
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
                 headers.insert(warp::http::header::WWW_AUTHENTICATE, value);
             }
         }
         response
     }
 }
-
-/// The realm of every challenge.
-const REALM: &str = "realm=\"streamscore\"";
 
 /// `text` as the inside of a quoted-string: printable ASCII without `"` or `\\`.
 fn quotable(text: &str) -> String {

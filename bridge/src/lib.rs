@@ -298,10 +298,36 @@ pub async fn serve(
     );
     let broker = ready::BrokerCheck::of_producer(producer.clone(), config.requests_topic.clone());
     let authority = Arc::new(rotate::Current::new(authority));
-    let _ = (policy_files, policy_sha256);
+    let mut watchers = vec![rotate::watch(
+        "tenant policy",
+        policy_files,
+        policy_sha256,
+        Arc::clone(&authority),
+        {
+            let path = config.policy.clone();
+            move |contents: &[Vec<u8>]| rotate::Authority::parse(&path, &contents[0])
+        },
+        config.reload_every,
+        shutdown.clone(),
+    )];
     let jwt = match (jwks, &config.jwt) {
-        (Some((_, jwks)), Some(jwt)) => {
+        (Some((sha256, jwks)), Some(jwt)) => {
             let current = Arc::new(rotate::Current::new(jwks));
+            watchers.push(rotate::watch(
+                "JWKS",
+                vec![jwt.jwks_file.clone()],
+                sha256,
+                Arc::clone(&current),
+                |contents: &[Vec<u8>]| {
+                    let jwks = jwt::Jwks::parse(&contents[0]).map_err(|e| e.to_string())?;
+                    for skipped in &jwks.skipped {
+                        tracing::warn!("JWKS key not used: {skipped}");
+                    }
+                    Ok(jwks)
+                },
+                config.reload_every,
+                shutdown.clone(),
+            ));
             Some((current, jwt.expect.clone()))
         }
         _ => None,
@@ -322,6 +348,9 @@ pub async fn serve(
     warp::serve(api::routes(bridge)).incoming(listener).graceful(shutdown.wait()).run().await;
     registration.abort();
     rescanning.abort();
+    for watcher in watchers {
+        watcher.abort();
+    }
     stop.store(true, Ordering::Relaxed);
     waiters.wake_listener();
     let _ = tokio::task::spawn_blocking(move || listener_thread.join()).await;

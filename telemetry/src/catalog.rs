@@ -247,6 +247,11 @@ pub const METRICS: &[Metric] = &[
     gauge("streamscore_bridge_waiters", &[], "Bridge callers waiting for their outcome."),
     gauge("streamscore_bridge_listening", &[], "1 while the bridge reads the predictions topic."),
     counter(
+        "streamscore_bridge_reloads_total",
+        &["what", "outcome"],
+        "Bridge files re-read on a change (tenant policy, JWKS, TLS certificate): loaded or refused.",
+    ),
+    counter(
         "streamscore_bridge_unclaimed_outcomes_total",
         &[],
         "Outcomes of bridge requests whose caller had already gone.",
