@@ -4,7 +4,9 @@
 //! issuer, `alg: none`, HS256 keyed with the public key, an unknown key and a tampered
 //! signature are 401 `invalid_token`; a missing scope is 403 `insufficient_scope`), and keys
 //! rotated without a restart (a key removed from the policy is refused within 5 s, a JWKS
-//! replaced is in force within 5 s).
+//! replaced is in force within 5 s), and HTTPS with a test CA (calls score, plain HTTP to the
+//! TLS listener fails, a renewed certificate is served within 5 s, `tritonclient.http` with
+//! `ssl=True` works).
 //!
 //! The key material comes from `tests/interop/edge_keys.py` (PyJWT and cryptography) under
 //! `STREAMSCORE_PYTHON`, as the other interoperability tests drive Python.
@@ -403,5 +405,183 @@ async fn a_replaced_jwks_is_in_force_within_5_s_without_a_restart() {
     }
 
     bridge.stop().await;
+    stack.stop().await;
+}
+
+/// An HTTPS client trusting only `ca`: rustls on ring, one request per connection.
+struct Https {
+    addr: std::net::SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl Https {
+    fn new(addr: std::net::SocketAddr, ca: &Path) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        #[allow(deprecated)] // ring, as the bridge uses: see bridge/src/tls.rs
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Self { addr, connector: tokio_rustls::TlsConnector::from(Arc::new(config)) }
+    }
+
+    /// Connects and completes the handshake, verifying the certificate for 127.0.0.1.
+    async fn connect(&self) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+        self.connector.connect(name, tcp).await
+    }
+
+    /// The DER of the certificate the bridge presents to a new connection.
+    async fn peer_certificate(&self) -> Vec<u8> {
+        let stream = self.connect().await.unwrap();
+        stream.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec()
+    }
+
+    /// One HTTP/1.1 request over TLS: status and JSON body.
+    async fn request(&self, method: &str, path: &str, credential: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = self.connect().await.unwrap();
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if let Some(credential) = credential {
+            head.push_str(&format!("Authorization: Bearer {credential}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        // A peer closing without close_notify is an error to rustls; what came before counts.
+        let _ = stream.read_to_end(&mut response).await;
+        let text = String::from_utf8(response).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("an HTTP response: {text:?}"));
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    }
+}
+
+/// A chunked body's content.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// The DER of the first certificate of a PEM file.
+fn der(path: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(path).unwrap().next().unwrap().unwrap().as_ref().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bridge_over_tls_scores_refuses_plain_http_reloads_its_certificate_and_serves_tritonclient() {
+    let Some(python) = python() else { return };
+    let keys = Keys::make(&python);
+    let mut stack = Stack::start("edge-tls").await;
+    stack.start_pipeline();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("bridge.pem"), certs.path().join("bridge.key"));
+    std::fs::copy(keys.path("server.pem"), &cert).unwrap();
+    std::fs::copy(keys.path("server.key"), &key).unwrap();
+    let mut config = stack.config(Some(&keys));
+    config.tls = Some(streamscore_bridge::tls::TlsFiles { cert: cert.clone(), key: key.clone() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(streamscore_bridge::serve(config, listener, None, async {
+        let _ = stop_rx.await;
+    }));
+    let https = Https::new(addr, &keys.path("ca.pem"));
+    within(Duration::from_secs(20), "the TLS bridge ready", || async {
+        https.connect().await.is_ok() && https.request("GET", "/ready", None, None).await.0 == 200
+    })
+    .await;
+
+    // HTTPS scores, with an API key and with a token.
+    for credential in [ACME, keys.token("rsa")] {
+        let (status, body) = https
+            .request("POST", "/v1/models/fraud/predict", Some(credential), Some(&json!({"features": features(5)})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["predictions"][0]["score"].is_number(), "{body}");
+    }
+    let (status, _) = https
+        .request(
+            "POST",
+            "/v1/models/fraud/predict",
+            Some(keys.token("expired")),
+            Some(&json!({"features": features(5)})),
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    // Plain HTTP to the TLS listener fails: no HTTP answer comes back.
+    let plain = reqwest::Client::new().get(format!("http://{addr}/healthz")).send().await;
+    assert!(plain.is_err(), "plain HTTP was answered: {:?}", plain.map(|r| r.status()));
+
+    // A renewed certificate is served to new connections within 5 s, without a restart.
+    assert_eq!(https.peer_certificate().await, der(&keys.path("server.pem")));
+    replace(&key, &std::fs::read(keys.path("server2.key")).unwrap());
+    replace(&cert, &std::fs::read(keys.path("server2.pem")).unwrap());
+    let renewed = der(&keys.path("server2.pem"));
+    within(Duration::from_secs(5), "the renewed certificate served", || async {
+        https.peer_certificate().await == renewed
+    })
+    .await;
+    assert_eq!(https.request("GET", "/healthz", None, None).await.0, 200);
+
+    // NVIDIA's tritonclient.http with ssl=True, verifying the certificate against the test CA.
+    let script = format!("{}/tests/interop/triton_client.py", env!("CARGO_MANIFEST_DIR"));
+    let version = streamscore_modelstore::ModelStore::open(support::models_dir()).unwrap().get("fraud", "1").unwrap();
+    let mut generator = streamscore_synth::Generator::new(77);
+    let rows: Vec<Vec<f32>> = (0..2)
+        .map(|i| {
+            let row: std::collections::HashMap<String, f64> = generator.next(i).by_name();
+            version.meta.features.iter().map(|f| row[&f.name] as f32).collect()
+        })
+        .collect();
+    let args = vec![
+        script,
+        addr.to_string(),
+        ACME.to_owned(),
+        "fraud".to_owned(),
+        serde_json::to_string(&rows).unwrap(),
+        keys.path("ca.pem").display().to_string(),
+    ];
+    let output = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(args).output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "tritonclient over TLS failed: {}", String::from_utf8_lossy(&output.stderr));
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((&out["live"], &out["ready"], &out["model_ready"]), (&json!(true), &json!(true), &json!(true)), "{out}");
+    assert_eq!(out["metadata"]["name"], "fraud", "{out}");
+    assert_eq!(out["scores"].as_array().map(Vec::len), Some(2), "{out}");
+    assert_eq!(out["unknown_key"]["status"], "401", "{out}");
+
+    let _ = stop.send(());
+    task.await.unwrap().expect("the bridge ran");
     stack.stop().await;
 }

@@ -6,7 +6,8 @@
 //! from the predictions topic ([`listen`]) and handed over only when the pipeline sealed it,
 //! with callers parked in a bounded map where each tenant has its share ([`waiters`]). API
 //! keys from the tenant policy ([`auth`]) or JWT bearer tokens checked against a JWKS
-//! ([`jwt`]) decide the tenant; both files are re-read when they change ([`rotate`]).
+//! ([`jwt`]) decide the tenant; both files are re-read when they change ([`rotate`]), as is
+//! the certificate when the bridge serves HTTPS ([`tls`]).
 //! [`api`] is the routes (one table, [`api::ROUTES`], which [`openapi`] documents), [`ready`]
 //! the readiness checks.
 
@@ -17,6 +18,7 @@ pub mod listen;
 pub mod openapi;
 pub mod ready;
 pub mod rotate;
+pub mod tls;
 pub mod waiters;
 
 use std::future::Future;
@@ -69,7 +71,10 @@ pub struct BridgeConfig {
     pub audit_key: Option<AuditKey>,
     /// JWT bearer tokens beside the API keys; `None`: API keys only.
     pub jwt: Option<JwtConfig>,
-    /// How often the policy and JWKS files are checked for a change ([`rotate::POLL`]).
+    /// HTTPS with this certificate and key; `None`: plain HTTP.
+    pub tls: Option<tls::TlsFiles>,
+    /// How often the policy, JWKS and certificate files are checked for a change
+    /// ([`rotate::POLL`]).
     pub reload_every: Duration,
 }
 
@@ -102,6 +107,7 @@ impl BridgeConfig {
             rollouts_topic: streamscore_contracts::topics::ROLLOUTS.to_owned(),
             audit_key: None,
             jwt: None,
+            tls: None,
             reload_every: rotate::POLL,
         }
     }
@@ -114,6 +120,8 @@ pub enum BridgeError {
     Policy(String),
     #[error("JWKS {path}: {reason}")]
     Jwks { path: PathBuf, reason: String },
+    #[error("TLS certificate {cert} and key {key}: {reason}")]
+    Tls { cert: PathBuf, key: PathBuf, reason: String },
     #[error("audit key: {0}")]
     AuditKey(String),
     #[error("model store {path}: {reason}")]
@@ -179,6 +187,18 @@ pub async fn serve(
                 tracing::warn!(jwks = %jwt.jwks_file.display(), "JWKS key not used: {skipped}");
             }
             Some((sha256, jwks))
+        }
+    };
+    let certificate = match &config.tls {
+        None => None,
+        Some(files) => {
+            let error = |reason: String| BridgeError::Tls { cert: files.cert.clone(), key: files.key.clone(), reason };
+            let (sha256, contents) =
+                rotate::fingerprint(&files.paths()).ok_or_else(|| error("cannot read them".into()))?;
+            let certified = tls::certified_key(&contents[0], &contents[1]).map_err(error)?;
+            let current = Arc::new(rotate::Current::new(certified));
+            let acceptor = tls::acceptor(Arc::clone(&current)).map_err(error)?;
+            Some((sha256, current, acceptor))
         }
     };
     let audit_key = match config.audit_key.clone() {
@@ -292,6 +312,7 @@ pub async fn serve(
         deadline_ms = config.deadline.as_millis() as u64,
         keys = key_count,
         jwt = config.jwt.is_some(),
+        tls = config.tls.is_some(),
         max_waiters = config.max_waiters,
         max_waiters_per_tenant = share,
         "bridge serving",
@@ -332,6 +353,21 @@ pub async fn serve(
         }
         _ => None,
     };
+    let acceptor = match (certificate, &config.tls) {
+        (Some((sha256, current, acceptor)), Some(files)) => {
+            watchers.push(rotate::watch(
+                "TLS certificate",
+                files.paths(),
+                sha256,
+                current,
+                |contents: &[Vec<u8>]| tls::certified_key(&contents[0], &contents[1]),
+                config.reload_every,
+                shutdown.clone(),
+            ));
+            Some(acceptor)
+        }
+        _ => None,
+    };
     let bridge = Arc::new(Bridge {
         config,
         store,
@@ -345,7 +381,10 @@ pub async fn serve(
         broker,
         metrics,
     });
-    warp::serve(api::routes(bridge)).incoming(listener).graceful(shutdown.wait()).run().await;
+    match acceptor {
+        None => warp::serve(api::routes(bridge)).incoming(listener).graceful(shutdown.wait()).run().await,
+        Some(acceptor) => tls::serve(api::routes(bridge), listener, acceptor, shutdown.wait()).await,
+    }
     registration.abort();
     rescanning.abort();
     for watcher in watchers {

@@ -414,6 +414,13 @@ pub(crate) struct BridgeCommand {
     pub(crate) instance: Option<String>,
     #[command(flatten)]
     pub(crate) jwt: JwtArgs,
+    /// Serve HTTPS with this certificate chain (PEM: the certificate, then intermediates);
+    /// re-read within seconds when it changes. Without it the bridge speaks plain HTTP.
+    #[arg(long, env = "STREAMSCORE_BRIDGE_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "STREAMSCORE_BRIDGE_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 /// JWT bearer tokens beside the API keys (OAuth 2.0 access tokens from an identity provider).
@@ -461,6 +468,8 @@ impl BridgeCommand {
             max_body_bytes,
             instance,
             jwt,
+            tls_cert,
+            tls_key,
         } = self;
         let mut config = streamscore_bridge::BridgeConfig::new(
             KafkaConfig::new(&endpoints.bootstrap),
@@ -476,13 +485,15 @@ impl BridgeCommand {
         config.max_waiters_per_tenant = max_waiters_per_tenant;
         config.max_body_bytes = max_body_bytes;
         config.jwt = jwt.config();
+        config.tls = tls_cert.zip(tls_key).map(|(cert, key)| streamscore_bridge::tls::TlsFiles { cert, key });
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         if let Some(instance) = instance {
             config.instance = instance;
         }
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let prometheus = streamscore_telemetry::install_recorder();
         let metrics: streamscore_bridge::MetricsRender = Arc::new(move || prometheus.render());
-        println!("bridge on http://{listen} (Open Inference Protocol v2 on /v2, streamscore JSON on /v1)");
+        println!("bridge on {scheme}://{listen} (Open Inference Protocol v2 on /v2, streamscore JSON on /v1)");
         streamscore_bridge::serve(config, listener, Some(metrics), shutdown.wait()).await?;
         tracing::info!("bridge stopped");
 

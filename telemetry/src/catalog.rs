@@ -257,6 +257,11 @@ pub const METRICS: &[Metric] = &[
         "Outcomes of bridge requests whose caller had already gone.",
     ),
     counter(
+        "streamscore_bridge_tls_handshake_failures_total",
+        &[],
+        "TLS handshakes the bridge did not complete (plain HTTP, an untrusted or slow client).",
+    ),
+    counter(
         "streamscore_bridge_unauthenticated_outcomes_total",
         &["reason"],
         "Outcomes addressed to the bridge it did not hand over: seal missing, wrong_key, bad_mac, or wrong_tenant.",
