@@ -6,7 +6,8 @@
 //! rotated without a restart (a key removed from the policy is refused within 5 s, a JWKS
 //! replaced is in force within 5 s), and HTTPS with a test CA (calls score, plain HTTP to the
 //! TLS listener fails, a renewed certificate is served within 5 s, `tritonclient.http` with
-//! `ssl=True` works).
+//! `ssl=True` works), and `Idempotency-Key` (the same key twice publishes once and answers the
+//! same; the same key with another body is a 422).
 //!
 //! The key material comes from `tests/interop/edge_keys.py` (PyJWT and cryptography) under
 //! `STREAMSCORE_PYTHON`, as the other interoperability tests drive Python.
@@ -320,6 +321,59 @@ async fn jwt_bearer_tokens_score_with_their_tenant_and_bad_ones_are_refused() {
     // Nothing refused reached the requests topic: exactly the scored calls are there.
     let all = support::read_all(&[&stack.topics.requests], Duration::from_secs(2));
     assert_eq!(all.len(), scored.len() + 1, "only the accepted calls were published");
+
+    bridge.stop().await;
+    stack.stop().await;
+}
+
+/// POST `body` to predict as `credential` with `Idempotency-Key: key`: status, whether the
+/// answer was replayed, and the body's text.
+async fn post_once(bridge: &Bridge, credential: &str, key: &str, body: &Value) -> (u16, bool, String) {
+    let response = bridge
+        .http
+        .post(format!("{}/v1/models/fraud/predict", bridge.url))
+        .bearer_auth(credential)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let replayed = response.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
+    (status, replayed, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_idempotency_key_twice_publishes_once_and_answers_the_same() {
+    let mut stack = Stack::start("edge-idempotent").await;
+    stack.start_pipeline();
+    let bridge = Bridge::start(stack.config(None)).await;
+    let body = json!({"features": features(21)});
+
+    let (status, replayed, first) = post_once(&bridge, ACME, "order-1", &body).await;
+    assert_eq!((status, replayed), (200, false), "{first}");
+    let (status, replayed, second) = post_once(&bridge, ACME, "order-1", &body).await;
+    assert_eq!((status, replayed), (200, true), "{second}");
+    assert_eq!(second, first, "a retry gets the first answer, request ids included");
+
+    // The same key with another body is a 422; another tenant's key of the same name is its own.
+    let (status, _, answer) = post_once(&bridge, ACME, "order-1", &json!({"features": features(22)})).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains("IDEMPOTENCY_KEY_REUSED"), "{answer}");
+    let (status, replayed, other) = post_once(&bridge, GLOBEX, "order-1", &body).await;
+    assert_eq!((status, replayed), (200, false), "{other}");
+    let (status, _, answer) = post_once(&bridge, ACME, "bad key", &body).await;
+    assert_eq!(status, 400, "{answer}");
+
+    // One record per first call on the requests topic: acme's once, globex's once.
+    let records = support::read_all(&[&stack.topics.requests], Duration::from_secs(2));
+    let codec = Codec::<InferenceRequest>::with_url(&stack.registry.url, &stack.topics.requests);
+    let mut tenants = Vec::new();
+    for record in &records {
+        tenants.push(codec.decode(rdkafka::message::Message::payload(record).unwrap()).await.unwrap().value.tenant);
+    }
+    tenants.sort();
+    assert_eq!(tenants, ["acme", "globex"]);
 
     bridge.stop().await;
     stack.stop().await;

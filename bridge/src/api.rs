@@ -23,6 +23,7 @@ use warp::Filter;
 mod feedback;
 
 use crate::auth;
+use crate::idempotency::{Begin, Claim, Kept};
 use crate::jwt::{self, Scope};
 use crate::waiters::{Lookup, WaitError};
 use crate::Bridge;
@@ -348,6 +349,7 @@ fn status_label(status: StatusCode) -> &'static str {
         403 => "403",
         404 => "404",
         405 => "405",
+        409 => "409",
         413 => "413",
         415 => "415",
         422 => "422",
@@ -389,6 +391,43 @@ where
     Ok(body.freeze())
 }
 
+/// A call's `Idempotency-Key`, as [`Bridge::idempotency`] found it.
+enum Idempotent {
+    /// No key, or a route that publishes nothing.
+    No,
+    /// The first call with the key: its answer is kept.
+    First(&'static str, Claim),
+    /// A retry: the first answer.
+    Replay(&'static str, Kept),
+}
+
+/// The kept answer, marked `Idempotent-Replayed: true`.
+fn replay(kept: Kept) -> warp::reply::Response {
+    let mut response = warp::reply::Response::new(kept.body.into());
+    *response.status_mut() = StatusCode::from_u16(kept.status).unwrap_or(StatusCode::OK);
+    let headers = response.headers_mut();
+    if let Some(content_type) = kept.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        headers.insert(warp::http::header::CONTENT_TYPE, content_type);
+    }
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// Keeps `response` as the answer to the claim's key and hands it on.
+async fn keep(claim: Claim, response: warp::reply::Response) -> warp::reply::Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = response.into_parts();
+    let Ok(collected) = body.collect().await else {
+        // Our own bodies are in memory; a failure here keeps nothing (the claim frees the key).
+        return warp::reply::Response::from_parts(parts, Bytes::new().into());
+    };
+    let body = collected.to_bytes();
+    let content_type =
+        parts.headers.get(warp::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    claim.keep(Kept { status: parts.status.as_u16(), content_type, body: body.clone() });
+    warp::reply::Response::from_parts(parts, body.into())
+}
+
 /// Who is calling: the tenant, and the token when a token (not an API key) named it.
 #[derive(Debug)]
 pub(crate) struct Caller {
@@ -423,7 +462,21 @@ impl Bridge {
         let call_id = uuid::Uuid::new_v4().to_string();
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let dialect = if segments.first() == Some(&"v2") { Dialect::Oip } else { Dialect::Own };
-        let (route, result) = self.dispatch(method, &segments, query, headers, body, &call_id).await;
+        let (route, result, claim) = match self.idempotency(method, &segments, query, headers, &body) {
+            Ok(Idempotent::No) => (None, None, None),
+            Ok(Idempotent::First(label, claim)) => (Some(label), None, Some(claim)),
+            Ok(Idempotent::Replay(label, kept)) => (Some(label), Some(Ok(replay(kept))), None),
+            Err((label, error)) => (Some(label), Some(Err(error)), None),
+        };
+        let (route, result) = match (route, result) {
+            (Some(route), Some(result)) => (route, result),
+            _ => self.dispatch(method, &segments, query, headers, body, &call_id).await,
+        };
+        // Transient refusals before anything was published are not kept: a retry runs again.
+        let claim = claim.filter(|_| match &result {
+            Ok(response) => response.status().is_success(),
+            Err(e) => !matches!(e.status.as_u16(), 401 | 403 | 409 | 503) && e.code != "TENANT_WAITERS_EXCEEDED",
+        });
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -433,10 +486,70 @@ impl Bridge {
                 error.render(dialect, &call_id)
             }
         };
+        if let Some(claim) = claim {
+            response = keep(claim, response).await;
+        }
         if let Ok(value) = HeaderValue::from_str(&call_id) {
             response.headers_mut().insert("x-request-id", value);
         }
         (route, response)
+    }
+
+    /// Whether the call is a retry: with `Idempotency-Key` on a route that publishes, the
+    /// first answer to the key, or a claim to answer it first, or why neither.
+    fn idempotency(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        query: &str,
+        headers: &HeaderMap,
+        body: &Result<Bytes, BodyError>,
+    ) -> Result<Idempotent, (&'static str, ApiError)> {
+        let Some(value) = headers.get("idempotency-key") else { return Ok(Idempotent::No) };
+        let Ok((route, _)) = resolve(method, segments) else { return Ok(Idempotent::No) };
+        let scope = match route.endpoint {
+            Endpoint::Infer | Endpoint::Predict => Scope::Predict,
+            Endpoint::Feedback => Scope::Feedback,
+            _ => return Ok(Idempotent::No),
+        };
+        let Ok(body) = body else { return Ok(Idempotent::No) };
+        let fail = |error| Err((route.label, error));
+        let key = match value.to_str() {
+            Ok(key) if crate::idempotency::valid_key(key) => key,
+            _ => {
+                return fail(ApiError::bad_request(format!(
+                    "Idempotency-Key must be 1 to {} visible ASCII characters",
+                    crate::idempotency::MAX_KEY_LEN
+                )))
+            }
+        };
+        let tenant = match self.caller(headers, scope) {
+            Ok(caller) => caller.tenant,
+            Err(error) => return fail(error),
+        };
+        let mut request = Vec::with_capacity(body.len() + 64);
+        for part in [method.as_str().as_bytes(), segments.join("/").as_bytes(), query.as_bytes()] {
+            request.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            request.extend_from_slice(part);
+        }
+        request.extend_from_slice(body);
+        match self.idempotency.begin(&tenant, key, streamscore_contracts::sha256(&request)) {
+            Begin::Run(claim) => Ok(Idempotent::First(route.label, claim)),
+            Begin::Replay(kept) => Ok(Idempotent::Replay(route.label, kept)),
+            Begin::Mismatch => fail(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                format!("Idempotency-Key {key} was used for another request; use a new key for a new request"),
+            )),
+            Begin::Running => fail(
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "IDEMPOTENCY_KEY_IN_USE",
+                    format!("the first call with Idempotency-Key {key} is still running; retry when it has answered"),
+                )
+                .retry_after(1),
+            ),
+        }
     }
 
     async fn dispatch(

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod idempotency;
 pub mod jwt;
 pub mod listen;
 pub mod openapi;
@@ -140,6 +141,8 @@ pub struct Bridge {
     authority: Arc<rotate::Current<rotate::Authority>>,
     /// The JWKS (swapped whole when the file changes) and what a token must say.
     jwt: Option<(Arc<rotate::Current<jwt::Jwks>>, jwt::Expectations)>,
+    /// The answers kept for `Idempotency-Key` retries.
+    idempotency: idempotency::Idempotency,
     /// The rollouts in force (a model's split, after the pins).
     rollouts: streamscore_control::RolloutTable,
     request_codec: Arc<Codec<InferenceRequest>>,
@@ -373,6 +376,7 @@ pub async fn serve(
         store,
         authority,
         jwt,
+        idempotency: idempotency::Idempotency::new(),
         rollouts,
         request_codec,
         feedback_codec,

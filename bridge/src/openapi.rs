@@ -18,7 +18,9 @@ fn errors(dialect: fn() -> Value, codes: &[&str]) -> serde_json::Map<String, Val
 /// The document.
 pub fn document() -> Value {
     // 500: the model failed on the batch (the pipeline's FAILED outcome, MODEL_ERROR).
-    let call_errors = ["400", "401", "403", "404", "413", "422", "429", "500", "503", "504"];
+    // 409: the first call with the same Idempotency-Key still running; 422 also for a key
+    // reused with another request.
+    let call_errors = ["400", "401", "403", "404", "409", "413", "422", "429", "500", "503", "504"];
     let mut predict_responses = errors(error_own, &call_errors);
     predict_responses.insert(
         "200".to_owned(),
@@ -35,7 +37,7 @@ pub fn document() -> Value {
     status_responses.insert("200".to_owned(), json!({"description": "answered"}));
     status_responses.insert("202".to_owned(), json!({"description": "still pending"}));
     // 403: a token without the feedback scope, or a tenant the policy does not name.
-    let mut feedback_responses = errors(error_own, &["400", "401", "403", "413", "422", "500", "503"]);
+    let mut feedback_responses = errors(error_own, &["400", "401", "403", "409", "413", "422", "500", "503"]);
     feedback_responses.insert("202".to_owned(), json!({"description": "published: {\"accepted\", \"request_ids\"}"}));
     let mut metadata_responses = errors(error_oip, &["401", "403", "404", "503"]);
     metadata_responses.insert("200".to_owned(), json!({"description": "name, versions, inputs, outputs"}));
