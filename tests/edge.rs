@@ -7,7 +7,8 @@
 //! replaced is in force within 5 s), and HTTPS with a test CA (calls score, plain HTTP to the
 //! TLS listener fails, a renewed certificate is served within 5 s, `tritonclient.http` with
 //! `ssl=True` works), and `Idempotency-Key` (the same key twice publishes once and answers the
-//! same; the same key with another body is a 422).
+//! same; the same key with another body is a 422), and authentication events in the audit log
+//! (refusals aggregated, reloads with their fingerprints) that `audit verify` finds ok.
 //!
 //! The key material comes from `tests/interop/edge_keys.py` (PyJWT and cryptography) under
 //! `STREAMSCORE_PYTHON`, as the other interoperability tests drive Python.
@@ -376,6 +377,77 @@ async fn the_same_idempotency_key_twice_publishes_once_and_answers_the_same() {
     assert_eq!(tenants, ["acme", "globex"]);
 
     bridge.stop().await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_and_reloads_are_audited_aggregated_and_audit_verify_is_ok() {
+    let stack = Stack::start("edge-audit").await;
+    let audit_topic = support::unique("edge-audit-log");
+    streamscore_kafka::topics::ensure_topics(
+        &support::kafka(),
+        &[streamscore_kafka::TopicSpec::event(&audit_topic, 1)],
+    )
+    .await
+    .unwrap();
+    let mut config = stack.config(None);
+    config.audit_topic = Some(audit_topic.clone());
+    config.audit_window = Duration::from_secs(1);
+    let bridge = Bridge::start(config).await;
+
+    // A flood of 40 bad keys and 5 calls without one: a few aggregated entries, not 45.
+    for i in 0..40 {
+        assert_eq!(bridge.metadata(&format!("guess-{i}")).await.0, 401);
+    }
+    for _ in 0..5 {
+        let response = bridge.http.get(format!("{}/v2/models/fraud", bridge.url)).send().await.unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    // A reload: globex's key revoked.
+    let revoked = policy_text(&["globex"]);
+    replace(&stack.policy, revoked.as_bytes());
+    within(Duration::from_secs(5), "the revoked key refused", || async { bridge.metadata(GLOBEX).await.0 == 401 })
+        .await;
+    bridge.stop().await;
+
+    let codec = Codec::<streamscore_contracts::AuditRecord>::with_url(&stack.registry.url, &audit_topic);
+    let mut entries = Vec::new();
+    for record in support::read_all(&[&audit_topic], Duration::from_secs(2)) {
+        entries.push(codec.decode(rdkafka::message::Message::payload(&record).unwrap()).await.unwrap().value);
+    }
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    assert!(entries.iter().all(|e| e.stage == "bridge"), "{kinds:?}");
+    let policy_sha = |text: &str| format!("{:x}", Sha256::digest(text.as_bytes()));
+    let loaded = entries.iter().find(|e| e.kind == "AUTH_LOADED").unwrap_or_else(|| panic!("{kinds:?}"));
+    assert_eq!(loaded.details["file"], "tenant policy");
+    assert_eq!(loaded.details["sha256"], policy_sha(&policy_text(&[])), "the fingerprint of the policy at start");
+    let reloaded = entries.iter().find(|e| e.kind == "AUTH_RELOADED").unwrap_or_else(|| panic!("{kinds:?}"));
+    assert_eq!(reloaded.details["sha256"], policy_sha(&revoked), "the fingerprint of the reloaded policy");
+    let refused: Vec<_> = entries.iter().filter(|e| e.kind == "AUTH_REFUSED").collect();
+    let count = |subject: &str| -> u64 {
+        refused.iter().filter(|e| e.subject == subject).map(|e| e.details["count"].parse::<u64>().unwrap()).sum()
+    };
+    // 45 refusals before the reload, and the polls for globex's revoked key after it.
+    assert!(count("unauthenticated") >= 46, "{refused:#?}");
+    assert!(refused.len() < 20, "refusals are aggregated per window: {} entries", refused.len());
+    assert!(refused.iter().all(|e| e.details["code"] == "UNAUTHENTICATED"), "{refused:#?}");
+
+    let report = streamscore::audit::verify(&streamscore::audit::VerifyConfig {
+        kafka: support::kafka(),
+        registry_url: stack.registry.url.clone(),
+        audit_topic: audit_topic.clone(),
+        predictions_topic: stack.topics.predictions.clone(),
+        dead_letter_topic: stack.topics.dead_letter.clone(),
+        key: streamscore_contracts::audit::AuditKey::from_env().unwrap(),
+        heads: Vec::new(),
+        window: streamscore_contracts::audit::Window::ALL,
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(report.ok(), "{:#?}", report.problems);
+    assert_eq!(report.chains, 1, "the bridge's chain");
+    assert!(report.open_chains.is_empty(), "the bridge closed its chain: {:?}", report.open_chains);
     stack.stop().await;
 }
 

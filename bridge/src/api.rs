@@ -611,31 +611,49 @@ impl Bridge {
     /// Who is calling, from the API key or the bearer token, and whether it may do `scope`.
     /// An API key may do everything its tenant may; a token only what its scopes say.
     fn caller(&self, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
-        let credential = auth::presented_key(headers).ok_or_else(|| {
-            ApiError::unauthorized("an API key or a bearer token is required (Authorization: Bearer ... or X-API-Key)")
-        })?;
+        let caller = self.identify(headers)?;
+        self.may(&caller, scope)?;
+        Ok(caller)
+    }
+
+    /// Whether `caller` may do `scope`; a refusal is recorded ([`crate::authlog`]).
+    fn may(&self, caller: &Caller, scope: Scope) -> Result<(), ApiError> {
+        caller.may(scope).inspect_err(|error| self.authlog.refused(Some(&caller.tenant), error.code))
+    }
+
+    /// `error`, recorded as a refusal of `tenant` (when the credential named one).
+    fn refuse(&self, tenant: Option<&str>, error: ApiError) -> ApiError {
+        self.authlog.refused(tenant, error.code);
+        error
+    }
+
+    /// The caller a credential names; a refusal is recorded.
+    fn identify(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let Some(credential) = auth::presented_key(headers) else {
+            let message = "an API key or a bearer token is required (Authorization: Bearer ... or X-API-Key)";
+            return Err(self.refuse(None, ApiError::unauthorized(message)));
+        };
         let authority = self.authority.get();
-        let caller = match &self.jwt {
+        match &self.jwt {
             Some((jwks, expect)) if jwt::looks_like_jwt(credential) => {
-                let identity = jwks.get().verify(credential, expect).map_err(|e| ApiError::invalid_token(&e))?;
+                let identity = jwks
+                    .get()
+                    .verify(credential, expect)
+                    .map_err(|e| self.refuse(None, ApiError::invalid_token(&e)))?;
                 // A token names a tenant; only one the policy lists may call.
                 if !authority.policy.file.tenants.contains_key(&identity.tenant) {
-                    return Err(ApiError::new(
-                        StatusCode::FORBIDDEN,
-                        "UNKNOWN_TENANT",
-                        format!("tenant {} may not call: the tenant policy does not list it", identity.tenant),
-                    ));
+                    let message =
+                        format!("tenant {} may not call: the tenant policy does not list it", identity.tenant);
+                    let error = ApiError::new(StatusCode::FORBIDDEN, "UNKNOWN_TENANT", message);
+                    return Err(self.refuse(Some(&identity.tenant), error));
                 }
-                Caller { tenant: identity.tenant.clone(), token: Some(identity) }
+                Ok(Caller { tenant: identity.tenant.clone(), token: Some(identity) })
             }
-            _ => {
-                let tenant =
-                    authority.keys.tenant(credential).ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
-                Caller { tenant: tenant.to_owned(), token: None }
-            }
-        };
-        caller.may(scope)?;
-        Ok(caller)
+            _ => match authority.keys.tenant(credential) {
+                Some(tenant) => Ok(Caller { tenant: tenant.to_owned(), token: None }),
+                None => Err(self.refuse(None, ApiError::unauthorized("unknown API key"))),
+            },
+        }
     }
 
     fn metrics(&self) -> warp::reply::Response {
@@ -760,7 +778,7 @@ impl Bridge {
         let (request, rows) = parse_oip(body, &names)?;
         let explain = request.explain()?;
         if explain {
-            caller.may(Scope::Explain)?;
+            self.may(&caller, Scope::Explain)?;
         }
         explainable(&routed, explain)?;
         let scored = self.score(call_id, &tenant, model, version, rows, request.id.as_deref(), explain).await?;
@@ -800,7 +818,7 @@ impl Bridge {
         let mut request = parse_predict(body)?;
         let explain = request.explain(query)?;
         if explain {
-            caller.may(Scope::Explain)?;
+            self.may(&caller, Scope::Explain)?;
         }
         let routed = self.route(Some(&tenant), model, request.version.as_deref())?;
         explainable(&routed, explain)?;

@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod authlog;
 pub mod idempotency;
 pub mod jwt;
 pub mod listen;
@@ -72,6 +73,11 @@ pub struct BridgeConfig {
     pub audit_key: Option<AuditKey>,
     /// JWT bearer tokens beside the API keys; `None`: API keys only.
     pub jwt: Option<JwtConfig>,
+    /// The audit topic authentication events go to (refusals per tenant per window, reloads
+    /// with their fingerprints: [`authlog`]); `None`: not recorded.
+    pub audit_topic: Option<String>,
+    /// How long refusals are counted before one entry per tenant and code is written.
+    pub audit_window: Duration,
     /// HTTPS with this certificate and key; `None`: plain HTTP.
     pub tls: Option<tls::TlsFiles>,
     /// How often the policy, JWKS and certificate files are checked for a change
@@ -108,6 +114,8 @@ impl BridgeConfig {
             rollouts_topic: streamscore_contracts::topics::ROLLOUTS.to_owned(),
             audit_key: None,
             jwt: None,
+            audit_topic: None,
+            audit_window: authlog::DEFAULT_WINDOW,
             tls: None,
             reload_every: rotate::POLL,
         }
@@ -143,6 +151,8 @@ pub struct Bridge {
     jwt: Option<(Arc<rotate::Current<jwt::Jwks>>, jwt::Expectations)>,
     /// The answers kept for `Idempotency-Key` retries.
     idempotency: idempotency::Idempotency,
+    /// Where refusals go (the audit log, when configured).
+    authlog: authlog::AuthLog,
     /// The rollouts in force (a model's split, after the pins).
     rollouts: streamscore_control::RolloutTable,
     request_codec: Arc<Codec<InferenceRequest>>,
@@ -273,6 +283,30 @@ pub async fn serve(
     .map_err(BridgeError::Listener)?;
     // The request schema's id: calls are refused (503) until the registry has answered.
     let shutdown = streamscore_kafka::Shutdown::after(shutdown);
+    // The audit chain stops after the server (its own stop), so the refusals of the last
+    // calls are written and a chain still starting when the bridge is told to stop starts.
+    let (authlog, auditing) = match &config.audit_topic {
+        None => (authlog::AuthLog::off(), None),
+        Some(topic) => {
+            let (stopper, stopped) = streamscore_kafka::Shutdown::new();
+            let (log, task) = authlog::spawn(
+                config.kafka.clone(),
+                config.registry_url.clone(),
+                topic.clone(),
+                config.instance.clone(),
+                config.audit_window,
+                stopped,
+            );
+            (log, Some((stopper, task)))
+        }
+    };
+    authlog.loaded("tenant policy", &policy_sha256);
+    if let Some((sha256, _)) = &jwks {
+        authlog.loaded("JWKS", sha256);
+    }
+    if let Some((sha256, _, _)) = &certificate {
+        authlog.loaded("TLS certificate", sha256);
+    }
     let rollouts = streamscore_control::table::follow_in_background(
         &config.kafka,
         &config.registry_url,
@@ -332,6 +366,7 @@ pub async fn serve(
             move |contents: &[Vec<u8>]| rotate::Authority::parse(&path, &contents[0])
         },
         config.reload_every,
+        authlog.clone(),
         shutdown.clone(),
     )];
     let jwt = match (jwks, &config.jwt) {
@@ -350,6 +385,7 @@ pub async fn serve(
                     Ok(jwks)
                 },
                 config.reload_every,
+                authlog.clone(),
                 shutdown.clone(),
             ));
             Some((current, jwt.expect.clone()))
@@ -365,6 +401,7 @@ pub async fn serve(
                 current,
                 |contents: &[Vec<u8>]| tls::certified_key(&contents[0], &contents[1]),
                 config.reload_every,
+                authlog.clone(),
                 shutdown.clone(),
             ));
             Some(acceptor)
@@ -377,6 +414,7 @@ pub async fn serve(
         authority,
         jwt,
         idempotency: idempotency::Idempotency::new(),
+        authlog,
         rollouts,
         request_codec,
         feedback_codec,
@@ -393,6 +431,15 @@ pub async fn serve(
     rescanning.abort();
     for watcher in watchers {
         watcher.abort();
+    }
+    if let Some((stopper, mut auditing)) = auditing {
+        // The last refusals are written and the chain closed; the broker being gone costs
+        // at most this wait.
+        stopper.stop(streamscore_kafka::StopReason::Requested("the bridge stopped".to_owned()));
+        if tokio::time::timeout(Duration::from_secs(15), &mut auditing).await.is_err() {
+            tracing::warn!("the bridge's audit chain was not closed within 15 s");
+            auditing.abort();
+        }
     }
     stop.store(true, Ordering::Relaxed);
     waiters.wake_listener();

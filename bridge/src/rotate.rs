@@ -65,8 +65,9 @@ impl Authority {
     }
 }
 
-/// The sha256 (hex) of the files' contents together, each length-prefixed; `None` when one
-/// cannot be read now (being replaced, say): the next poll looks again.
+/// The sha256 (hex) of a file's bytes (what `sha256sum` prints), or of several files'
+/// contents together, each length-prefixed; `None` when one cannot be read now (being
+/// replaced, say): the next poll looks again.
 pub fn fingerprint(paths: &[PathBuf]) -> Option<(String, Vec<Vec<u8>>)> {
     let mut contents = Vec::with_capacity(paths.len());
     let mut all = Vec::new();
@@ -76,7 +77,11 @@ pub fn fingerprint(paths: &[PathBuf]) -> Option<(String, Vec<Vec<u8>>)> {
         all.extend_from_slice(&bytes);
         contents.push(bytes);
     }
-    Some((streamscore_contracts::sha256_hex(&all), contents))
+    let sha256 = match contents.as_slice() {
+        [one] => streamscore_contracts::sha256_hex(one),
+        _ => streamscore_contracts::sha256_hex(&all),
+    };
+    Some((sha256, contents))
 }
 
 /// What a reload did, for the log (and whoever else listens).
@@ -89,7 +94,9 @@ pub enum Reload {
 }
 
 /// Watches `paths` every `every` until `shutdown`; when their fingerprint moves from
-/// `loaded`, `load` checks the contents and, if it takes them, they replace `current`.
+/// `loaded`, `load` checks the contents and, if it takes them, they replace `current`. Each
+/// reload (or refusal) goes to `log`.
+#[allow(clippy::too_many_arguments)]
 pub fn watch<T, F>(
     what: &'static str,
     paths: Vec<PathBuf>,
@@ -97,6 +104,7 @@ pub fn watch<T, F>(
     current: Arc<Current<T>>,
     load: F,
     every: Duration,
+    log: crate::authlog::AuthLog,
     shutdown: streamscore_kafka::Shutdown,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -135,6 +143,7 @@ where
                 "outcome" => if matches!(outcome, Reload::Loaded { .. }) { "loaded" } else { "refused" },
             )
             .increment(1);
+            log.reloaded(&outcome);
             seen = sha256;
         }
     })

@@ -414,6 +414,11 @@ pub(crate) struct BridgeCommand {
     pub(crate) instance: Option<String>,
     #[command(flatten)]
     pub(crate) jwt: JwtArgs,
+    /// Record authentication events on this audit topic (e.g. audit.log): refusals per tenant
+    /// and code each minute, and the policy, JWKS and certificate loaded and reloaded with
+    /// their sha256. Not recorded without it.
+    #[arg(long)]
+    pub(crate) audit_topic: Option<String>,
     /// Serve HTTPS with this certificate chain (PEM: the certificate, then intermediates);
     /// re-read within seconds when it changes. Without it the bridge speaks plain HTTP.
     #[arg(long, env = "STREAMSCORE_BRIDGE_TLS_CERT", requires = "tls_key")]
@@ -468,6 +473,7 @@ impl BridgeCommand {
             max_body_bytes,
             instance,
             jwt,
+            audit_topic,
             tls_cert,
             tls_key,
         } = self;
@@ -485,6 +491,7 @@ impl BridgeCommand {
         config.max_waiters_per_tenant = max_waiters_per_tenant;
         config.max_body_bytes = max_body_bytes;
         config.jwt = jwt.config();
+        config.audit_topic = audit_topic;
         config.tls = tls_cert.zip(tls_key).map(|(cert, key)| streamscore_bridge::tls::TlsFiles { cert, key });
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         if let Some(instance) = instance {

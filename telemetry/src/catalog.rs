@@ -266,6 +266,11 @@ pub const METRICS: &[Metric] = &[
         &["reason"],
         "Outcomes addressed to the bridge it did not hand over: seal missing, wrong_key, bad_mac, or wrong_tenant.",
     ),
+    counter(
+        "streamscore_bridge_auth_events_dropped_total",
+        &[],
+        "Authentication events not recorded in the audit log: its queue was full.",
+    ),
 ];
 
 /// The catalog entry of `name` (a family name, without `_bucket`, `_sum` or `_count`).
