@@ -17,13 +17,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== Python packages: Confluent's client and NVIDIA's Triton client (interoperability tests), NVRTC (CUDA kernel compile test), pyarrow (replay's Parquet files), PyYAML (deployment files), scikit-learn (quality figures), onnxruntime and numpy (the explanations' reference)"
+echo "== Python packages: Confluent's client and NVIDIA's Triton client (interoperability tests), NVRTC (CUDA kernel compile test), pyarrow (replay's Parquet files), PyYAML (deployment files), scikit-learn (quality figures), onnxruntime and numpy (the explanations' reference), PyJWT and cryptography (the edge tests' tokens, JWKS and test CA)"
 venv=target/interop-venv
-if ! "$venv/bin/python" -c "import confluent_kafka.schema_registry.avro, nvidia.cuda_nvrtc, tritonclient.http, pyarrow.parquet, yaml, sklearn, onnxruntime, numpy" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import confluent_kafka.schema_registry.avro, nvidia.cuda_nvrtc, tritonclient.http, pyarrow.parquet, yaml, sklearn, onnxruntime, numpy, jwt, cryptography" 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     "confluent-kafka[avro,schemaregistry]==2.16.1" "nvidia-cuda-nvrtc-cu12==12.9.86" "tritonclient[http]==2.73.0" \
-    "pyarrow==26.0.1" "pyyaml==6.0.3" "scikit-learn==1.9.1" "onnxruntime==1.32.0" "numpy==2.4.6"
+    "pyarrow==26.0.1" "pyyaml==6.0.3" "scikit-learn==1.9.1" "onnxruntime==1.32.0" "numpy==2.4.6" \
+    "pyjwt==2.15.1" "cryptography==51.0.1"
 fi
 
 echo "== Prometheus and promtool (Debian's prometheus package: the metrics and dashboard tests)"

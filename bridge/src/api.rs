@@ -23,6 +23,8 @@ use warp::Filter;
 mod feedback;
 
 use crate::auth;
+use crate::idempotency::{Begin, Claim, Kept};
+use crate::jwt::{self, Scope};
 use crate::waiters::{Lookup, WaitError};
 use crate::Bridge;
 
@@ -126,6 +128,17 @@ enum Dialect {
     Own,
 }
 
+/// Which `WWW-Authenticate` challenge an error carries (RFC 6750).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Challenge {
+    /// No credential, or an unknown API key.
+    Credentials,
+    /// A bearer token that is not valid; the message is the description.
+    InvalidToken,
+    /// A valid token without this scope.
+    InsufficientScope(Scope),
+}
+
 /// An error answer: status, stable code, message, details, and the headers it needs.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -135,7 +148,8 @@ pub struct ApiError {
     pub details: Value,
     retry_after_secs: Option<u64>,
     rate_limit: Option<(u32, u32)>,
-    unauthorized: bool,
+    /// The `WWW-Authenticate` challenge of a 401 or a 403 for a missing scope.
+    challenge: Option<Challenge>,
 }
 
 impl ApiError {
@@ -147,7 +161,7 @@ impl ApiError {
             details: Value::Null,
             retry_after_secs: None,
             rate_limit: None,
-            unauthorized: false,
+            challenge: None,
         }
     }
 
@@ -171,7 +185,27 @@ impl ApiError {
 
     fn unauthorized(message: &str) -> Self {
         let mut error = Self::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", message);
-        error.unauthorized = true;
+        error.challenge = Some(Challenge::Credentials);
+        error
+    }
+
+    /// 401 for a bearer token that is not valid (RFC 6750 `invalid_token`).
+    fn invalid_token(why: &jwt::TokenError) -> Self {
+        let mut error = Self::new(StatusCode::UNAUTHORIZED, "INVALID_TOKEN", format!("bearer token refused: {why}"));
+        error.challenge = Some(Challenge::InvalidToken);
+        error
+    }
+
+    /// 403 for a valid token without `scope` (RFC 6750 `insufficient_scope`).
+    fn insufficient_scope(scope: Scope) -> Self {
+        let name = scope.as_str();
+        let mut error = Self::new(
+            StatusCode::FORBIDDEN,
+            "INSUFFICIENT_SCOPE",
+            format!("this call needs the {name} scope, which the token does not grant"),
+        )
+        .details(json!({"scope": name}));
+        error.challenge = Some(Challenge::InsufficientScope(scope));
         error
     }
 
@@ -226,14 +260,31 @@ impl ApiError {
                 headers.insert(warp::http::header::ALLOW, allow);
             }
         }
-        if self.unauthorized {
-            headers.insert(
-                warp::http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"streamscore\", charset=\"UTF-8\""),
-            );
+        if let Some(challenge) = self.challenge {
+            let realm = "realm=\"streamscore\"";
+            let challenge = match challenge {
+                Challenge::Credentials => format!("Bearer {realm}, charset=\"UTF-8\""),
+                Challenge::InvalidToken => {
+                    format!(
+                        "Bearer {realm}, error=\"invalid_token\", error_description=\"{}\"",
+                        quotable(&self.message)
+                    )
+                }
+                Challenge::InsufficientScope(scope) => {
+                    format!("Bearer {realm}, error=\"insufficient_scope\", scope=\"{}\"", scope.as_str())
+                }
+            };
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                headers.insert(warp::http::header::WWW_AUTHENTICATE, value);
+            }
         }
         response
     }
+}
+
+/// `text` as the inside of a quoted-string: printable ASCII without `"` or `\\`.
+fn quotable(text: &str) -> String {
+    text.chars().map(|c| if (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ' { c } else { '\'' }).collect()
 }
 
 fn json_response(status: StatusCode, body: &Value) -> warp::reply::Response {
@@ -298,6 +349,7 @@ fn status_label(status: StatusCode) -> &'static str {
         403 => "403",
         404 => "404",
         405 => "405",
+        409 => "409",
         413 => "413",
         415 => "415",
         422 => "422",
@@ -339,6 +391,60 @@ where
     Ok(body.freeze())
 }
 
+/// A call's `Idempotency-Key`, as [`Bridge::idempotency`] found it.
+enum Idempotent {
+    /// No key, or a route that publishes nothing.
+    No,
+    /// The first call with the key: its answer is kept.
+    First(&'static str, Claim),
+    /// A retry: the first answer.
+    Replay(&'static str, Kept),
+}
+
+/// The kept answer, marked `Idempotent-Replayed: true`.
+fn replay(kept: Kept) -> warp::reply::Response {
+    let mut response = warp::reply::Response::new(kept.body.into());
+    *response.status_mut() = StatusCode::from_u16(kept.status).unwrap_or(StatusCode::OK);
+    let headers = response.headers_mut();
+    if let Some(content_type) = kept.content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        headers.insert(warp::http::header::CONTENT_TYPE, content_type);
+    }
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// Keeps `response` as the answer to the claim's key and hands it on.
+async fn keep(claim: Claim, response: warp::reply::Response) -> warp::reply::Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = response.into_parts();
+    let Ok(collected) = body.collect().await else {
+        // Our own bodies are in memory; a failure here keeps nothing (the claim frees the key).
+        return warp::reply::Response::from_parts(parts, Bytes::new().into());
+    };
+    let body = collected.to_bytes();
+    let content_type =
+        parts.headers.get(warp::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    claim.keep(Kept { status: parts.status.as_u16(), content_type, body: body.clone() });
+    warp::reply::Response::from_parts(parts, body.into())
+}
+
+/// Who is calling: the tenant, and the token when a token (not an API key) named it.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    pub(crate) tenant: String,
+    token: Option<jwt::TokenIdentity>,
+}
+
+impl Caller {
+    /// Whether the caller may do `scope`: always with an API key, with a token when it grants it.
+    pub(crate) fn may(&self, scope: Scope) -> Result<(), ApiError> {
+        match &self.token {
+            Some(token) if !token.has(scope) => Err(ApiError::insufficient_scope(scope)),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What one call scored: per row, its request id and outcome.
 struct Scored {
     rows: Vec<(String, PredictionOutcome)>,
@@ -356,7 +462,21 @@ impl Bridge {
         let call_id = uuid::Uuid::new_v4().to_string();
         let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
         let dialect = if segments.first() == Some(&"v2") { Dialect::Oip } else { Dialect::Own };
-        let (route, result) = self.dispatch(method, &segments, query, headers, body, &call_id).await;
+        let (route, result, claim) = match self.idempotency(method, &segments, query, headers, &body) {
+            Ok(Idempotent::No) => (None, None, None),
+            Ok(Idempotent::First(label, claim)) => (Some(label), None, Some(claim)),
+            Ok(Idempotent::Replay(label, kept)) => (Some(label), Some(Ok(replay(kept))), None),
+            Err((label, error)) => (Some(label), Some(Err(error)), None),
+        };
+        let (route, result) = match (route, result) {
+            (Some(route), Some(result)) => (route, result),
+            _ => self.dispatch(method, &segments, query, headers, body, &call_id).await,
+        };
+        // Transient refusals before anything was published are not kept: a retry runs again.
+        let claim = claim.filter(|_| match &result {
+            Ok(response) => response.status().is_success(),
+            Err(e) => !matches!(e.status.as_u16(), 401 | 403 | 409 | 503) && e.code != "TENANT_WAITERS_EXCEEDED",
+        });
         let mut response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -366,10 +486,70 @@ impl Bridge {
                 error.render(dialect, &call_id)
             }
         };
+        if let Some(claim) = claim {
+            response = keep(claim, response).await;
+        }
         if let Ok(value) = HeaderValue::from_str(&call_id) {
             response.headers_mut().insert("x-request-id", value);
         }
         (route, response)
+    }
+
+    /// Whether the call is a retry: with `Idempotency-Key` on a route that publishes, the
+    /// first answer to the key, or a claim to answer it first, or why neither.
+    fn idempotency(
+        &self,
+        method: &Method,
+        segments: &[&str],
+        query: &str,
+        headers: &HeaderMap,
+        body: &Result<Bytes, BodyError>,
+    ) -> Result<Idempotent, (&'static str, ApiError)> {
+        let Some(value) = headers.get("idempotency-key") else { return Ok(Idempotent::No) };
+        let Ok((route, _)) = resolve(method, segments) else { return Ok(Idempotent::No) };
+        let scope = match route.endpoint {
+            Endpoint::Infer | Endpoint::Predict => Scope::Predict,
+            Endpoint::Feedback => Scope::Feedback,
+            _ => return Ok(Idempotent::No),
+        };
+        let Ok(body) = body else { return Ok(Idempotent::No) };
+        let fail = |error| Err((route.label, error));
+        let key = match value.to_str() {
+            Ok(key) if crate::idempotency::valid_key(key) => key,
+            _ => {
+                return fail(ApiError::bad_request(format!(
+                    "Idempotency-Key must be 1 to {} visible ASCII characters",
+                    crate::idempotency::MAX_KEY_LEN
+                )))
+            }
+        };
+        let tenant = match self.caller(headers, scope) {
+            Ok(caller) => caller.tenant,
+            Err(error) => return fail(error),
+        };
+        let mut request = Vec::with_capacity(body.len() + 64);
+        for part in [method.as_str().as_bytes(), segments.join("/").as_bytes(), query.as_bytes()] {
+            request.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            request.extend_from_slice(part);
+        }
+        request.extend_from_slice(body);
+        match self.idempotency.begin(&tenant, key, streamscore_contracts::sha256(&request)) {
+            Begin::Run(claim) => Ok(Idempotent::First(route.label, claim)),
+            Begin::Replay(kept) => Ok(Idempotent::Replay(route.label, kept)),
+            Begin::Mismatch => fail(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                format!("Idempotency-Key {key} was used for another request; use a new key for a new request"),
+            )),
+            Begin::Running => fail(
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "IDEMPOTENCY_KEY_IN_USE",
+                    format!("the first call with Idempotency-Key {key} is still running; retry when it has answered"),
+                )
+                .retry_after(1),
+            ),
+        }
     }
 
     async fn dispatch(
@@ -428,10 +608,52 @@ impl Bridge {
         (route.label, result)
     }
 
-    fn tenant(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        let key = auth::presented_key(headers)
-            .ok_or_else(|| ApiError::unauthorized("an API key is required (Authorization: Bearer KEY or X-API-Key)"))?;
-        self.keys.tenant(key).map(str::to_owned).ok_or_else(|| ApiError::unauthorized("unknown API key"))
+    /// Who is calling, from the API key or the bearer token, and whether it may do `scope`.
+    /// An API key may do everything its tenant may; a token only what its scopes say.
+    fn caller(&self, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
+        let caller = self.identify(headers)?;
+        self.may(&caller, scope)?;
+        Ok(caller)
+    }
+
+    /// Whether `caller` may do `scope`; a refusal is recorded ([`crate::authlog`]).
+    fn may(&self, caller: &Caller, scope: Scope) -> Result<(), ApiError> {
+        caller.may(scope).inspect_err(|error| self.authlog.refused(Some(&caller.tenant), error.code))
+    }
+
+    /// `error`, recorded as a refusal of `tenant` (when the credential named one).
+    fn refuse(&self, tenant: Option<&str>, error: ApiError) -> ApiError {
+        self.authlog.refused(tenant, error.code);
+        error
+    }
+
+    /// The caller a credential names; a refusal is recorded.
+    fn identify(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let Some(credential) = auth::presented_key(headers) else {
+            let message = "an API key or a bearer token is required (Authorization: Bearer ... or X-API-Key)";
+            return Err(self.refuse(None, ApiError::unauthorized(message)));
+        };
+        let authority = self.authority.get();
+        match &self.jwt {
+            Some((jwks, expect)) if jwt::looks_like_jwt(credential) => {
+                let identity = jwks
+                    .get()
+                    .verify(credential, expect)
+                    .map_err(|e| self.refuse(None, ApiError::invalid_token(&e)))?;
+                // A token names a tenant; only one the policy lists may call.
+                if !authority.policy.file.tenants.contains_key(&identity.tenant) {
+                    let message =
+                        format!("tenant {} may not call: the tenant policy does not list it", identity.tenant);
+                    let error = ApiError::new(StatusCode::FORBIDDEN, "UNKNOWN_TENANT", message);
+                    return Err(self.refuse(Some(&identity.tenant), error));
+                }
+                Ok(Caller { tenant: identity.tenant.clone(), token: Some(identity) })
+            }
+            _ => match authority.keys.tenant(credential) {
+                Some(tenant) => Ok(Caller { tenant: tenant.to_owned(), token: None }),
+                None => Err(self.refuse(None, ApiError::unauthorized("unknown API key"))),
+            },
+        }
     }
 
     fn metrics(&self) -> warp::reply::Response {
@@ -464,7 +686,8 @@ impl Bridge {
 
     /// The version a call runs: the path's, else the tenant's pin, else the default.
     fn route(&self, tenant: Option<&str>, model: &str, version: Option<&str>) -> Result<Arc<ModelVersion>, ApiError> {
-        let pin = tenant.and_then(|t| self.policy.pin(t, model));
+        let authority = self.authority.get();
+        let pin = tenant.and_then(|t| authority.policy.pin(t, model));
         self.store.current().route(model, version, pin).map_err(|e| match e {
             RouteError::UnknownModel { .. } => ApiError::not_found("UNKNOWN_MODEL", e.to_string()),
             RouteError::UnknownVersion { .. } => ApiError::not_found("UNKNOWN_MODEL_VERSION", e.to_string()),
@@ -484,7 +707,7 @@ impl Bridge {
         model: &str,
         version: Option<&str>,
     ) -> Result<warp::reply::Response, ApiError> {
-        let tenant = self.tenant(headers)?;
+        let tenant = self.caller(headers, Scope::Predict)?.tenant;
         self.allowed(&tenant, model)?;
         let routed = self.route(Some(&tenant), model, version)?;
         let versions: Vec<String> = match version {
@@ -517,7 +740,7 @@ impl Bridge {
     /// Whether `tenant` may use `model`; checked before the model is looked up, so a tenant
     /// gets 403 for a model it may not use whether that model exists or not.
     fn allowed(&self, tenant: &str, model: &str) -> Result<(), ApiError> {
-        match self.policy.tenant(tenant) {
+        match self.authority.get().policy.tenant(tenant) {
             None => {
                 Err(ApiError::new(StatusCode::FORBIDDEN, "UNKNOWN_TENANT", format!("tenant {tenant} may not call")))
             }
@@ -540,7 +763,8 @@ impl Bridge {
         body: &[u8],
         call_id: &str,
     ) -> Result<warp::reply::Response, ApiError> {
-        let tenant = self.tenant(headers)?;
+        let caller = self.caller(headers, Scope::Predict)?;
+        let tenant = caller.tenant.clone();
         self.allowed(&tenant, model)?;
         let routed = self.route(Some(&tenant), model, version)?;
         if headers.contains_key("inference-header-content-length") {
@@ -553,6 +777,9 @@ impl Bridge {
         let names: Vec<&str> = routed.meta.features.iter().map(|f| f.name.as_str()).collect();
         let (request, rows) = parse_oip(body, &names)?;
         let explain = request.explain()?;
+        if explain {
+            self.may(&caller, Scope::Explain)?;
+        }
         explainable(&routed, explain)?;
         let scored = self.score(call_id, &tenant, model, version, rows, request.id.as_deref(), explain).await?;
         let data: Vec<f64> = scored.rows.iter().map(|(_, o)| o.score.unwrap_or(f64::NAN)).collect();
@@ -585,10 +812,14 @@ impl Bridge {
         body: &[u8],
         call_id: &str,
     ) -> Result<warp::reply::Response, ApiError> {
-        let tenant = self.tenant(headers)?;
+        let caller = self.caller(headers, Scope::Predict)?;
+        let tenant = caller.tenant.clone();
         self.allowed(&tenant, model)?;
         let mut request = parse_predict(body)?;
         let explain = request.explain(query)?;
+        if explain {
+            self.may(&caller, Scope::Explain)?;
+        }
         let routed = self.route(Some(&tenant), model, request.version.as_deref())?;
         explainable(&routed, explain)?;
         let rows = request.take_rows()?;
@@ -603,10 +834,13 @@ impl Bridge {
     }
 
     fn request_status(&self, headers: &HeaderMap, id: &str) -> Result<warp::reply::Response, ApiError> {
-        let tenant = self.tenant(headers)?;
+        let tenant = self.caller(headers, Scope::Predict)?.tenant;
         match self.waiters.lookup(&tenant, id) {
             Lookup::Answered(outcome) => {
-                match outcome_error(std::slice::from_ref(&(id.to_owned(), *outcome.clone())), &self.policy) {
+                match outcome_error(
+                    std::slice::from_ref(&(id.to_owned(), *outcome.clone())),
+                    &self.authority.get().policy,
+                ) {
                     None => Ok(json_response(
                         StatusCode::OK,
                         &json!({"status": "answered", "prediction": prediction_json(id, &outcome)}),
@@ -644,6 +878,7 @@ impl Bridge {
         let deadline = self.config.deadline;
         let left = || deadline.saturating_sub(started.elapsed());
         let store = self.store.current();
+        let authority = self.authority.get();
         let ids: Vec<String> = if rows.len() == 1 {
             vec![call_id.to_owned()]
         } else {
@@ -671,9 +906,9 @@ impl Bridge {
             };
             if let Some((reason, detail)) = streamscore_ingest::check_request(
                 &request,
-                &self.tenants,
+                &authority.tenants,
                 Some(&store),
-                &self.pins,
+                &authority.pins,
                 &self.rollouts.current(),
             ) {
                 return Err(check_error(reason, detail).details(json!({"row": row, "reason": reason.code()})));
@@ -718,7 +953,7 @@ impl Bridge {
             }
         }
         registration.finish();
-        match outcome_error(&rows, &self.policy) {
+        match outcome_error(&rows, &self.authority.get().policy) {
             Some(error) => Err(error),
             None => Ok(Scored { rows }),
         }
@@ -728,10 +963,11 @@ impl Bridge {
     async fn publish(&self, tenant: &str, payloads: Vec<Vec<u8>>, wait: Duration) -> Result<(), ApiError> {
         use rdkafka::producer::FutureRecord;
         let mut deliveries = Vec::with_capacity(payloads.len());
+        let authority = self.authority.get();
         for payload in &payloads {
             // A tenant bound to Kafka principals has its own topic (ingest refuses it on the
             // shared one); the bridge, which authenticated the caller by API key, writes there.
-            let topic = self.policy.bound_tenants().find(|(t, _)| *t == tenant).map_or_else(
+            let topic = authority.policy.bound_tenants().find(|(t, _)| *t == tenant).map_or_else(
                 || self.config.requests_topic.clone(),
                 |(t, _)| streamscore_ingest::TenantTopics::topic_for(&self.config.requests_topic, t),
             );

@@ -5,14 +5,22 @@
 //! requests topic, `reply_to` this instance; the answer is the pipeline's outcome, read back
 //! from the predictions topic ([`listen`]) and handed over only when the pipeline sealed it,
 //! with callers parked in a bounded map where each tenant has its share ([`waiters`]). API
-//! keys from the tenant policy decide the tenant ([`auth`]); [`api`] is the routes (one table,
-//! [`api::ROUTES`], which [`openapi`] documents), [`ready`] the readiness checks.
+//! keys from the tenant policy ([`auth`]) or JWT bearer tokens checked against a JWKS
+//! ([`jwt`]) decide the tenant; both files are re-read when they change ([`rotate`]), as is
+//! the certificate when the bridge serves HTTPS ([`tls`]).
+//! [`api`] is the routes (one table, [`api::ROUTES`], which [`openapi`] documents), [`ready`]
+//! the readiness checks.
 
 pub mod api;
 pub mod auth;
+pub mod authlog;
+pub mod idempotency;
+pub mod jwt;
 pub mod listen;
 pub mod openapi;
 pub mod ready;
+pub mod rotate;
+pub mod tls;
 pub mod waiters;
 
 use std::future::Future;
@@ -24,8 +32,6 @@ use std::time::Duration;
 use rdkafka::producer::FutureProducer;
 use streamscore_contracts::audit::AuditKey;
 use streamscore_contracts::{Codec, InferenceRequest, PredictionOutcome};
-use streamscore_infer::quota::Policy;
-use streamscore_ingest::Tenants;
 use streamscore_kafka::KafkaConfig;
 use streamscore_modelstore::{ModelStore, SharedStore};
 
@@ -65,6 +71,26 @@ pub struct BridgeConfig {
     /// The audit key the stages seal their outcomes with; `None`: read at start from the
     /// environment, as the stages do ([`AuditKey::from_env`]).
     pub audit_key: Option<AuditKey>,
+    /// JWT bearer tokens beside the API keys; `None`: API keys only.
+    pub jwt: Option<JwtConfig>,
+    /// The audit topic authentication events go to (refusals per tenant per window, reloads
+    /// with their fingerprints: [`authlog`]); `None`: not recorded.
+    pub audit_topic: Option<String>,
+    /// How long refusals are counted before one entry per tenant and code is written.
+    pub audit_window: Duration,
+    /// HTTPS with this certificate and key; `None`: plain HTTP.
+    pub tls: Option<tls::TlsFiles>,
+    /// How often the policy, JWKS and certificate files are checked for a change
+    /// ([`rotate::POLL`]).
+    pub reload_every: Duration,
+}
+
+/// Where the JWKS is and what a token must say.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// A JWKS document (`{"keys": [...]}`), re-read when it changes.
+    pub jwks_file: PathBuf,
+    pub expect: jwt::Expectations,
 }
 
 impl BridgeConfig {
@@ -87,6 +113,11 @@ impl BridgeConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             rollouts_topic: streamscore_contracts::topics::ROLLOUTS.to_owned(),
             audit_key: None,
+            jwt: None,
+            audit_topic: None,
+            audit_window: authlog::DEFAULT_WINDOW,
+            tls: None,
+            reload_every: rotate::POLL,
         }
     }
 }
@@ -96,6 +127,10 @@ impl BridgeConfig {
 pub enum BridgeError {
     #[error("tenant policy: {0}")]
     Policy(String),
+    #[error("JWKS {path}: {reason}")]
+    Jwks { path: PathBuf, reason: String },
+    #[error("TLS certificate {cert} and key {key}: {reason}")]
+    Tls { cert: PathBuf, key: PathBuf, reason: String },
     #[error("audit key: {0}")]
     AuditKey(String),
     #[error("model store {path}: {reason}")]
@@ -110,11 +145,14 @@ pub enum BridgeError {
 pub struct Bridge {
     pub config: BridgeConfig,
     store: SharedStore,
-    policy: Policy,
-    keys: auth::Keys,
-    tenants: Tenants,
-    /// The policy's pins, which a call is checked against as routing will score it.
-    pins: streamscore_modelstore::Pins,
+    /// The policy's keys, tenants and pins, swapped whole when the file changes.
+    authority: Arc<rotate::Current<rotate::Authority>>,
+    /// The JWKS (swapped whole when the file changes) and what a token must say.
+    jwt: Option<(Arc<rotate::Current<jwt::Jwks>>, jwt::Expectations)>,
+    /// The answers kept for `Idempotency-Key` retries.
+    idempotency: idempotency::Idempotency,
+    /// Where refusals go (the audit log, when configured).
+    authlog: authlog::AuthLog,
     /// The rollouts in force (a model's split, after the pins).
     rollouts: streamscore_control::RolloutTable,
     request_codec: Arc<Codec<InferenceRequest>>,
@@ -128,7 +166,10 @@ pub struct Bridge {
 
 impl std::fmt::Debug for Bridge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Bridge").field("config", &self.config).field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("Bridge")
+            .field("config", &self.config)
+            .field("keys", &self.authority.get().keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -139,11 +180,40 @@ pub async fn serve(
     metrics: Option<MetricsRender>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BridgeError> {
-    let policy = Policy::load(&config.policy).map_err(|e| BridgeError::Policy(e.to_string()))?;
-    let keys = auth::Keys::from_policy(&policy).map_err(BridgeError::Policy)?;
-    if keys.is_empty() {
-        tracing::warn!(policy = %config.policy.display(), "no tenant has an api_key_sha256: every call will be refused (401)");
+    let policy_files = vec![config.policy.clone()];
+    let (policy_sha256, policy_bytes) = rotate::fingerprint(&policy_files)
+        .ok_or_else(|| BridgeError::Policy(format!("cannot read {}", config.policy.display())))?;
+    let authority = rotate::Authority::parse(&config.policy, &policy_bytes[0]).map_err(BridgeError::Policy)?;
+    let keys = &authority.keys;
+    if keys.is_empty() && config.jwt.is_none() {
+        tracing::warn!(policy = %config.policy.display(), "no tenant has an api_key_sha256 and no JWKS is given: every call will be refused (401)");
     }
+    let jwks = match &config.jwt {
+        None => None,
+        Some(jwt) => {
+            let files = vec![jwt.jwks_file.clone()];
+            let (sha256, bytes) = rotate::fingerprint(&files)
+                .ok_or_else(|| BridgeError::Jwks { path: jwt.jwks_file.clone(), reason: "cannot read it".into() })?;
+            let jwks = jwt::Jwks::parse(&bytes[0])
+                .map_err(|e| BridgeError::Jwks { path: jwt.jwks_file.clone(), reason: e.to_string() })?;
+            for skipped in &jwks.skipped {
+                tracing::warn!(jwks = %jwt.jwks_file.display(), "JWKS key not used: {skipped}");
+            }
+            Some((sha256, jwks))
+        }
+    };
+    let certificate = match &config.tls {
+        None => None,
+        Some(files) => {
+            let error = |reason: String| BridgeError::Tls { cert: files.cert.clone(), key: files.key.clone(), reason };
+            let (sha256, contents) =
+                rotate::fingerprint(&files.paths()).ok_or_else(|| error("cannot read them".into()))?;
+            let certified = tls::certified_key(&contents[0], &contents[1]).map_err(error)?;
+            let current = Arc::new(rotate::Current::new(certified));
+            let acceptor = tls::acceptor(Arc::clone(&current)).map_err(error)?;
+            Some((sha256, current, acceptor))
+        }
+    };
     let audit_key = match config.audit_key.clone() {
         Some(key) => key,
         None => AuditKey::from_env().map_err(BridgeError::AuditKey)?,
@@ -155,21 +225,23 @@ pub async fn serve(
              stages' audit key"
         );
     }
+    // With tokens, any tenant the policy names may call; with keys only, those with a key. The
+    // share is set at start: a policy reload changes who may call, not the shares.
+    let callers = if config.jwt.is_some() { authority.policy.file.tenants.len() } else { keys.tenants() };
     let share = config
         .max_waiters_per_tenant
-        .unwrap_or_else(|| waiters::default_share(config.max_waiters, keys.tenants()))
+        .unwrap_or_else(|| waiters::default_share(config.max_waiters, callers))
         .min(config.max_waiters);
-    if keys.tenants() * share > config.max_waiters {
+    if callers * share > config.max_waiters {
         tracing::warn!(
             max_waiters = config.max_waiters,
             share,
-            tenants = keys.tenants(),
+            tenants = callers,
             "the tenants' shares of the waiters add up to more than --max-waiters: a tenant below its share can \
              get 503 while others hold theirs; raise --max-waiters to tenants × share to rule that out",
         );
     }
-    let tenants = Tenants::Only(policy.file.tenants.keys().cloned().collect());
-    let pins = policy.pins();
+    let key_count = keys.len();
     let store = SharedStore::new(
         ModelStore::open(&config.models)
             .map_err(|e| BridgeError::Models { path: config.models.clone(), reason: e.to_string() })?,
@@ -211,6 +283,30 @@ pub async fn serve(
     .map_err(BridgeError::Listener)?;
     // The request schema's id: calls are refused (503) until the registry has answered.
     let shutdown = streamscore_kafka::Shutdown::after(shutdown);
+    // The audit chain stops after the server (its own stop), so the refusals of the last
+    // calls are written and a chain still starting when the bridge is told to stop starts.
+    let (authlog, auditing) = match &config.audit_topic {
+        None => (authlog::AuthLog::off(), None),
+        Some(topic) => {
+            let (stopper, stopped) = streamscore_kafka::Shutdown::new();
+            let (log, task) = authlog::spawn(
+                config.kafka.clone(),
+                config.registry_url.clone(),
+                topic.clone(),
+                config.instance.clone(),
+                config.audit_window,
+                stopped,
+            );
+            (log, Some((stopper, task)))
+        }
+    };
+    authlog.loaded("tenant policy", &policy_sha256);
+    if let Some((sha256, _)) = &jwks {
+        authlog.loaded("JWKS", sha256);
+    }
+    if let Some((sha256, _, _)) = &certificate {
+        authlog.loaded("TLS certificate", sha256);
+    }
     let rollouts = streamscore_control::table::follow_in_background(
         &config.kafka,
         &config.registry_url,
@@ -251,19 +347,74 @@ pub async fn serve(
     tracing::info!(
         instance = %config.instance,
         deadline_ms = config.deadline.as_millis() as u64,
-        keys = keys.len(),
+        keys = key_count,
+        jwt = config.jwt.is_some(),
+        tls = config.tls.is_some(),
         max_waiters = config.max_waiters,
         max_waiters_per_tenant = share,
         "bridge serving",
     );
     let broker = ready::BrokerCheck::of_producer(producer.clone(), config.requests_topic.clone());
+    let authority = Arc::new(rotate::Current::new(authority));
+    let mut watchers = vec![rotate::watch(
+        "tenant policy",
+        policy_files,
+        policy_sha256,
+        Arc::clone(&authority),
+        {
+            let path = config.policy.clone();
+            move |contents: &[Vec<u8>]| rotate::Authority::parse(&path, &contents[0])
+        },
+        config.reload_every,
+        authlog.clone(),
+        shutdown.clone(),
+    )];
+    let jwt = match (jwks, &config.jwt) {
+        (Some((sha256, jwks)), Some(jwt)) => {
+            let current = Arc::new(rotate::Current::new(jwks));
+            watchers.push(rotate::watch(
+                "JWKS",
+                vec![jwt.jwks_file.clone()],
+                sha256,
+                Arc::clone(&current),
+                |contents: &[Vec<u8>]| {
+                    let jwks = jwt::Jwks::parse(&contents[0]).map_err(|e| e.to_string())?;
+                    for skipped in &jwks.skipped {
+                        tracing::warn!("JWKS key not used: {skipped}");
+                    }
+                    Ok(jwks)
+                },
+                config.reload_every,
+                authlog.clone(),
+                shutdown.clone(),
+            ));
+            Some((current, jwt.expect.clone()))
+        }
+        _ => None,
+    };
+    let acceptor = match (certificate, &config.tls) {
+        (Some((sha256, current, acceptor)), Some(files)) => {
+            watchers.push(rotate::watch(
+                "TLS certificate",
+                files.paths(),
+                sha256,
+                current,
+                |contents: &[Vec<u8>]| tls::certified_key(&contents[0], &contents[1]),
+                config.reload_every,
+                authlog.clone(),
+                shutdown.clone(),
+            ));
+            Some(acceptor)
+        }
+        _ => None,
+    };
     let bridge = Arc::new(Bridge {
         config,
         store,
-        policy,
-        keys,
-        tenants,
-        pins,
+        authority,
+        jwt,
+        idempotency: idempotency::Idempotency::new(),
+        authlog,
         rollouts,
         request_codec,
         feedback_codec,
@@ -272,9 +423,24 @@ pub async fn serve(
         broker,
         metrics,
     });
-    warp::serve(api::routes(bridge)).incoming(listener).graceful(shutdown.wait()).run().await;
+    match acceptor {
+        None => warp::serve(api::routes(bridge)).incoming(listener).graceful(shutdown.wait()).run().await,
+        Some(acceptor) => tls::serve(api::routes(bridge), listener, acceptor, shutdown.wait()).await,
+    }
     registration.abort();
     rescanning.abort();
+    for watcher in watchers {
+        watcher.abort();
+    }
+    if let Some((stopper, mut auditing)) = auditing {
+        // The last refusals are written and the chain closed; the broker being gone costs
+        // at most this wait.
+        stopper.stop(streamscore_kafka::StopReason::Requested("the bridge stopped".to_owned()));
+        if tokio::time::timeout(Duration::from_secs(15), &mut auditing).await.is_err() {
+            tracing::warn!("the bridge's audit chain was not closed within 15 s");
+            auditing.abort();
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     waiters.wake_listener();
     let _ = tokio::task::spawn_blocking(move || listener_thread.join()).await;

@@ -18,7 +18,9 @@ fn errors(dialect: fn() -> Value, codes: &[&str]) -> serde_json::Map<String, Val
 /// The document.
 pub fn document() -> Value {
     // 500: the model failed on the batch (the pipeline's FAILED outcome, MODEL_ERROR).
-    let call_errors = ["400", "401", "403", "404", "413", "422", "429", "500", "503", "504"];
+    // 409: the first call with the same Idempotency-Key still running; 422 also for a key
+    // reused with another request.
+    let call_errors = ["400", "401", "403", "404", "409", "413", "422", "429", "500", "503", "504"];
     let mut predict_responses = errors(error_own, &call_errors);
     predict_responses.insert(
         "200".to_owned(),
@@ -34,7 +36,8 @@ pub fn document() -> Value {
     let mut status_responses = errors(error_own, &["401", "403", "404", "422", "429", "500", "503"]);
     status_responses.insert("200".to_owned(), json!({"description": "answered"}));
     status_responses.insert("202".to_owned(), json!({"description": "still pending"}));
-    let mut feedback_responses = errors(error_own, &["400", "401", "413", "422", "500", "503"]);
+    // 403: a token without the feedback scope, or a tenant the policy does not name.
+    let mut feedback_responses = errors(error_own, &["400", "401", "403", "409", "413", "422", "500", "503"]);
     feedback_responses.insert("202".to_owned(), json!({"description": "published: {\"accepted\", \"request_ids\"}"}));
     let mut metadata_responses = errors(error_oip, &["401", "403", "404", "503"]);
     metadata_responses.insert("200".to_owned(), json!({"description": "name, versions, inputs, outputs"}));
@@ -47,11 +50,11 @@ pub fn document() -> Value {
         "info": {
             "title": "streamscore HTTP bridge",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Synchronous scoring over the streamscore Kafka pipeline: Open Inference Protocol v2 and streamscore's own JSON. The API key decides the tenant.",
+            "description": "Synchronous scoring over the streamscore Kafka pipeline: Open Inference Protocol v2 and streamscore's own JSON. The API key, or the bearer token's tenant claim, decides the tenant; a token's scopes (predict, explain, feedback) decide what it may call (401 invalid_token, 403 insufficient_scope).",
         },
         "components": {
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
+                "bearer": {"type": "http", "scheme": "bearer", "description": "an API key, or a JWT signed with a key of the bridge's JWKS (RS256, ES256 or EdDSA)"},
                 "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             },
             "schemas": {

@@ -377,7 +377,8 @@ impl MonitorCommand {
 
 /// Serve synchronous HTTP callers over the pipeline: Open Inference Protocol v2
 /// (/v2/models/{model}/infer, as KServe and Triton clients send it) and streamscore's
-/// JSON (/v1/models/{model}/predict). API keys from the tenant policy decide the tenant.
+/// JSON (/v1/models/{model}/predict). API keys from the tenant policy, or JWT bearer tokens
+/// signed by a key of --jwks-file, decide the tenant; both files are re-read when they change.
 #[derive(Debug, clap::Args)]
 pub(crate) struct BridgeCommand {
     #[command(flatten)]
@@ -415,6 +416,49 @@ pub(crate) struct BridgeCommand {
     /// This instance's reply_to id (default: bridge:host:pid:random, new at every start).
     #[arg(long)]
     pub(crate) instance: Option<String>,
+    #[command(flatten)]
+    pub(crate) jwt: JwtArgs,
+    /// Record authentication events on this audit topic (e.g. audit.log): refusals per tenant
+    /// and code each minute, and the policy, JWKS and certificate loaded and reloaded with
+    /// their sha256. Not recorded without it.
+    #[arg(long)]
+    pub(crate) audit_topic: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM: the certificate, then intermediates);
+    /// re-read within seconds when it changes. Without it the bridge speaks plain HTTP.
+    #[arg(long, env = "STREAMSCORE_BRIDGE_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "STREAMSCORE_BRIDGE_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+}
+
+/// JWT bearer tokens beside the API keys (OAuth 2.0 access tokens from an identity provider).
+#[derive(Debug, clap::Args)]
+pub(crate) struct JwtArgs {
+    /// A JWKS document (`{"keys": [...]}`) whose RS256, ES256 (P-256) or EdDSA (Ed25519) keys
+    /// sign the bearer tokens the bridge takes; re-read within seconds when it changes. HMAC
+    /// and `none` are never accepted.
+    #[arg(long, env = "STREAMSCORE_BRIDGE_JWKS_FILE", requires_all = ["jwt_issuer", "jwt_audience"])]
+    pub(crate) jwks_file: Option<PathBuf>,
+    /// The `iss` a token must carry.
+    #[arg(long, env = "STREAMSCORE_BRIDGE_JWT_ISSUER", requires = "jwks_file")]
+    pub(crate) jwt_issuer: Option<String>,
+    /// The `aud` a token must name (this bridge).
+    #[arg(long, env = "STREAMSCORE_BRIDGE_JWT_AUDIENCE", requires = "jwks_file")]
+    pub(crate) jwt_audience: Option<String>,
+    /// The claim naming the caller's tenant (a tenant the policy lists).
+    #[arg(long, default_value = "tenant")]
+    pub(crate) jwt_tenant_claim: String,
+}
+
+impl JwtArgs {
+    fn config(self) -> Option<streamscore_bridge::JwtConfig> {
+        let (jwks_file, issuer, audience) = (self.jwks_file?, self.jwt_issuer?, self.jwt_audience?);
+        Some(streamscore_bridge::JwtConfig {
+            jwks_file,
+            expect: streamscore_bridge::jwt::Expectations { issuer, audience, tenant_claim: self.jwt_tenant_claim },
+        })
+    }
 }
 
 impl BridgeCommand {
@@ -432,6 +476,10 @@ impl BridgeCommand {
             max_waiters_per_tenant,
             max_body_bytes,
             instance,
+            jwt,
+            audit_topic,
+            tls_cert,
+            tls_key,
         } = self;
         let mut config = streamscore_bridge::BridgeConfig::new(
             KafkaConfig::new(&endpoints.bootstrap),
@@ -446,13 +494,17 @@ impl BridgeCommand {
         config.max_waiters = max_waiters;
         config.max_waiters_per_tenant = max_waiters_per_tenant;
         config.max_body_bytes = max_body_bytes;
+        config.jwt = jwt.config();
+        config.audit_topic = audit_topic;
+        config.tls = tls_cert.zip(tls_key).map(|(cert, key)| streamscore_bridge::tls::TlsFiles { cert, key });
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         if let Some(instance) = instance {
             config.instance = instance;
         }
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let prometheus = streamscore_telemetry::install_recorder();
         let metrics: streamscore_bridge::MetricsRender = Arc::new(move || prometheus.render());
-        println!("bridge on http://{listen} (Open Inference Protocol v2 on /v2, streamscore JSON on /v1)");
+        println!("bridge on {scheme}://{listen} (Open Inference Protocol v2 on /v2, streamscore JSON on /v1)");
         streamscore_bridge::serve(config, listener, Some(metrics), shutdown.wait()).await?;
         tracing::info!("bridge stopped");
 

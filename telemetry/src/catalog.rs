@@ -247,14 +247,29 @@ pub const METRICS: &[Metric] = &[
     gauge("streamscore_bridge_waiters", &[], "Bridge callers waiting for their outcome."),
     gauge("streamscore_bridge_listening", &[], "1 while the bridge reads the predictions topic."),
     counter(
+        "streamscore_bridge_reloads_total",
+        &["what", "outcome"],
+        "Bridge files re-read on a change (tenant policy, JWKS, TLS certificate): loaded or refused.",
+    ),
+    counter(
         "streamscore_bridge_unclaimed_outcomes_total",
         &[],
         "Outcomes of bridge requests whose caller had already gone.",
     ),
     counter(
+        "streamscore_bridge_tls_handshake_failures_total",
+        &[],
+        "TLS handshakes the bridge did not complete (plain HTTP, an untrusted or slow client).",
+    ),
+    counter(
         "streamscore_bridge_unauthenticated_outcomes_total",
         &["reason"],
         "Outcomes addressed to the bridge it did not hand over: seal missing, wrong_key, bad_mac, or wrong_tenant.",
+    ),
+    counter(
+        "streamscore_bridge_auth_events_dropped_total",
+        &[],
+        "Authentication events not recorded in the audit log: its queue was full.",
     ),
 ];
 

@@ -1,6 +1,8 @@
 """NVIDIA's tritonclient.http, unchanged, against the streamscore bridge.
 
-Usage: triton_client.py HOST:PORT API_KEY MODEL ROWS_JSON
+Usage: triton_client.py HOST:PORT API_KEY MODEL ROWS_JSON [CA_PEM]
+With CA_PEM the client speaks HTTPS (ssl=True), verifying the bridge's certificate and host
+name against that CA.
 Prints one JSON object: liveness, readiness, model readiness and metadata, the scores of an
 infer call on ROWS (JSON tensors, as the bridge refuses the binary extension), and what the
 client reports for an unknown key.
@@ -16,9 +18,13 @@ from tritonclient.utils import InferenceServerException
 
 def main() -> None:
     url, key, model, rows_json = sys.argv[1:5]
+    ca = sys.argv[5] if len(sys.argv) > 5 else None
     rows = np.array(json.loads(rows_json), dtype=np.float32)
     headers = {"Authorization": f"Bearer {key}"}
-    client = httpclient.InferenceServerClient(url=url)
+    if ca is None:
+        client = httpclient.InferenceServerClient(url=url)
+    else:
+        client = httpclient.InferenceServerClient(url=url, ssl=True, ssl_options={"ca_certs": ca})
     out = {
         "live": client.is_server_live(),
         "ready": client.is_server_ready(),

@@ -36,7 +36,7 @@ enum Body {
 
 impl Bridge {
     pub(super) async fn feedback(&self, headers: &HeaderMap, body: &[u8]) -> Result<warp::reply::Response, ApiError> {
-        let tenant = self.tenant(headers)?;
+        let tenant = self.caller(headers, crate::jwt::Scope::Feedback)?.tenant;
         let labels = match serde_json::from_slice::<Body>(body) {
             Ok(Body::Many { feedback }) => feedback,
             Ok(Body::One(label)) => vec![label],

@@ -1,0 +1,713 @@
+//! The bridge's edge against the real pipeline on the test stack (tansu and a registry), over
+//! real HTTP: JWT bearer tokens checked against a JWKS made in the test (a valid token scores
+//! with its tenant claim's tenant whatever the body says; expired, another audience, another
+//! issuer, `alg: none`, HS256 keyed with the public key, an unknown key and a tampered
+//! signature are 401 `invalid_token`; a missing scope is 403 `insufficient_scope`), and keys
+//! rotated without a restart (a key removed from the policy is refused within 5 s, a JWKS
+//! replaced is in force within 5 s), and HTTPS with a test CA (calls score, plain HTTP to the
+//! TLS listener fails, a renewed certificate is served within 5 s, `tritonclient.http` with
+//! `ssl=True` works), and `Idempotency-Key` (the same key twice publishes once and answers the
+//! same; the same key with another body is a 422), and authentication events in the audit log
+//! (refusals aggregated, reloads with their fingerprints) that `audit verify` finds ok.
+//!
+//! The key material comes from `tests/interop/edge_keys.py` (PyJWT and cryptography) under
+//! `STREAMSCORE_PYTHON`, as the other interoperability tests drive Python.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use streamscore_bridge::BridgeConfig;
+use streamscore_contracts::{Codec, InferenceRequest};
+use streamscore_infer::TractBackend;
+
+mod support;
+use support::{StageTopics, TestRegistry};
+
+const ISSUER: &str = "https://idp.streamscore.test";
+const AUDIENCE: &str = "streamscore-bridge";
+const ACME: &str = "acme-key";
+const GLOBEX: &str = "globex-key";
+
+fn sha(key: &str) -> String {
+    format!("{:x}", Sha256::digest(key.as_bytes()))
+}
+
+/// The policy: acme and globex, each with a key unless `without` names it.
+fn policy_text(without: &[&str]) -> String {
+    let key = |tenant: &str, key: &str| {
+        if without.contains(&tenant) {
+            String::new()
+        } else {
+            format!("api_key_sha256 = [\"{}\"]\n", sha(key))
+        }
+    };
+    format!(
+        "version = 1\nunknown_tenants = \"refuse\"\n\n[tenants.acme]\n{}rate_per_sec = 100000\nburst = 100000\n\
+         max_in_flight = 100000\n\n[tenants.globex]\n{}rate_per_sec = 100000\nburst = 100000\nmax_in_flight = 100000\n",
+        key("acme", ACME),
+        key("globex", GLOBEX)
+    )
+}
+
+/// Replaces `path` as a deployment tool would: a new file renamed over the old one.
+fn replace(path: &Path, contents: &[u8]) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, contents).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+/// The Python the interoperability tests run, or `None` to skip (never under CI).
+fn python() -> Option<String> {
+    match std::env::var("STREAMSCORE_PYTHON") {
+        Ok(python) => Some(python),
+        Err(_) if std::env::var_os("CI").is_some() => panic!("STREAMSCORE_PYTHON is not set under CI"),
+        Err(_) => {
+            eprintln!("SKIPPED: STREAMSCORE_PYTHON not set (scripts/test.sh sets it up)");
+            None
+        }
+    }
+}
+
+/// Key material and tokens made fresh for this test: see tests/interop/edge_keys.py.
+struct Keys {
+    dir: tempfile::TempDir,
+    tokens: Value,
+}
+
+impl Keys {
+    fn make(python: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let script = format!("{}/tests/interop/edge_keys.py", env!("CARGO_MANIFEST_DIR"));
+        let output = std::process::Command::new(python)
+            .args([script.as_str(), dir.path().to_str().unwrap(), ISSUER, AUDIENCE])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "edge_keys.py: {}", String::from_utf8_lossy(&output.stderr));
+        let tokens = serde_json::from_slice(&output.stdout).unwrap();
+        Self { dir, tokens }
+    }
+
+    fn token(&self, name: &str) -> &str {
+        self.tokens[name].as_str().unwrap_or_else(|| panic!("no token {name}"))
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+}
+
+/// A registry, topics, a policy file and (when asked) the fused pipeline on them.
+struct Stack {
+    registry: TestRegistry,
+    topics: StageTopics,
+    policy: PathBuf,
+    _dir: tempfile::TempDir,
+    pipeline: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Stack {
+    async fn start(prefix: &str) -> Self {
+        let registry = TestRegistry::start().await;
+        let topics = StageTopics::create(prefix).await;
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("tenants.toml");
+        std::fs::write(&policy, policy_text(&[])).unwrap();
+        Self { registry, topics, policy, _dir: dir, pipeline: None }
+    }
+
+    fn start_pipeline(&mut self) {
+        let mut config = support::pipeline_config(
+            &support::kafka(),
+            &self.registry.url,
+            self.topics.pipeline(),
+            &support::unique("edge-pipeline"),
+            "edge-test",
+        );
+        config.infer.audit_topic = support::unique("audit");
+        config.infer.quota_state_topic = support::unique("quota");
+        config.infer.policy = Some(self.policy.clone());
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            streamscore::pipeline::run(config, Arc::new(TractBackend), Arc::default(), async {
+                let _ = stop_rx.await;
+            })
+            .await
+            .map(|_| ())
+        });
+        self.pipeline = Some((stop, task));
+    }
+
+    fn config(&self, keys: Option<&Keys>) -> BridgeConfig {
+        let mut config =
+            BridgeConfig::new(support::kafka(), &self.registry.url, support::models_dir(), self.policy.clone());
+        config.requests_topic = self.topics.requests.clone();
+        config.predictions_topic = self.topics.predictions.clone();
+        config.deadline = Duration::from_secs(10);
+        config.jwt = keys.map(|keys| streamscore_bridge::JwtConfig {
+            jwks_file: keys.path("jwks.json"),
+            expect: streamscore_bridge::jwt::Expectations {
+                issuer: ISSUER.to_owned(),
+                audience: AUDIENCE.to_owned(),
+                tenant_claim: "tenant".to_owned(),
+            },
+        });
+        config
+    }
+
+    async fn stop(mut self) {
+        if let Some((stop, task)) = self.pipeline.take() {
+            let _ = stop.send(());
+            task.await.unwrap().expect("the pipeline ran");
+        }
+        self.registry.stop().await;
+    }
+}
+
+/// A bridge serving on a free port.
+struct Bridge {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), streamscore_bridge::BridgeError>>,
+    http: reqwest::Client,
+}
+
+impl Bridge {
+    async fn start(config: BridgeConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(streamscore_bridge::serve(config, listener, None, async {
+            let _ = stop_rx.await;
+        }));
+        let bridge = Self { url: format!("http://{addr}"), stop, task, http: reqwest::Client::new() };
+        for _ in 0..200 {
+            if let Ok(r) = bridge.http.get(format!("{}/ready", bridge.url)).send().await {
+                if r.status() == 200 {
+                    return bridge;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the bridge did not become ready");
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().expect("the bridge ran");
+    }
+
+    /// POST with `Authorization: Bearer credential`: status, `WWW-Authenticate`, body.
+    async fn post(&self, path: &str, credential: &str, body: &Value) -> (u16, String, Value) {
+        let response =
+            self.http.post(format!("{}{path}", self.url)).bearer_auth(credential).json(body).send().await.unwrap();
+        read(response).await
+    }
+
+    /// GET the model's metadata with `credential`: status, `WWW-Authenticate`, body.
+    async fn metadata(&self, credential: &str) -> (u16, String, Value) {
+        let response =
+            self.http.get(format!("{}/v2/models/fraud", self.url)).bearer_auth(credential).send().await.unwrap();
+        read(response).await
+    }
+}
+
+async fn read(response: reqwest::Response) -> (u16, String, Value) {
+    let status = response.status().as_u16();
+    let challenge =
+        response.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let text = response.text().await.unwrap();
+    (status, challenge, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// One valid row of features, by name.
+fn features(seed: u64) -> Value {
+    let mut generator = streamscore_synth::Generator::new(seed);
+    let row: std::collections::HashMap<String, f64> = generator.next(0).by_name();
+    json!(row)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_bearer_tokens_score_with_their_tenant_and_bad_ones_are_refused() {
+    let Some(python) = python() else { return };
+    let keys = Keys::make(&python);
+    let mut stack = Stack::start("edge-jwt").await;
+    stack.start_pipeline();
+    let bridge = Bridge::start(stack.config(Some(&keys))).await;
+    let predict = "/v1/models/fraud/predict";
+
+    // Valid tokens of each algorithm score; the body's "tenant" is not read.
+    let mut scored = Vec::new();
+    for name in ["rsa", "ec", "ed", "no_kid", "expired_within_skew"] {
+        let body = json!({"features": features(scored.len() as u64), "tenant": "globex"});
+        let (status, _, answer) = bridge.post(predict, keys.token(name), &body).await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        scored.push((name, answer["predictions"][0]["request_id"].as_str().unwrap().to_owned()));
+    }
+    // An API key still works beside the tokens.
+    let (status, _, answer) = bridge.post(predict, ACME, &json!({"features": features(9)})).await;
+    assert_eq!(status, 200, "API key: {answer}");
+
+    // The requests topic says whose each call was: the token's tenant claim (the ec token's
+    // is globex, with its scopes in `scp`), never the body's.
+    let codec = Codec::<InferenceRequest>::with_url(&stack.registry.url, &stack.topics.requests);
+    let records = support::read_records(&[&stack.topics.requests], scored.len() + 1, Duration::from_secs(30));
+    let mut tenants = std::collections::HashMap::new();
+    for record in &records {
+        let request = codec.decode(rdkafka::message::Message::payload(record).unwrap()).await.unwrap().value;
+        tenants.insert(request.request_id, request.tenant);
+    }
+    for (name, id) in &scored {
+        let expected = if *name == "ec" { "globex" } else { "acme" };
+        assert_eq!(tenants.get(id).map(String::as_str), Some(expected), "{name}");
+    }
+
+    // Each bad token is a 401 with the RFC 6750 challenge, on the /v1 and the /v2 routes.
+    for name in [
+        "expired",
+        "no_exp",
+        "other_audience",
+        "other_issuer",
+        "alg_none",
+        "hs256_public_key",
+        "tampered",
+        "rsa_next",
+        "no_tenant",
+    ] {
+        let (status, challenge, answer) =
+            bridge.post(predict, keys.token(name), &json!({"features": features(1)})).await;
+        assert_eq!(status, 401, "{name}: {answer}");
+        assert_eq!(answer["error"]["code"], "INVALID_TOKEN", "{name}: {answer}");
+        assert!(
+            challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""),
+            "{name}: {challenge}"
+        );
+        let (status, challenge, answer) = bridge.metadata(keys.token(name)).await;
+        assert_eq!(status, 401, "{name} on /v2: {answer}");
+        assert!(challenge.contains("error=\"invalid_token\""), "{name} on /v2: {challenge}");
+    }
+    let (status, _, answer) = bridge.post(predict, keys.token("alg_none"), &json!({"features": features(1)})).await;
+    assert!(answer["error"]["message"].as_str().unwrap().contains("none"), "{status} {answer}");
+    let (_, _, answer) = bridge.post(predict, keys.token("hs256_public_key"), &json!({"features": features(1)})).await;
+    assert!(answer["error"]["message"].as_str().unwrap().contains("HS256"), "{answer}");
+
+    // A valid token without the scope is a 403 naming it: feedback-only may not predict, a
+    // predict-only token may not ask for explanations nor send feedback.
+    let (status, challenge, answer) =
+        bridge.post(predict, keys.token("feedback_only"), &json!({"features": features(2)})).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("INSUFFICIENT_SCOPE")), "{answer}");
+    assert!(
+        challenge.contains("error=\"insufficient_scope\"") && challenge.contains("scope=\"predict\""),
+        "{challenge}"
+    );
+    let (status, challenge, answer) = bridge
+        .post(&format!("{predict}?explain=true"), keys.token("predict_only"), &json!({"features": features(3)}))
+        .await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("INSUFFICIENT_SCOPE")), "{answer}");
+    assert!(challenge.contains("scope=\"explain\""), "{challenge}");
+    let label = json!({"request_id": scored[0].1, "actual": 1.0});
+    let (status, challenge, answer) = bridge.post("/v1/feedback", keys.token("predict_only"), &label).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("INSUFFICIENT_SCOPE")), "{answer}");
+    assert!(challenge.contains("scope=\"feedback\""), "{challenge}");
+
+    // A tenant the policy does not list cannot call, whatever the token says.
+    let (status, _, answer) =
+        bridge.post(predict, keys.token("unlisted_tenant"), &json!({"features": features(4)})).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (403, Some("UNKNOWN_TENANT")), "{answer}");
+
+    // Nothing refused reached the requests topic: exactly the scored calls are there.
+    let all = support::read_all(&[&stack.topics.requests], Duration::from_secs(2));
+    assert_eq!(all.len(), scored.len() + 1, "only the accepted calls were published");
+
+    bridge.stop().await;
+    stack.stop().await;
+}
+
+/// POST `body` to predict as `credential` with `Idempotency-Key: key`: status, whether the
+/// answer was replayed, and the body's text.
+async fn post_once(bridge: &Bridge, credential: &str, key: &str, body: &Value) -> (u16, bool, String) {
+    let response = bridge
+        .http
+        .post(format!("{}/v1/models/fraud/predict", bridge.url))
+        .bearer_auth(credential)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let replayed = response.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
+    (status, replayed, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_idempotency_key_twice_publishes_once_and_answers_the_same() {
+    let mut stack = Stack::start("edge-idempotent").await;
+    stack.start_pipeline();
+    let bridge = Bridge::start(stack.config(None)).await;
+    let body = json!({"features": features(21)});
+
+    let (status, replayed, first) = post_once(&bridge, ACME, "order-1", &body).await;
+    assert_eq!((status, replayed), (200, false), "{first}");
+    let (status, replayed, second) = post_once(&bridge, ACME, "order-1", &body).await;
+    assert_eq!((status, replayed), (200, true), "{second}");
+    assert_eq!(second, first, "a retry gets the first answer, request ids included");
+
+    // The same key with another body is a 422; another tenant's key of the same name is its own.
+    let (status, _, answer) = post_once(&bridge, ACME, "order-1", &json!({"features": features(22)})).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer.contains("IDEMPOTENCY_KEY_REUSED"), "{answer}");
+    let (status, replayed, other) = post_once(&bridge, GLOBEX, "order-1", &body).await;
+    assert_eq!((status, replayed), (200, false), "{other}");
+    let (status, _, answer) = post_once(&bridge, ACME, "bad key", &body).await;
+    assert_eq!(status, 400, "{answer}");
+
+    // One record per first call on the requests topic: acme's once, globex's once.
+    let records = support::read_all(&[&stack.topics.requests], Duration::from_secs(2));
+    let codec = Codec::<InferenceRequest>::with_url(&stack.registry.url, &stack.topics.requests);
+    let mut tenants = Vec::new();
+    for record in &records {
+        tenants.push(codec.decode(rdkafka::message::Message::payload(record).unwrap()).await.unwrap().value.tenant);
+    }
+    tenants.sort();
+    assert_eq!(tenants, ["acme", "globex"]);
+
+    bridge.stop().await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_and_reloads_are_audited_aggregated_and_audit_verify_is_ok() {
+    let stack = Stack::start("edge-audit").await;
+    let audit_topic = support::unique("edge-audit-log");
+    streamscore_kafka::topics::ensure_topics(
+        &support::kafka(),
+        &[streamscore_kafka::TopicSpec::event(&audit_topic, 1)],
+    )
+    .await
+    .unwrap();
+    let mut config = stack.config(None);
+    config.audit_topic = Some(audit_topic.clone());
+    config.audit_window = Duration::from_secs(1);
+    let bridge = Bridge::start(config).await;
+
+    // A flood of 40 bad keys and 5 calls without one: a few aggregated entries, not 45.
+    for i in 0..40 {
+        assert_eq!(bridge.metadata(&format!("guess-{i}")).await.0, 401);
+    }
+    for _ in 0..5 {
+        let response = bridge.http.get(format!("{}/v2/models/fraud", bridge.url)).send().await.unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    // A reload: globex's key revoked.
+    let revoked = policy_text(&["globex"]);
+    replace(&stack.policy, revoked.as_bytes());
+    within(Duration::from_secs(5), "the revoked key refused", || async { bridge.metadata(GLOBEX).await.0 == 401 })
+        .await;
+    bridge.stop().await;
+
+    let codec = Codec::<streamscore_contracts::AuditRecord>::with_url(&stack.registry.url, &audit_topic);
+    let mut entries = Vec::new();
+    for record in support::read_all(&[&audit_topic], Duration::from_secs(2)) {
+        entries.push(codec.decode(rdkafka::message::Message::payload(&record).unwrap()).await.unwrap().value);
+    }
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    assert!(entries.iter().all(|e| e.stage == "bridge"), "{kinds:?}");
+    let policy_sha = |text: &str| format!("{:x}", Sha256::digest(text.as_bytes()));
+    let loaded = entries.iter().find(|e| e.kind == "AUTH_LOADED").unwrap_or_else(|| panic!("{kinds:?}"));
+    assert_eq!(loaded.details["file"], "tenant policy");
+    assert_eq!(loaded.details["sha256"], policy_sha(&policy_text(&[])), "the fingerprint of the policy at start");
+    let reloaded = entries.iter().find(|e| e.kind == "AUTH_RELOADED").unwrap_or_else(|| panic!("{kinds:?}"));
+    assert_eq!(reloaded.details["sha256"], policy_sha(&revoked), "the fingerprint of the reloaded policy");
+    let refused: Vec<_> = entries.iter().filter(|e| e.kind == "AUTH_REFUSED").collect();
+    let count = |subject: &str| -> u64 {
+        refused.iter().filter(|e| e.subject == subject).map(|e| e.details["count"].parse::<u64>().unwrap()).sum()
+    };
+    // 45 refusals before the reload, and the polls for globex's revoked key after it.
+    assert!(count("unauthenticated") >= 46, "{refused:#?}");
+    assert!(refused.len() < 20, "refusals are aggregated per window: {} entries", refused.len());
+    assert!(refused.iter().all(|e| e.details["code"] == "UNAUTHENTICATED"), "{refused:#?}");
+
+    let report = streamscore::audit::verify(&streamscore::audit::VerifyConfig {
+        kafka: support::kafka(),
+        registry_url: stack.registry.url.clone(),
+        audit_topic: audit_topic.clone(),
+        predictions_topic: stack.topics.predictions.clone(),
+        dead_letter_topic: stack.topics.dead_letter.clone(),
+        key: streamscore_contracts::audit::AuditKey::from_env().unwrap(),
+        heads: Vec::new(),
+        window: streamscore_contracts::audit::Window::ALL,
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(report.ok(), "{:#?}", report.problems);
+    assert_eq!(report.chains, 1, "the bridge's chain");
+    assert!(report.open_chains.is_empty(), "the bridge closed its chain: {:?}", report.open_chains);
+    stack.stop().await;
+}
+
+/// Calls `probe` every 100 ms until it returns true; the time that took, failing past `limit`.
+async fn within<F, Fut>(limit: Duration, what: &str, mut probe: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if probe().await {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_removed_from_the_policy_is_refused_within_5_s_without_a_restart() {
+    let stack = Stack::start("edge-rotate").await;
+    let bridge = Bridge::start(stack.config(None)).await;
+    assert_eq!(bridge.metadata(ACME).await.0, 200);
+    assert_eq!(bridge.metadata(GLOBEX).await.0, 200);
+
+    // Revoked: acme's key is gone from the policy.
+    replace(&stack.policy, policy_text(&["acme"]).as_bytes());
+    let took =
+        within(Duration::from_secs(5), "the revoked key refused", || async { bridge.metadata(ACME).await.0 == 401 })
+            .await;
+    eprintln!("revoked key refused after {took:?}");
+    // From then on, and globex's key is untouched.
+    for _ in 0..5 {
+        assert_eq!(bridge.metadata(ACME).await.0, 401);
+        assert_eq!(bridge.metadata(GLOBEX).await.0, 200);
+    }
+
+    // A policy that does not check is refused and the loaded one stays: globex keeps working,
+    // acme stays revoked, across several polls.
+    replace(&stack.policy, b"version = 1\n[tenants.acme\n");
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert_eq!(bridge.metadata(GLOBEX).await.0, 200, "a broken policy file replaced the loaded one");
+        assert_eq!(bridge.metadata(ACME).await.0, 401);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A key given back is taken within 5 s too.
+    replace(&stack.policy, policy_text(&[]).as_bytes());
+    within(Duration::from_secs(5), "the restored key taken", || async { bridge.metadata(ACME).await.0 == 200 }).await;
+
+    bridge.stop().await;
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_jwks_is_in_force_within_5_s_without_a_restart() {
+    let Some(python) = python() else { return };
+    let keys = Keys::make(&python);
+    let stack = Stack::start("edge-jwks").await;
+    let bridge = Bridge::start(stack.config(Some(&keys))).await;
+    assert_eq!(bridge.metadata(keys.token("rsa")).await.0, 200);
+    assert_eq!(bridge.metadata(keys.token("rsa_next")).await.0, 401, "rsa-2 is not in the JWKS yet");
+
+    // The identity provider rotated: rsa-1 out, rsa-2 in.
+    replace(&keys.path("jwks.json"), &std::fs::read(keys.path("jwks-next.json")).unwrap());
+    within(Duration::from_secs(5), "the new key taken", || async {
+        bridge.metadata(keys.token("rsa_next")).await.0 == 200
+    })
+    .await;
+    assert_eq!(bridge.metadata(keys.token("rsa")).await.0, 401, "rsa-1 left the JWKS");
+    assert_eq!(bridge.metadata(keys.token("ec")).await.0, 200, "ec-1 stayed");
+
+    // A JWKS with only an HMAC key is refused; the loaded one stays.
+    replace(&keys.path("jwks.json"), br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "rsa-2"}]}"#);
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert_eq!(bridge.metadata(keys.token("rsa_next")).await.0, 200, "an HMAC-only JWKS replaced the loaded one");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    bridge.stop().await;
+    stack.stop().await;
+}
+
+/// An HTTPS client trusting only `ca`: rustls on ring, one request per connection.
+struct Https {
+    addr: std::net::SocketAddr,
+    connector: tokio_rustls::TlsConnector,
+}
+
+impl Https {
+    fn new(addr: std::net::SocketAddr, ca: &Path) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        #[allow(deprecated)] // ring, as the bridge uses: see bridge/src/tls.rs
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Self { addr, connector: tokio_rustls::TlsConnector::from(Arc::new(config)) }
+    }
+
+    /// Connects and completes the handshake, verifying the certificate for 127.0.0.1.
+    async fn connect(&self) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(self.addr.ip().into());
+        self.connector.connect(name, tcp).await
+    }
+
+    /// The DER of the certificate the bridge presents to a new connection.
+    async fn peer_certificate(&self) -> Vec<u8> {
+        let stream = self.connect().await.unwrap();
+        stream.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec()
+    }
+
+    /// One HTTP/1.1 request over TLS: status and JSON body.
+    async fn request(&self, method: &str, path: &str, credential: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = self.connect().await.unwrap();
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        if let Some(credential) = credential {
+            head.push_str(&format!("Authorization: Bearer {credential}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        // A peer closing without close_notify is an error to rustls; what came before counts.
+        let _ = stream.read_to_end(&mut response).await;
+        let text = String::from_utf8(response).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("an HTTP response: {text:?}"));
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    }
+}
+
+/// A chunked body's content.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// The DER of the first certificate of a PEM file.
+fn der(path: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::pem_file_iter(path).unwrap().next().unwrap().unwrap().as_ref().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bridge_over_tls_scores_refuses_plain_http_reloads_its_certificate_and_serves_tritonclient() {
+    let Some(python) = python() else { return };
+    let keys = Keys::make(&python);
+    let mut stack = Stack::start("edge-tls").await;
+    stack.start_pipeline();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("bridge.pem"), certs.path().join("bridge.key"));
+    std::fs::copy(keys.path("server.pem"), &cert).unwrap();
+    std::fs::copy(keys.path("server.key"), &key).unwrap();
+    let mut config = stack.config(Some(&keys));
+    config.tls = Some(streamscore_bridge::tls::TlsFiles { cert: cert.clone(), key: key.clone() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(streamscore_bridge::serve(config, listener, None, async {
+        let _ = stop_rx.await;
+    }));
+    let https = Https::new(addr, &keys.path("ca.pem"));
+    within(Duration::from_secs(20), "the TLS bridge ready", || async {
+        https.connect().await.is_ok() && https.request("GET", "/ready", None, None).await.0 == 200
+    })
+    .await;
+
+    // HTTPS scores, with an API key and with a token.
+    for credential in [ACME, keys.token("rsa")] {
+        let (status, body) = https
+            .request("POST", "/v1/models/fraud/predict", Some(credential), Some(&json!({"features": features(5)})))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["predictions"][0]["score"].is_number(), "{body}");
+    }
+    let (status, _) = https
+        .request(
+            "POST",
+            "/v1/models/fraud/predict",
+            Some(keys.token("expired")),
+            Some(&json!({"features": features(5)})),
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    // Plain HTTP to the TLS listener fails: no HTTP answer comes back.
+    let plain = reqwest::Client::new().get(format!("http://{addr}/healthz")).send().await;
+    assert!(plain.is_err(), "plain HTTP was answered: {:?}", plain.map(|r| r.status()));
+
+    // A renewed certificate is served to new connections within 5 s, without a restart.
+    assert_eq!(https.peer_certificate().await, der(&keys.path("server.pem")));
+    replace(&key, &std::fs::read(keys.path("server2.key")).unwrap());
+    replace(&cert, &std::fs::read(keys.path("server2.pem")).unwrap());
+    let renewed = der(&keys.path("server2.pem"));
+    within(Duration::from_secs(5), "the renewed certificate served", || async {
+        https.peer_certificate().await == renewed
+    })
+    .await;
+    assert_eq!(https.request("GET", "/healthz", None, None).await.0, 200);
+
+    // NVIDIA's tritonclient.http with ssl=True, verifying the certificate against the test CA.
+    let script = format!("{}/tests/interop/triton_client.py", env!("CARGO_MANIFEST_DIR"));
+    let version = streamscore_modelstore::ModelStore::open(support::models_dir()).unwrap().get("fraud", "1").unwrap();
+    let mut generator = streamscore_synth::Generator::new(77);
+    let rows: Vec<Vec<f32>> = (0..2)
+        .map(|i| {
+            let row: std::collections::HashMap<String, f64> = generator.next(i).by_name();
+            version.meta.features.iter().map(|f| row[&f.name] as f32).collect()
+        })
+        .collect();
+    let args = vec![
+        script,
+        addr.to_string(),
+        ACME.to_owned(),
+        "fraud".to_owned(),
+        serde_json::to_string(&rows).unwrap(),
+        keys.path("ca.pem").display().to_string(),
+    ];
+    let output = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(args).output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "tritonclient over TLS failed: {}", String::from_utf8_lossy(&output.stderr));
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!((&out["live"], &out["ready"], &out["model_ready"]), (&json!(true), &json!(true), &json!(true)), "{out}");
+    assert_eq!(out["metadata"]["name"], "fraud", "{out}");
+    assert_eq!(out["scores"].as_array().map(Vec::len), Some(2), "{out}");
+    assert_eq!(out["unknown_key"]["status"], "401", "{out}");
+
+    let _ = stop.send(());
+    task.await.unwrap().expect("the bridge ran");
+    stack.stop().await;
+}
