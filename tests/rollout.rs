@@ -303,6 +303,19 @@ async fn the_controller_rolls_back_a_diverging_candidate_and_promotes_a_good_one
     .expect("the good candidate is promoted");
     assert_eq!(promoted.split.len(), 1);
     assert_eq!(promoted.split[0].version, "2");
+    // Version 2 answers under the promotion (polled: the pipeline follows it within a second).
+    let since = std::time::Instant::now();
+    let answered_promoted = |all: &[PredictionOutcome]| {
+        all.iter().any(|o| {
+            !o.shadow
+                && o.model_version.as_deref() == Some("2")
+                && o.routed_by.as_ref().is_some_and(|r| r.generation == promoted.generation)
+        })
+    };
+    while !answered_promoted(&outcomes(&registry, &topics.stage.predictions).await) {
+        assert!(since.elapsed() < Duration::from_secs(30), "version 2 answers under the promotion");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // A rollback by hand takes effect within 5 s in ingest and infer.
     let back = lifecycle::rollback(&promoted, change("by hand")).unwrap();
