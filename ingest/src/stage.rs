@@ -186,6 +186,11 @@ pub async fn run_with_stats(
 ) -> Result<IngestSummary, StageError> {
     use std::sync::atomic::Ordering::Relaxed;
     let shutdown = shutdown.into();
+    // The registry first, on its own (as infer does): a stop while it is down is named as a
+    // wait for the registry, not taken by the race below (seen 1 in 18 starts: "waiting for
+    // the broker (the audit chain's first entries)").
+    let audit_codec = Codec::<streamscore_contracts::AuditRecord>::with_url(&config.registry_url, &config.audit_topic);
+    streamscore_kafka::retry::register(&audit_codec, &shutdown).await??;
     // Start-up: every wait gives way to a stop (the registry's inside, by name; the broker's
     // audit entries here).
     let codecs = shutdown
