@@ -76,6 +76,21 @@ pub struct Record {
     pub timestamp_ms: Option<i64>,
 }
 
+impl Record {
+    /// The record in six columns of `row` from `at` on: topic, partition, offset, key, value
+    /// (a NULL value is empty), timestamp in ms.
+    fn from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            topic: row.get(at)?,
+            partition: row.get(at + 1)?,
+            offset: row.get(at + 2)?,
+            key: row.get(at + 3)?,
+            value: row.get::<_, Option<Vec<u8>>>(at + 4)?.unwrap_or_default(),
+            timestamp_ms: row.get(at + 5)?,
+        })
+    }
+}
+
 /// A label the join refuses, waiting in the outbox for its dead letter.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refused {
@@ -593,25 +608,7 @@ impl QualityStore {
                 "SELECT tenant, actual, observed_at, joined, topic, partition, offset, record_key, record_value,
                  record_timestamp_ms FROM labels WHERE request_id = ?1",
             )
-            .and_then(|mut s| {
-                s.query_map([request_id], |r| {
-                    Ok(KeptLabel {
-                        tenant: r.get(0)?,
-                        actual: r.get(1)?,
-                        observed_at: r.get(2)?,
-                        joined: r.get(3)?,
-                        record: Record {
-                            topic: r.get(4)?,
-                            partition: r.get(5)?,
-                            offset: r.get(6)?,
-                            key: r.get(7)?,
-                            value: r.get::<_, Option<Vec<u8>>>(8)?.unwrap_or_default(),
-                            timestamp_ms: r.get(9)?,
-                        },
-                    })
-                })?
-                .collect()
-            })
+            .and_then(|mut s| s.query_map([request_id], |r| KeptLabel::from_row(r, 0))?.collect())
             .map_err(|e| self.error(e))
     }
 
@@ -625,28 +622,7 @@ impl QualityStore {
                 "SELECT request_id, tenant, actual, observed_at, joined, topic, partition, offset, record_key,
                  record_value, record_timestamp_ms FROM labels WHERE joined = 0 AND expires_at < ?1",
             )
-            .and_then(|mut s| {
-                s.query_map([now], |r| {
-                    Ok((
-                        r.get(0)?,
-                        KeptLabel {
-                            tenant: r.get(1)?,
-                            actual: r.get(2)?,
-                            observed_at: r.get(3)?,
-                            joined: r.get(4)?,
-                            record: Record {
-                                topic: r.get(5)?,
-                                partition: r.get(6)?,
-                                offset: r.get(7)?,
-                                key: r.get(8)?,
-                                value: r.get::<_, Option<Vec<u8>>>(9)?.unwrap_or_default(),
-                                timestamp_ms: r.get(10)?,
-                            },
-                        },
-                    ))
-                })?
-                .collect()
-            })
+            .and_then(|mut s| s.query_map([now], |r| Ok((r.get(0)?, KeptLabel::from_row(r, 1)?)))?.collect())
             .map_err(|e| self.error(e))?;
         #[allow(clippy::cast_precision_loss)]
         let horizon = self.horizon_us as f64 / 1e6;
@@ -706,14 +682,7 @@ impl QualityStore {
                     detail: r.get(2)?,
                     request_id: r.get(3)?,
                     tenant: r.get(4)?,
-                    record: Record {
-                        topic: r.get(5)?,
-                        partition: r.get(6)?,
-                        offset: r.get(7)?,
-                        key: r.get(8)?,
-                        value: r.get::<_, Option<Vec<u8>>>(9)?.unwrap_or_default(),
-                        timestamp_ms: r.get(10)?,
-                    },
+                    record: Record::from_row(r, 5)?,
                 })
             })
             .map_err(|e| self.error(e))?;
@@ -773,6 +742,20 @@ struct KeptLabel {
     observed_at: i64,
     joined: bool,
     record: Record,
+}
+
+impl KeptLabel {
+    /// The label in ten columns of `row` from `at` on: tenant, actual, observed_at, joined,
+    /// then its record's six ([`Record::from_row`]).
+    fn from_row(row: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Self> {
+        Ok(Self {
+            tenant: row.get(at)?,
+            actual: row.get(at + 1)?,
+            observed_at: row.get(at + 2)?,
+            joined: row.get(at + 3)?,
+            record: Record::from_row(row, at + 4)?,
+        })
+    }
 }
 
 /// The dead-letter reason a stored code names (`OTHER` for one this build does not know).
