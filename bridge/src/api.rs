@@ -977,33 +977,44 @@ impl Bridge {
                 .map_err(|e| ApiError::unavailable("BROKER_UNAVAILABLE", format!("cannot publish the request: {e}")))?;
             deliveries.push(delivery);
         }
-        let all = futures::future::join_all(deliveries);
-        match tokio::time::timeout(wait, all).await {
-            Err(_) => Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "DEADLINE_EXCEEDED",
-                "the broker did not acknowledge the request in time; it may still be scored",
-            )),
-            Ok(results) => {
-                for result in results {
-                    match result {
-                        Ok(Ok(_)) => {}
-                        Ok(Err((e, _))) => {
-                            return Err(ApiError::unavailable(
-                                "BROKER_UNAVAILABLE",
-                                format!("the broker refused the request: {e}"),
-                            ))
-                        }
-                        Err(_) => return Err(ApiError::unavailable("BROKER_UNAVAILABLE", "the producer went away")),
-                    }
-                }
-                Ok(())
-            }
-        }
+        acknowledged(
+            deliveries,
+            wait,
+            "request",
+            "the broker did not acknowledge the request in time; it may still be scored",
+        )
+        .await
     }
 }
 
 /// The answer a refusal by ingest's check gets: what the caller sent is wrong (4xx).
+/// Every delivery of `what` (the request, the feedback) acknowledged by the broker within
+/// `wait`; else the caller's error: 504 `DEADLINE_EXCEEDED` saying `late`, or 503
+/// `BROKER_UNAVAILABLE` with the broker's refusal.
+async fn acknowledged<F, T, E: std::fmt::Display, M, C>(
+    deliveries: Vec<F>,
+    wait: Duration,
+    what: &str,
+    late: &'static str,
+) -> Result<(), ApiError>
+where
+    F: std::future::Future<Output = Result<Result<T, (E, M)>, C>>,
+{
+    let results = tokio::time::timeout(wait, futures::future::join_all(deliveries))
+        .await
+        .map_err(|_| ApiError::new(StatusCode::GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED", late))?;
+    for result in results {
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => {
+                return Err(ApiError::unavailable("BROKER_UNAVAILABLE", format!("the broker refused the {what}: {e}")))
+            }
+            Err(_) => return Err(ApiError::unavailable("BROKER_UNAVAILABLE", "the producer went away")),
+        }
+    }
+    Ok(())
+}
+
 fn check_error(reason: DeadLetterReason, detail: String) -> ApiError {
     let status = match reason {
         DeadLetterReason::UnknownModel | DeadLetterReason::UnknownModelVersion => StatusCode::NOT_FOUND,

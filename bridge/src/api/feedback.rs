@@ -134,26 +134,13 @@ impl Bridge {
             })?;
             deliveries.push(delivery);
         }
-        let results = tokio::time::timeout(wait, futures::future::join_all(deliveries)).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "DEADLINE_EXCEEDED",
-                "the broker did not acknowledge the feedback in time; it may still be recorded: send it again (a \
-                 label sent twice counts once)",
-            )
-        })?;
-        for result in results {
-            match result {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    return Err(ApiError::unavailable(
-                        "BROKER_UNAVAILABLE",
-                        format!("the broker refused the feedback: {e}"),
-                    ))
-                }
-                Err(_) => return Err(ApiError::unavailable("BROKER_UNAVAILABLE", "the producer went away")),
-            }
-        }
-        Ok(())
+        super::acknowledged(
+            deliveries,
+            wait,
+            "feedback",
+            "the broker did not acknowledge the feedback in time; it may still be recorded: send it again (a \
+             label sent twice counts once)",
+        )
+        .await
     }
 }
