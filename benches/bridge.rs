@@ -129,7 +129,7 @@ async fn closed_loop(
     n: usize,
     seconds: f64,
 ) -> Step {
-    let http = reqwest::Client::new();
+    let http = streamscore_contracts::http::client();
     let before = processes.cpu();
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(seconds);
@@ -173,7 +173,7 @@ async fn paced(
     seconds: f64,
     explain_every: usize,
 ) -> (Step, Step) {
-    let http = reqwest::Client::new();
+    let http = streamscore_contracts::http::client();
     let before = processes.cpu();
     let started = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -270,7 +270,7 @@ async fn main() -> anyhow::Result<()> {
         .spawn()?;
     let processes = Processes { bridge, pipeline, broker_pid };
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = streamscore_contracts::http::client();
     let ready = Instant::now();
     while http.get(format!("{base}/ready")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
         anyhow::ensure!(ready.elapsed() < Duration::from_secs(60), "the bridge did not become ready");

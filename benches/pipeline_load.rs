@@ -160,7 +160,14 @@ fn sample(pids: &[&str]) -> Vec<f64> {
 }
 
 async fn metric(port: u16, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
+    let text = streamscore_contracts::http::client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
     text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
 
@@ -182,7 +189,11 @@ async fn wait_finished(port: u16, count: u64, timeout: Duration) -> bool {
 /// The requests a stage's clients sent, by type, and how often its source paused, from its
 /// `/metrics`.
 async fn requests_sent(port: u16) -> String {
-    let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else { return String::new() };
+    let Ok(response) =
+        streamscore_contracts::http::client().get(format!("http://127.0.0.1:{port}/metrics")).send().await
+    else {
+        return String::new();
+    };
     let text = response.text().await.unwrap_or_default();
     let mut out = Vec::new();
     for line in text.lines().filter(|l| {
@@ -197,7 +208,14 @@ async fn requests_sent(port: u16) -> String {
 
 /// p50 and p99 (ms) from a Prometheus histogram's buckets.
 async fn histogram_quantiles(port: u16, name: &str) -> Option<(f64, f64)> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok()?.text().await.ok()?;
+    let text = streamscore_contracts::http::client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for line in text.lines().filter(|l| l.starts_with(&format!("{name}_bucket"))) {
         let le = line.split("le=\"").nth(1)?.split('"').next()?;

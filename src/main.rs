@@ -151,6 +151,11 @@ fn main() -> Result<()> {
         tracing_subscriber::fmt().with_env_filter(filter()).with_ansi(ansi).with_writer(std::io::stderr).init();
     }
     apply_kafka_settings(&cli)?;
+    // HTTPS to the registry (and any other server) on ring, trusting STREAMSCORE_REGISTRY_CA
+    // too: a CA file that cannot be used stops here rather than at the first call.
+    streamscore_contracts::http::install_provider();
+    streamscore_contracts::http::check_ca()
+        .map_err(|e| anyhow::anyhow!("{e}; point it at a PEM file of CA certificates or unset it"))?;
     if let Command::Run(run) = &cli.command {
         let data_dir = &run.data_dir;
         // The main job's stages key their audit chains with the stack's key (before any thread).

@@ -245,7 +245,7 @@ pub fn storage_engine() -> String {
 }
 
 async fn wait_http_ok(url: &str, timeout: Duration) -> Result<()> {
-    let client = reqwest::Client::new();
+    let client = streamscore_contracts::http::client();
     let started = Instant::now();
     loop {
         match client.get(url).timeout(Duration::from_secs(2)).send().await {

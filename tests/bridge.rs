@@ -218,7 +218,7 @@ impl Bridge {
             addr,
             stop,
             task,
-            http: reqwest::Client::new(),
+            http: streamscore_contracts::http::client(),
             seen: std::sync::Mutex::default(),
         };
         // Ready: broker, registry (the request schema registered) and models.
@@ -519,7 +519,7 @@ async fn every_status_code_of_the_table_over_real_http() {
     // 413: over the body limit, by Content-Length and chunked. A client of its own: the
     // bridge closes the connection before reading the rest of the body, and a pooled
     // connection it closed would fail the next call with a broken pipe (seen once).
-    let response = reqwest::Client::new()
+    let response = streamscore_contracts::http::client()
         .post(format!("{}/v1/models/fraud/predict", bridge.url))
         .bearer_auth(ACME)
         .body(vec![b' '; 2 * 1024 * 1024])
@@ -1026,7 +1026,7 @@ async fn a_caller_that_hangs_up_leaves_no_waiter_and_the_listener_goes_idle() {
             .spawn()
             .unwrap(),
     );
-    let http = reqwest::Client::new();
+    let http = streamscore_contracts::http::client();
     let url = format!("http://127.0.0.1:{port}");
     let metrics = || async {
         let text = http.get(format!("{url}/metrics")).send().await.ok()?.text().await.ok()?;

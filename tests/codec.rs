@@ -31,8 +31,14 @@ async fn round_trip<T: Event + std::fmt::Debug + PartialEq>(registry: &TestRegis
     assert_eq!(decoded.schema_id, id);
     assert_eq!(&decoded.value, sample);
     // What the registry hands back for the id is the contract's schema.
-    let body: serde_json::Value =
-        reqwest::get(format!("{}/schemas/ids/{id}", registry.url)).await.unwrap().json().await.unwrap();
+    let body: serde_json::Value = streamscore_contracts::http::client()
+        .get(format!("{}/schemas/ids/{id}", registry.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let served = apache_avro::Schema::parse_str(body["schema"].as_str().unwrap()).unwrap();
     assert_eq!(served.canonical_form(), T::SCHEMA.parse().canonical_form());
 }
@@ -48,7 +54,14 @@ async fn every_schema_round_trips_through_the_registry_and_the_codec() {
     round_trip(&registry, topics::ALERTS, &samples::alert()).await;
     round_trip(&registry, topics::FEEDBACK, &samples::feedback()).await;
     round_trip(&registry, topics::ROLLOUTS, &samples::rollout()).await;
-    let subjects: Vec<String> = reqwest::get(format!("{}/subjects", registry.url)).await.unwrap().json().await.unwrap();
+    let subjects: Vec<String> = streamscore_contracts::http::client()
+        .get(format!("{}/subjects", registry.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(subjects.len(), 8, "{subjects:?}");
     registry.stop().await;
 }
@@ -87,7 +100,9 @@ async fn compatible_evolution_reads_both_ways_and_incompatible_is_refused() {
     let id1 = v1.register().await.unwrap();
     let id2 = v2.register().await.expect("a new optional field with a default is backward compatible");
     assert_ne!(id1, id2);
-    let versions: Vec<u32> = reqwest::get(format!("{}/subjects/{}-value/versions", registry.url, topic))
+    let versions: Vec<u32> = streamscore_contracts::http::client()
+        .get(format!("{}/subjects/{}-value/versions", registry.url, topic))
+        .send()
         .await
         .unwrap()
         .json()
@@ -120,7 +135,7 @@ async fn compatible_evolution_reads_both_ways_and_incompatible_is_refused() {
 
     // A new required field without a default is refused with Confluent's 409.
     let incompatible = include_str!("fixtures/inference_request_incompatible.avsc");
-    let response = reqwest::Client::new()
+    let response = streamscore_contracts::http::client()
         .post(format!("{}/subjects/{topic}-value/versions", registry.url))
         .header("content-type", "application/vnd.schemaregistry.v1+json")
         .json(&serde_json::json!({ "schema": incompatible }))
@@ -280,7 +295,10 @@ async fn bytes_interoperate_with_schema_registry_converter() {
     let sample = samples::request();
 
     // Their encoder → our decoder.
-    let encoder = EasyAvroEncoder::new(SrSettings::new(registry.url.clone()));
+    let encoder = EasyAvroEncoder::new({
+        streamscore_contracts::http::install_provider();
+        SrSettings::new(registry.url.clone())
+    });
     let strategy = SubjectNameStrategy::TopicNameStrategy(topic.clone(), false);
     let theirs = encoder.encode_struct(&sample, &strategy).await.expect("schema_registry_converter encodes");
     let decoded = ours.decode(&theirs).await.expect("our codec decodes their bytes");
@@ -289,7 +307,10 @@ async fn bytes_interoperate_with_schema_registry_converter() {
 
     // Our encoder → their decoder.
     let bytes = ours.encode(&sample).unwrap();
-    let decoder = EasyAvroDecoder::new(SrSettings::new(registry.url.clone()));
+    let decoder = EasyAvroDecoder::new({
+        streamscore_contracts::http::install_provider();
+        SrSettings::new(registry.url.clone())
+    });
     let result = decoder.decode(Some(&bytes)).await.expect("schema_registry_converter decodes our bytes");
     let value: InferenceRequest = apache_avro::from_value(&result.value).expect("their value is our request");
     assert_eq!(value, sample);

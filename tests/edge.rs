@@ -8,7 +8,11 @@
 //! TLS listener fails, a renewed certificate is served within 5 s, `tritonclient.http` with
 //! `ssl=True` works), and `Idempotency-Key` (the same key twice publishes once and answers the
 //! same; the same key with another body is a 422), and authentication events in the audit log
-//! (refusals aggregated, reloads with their fingerprints) that `audit verify` finds ok.
+//! (refusals aggregated, reloads with their fingerprints) that `audit verify` finds ok; mutual
+//! TLS (a client certificate's subject names its tenant through the policy, a certificate of
+//! another CA or none gets no answer, the identities are audited); and the registry over HTTPS
+//! (a stage trusts it through `STREAMSCORE_REGISTRY_CA`, Confluent's Python client through
+//! `ssl.ca.location`, and its users file is re-read without a restart).
 //!
 //! The key material comes from `tests/interop/edge_keys.py` (PyJWT and cryptography) under
 //! `STREAMSCORE_PYTHON`, as the other interoperability tests drive Python.
@@ -48,7 +52,8 @@ fn policy_text(without: &[&str]) -> String {
     };
     format!(
         "version = 1\nunknown_tenants = \"refuse\"\n\n[tenants.acme]\n{}rate_per_sec = 100000\nburst = 100000\n\
-         max_in_flight = 100000\n\n[tenants.globex]\n{}rate_per_sec = 100000\nburst = 100000\nmax_in_flight = 100000\n",
+         max_in_flight = 100000\n\n[tenants.globex]\n{}allowed_models = [\"fraud\"]\nrate_per_sec = 100000\nburst = 100000\n\
+         max_in_flight = 100000\n",
         key("acme", ACME),
         key("globex", GLOBEX)
     )
@@ -106,6 +111,8 @@ struct Stack {
     registry: TestRegistry,
     topics: StageTopics,
     policy: PathBuf,
+    /// The pipeline's audit topic (the bridge's too, where a test wants one log).
+    audit: String,
     _dir: tempfile::TempDir,
     pipeline: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)>,
 }
@@ -117,7 +124,8 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("tenants.toml");
         std::fs::write(&policy, policy_text(&[])).unwrap();
-        Self { registry, topics, policy, _dir: dir, pipeline: None }
+        let audit = support::unique("audit");
+        Self { registry, topics, policy, audit, _dir: dir, pipeline: None }
     }
 
     fn start_pipeline(&mut self) {
@@ -128,7 +136,7 @@ impl Stack {
             &support::unique("edge-pipeline"),
             "edge-test",
         );
-        config.infer.audit_topic = support::unique("audit");
+        config.infer.audit_topic = self.audit.clone();
         config.infer.quota_state_topic = support::unique("quota");
         config.infer.policy = Some(self.policy.clone());
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -159,11 +167,16 @@ impl Stack {
         config
     }
 
-    async fn stop(mut self) {
+    /// Stops the pipeline (its audit chain closed), if it runs.
+    async fn stop_pipeline(&mut self) {
         if let Some((stop, task)) = self.pipeline.take() {
             let _ = stop.send(());
             task.await.unwrap().expect("the pipeline ran");
         }
+    }
+
+    async fn stop(mut self) {
+        self.stop_pipeline().await;
         self.registry.stop().await;
     }
 }
@@ -184,7 +197,7 @@ impl Bridge {
         let task = tokio::spawn(streamscore_bridge::serve(config, listener, None, async {
             let _ = stop_rx.await;
         }));
-        let bridge = Self { url: format!("http://{addr}"), stop, task, http: reqwest::Client::new() };
+        let bridge = Self { url: format!("http://{addr}"), stop, task, http: streamscore_contracts::http::client() };
         for _ in 0..200 {
             if let Ok(r) = bridge.http.get(format!("{}/ready", bridge.url)).send().await {
                 if r.status() == 200 {
@@ -403,6 +416,9 @@ async fn refusals_and_reloads_are_audited_aggregated_and_audit_verify_is_ok() {
         let response = bridge.http.get(format!("{}/v2/models/fraud", bridge.url)).send().await.unwrap();
         assert_eq!(response.status(), 401);
     }
+    // A model globex may not use: an authorization refusal, recorded as well.
+    let response = bridge.http.get(format!("{}/v2/models/other", bridge.url)).bearer_auth(GLOBEX).send().await.unwrap();
+    assert_eq!(response.status(), 403);
     // A reload: globex's key revoked.
     let revoked = policy_text(&["globex"]);
     replace(&stack.policy, revoked.as_bytes());
@@ -430,7 +446,8 @@ async fn refusals_and_reloads_are_audited_aggregated_and_audit_verify_is_ok() {
     // 45 refusals before the reload, and the polls for globex's revoked key after it.
     assert!(count("unauthenticated") >= 46, "{refused:#?}");
     assert!(refused.len() < 20, "refusals are aggregated per window: {} entries", refused.len());
-    assert!(refused.iter().all(|e| e.details["code"] == "UNAUTHENTICATED"), "{refused:#?}");
+    assert!(refused.iter().any(|e| e.subject == "globex" && e.details["code"] == "MODEL_NOT_ALLOWED"), "{refused:#?}");
+    assert!(refused.iter().all(|e| e.details["code"] == "UNAUTHENTICATED" || e.subject == "globex"), "{refused:#?}");
 
     let report = streamscore::audit::verify(&streamscore::audit::VerifyConfig {
         kafka: support::kafka(),
@@ -542,18 +559,39 @@ struct Https {
 
 impl Https {
     fn new(addr: std::net::SocketAddr, ca: &Path) -> Self {
+        Self::with_identity(addr, ca, None)
+    }
+
+    /// A client showing the certificate `name`.pem (with its key `name`.key) of `keys`.
+    fn with_certificate(addr: std::net::SocketAddr, keys: &Keys, name: &str) -> Self {
+        Self::with_identity(
+            addr,
+            &keys.path("ca.pem"),
+            Some((&keys.path(&format!("{name}.pem")), &keys.path(&format!("{name}.key")))),
+        )
+    }
+
+    fn with_identity(addr: std::net::SocketAddr, ca: &Path, identity: Option<(&Path, &Path)>) -> Self {
         use rustls::pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
             roots.add(cert.unwrap()).unwrap();
         }
-        #[allow(deprecated)] // ring, as the bridge uses: see bridge/src/tls.rs
+        #[allow(deprecated)] // ring, as the bridge uses: see tls/src/server.rs
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match identity {
+            None => config.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain =
+                    rustls::pki_types::CertificateDer::pem_file_iter(cert).unwrap().map(Result::unwrap).collect();
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+                config.with_client_auth_cert(chain, key).unwrap()
+            }
+        };
         Self { addr, connector: tokio_rustls::TlsConnector::from(Arc::new(config)) }
     }
 
@@ -572,8 +610,22 @@ impl Https {
 
     /// One HTTP/1.1 request over TLS: status and JSON body.
     async fn request(&self, method: &str, path: &str, credential: Option<&str>, body: Option<&Value>) -> (u16, Value) {
+        self.try_request(method, path, credential, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: no HTTP answer: {e}"))
+    }
+
+    /// As [`Https::request`], or why no HTTP answer came (the handshake or the connection
+    /// refused).
+    async fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        credential: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = self.connect().await.unwrap();
+        let mut stream = self.connect().await.map_err(|e| format!("handshake: {e}"))?;
         let body = body.map(Value::to_string).unwrap_or_default();
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\n\
@@ -585,20 +637,24 @@ impl Https {
             head.push_str(&format!("Authorization: Bearer {credential}\r\n"));
         }
         head.push_str("\r\n");
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(body.as_bytes()).await.unwrap();
+        // With TLS 1.3 a refused client certificate shows after the handshake, as an alert
+        // on the first read (or a failed write).
+        stream.write_all(head.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
+        stream.write_all(body.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
         let mut response = Vec::new();
         // A peer closing without close_notify is an error to rustls; what came before counts.
-        let _ = stream.read_to_end(&mut response).await;
+        let read = stream.read_to_end(&mut response).await;
         let text = String::from_utf8(response).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("an HTTP response: {text:?}"));
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return Err(format!("no HTTP response ({read:?}): {text:?}"));
+        };
         let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
         let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
             dechunk(body)
         } else {
             body.to_owned()
         };
-        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+        Ok((status, serde_json::from_str(&body).unwrap_or(Value::String(body))))
     }
 }
 
@@ -633,7 +689,7 @@ async fn the_bridge_over_tls_scores_refuses_plain_http_reloads_its_certificate_a
     std::fs::copy(keys.path("server.pem"), &cert).unwrap();
     std::fs::copy(keys.path("server.key"), &key).unwrap();
     let mut config = stack.config(Some(&keys));
-    config.tls = Some(streamscore_bridge::tls::TlsFiles { cert: cert.clone(), key: key.clone() });
+    config.tls = Some(streamscore_bridge::tls::ServerFiles::new(cert.clone(), key.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -665,7 +721,7 @@ async fn the_bridge_over_tls_scores_refuses_plain_http_reloads_its_certificate_a
     assert_eq!(status, 401);
 
     // Plain HTTP to the TLS listener fails: no HTTP answer comes back.
-    let plain = reqwest::Client::new().get(format!("http://{addr}/healthz")).send().await;
+    let plain = streamscore_contracts::http::client().get(format!("http://{addr}/healthz")).send().await;
     assert!(plain.is_err(), "plain HTTP was answered: {:?}", plain.map(|r| r.status()));
 
     // A renewed certificate is served to new connections within 5 s, without a restart.
@@ -710,4 +766,287 @@ async fn the_bridge_over_tls_scores_refuses_plain_http_reloads_its_certificate_a
     let _ = stop.send(());
     task.await.unwrap().expect("the bridge ran");
     stack.stop().await;
+}
+
+/// The policy with `subject` (RFC 4514) as acme's client certificate, if given.
+fn policy_with_subject(subject: Option<&str>) -> String {
+    let line = subject.map(|s| format!("client_certificate_subjects = ['{s}']\n")).unwrap_or_default();
+    policy_text(&[]).replace("[tenants.acme]\n", &format!("[tenants.acme]\n{line}"))
+}
+
+/// The tenant of the request `id` on `topic`, as the bridge published it.
+async fn published_tenant(stack: &Stack, id: &str) -> String {
+    let codec = Codec::<InferenceRequest>::with_url(&stack.registry.url, &stack.topics.requests);
+    for record in support::read_all(&[&stack.topics.requests], Duration::from_secs(2)) {
+        let request = codec.decode(rdkafka::message::Message::payload(&record).unwrap()).await.unwrap().value;
+        if request.request_id == id {
+            return request.tenant;
+        }
+    }
+    panic!("request {id} is not on {}", stack.topics.requests);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_names_the_tenant_by_certificate_subject_refuses_other_cas_and_is_audited() {
+    let Some(python) = python() else { return };
+    let keys = Keys::make(&python);
+    let mut stack = Stack::start("edge-mtls").await;
+    let subject = keys.token("client_subject").to_owned();
+    std::fs::write(&stack.policy, policy_with_subject(Some(&subject))).unwrap();
+    stack.start_pipeline();
+    // One audit log: the pipeline's chains and the bridge's, which `audit verify` checks together.
+    let audit_topic = stack.audit.clone();
+    streamscore_kafka::topics::ensure_topics(
+        &support::kafka(),
+        &[streamscore_kafka::TopicSpec::event(&audit_topic, 1)],
+    )
+    .await
+    .unwrap();
+    let mut config = stack.config(None);
+    config.audit_topic = Some(audit_topic.clone());
+    config.audit_window = Duration::from_secs(1);
+    config.tls = Some(streamscore_bridge::tls::ServerFiles {
+        cert: keys.path("server.pem"),
+        key: keys.path("server.key"),
+        client: Some(streamscore_bridge::tls::ClientAuth { ca: keys.path("ca.pem"), required: true }),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(streamscore_bridge::serve(config, listener, None, async {
+        let _ = stop_rx.await;
+    }));
+    let acme = Https::with_certificate(addr, &keys, "client");
+    let unlisted = Https::with_certificate(addr, &keys, "client-other");
+    let rogue = Https::with_identity(
+        addr,
+        &keys.path("ca.pem"),
+        Some((&keys.path("rogue-client.pem"), &keys.path("rogue-client.key"))),
+    );
+    let anonymous = Https::new(addr, &keys.path("ca.pem"));
+    within(Duration::from_secs(20), "the mTLS bridge ready", || async {
+        matches!(acme.try_request("GET", "/ready", None, None).await, Ok((200, _)))
+    })
+    .await;
+    let predict = json!({"features": features(9)});
+    let path = "/v1/models/fraud/predict";
+
+    // The certificate alone names acme: scored, and published as acme's.
+    let (status, body) = acme.request("POST", path, None, Some(&predict)).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["predictions"][0]["request_id"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned();
+    assert_eq!(published_tenant(&stack, &id).await, "acme");
+    // With acme's own key too: fine; with globex's key: one call, one tenant.
+    assert_eq!(acme.request("POST", path, Some(ACME), Some(&predict)).await.0, 200);
+    let (status, body) = acme.request("POST", path, Some(GLOBEX), Some(&predict)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("CERTIFICATE_TENANT_MISMATCH")), "{body}");
+
+    // A certificate of the CA whose subject no tenant lists: 401 naming it, unless a key says who.
+    let (status, body) = unlisted.request("POST", path, None, Some(&predict)).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("CN=unlisted-client"), "{body}");
+    let (status, body) = unlisted.request("POST", path, Some(GLOBEX), Some(&predict)).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["predictions"][0]["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(published_tenant(&stack, &id).await, "globex");
+
+    // No certificate, or acme's very subject signed by another CA: no HTTP answer at all.
+    let refused = anonymous.try_request("POST", path, Some(ACME), Some(&predict)).await;
+    assert!(refused.is_err(), "a caller without a certificate was answered: {refused:?}");
+    let refused = rogue.try_request("POST", path, None, Some(&predict)).await;
+    assert!(refused.is_err(), "a certificate of another CA was answered: {refused:?}");
+
+    // The subject taken out of the policy: refused within 5 s, without a restart.
+    replace(&stack.policy, policy_with_subject(None).as_bytes());
+    within(Duration::from_secs(5), "the unlisted subject refused", || async {
+        acme.request("GET", "/v2/models/fraud", None, None).await.0 == 401
+    })
+    .await;
+    let _ = stop.send(());
+    task.await.unwrap().expect("the bridge ran");
+    stack.stop_pipeline().await;
+
+    // The identities are in the audit log, aggregated, with the certificates' fingerprints.
+    let codec = Codec::<streamscore_contracts::AuditRecord>::with_url(&stack.registry.url, &audit_topic);
+    let mut entries = Vec::new();
+    for record in support::read_all(&[&audit_topic], Duration::from_secs(2)) {
+        entries.push(codec.decode(rdkafka::message::Message::payload(&record).unwrap()).await.unwrap().value);
+    }
+    let seen: Vec<_> = entries.iter().filter(|e| e.kind == "AUTH_CLIENT_CERTIFICATE").collect();
+    let calls = |tenant: &str, name: &str| -> u64 {
+        seen.iter()
+            .filter(|e| {
+                e.subject == tenant
+                    && e.details["certificate_subject"] == keys.token(&format!("{name}_subject"))
+                    && e.details["certificate_sha256"] == keys.token(&format!("{name}_sha256"))
+            })
+            .map(|e| e.details["count"].parse::<u64>().unwrap())
+            .sum()
+    };
+    assert!(calls("acme", "client") >= 3, "three calls as acme: {seen:#?}");
+    assert!(calls("unmapped", "client_other") >= 2, "{seen:#?}");
+    assert!(calls("unmapped", "client") >= 1, "acme's certificate after its subject was removed: {seen:#?}");
+    assert!(seen.iter().all(|e| e.details["certificate_sha256"] != keys.token("rogue_client_sha256")), "{seen:#?}");
+    let ca_loaded = entries
+        .iter()
+        .find(|e| e.kind == "AUTH_LOADED" && e.details["file"] == "TLS client CA")
+        .unwrap_or_else(|| panic!("{entries:#?}"));
+    assert_eq!(
+        ca_loaded.details["sha256"],
+        format!("{:x}", Sha256::digest(std::fs::read(keys.path("ca.pem")).unwrap()))
+    );
+    let refused: Vec<_> = entries.iter().filter(|e| e.kind == "AUTH_REFUSED").collect();
+    assert!(
+        refused.iter().any(|e| e.subject == "globex" && e.details["code"] == "CERTIFICATE_TENANT_MISMATCH"),
+        "{refused:#?}"
+    );
+    let report = streamscore::audit::verify(&streamscore::audit::VerifyConfig {
+        kafka: support::kafka(),
+        registry_url: stack.registry.url.clone(),
+        audit_topic: audit_topic.clone(),
+        predictions_topic: stack.topics.predictions.clone(),
+        dead_letter_topic: stack.topics.dead_letter.clone(),
+        key: streamscore_contracts::audit::AuditKey::from_env().unwrap(),
+        heads: Vec::new(),
+        window: streamscore_contracts::audit::Window::ALL,
+    })
+    .await
+    .unwrap()
+    .0;
+    assert!(report.ok(), "{:#?}", report.problems);
+    stack.stop().await;
+}
+
+/// The registry over HTTPS on 127.0.0.1:0 with `users` re-read every 200 ms, each reload sent
+/// to `reloads`: its URL, its stop, its task.
+async fn tls_registry(
+    keys: &Keys,
+    users: &Path,
+    reloads: tokio::sync::mpsc::UnboundedSender<streamscore_tls::Reload>,
+) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let store = streamscore_registry::Store::open(&support::kafka(), &support::unique("_schemas-tls")).await.unwrap();
+    let (sha256, contents) = streamscore_tls::files::fingerprint(&[users.to_owned()]).unwrap();
+    let auth = streamscore_registry::Auth::parse(std::str::from_utf8(&contents[0]).unwrap()).unwrap();
+    let auth = Arc::new(streamscore_registry::Current::new(auth));
+    let tls =
+        streamscore_tls::Tls::load(streamscore_tls::ServerFiles::new(keys.path("server.pem"), keys.path("server.key")))
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = streamscore_registry::auth::watch(
+        users.to_owned(),
+        sha256,
+        false,
+        Arc::clone(&auth),
+        Duration::from_millis(200),
+        move |reload: &streamscore_tls::Reload| {
+            let _ = reloads.send(reload.clone());
+        },
+    );
+    let task = tokio::spawn(async move {
+        streamscore_registry::serve_with(Arc::new(store), auth, None, listener, Some(&tls), async {
+            let _ = stop_rx.await;
+        })
+        .await;
+        watcher.abort();
+    });
+    (url, stop, task)
+}
+
+/// `streamscore ARGS` with `STREAMSCORE_REGISTRY_CA` set to `ca` (or unset): success, output.
+async fn streamscore_with_ca(ca: Option<&Path>, args: &[&str]) -> (bool, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"));
+    command.args(args).env("STREAMSCORE_LOG", "warn");
+    match ca {
+        Some(ca) => command.env(streamscore_contracts::http::CA_ENV, ca),
+        None => command.env_remove(streamscore_contracts::http::CA_ENV),
+    };
+    let output = tokio::task::spawn_blocking(move || command.output().unwrap()).await.unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_registry_over_tls_serves_the_stages_and_confluents_client_and_reloads_its_users() {
+    let Some(python) = python() else { return };
+    let keys = Keys::make(&python);
+    let users = keys.path("registry-users");
+    let hash = streamscore_registry::auth::password_sha256;
+    let with_writer = format!("writer:writer:{}\nadmin:admin:{}\n", hash("w-secret"), hash("a-secret"));
+    std::fs::write(&users, &with_writer).unwrap();
+    let (reloads_tx, mut reloads) = tokio::sync::mpsc::unbounded_channel();
+    let (url, stop, task) = tls_registry(&keys, &users, reloads_tx).await;
+    let ca = keys.path("ca.pem");
+    let authority = url.trim_start_matches("https://").to_owned();
+
+    // A stage's client trusts the registry through STREAMSCORE_REGISTRY_CA, and only then.
+    let subjects = format!("{url}/subjects");
+    let (ok, output) = streamscore_with_ca(None, &["probe", &subjects]).await;
+    assert!(!ok, "the registry's certificate was trusted without its CA: {output}");
+    let (ok, output) = streamscore_with_ca(Some(&ca), &["probe", &subjects]).await;
+    assert!(ok, "probe with STREAMSCORE_REGISTRY_CA: {output}");
+    let bootstrap = support::kafka().bootstrap;
+    let writer_url = format!("https://writer:w-secret@{authority}");
+    let (ok, output) =
+        streamscore_with_ca(Some(&ca), &["topics", "--bootstrap", &bootstrap, "--registry-url", &writer_url]).await;
+    assert!(ok, "topics --registry-url https://...: {output}");
+    assert!(output.contains("registered inference.requests-value"), "{output}");
+    let (ok, output) = streamscore_with_ca(Some(&keys.path("missing-ca.pem")), &["probe", &subjects]).await;
+    assert!(!ok && output.contains(streamscore_contracts::http::CA_ENV), "a CA file that cannot be read: {output}");
+
+    // Confluent's Python client, trusting the CA through ssl.ca.location.
+    let script = format!("{}/tests/interop/registry_tls.py", env!("CARGO_MANIFEST_DIR"));
+    let args = [
+        script,
+        url.clone(),
+        ca.display().to_string(),
+        "writer:w-secret".to_owned(),
+        "inference.requests-value".to_owned(),
+    ];
+    let output = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(args).output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "SchemaRegistryClient over TLS: {}", String::from_utf8_lossy(&output.stderr));
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(out["subjects"].as_array().unwrap().contains(&json!("inference.requests-value")), "{out}");
+    assert!(out["registered_id"].as_u64().is_some(), "{out}");
+
+    // Plain HTTP to the TLS listener gets no answer.
+    let plain = streamscore_contracts::http::client().get(format!("http://{authority}/subjects")).send().await;
+    assert!(plain.is_err(), "plain HTTP was answered: {:?}", plain.map(|r| r.status()));
+
+    // The users file re-read: the writer removed is refused within 5 s; an empty file (which
+    // would open the registry) is refused and the users in force stay.
+    streamscore_contracts::http::install_provider();
+    let client = reqwest::Client::builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&std::fs::read(&ca).unwrap()).unwrap())
+        .build()
+        .unwrap();
+    let register = |user: Option<(&'static str, &'static str)>| {
+        let request = client
+            .post(format!("{url}/subjects/tls-reload-value/versions"))
+            .json(&json!({"schema": "{\"type\": \"long\"}"}));
+        let request = match user {
+            Some((name, password)) => request.basic_auth(name, Some(password)),
+            None => request,
+        };
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(register(Some(("writer", "w-secret"))).await, 200);
+    replace(&users, format!("admin:admin:{}\n", hash("a-secret")).as_bytes());
+    within(Duration::from_secs(5), "the removed writer refused", || async {
+        register(Some(("writer", "w-secret"))).await == 401
+    })
+    .await;
+    assert!(reloads.recv().await.unwrap().loaded());
+    assert_eq!(register(Some(("admin", "a-secret"))).await, 200);
+    replace(&users, b"# nobody\n");
+    let refused = tokio::time::timeout(Duration::from_secs(5), reloads.recv()).await.unwrap().unwrap();
+    assert!(!refused.loaded(), "an empty users file was taken: {refused:?}");
+    assert_eq!(register(None).await, 401, "an empty users file opened the registry");
+    assert_eq!(register(Some(("admin", "a-secret"))).await, 200);
+
+    let _ = stop.send(());
+    task.await.unwrap();
 }

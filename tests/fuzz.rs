@@ -302,7 +302,10 @@ fn fuzz_bytes(
 // ---- wire header and Avro decode ----
 
 fn codecs() -> (Codec<InferenceRequest>, Codec<ValidatedRequest>) {
-    let settings = || SrSettings::new("http://127.0.0.1:9".to_owned());
+    let settings = || {
+        streamscore_contracts::http::install_provider();
+        SrSettings::new("http://127.0.0.1:9".to_owned())
+    };
     (
         Codec::new(settings(), "fuzz-requests").with_known_id(1),
         Codec::new(settings(), "fuzz-validated").with_known_id(1),
@@ -642,7 +645,8 @@ fn http_strategy() -> impl Strategy<Value = HttpCall> {
 fn registry_http(budget: Duration) -> Result<(), Failed> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     let registry = runtime.block_on(support::TestRegistry::start());
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().map_err(|e| e.to_string())?;
+    let client =
+        streamscore_contracts::http::builder().timeout(Duration::from_secs(20)).build().map_err(|e| e.to_string())?;
     let url = registry.url.clone();
     let result = fuzz(
         "registry_http",

@@ -52,7 +52,7 @@ fn strings(args: &[&str]) -> Vec<String> {
 }
 
 async fn get(url: &str) -> Option<String> {
-    let response = reqwest::get(url).await.ok()?;
+    let response = streamscore_contracts::http::client().get(url).send().await.ok()?;
     response.status().is_success().then_some(())?;
     response.text().await.ok()
 }
@@ -69,8 +69,11 @@ async fn query(prometheus: &str, expr: &str) -> Result<Vec<serde_json::Value>, S
             }
         })
         .collect();
-    let response =
-        reqwest::get(format!("{prometheus}/api/v1/query?query={encoded}")).await.map_err(|e| e.to_string())?;
+    let response = streamscore_contracts::http::client()
+        .get(format!("{prometheus}/api/v1/query?query={encoded}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
     let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
     if body["status"] != "success" {
         return Err(format!("{}: {}", body["errorType"], body["error"]));
@@ -361,7 +364,7 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
 
     // A synchronous caller through the bridge, asking for an explanation.
     let features: streamscore_contracts::Features = streamscore_synth::Generator::new(7).next(0).by_name();
-    let answer = reqwest::Client::new()
+    let answer = streamscore_contracts::http::client()
         .post(format!("http://127.0.0.1:{bridge_port}/v1/models/fraud/predict?explain=true"))
         .bearer_auth("acme-demo-key")
         .json(&serde_json::json!({ "features": features }))
@@ -374,7 +377,7 @@ async fn prometheus_scrapes_every_stage_and_every_dashboard_query_has_data() {
     let id = answer["predictions"][0]["request_id"].as_str().unwrap().to_owned();
     // Its label, through the bridge; and labels for the load's outcomes on the feedback topic,
     // so the quality panels have figures (both classes, the label following the score).
-    let labeled = reqwest::Client::new()
+    let labeled = streamscore_contracts::http::client()
         .post(format!("http://127.0.0.1:{bridge_port}/v1/feedback"))
         .bearer_auth("acme-demo-key")
         .json(&serde_json::json!({"request_id": id, "actual": 0}))

@@ -65,7 +65,11 @@ fn monitor(args: &[String], store: &std::path::Path, group: &str) -> Monitor {
 
 /// The monitor's metrics, `name{labels}` → value, or nothing while it does not answer.
 async fn scrape(port: u16) -> BTreeMap<String, String> {
-    let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else { return BTreeMap::new() };
+    let Ok(response) =
+        streamscore_contracts::http::client().get(format!("http://127.0.0.1:{port}/metrics")).send().await
+    else {
+        return BTreeMap::new();
+    };
     let text = response.text().await.unwrap_or_default();
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

@@ -22,7 +22,7 @@ struct Api {
 
 impl Api {
     fn new(registry: &TestRegistry) -> Self {
-        Self { client: Client::new(), url: registry.url.clone() }
+        Self { client: streamscore_contracts::http::client(), url: registry.url.clone() }
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -271,7 +271,7 @@ async fn writes_need_credentials_and_deletes_the_admin_role() {
     use streamscore_registry::auth::{password_sha256, Auth};
     let users = format!("writer:writer:{}\nadmin:admin:{}\n", password_sha256("w-pass"), password_sha256("a-pass"));
     let registry = TestRegistry::start_with(&support::unique("_schemas-auth"), Auth::parse(&users).unwrap()).await;
-    let client = Client::new();
+    let client = streamscore_contracts::http::client();
     let url = &registry.url;
     let subject = support::unique("auth");
     let register = |user: Option<(&str, &str)>| {
@@ -381,7 +381,7 @@ async fn a_write_after_a_50002_is_never_planned_on_stale_state() {
     let server = tokio::spawn(streamscore_registry::serve(Arc::clone(&store), Arc::default(), None, listener, async {
         let _ = stopped.await;
     }));
-    let client = Client::new();
+    let client = streamscore_contracts::http::client();
     let subject = support::unique("race");
     let other =
         r#"{"type":"record","name":"Refund","namespace":"io.example","fields":[{"name":"amount","type":"double"}]}"#;

@@ -155,8 +155,14 @@ async fn recreate(kafka: &KafkaConfig, topic: &str, partitions: i32) {
 async fn the_registry_survives_a_topic_recreated_under_it() {
     let (stack, _) = Stack::up(&[]);
     let kafka = stack.kafka();
-    let subjects_before: serde_json::Value =
-        reqwest::get(format!("{}/subjects", stack.registry())).await.unwrap().json().await.unwrap();
+    let subjects_before: serde_json::Value = streamscore_contracts::http::client()
+        .get(format!("{}/subjects", stack.registry()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(subjects_before.as_array().map(Vec::len), Some(8), "stack up registered the contracts");
 
     recreate(&kafka, "inference.requests", 3).await;
@@ -166,7 +172,11 @@ async fn the_registry_survives_a_topic_recreated_under_it() {
     while started.elapsed() < Duration::from_secs(15) {
         let status = stack.run(&["status"]);
         assert!(status.status.success(), "stack status after the topic was made again:\n{}", text(&status));
-        let answer = reqwest::get(format!("{}/subjects", stack.registry())).await.expect("the registry answers");
+        let answer = streamscore_contracts::http::client()
+            .get(format!("{}/subjects", stack.registry()))
+            .send()
+            .await
+            .expect("the registry answers");
         assert!(answer.status().is_success());
         assert_eq!(answer.json::<serde_json::Value>().await.unwrap(), subjects_before, "same subjects");
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -183,7 +193,7 @@ async fn the_registry_survives_a_topic_recreated_under_it() {
         let log = stack.log("registry.log");
         assert!(log.contains("the registry's topic _schemas is gone from the broker"), "registry.log:\n{log}");
         let url = stack.var("STREAMSCORE_REGISTRY_URL");
-        let refused = reqwest::Client::new()
+        let refused = streamscore_contracts::http::client()
             .post(format!("{url}/subjects/new-subject-value/versions"))
             .json(&serde_json::json!({"schema": "{\"type\": \"string\"}"}))
             .send()

@@ -27,6 +27,7 @@ use crate::idempotency::{Begin, Claim, Kept};
 use crate::jwt::{self, Scope};
 use crate::waiters::{Lookup, WaitError};
 use crate::Bridge;
+use streamscore_tls::PeerCertificate;
 
 /// Rows one call may carry.
 pub const MAX_ROWS: usize = 1000;
@@ -312,6 +313,12 @@ pub fn routes(bridge: Arc<Bridge>) -> impl Filter<Extract = (warp::reply::Respon
         .unify()
 }
 
+tokio::task_local! {
+    /// The client certificate of the connection a call came on (mutual TLS), for the call's
+    /// own task: only the TLS listener puts one on a request ([`streamscore_tls::server`]).
+    static PEER: Option<PeerCertificate>;
+}
+
 fn answer(bridge: Arc<Bridge>) -> impl Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
     // The query string, or none (`?explain=true` on /v1 predict).
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
@@ -319,13 +326,15 @@ fn answer(bridge: Arc<Bridge>) -> impl Filter<Extract = (warp::reply::Response,)
         .and(warp::path::full())
         .and(query)
         .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<PeerCertificate>())
         .and(warp::body::stream())
-        .then(move |method: Method, path: warp::path::FullPath, query: String, headers: HeaderMap, body| {
+        .then(move |method: Method, path: warp::path::FullPath, query: String, headers: HeaderMap, peer, body| {
             let bridge = Arc::clone(&bridge);
             async move {
                 let started = Instant::now();
                 let body = read_limited(body, bridge.config.max_body_bytes).await;
-                let (route, response) = bridge.handle(&method, path.as_str(), &query, &headers, body).await;
+                let handled = bridge.handle(&method, path.as_str(), &query, &headers, body);
+                let (route, response) = PEER.scope(peer, handled).await;
                 metrics::counter!(
                     "streamscore_bridge_requests_total",
                     "route" => route,
@@ -433,6 +442,11 @@ async fn keep(claim: Claim, response: warp::reply::Response) -> warp::reply::Res
 pub(crate) struct Caller {
     pub(crate) tenant: String,
     token: Option<jwt::TokenIdentity>,
+}
+
+/// The tenant a client certificate's subject names in the policy, if any.
+fn certificate_tenant(authority: &crate::rotate::Authority, peer: &PeerCertificate) -> Option<String> {
+    authority.subjects.get(&peer.subject).cloned()
 }
 
 impl Caller {
@@ -627,14 +641,31 @@ impl Bridge {
         error
     }
 
-    /// The caller a credential names; a refusal is recorded.
+    /// The caller a credential names (an API key, a bearer token) or, without one, the client
+    /// certificate's subject (mutual TLS); a refusal is recorded. A certificate whose subject
+    /// names a tenant and a credential naming another is a 403: one call, one tenant.
     fn identify(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
-        let Some(credential) = auth::presented_key(headers) else {
-            let message = "an API key or a bearer token is required (Authorization: Bearer ... or X-API-Key)";
-            return Err(self.refuse(None, ApiError::unauthorized(message)));
-        };
         let authority = self.authority.get();
-        match &self.jwt {
+        let peer = PEER.try_with(Clone::clone).ok().flatten();
+        let by_certificate = peer.as_ref().and_then(|p| certificate_tenant(&authority, p));
+        if let Some(peer) = &peer {
+            self.authlog.certificate(by_certificate.as_deref(), peer);
+        }
+        let Some(credential) = auth::presented_key(headers) else {
+            if let Some(tenant) = by_certificate {
+                return Ok(Caller { tenant, token: None });
+            }
+            let message = match &peer {
+                Some(peer) => format!(
+                    "the client certificate {:?} is no tenant's (client_certificate_subjects in the tenant policy); \
+                     present an API key or a bearer token (Authorization: Bearer ... or X-API-Key)",
+                    peer.subject
+                ),
+                None => "an API key or a bearer token is required (Authorization: Bearer ... or X-API-Key)".to_owned(),
+            };
+            return Err(self.refuse(None, ApiError::unauthorized(&message)));
+        };
+        let caller = match &self.jwt {
             Some((jwks, expect)) if jwt::looks_like_jwt(credential) => {
                 let identity = jwks
                     .get()
@@ -647,12 +678,24 @@ impl Bridge {
                     let error = ApiError::new(StatusCode::FORBIDDEN, "UNKNOWN_TENANT", message);
                     return Err(self.refuse(Some(&identity.tenant), error));
                 }
-                Ok(Caller { tenant: identity.tenant.clone(), token: Some(identity) })
+                Caller { tenant: identity.tenant.clone(), token: Some(identity) }
             }
             _ => match authority.keys.tenant(credential) {
-                Some(tenant) => Ok(Caller { tenant: tenant.to_owned(), token: None }),
-                None => Err(self.refuse(None, ApiError::unauthorized("unknown API key"))),
+                Some(tenant) => Caller { tenant: tenant.to_owned(), token: None },
+                None => return Err(self.refuse(None, ApiError::unauthorized("unknown API key"))),
             },
+        };
+        match by_certificate {
+            Some(tenant) if tenant != caller.tenant => {
+                let message = format!(
+                    "the client certificate is tenant {tenant}'s and the credential tenant {}'s: one call is one \
+                     tenant's",
+                    caller.tenant
+                );
+                let error = ApiError::new(StatusCode::FORBIDDEN, "CERTIFICATE_TENANT_MISMATCH", message);
+                Err(self.refuse(Some(&caller.tenant), error))
+            }
+            _ => Ok(caller),
         }
     }
 
@@ -738,9 +781,10 @@ impl Bridge {
     }
 
     /// Whether `tenant` may use `model`; checked before the model is looked up, so a tenant
-    /// gets 403 for a model it may not use whether that model exists or not.
+    /// gets 403 for a model it may not use whether that model exists or not. A refusal is
+    /// recorded ([`crate::authlog`]), as those of credentials and scopes are.
     fn allowed(&self, tenant: &str, model: &str) -> Result<(), ApiError> {
-        match self.authority.get().policy.tenant(tenant) {
+        let allowed = match self.authority.get().policy.tenant(tenant) {
             None => {
                 Err(ApiError::new(StatusCode::FORBIDDEN, "UNKNOWN_TENANT", format!("tenant {tenant} may not call")))
             }
@@ -752,7 +796,8 @@ impl Bridge {
                 ))
             }
             Some(_) => Ok(()),
-        }
+        };
+        allowed.map_err(|error| self.refuse(Some(tenant), error))
     }
 
     async fn oip_infer(

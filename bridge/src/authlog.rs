@@ -9,6 +9,10 @@
 //!   with the count, so a flood of bad calls is a handful of entries, not a flood of them. At
 //!   most [`MAX_SOURCES`] distinct (tenant, code) pairs a window; beyond, counted as `other`.
 //!
+//! - `AUTH_CLIENT_CERTIFICATE`: the client certificates calls came with (mutual TLS), per
+//!   tenant the subject names (or `unmapped`), subject and certificate fingerprint over each
+//!   window: one entry with the count of calls, under the same bound.
+//!
 //! Events reach the writer through a bounded queue: the request path never waits on the
 //! broker, and events past a full queue are counted (`streamscore_bridge_auth_events_dropped_total`).
 
@@ -18,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::rotate::Reload;
+use streamscore_tls::PeerCertificate;
 
 /// Refusals are counted over this long before they are written.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
@@ -29,7 +34,11 @@ const QUEUE: usize = 4096;
 enum Event {
     Refused { who: String, code: &'static str },
     File { kind: &'static str, what: &'static str, sha256: String, error: Option<String> },
+    Certificate { identity: Identity },
 }
+
+/// A client certificate and the tenant its subject names (`unmapped` when none).
+type Identity = (String, String, String);
 
 /// Where authentication events go; [`AuthLog::off`] drops them.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +64,12 @@ impl AuthLog {
         self.send(Event::Refused { who: tenant.unwrap_or("unauthenticated").to_owned(), code });
     }
 
+    /// A call that came with the client certificate `peer`, whose subject names `tenant`.
+    pub fn certificate(&self, tenant: Option<&str>, peer: &PeerCertificate) {
+        let tenant = tenant.unwrap_or("unmapped").to_owned();
+        self.send(Event::Certificate { identity: (tenant, peer.subject.clone(), peer.sha256.clone()) });
+    }
+
     /// A file in force at start.
     pub fn loaded(&self, what: &'static str, sha256: &str) {
         self.send(Event::File { kind: "AUTH_LOADED", what, sha256: sha256.to_owned(), error: None });
@@ -76,9 +91,28 @@ impl AuthLog {
 /// Refusals counted in the current window, by (tenant or `unauthenticated`, code).
 type Refusals = BTreeMap<(String, &'static str), u64>;
 
-/// Counts a refusal, or writes a file event now.
-async fn take(writer: &streamscore_kafka::audit::AuditWriter, refusals: &mut Refusals, event: Event) {
+/// Calls per client certificate in the current window.
+type Identities = BTreeMap<Identity, u64>;
+
+/// What the current window has counted.
+#[derive(Debug, Default)]
+struct Window {
+    refusals: Refusals,
+    identities: Identities,
+}
+
+/// Counts a refusal or a certificate, or writes a file event now.
+async fn take(writer: &streamscore_kafka::audit::AuditWriter, window: &mut Window, event: Event) {
+    let refusals = &mut window.refusals;
     match event {
+        Event::Certificate { identity } => {
+            let identity = if window.identities.len() >= MAX_SOURCES && !window.identities.contains_key(&identity) {
+                ("other".to_owned(), String::new(), String::new())
+            } else {
+                identity
+            };
+            *window.identities.entry(identity).or_default() += 1;
+        }
         Event::Refused { who, code } => {
             let who = if refusals.len() >= MAX_SOURCES && !refusals.contains_key(&(who.clone(), code)) {
                 "other".to_owned()
@@ -142,7 +176,7 @@ pub fn spawn(
                 }
             }
         };
-        let mut refusals: Refusals = BTreeMap::new();
+        let mut counted = Window::default();
         let mut tick = tokio::time::interval(window);
         tick.tick().await;
         loop {
@@ -150,7 +184,7 @@ pub fn spawn(
                 biased;
                 event = events.recv() => match event {
                     Some(event) => {
-                        take(&writer, &mut refusals, event).await;
+                        take(&writer, &mut counted, event).await;
                         continue;
                     }
                     None => true,
@@ -162,10 +196,22 @@ pub fn spawn(
                 // What the bridge refused up to now is written before the chain closes.
                 events.close();
                 while let Some(event) = events.recv().await {
-                    take(&writer, &mut refusals, event).await;
+                    take(&writer, &mut counted, event).await;
                 }
             }
-            for ((who, code), count) in std::mem::take(&mut refusals) {
+            let Window { refusals, identities } = std::mem::take(&mut counted);
+            for ((tenant, subject, sha256), count) in identities {
+                let details = HashMap::from([
+                    ("certificate_subject".to_owned(), subject),
+                    ("certificate_sha256".to_owned(), sha256),
+                    ("count".to_owned(), count.to_string()),
+                    ("window_secs".to_owned(), window.as_secs().to_string()),
+                ]);
+                if let Err(e) = writer.record("AUTH_CLIENT_CERTIFICATE", &tenant, None, details).await {
+                    tracing::error!(error = %e, "client certificates were not written to the audit log");
+                }
+            }
+            for ((who, code), count) in refusals {
                 let details = HashMap::from([
                     ("code".to_owned(), code.to_owned()),
                     ("count".to_owned(), count.to_string()),

@@ -20,8 +20,9 @@ pub mod listen;
 pub mod openapi;
 pub mod ready;
 pub mod rotate;
-pub mod tls;
 pub mod waiters;
+
+pub use streamscore_tls as tls;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -78,8 +79,9 @@ pub struct BridgeConfig {
     pub audit_topic: Option<String>,
     /// How long refusals are counted before one entry per tenant and code is written.
     pub audit_window: Duration,
-    /// HTTPS with this certificate and key; `None`: plain HTTP.
-    pub tls: Option<tls::TlsFiles>,
+    /// HTTPS with this certificate and key, and client certificates when it says so; `None`:
+    /// plain HTTP.
+    pub tls: Option<tls::ServerFiles>,
     /// How often the policy, JWKS and certificate files are checked for a change
     /// ([`rotate::POLL`]).
     pub reload_every: Duration,
@@ -202,17 +204,13 @@ pub async fn serve(
             Some((sha256, jwks))
         }
     };
-    let certificate = match &config.tls {
+    let tls = match &config.tls {
         None => None,
-        Some(files) => {
-            let error = |reason: String| BridgeError::Tls { cert: files.cert.clone(), key: files.key.clone(), reason };
-            let (sha256, contents) =
-                rotate::fingerprint(&files.paths()).ok_or_else(|| error("cannot read them".into()))?;
-            let certified = tls::certified_key(&contents[0], &contents[1]).map_err(error)?;
-            let current = Arc::new(rotate::Current::new(certified));
-            let acceptor = tls::acceptor(Arc::clone(&current)).map_err(error)?;
-            Some((sha256, current, acceptor))
-        }
+        Some(files) => Some(tls::Tls::load(files.clone()).map_err(|reason| BridgeError::Tls {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            reason,
+        })?),
     };
     let audit_key = match config.audit_key.clone() {
         Some(key) => key,
@@ -304,8 +302,8 @@ pub async fn serve(
     if let Some((sha256, _)) = &jwks {
         authlog.loaded("JWKS", sha256);
     }
-    if let Some((sha256, _, _)) = &certificate {
-        authlog.loaded("TLS certificate", sha256);
+    for (what, sha256) in tls.iter().flat_map(tls::Tls::fingerprints) {
+        authlog.loaded(what, &sha256);
     }
     let rollouts = streamscore_control::table::follow_in_background(
         &config.kafka,
@@ -367,7 +365,6 @@ pub async fn serve(
         },
         config.reload_every,
         authlog.clone(),
-        shutdown.clone(),
     )];
     let jwt = match (jwks, &config.jwt) {
         (Some((sha256, jwks)), Some(jwt)) => {
@@ -386,28 +383,14 @@ pub async fn serve(
                 },
                 config.reload_every,
                 authlog.clone(),
-                shutdown.clone(),
             ));
             Some((current, jwt.expect.clone()))
         }
         _ => None,
     };
-    let acceptor = match (certificate, &config.tls) {
-        (Some((sha256, current, acceptor)), Some(files)) => {
-            watchers.push(rotate::watch(
-                "TLS certificate",
-                files.paths(),
-                sha256,
-                current,
-                |contents: &[Vec<u8>]| tls::certified_key(&contents[0], &contents[1]),
-                config.reload_every,
-                authlog.clone(),
-                shutdown.clone(),
-            ));
-            Some(acceptor)
-        }
-        _ => None,
-    };
+    if let Some(tls) = &tls {
+        watchers.extend(tls.watch(config.reload_every, rotate::reported(authlog.clone())));
+    }
     let bridge = Arc::new(Bridge {
         config,
         store,
@@ -423,9 +406,12 @@ pub async fn serve(
         broker,
         metrics,
     });
-    match acceptor {
+    match &tls {
         None => warp::serve(api::routes(bridge)).incoming(listener).graceful(shutdown.wait()).run().await,
-        Some(acceptor) => tls::serve(api::routes(bridge), listener, acceptor, shutdown.wait()).await,
+        Some(tls) => {
+            let failures = metrics::counter!("streamscore_bridge_tls_handshake_failures_total");
+            tls.serve(api::routes(bridge), listener, failures, shutdown.wait()).await;
+        }
     }
     registration.abort();
     rescanning.abort();

@@ -201,10 +201,14 @@ impl<T: Event> Codec<T> {
     /// registry gives up after [`REGISTRY_TIMEOUT`] (a retryable failure), so a registry that
     /// accepts connections and never answers cannot hold a record for ever.
     pub fn with_url(url: &str, topic: &str) -> Self {
+        // HTTPS trusts the system's roots and STREAMSCORE_REGISTRY_CA (crate::http).
         let settings = SrSettings::new_builder(url.to_owned())
             .set_timeout(REGISTRY_TIMEOUT)
-            .build()
-            .unwrap_or_else(|_| SrSettings::new(url.to_owned()));
+            .build_with(crate::http::builder())
+            .unwrap_or_else(|_| {
+                crate::http::install_provider();
+                SrSettings::new(url.to_owned())
+            });
         Self { registry_address: redact_credentials(url), ..Self::new(settings, topic) }
     }
 
@@ -467,8 +471,11 @@ mod kept_schemas_tests {
 
     #[test]
     fn writer_schemas_past_the_bound_still_decode_without_being_kept() {
-        let codec =
-            Codec::<InferenceRequest>::new(SrSettings::new("http://127.0.0.1:9".to_owned()), "t").with_known_id(1);
+        let codec = {
+            crate::http::install_provider();
+            Codec::<InferenceRequest>::new(SrSettings::new("http://127.0.0.1:9".to_owned()), "t")
+        }
+        .with_known_id(1);
         let request = InferenceRequest {
             request_id: "r-1".into(),
             tenant: "acme".into(),

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod codec;
 pub mod drift_stats;
 pub mod events;
+pub mod http;
 pub mod lineage;
 pub mod partition;
 pub mod schemas;

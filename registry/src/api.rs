@@ -86,7 +86,7 @@ pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 /// The warp filter serving the API (and `/metrics` when `metrics` is given).
 pub fn routes(
     store: Arc<Store>,
-    auth: Arc<Auth>,
+    auth: Arc<streamscore_tls::Current<Auth>>,
     metrics: Option<MetricsRender>,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = std::convert::Infallible> + Clone {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
@@ -113,7 +113,7 @@ pub fn routes(
                 let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
                 let query = parse_query(&query);
                 // Who may, then the body (counted as it arrives, chunked too), then the rest.
-                let result = match auth.check(&headers, Auth::needed(&method, &segments)) {
+                let result = match auth.get().check(&headers, Auth::needed(&method, &segments)) {
                     Err(e) => Err(e),
                     Ok(()) => match read_limited(body, MAX_BODY_BYTES).await {
                         Err(e) => Err(e),

@@ -12,7 +12,10 @@
 //! users configured, the registry is open to all, and says so at start.
 //!
 //! The users file has one user per line, `name:role:sha256-of-password` (hex), `#` comments;
-//! passwords are compared as their sha256 digests, in constant time.
+//! passwords are compared as their sha256 digests, in constant time. The file is re-read
+//! when it changes ([`watch`]): a user removed is refused from then on, without a restart; a
+//! file that does not parse, or names no user (which would open the registry), is refused and
+//! the users loaded stay.
 
 use warp::http::{HeaderMap, Method};
 
@@ -107,6 +110,16 @@ impl Auth {
         Ok(Self { users, authenticated_reads: false })
     }
 
+    /// Parses a users file re-read while serving: as [`Auth::parse`], and it must name a user
+    /// (none would open the registry to all).
+    pub fn reparse(text: &str, authenticated_reads: bool) -> Result<Self, String> {
+        let auth = Self::parse(text)?.with_authenticated_reads(authenticated_reads);
+        if !auth.enabled() {
+            return Err("the users file names no user; an empty file would open the registry to all".into());
+        }
+        Ok(auth)
+    }
+
     /// The role a request needs, by method and path.
     pub fn needed(method: &Method, path: &[&str]) -> Role {
         match (method.as_str(), path) {
@@ -145,6 +158,45 @@ impl Auth {
 }
 
 /// `Authorization: Basic base64(name:password)`.
+/// Re-reads the users file at `path` every `every` (until aborted): a change that parses and
+/// names a user replaces the users in `current`; one that does not is refused (logged) and the
+/// loaded users stay. Reloads are counted in `streamscore_registry_reloads_total{outcome}` and
+/// handed to `report`.
+pub fn watch(
+    path: std::path::PathBuf,
+    loaded_sha256: String,
+    authenticated_reads: bool,
+    current: std::sync::Arc<streamscore_tls::Current<Auth>>,
+    every: std::time::Duration,
+    report: impl Fn(&streamscore_tls::Reload) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    streamscore_tls::files::watch(
+        "registry users",
+        vec![path],
+        loaded_sha256,
+        current,
+        move |contents: &[Vec<u8>]| {
+            let text = std::str::from_utf8(&contents[0]).map_err(|e| format!("not UTF-8: {e}"))?;
+            Auth::reparse(text, authenticated_reads)
+        },
+        every,
+        move |reload: &streamscore_tls::Reload| {
+            count_reload(reload);
+            report(reload);
+        },
+    )
+}
+
+/// Counts a reload of the registry's files in `streamscore_registry_reloads_total{what, outcome}`.
+pub fn count_reload(reload: &streamscore_tls::Reload) {
+    metrics::counter!(
+        "streamscore_registry_reloads_total",
+        "what" => reload.what(),
+        "outcome" => if reload.loaded() { "loaded" } else { "refused" },
+    )
+    .increment(1);
+}
+
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(warp::http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.trim().split_once(' ')?;

@@ -101,7 +101,7 @@ pub(crate) struct ProbeCommand {
 impl ProbeCommand {
     pub(crate) async fn run(self) -> Result<()> {
         let Self { url, timeout_secs } = self;
-        let client = reqwest::Client::builder()
+        let client = streamscore_contracts::http::builder()
             .timeout(std::time::Duration::from_secs_f64(timeout_secs.clamp(0.1, 300.0)))
             .build()?;
         match client.get(&url).send().await {

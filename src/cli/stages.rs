@@ -430,6 +430,15 @@ pub(crate) struct BridgeCommand {
     /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "STREAMSCORE_BRIDGE_TLS_KEY", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// Mutual TLS: callers must show a client certificate this CA (PEM) signed; a subject the
+    /// tenant policy lists (`client_certificate_subjects`) calls as that tenant without a key
+    /// or token. Re-read within seconds when it changes.
+    #[arg(long, env = "STREAMSCORE_BRIDGE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub(crate) tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: a caller without a certificate may still connect (and needs an
+    /// API key or a token); one with a certificate the CA did not sign is still refused.
+    #[arg(long, requires = "tls_client_ca")]
+    pub(crate) tls_client_optional: bool,
 }
 
 /// JWT bearer tokens beside the API keys (OAuth 2.0 access tokens from an identity provider).
@@ -480,6 +489,8 @@ impl BridgeCommand {
             audit_topic,
             tls_cert,
             tls_key,
+            tls_client_ca,
+            tls_client_optional,
         } = self;
         let mut config = streamscore_bridge::BridgeConfig::new(
             KafkaConfig::new(&endpoints.bootstrap),
@@ -496,7 +507,11 @@ impl BridgeCommand {
         config.max_body_bytes = max_body_bytes;
         config.jwt = jwt.config();
         config.audit_topic = audit_topic;
-        config.tls = tls_cert.zip(tls_key).map(|(cert, key)| streamscore_bridge::tls::TlsFiles { cert, key });
+        config.tls = tls_cert.zip(tls_key).map(|(cert, key)| streamscore_bridge::tls::ServerFiles {
+            cert,
+            key,
+            client: tls_client_ca.map(|ca| streamscore_bridge::tls::ClientAuth { ca, required: !tls_client_optional }),
+        });
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         if let Some(instance) = instance {
             config.instance = instance;
@@ -525,29 +540,51 @@ pub(crate) struct RegistryCommand {
     #[arg(long, default_value = streamscore_registry::DEFAULT_TOPIC)]
     pub(crate) topic: String,
     /// Users allowed to write: one `name:role:sha256-of-password` per line, role reader,
-    /// writer (register) or admin (delete, config). Without it the registry is open to all.
+    /// writer (register) or admin (delete, config); re-read within seconds when it changes.
+    /// Without it the registry is open to all.
     #[arg(long, env = "STREAMSCORE_REGISTRY_USERS_FILE")]
     pub(crate) users_file: Option<PathBuf>,
     /// Reads need a user too (default: reads are open).
     #[arg(long)]
     pub(crate) auth_reads: bool,
+    /// Serve HTTPS with this certificate chain (PEM: the certificate, then intermediates);
+    /// re-read within seconds when it changes. Without it the registry speaks plain HTTP.
+    /// Clients trust it with STREAMSCORE_REGISTRY_CA (the stages) or `ssl.ca.location`
+    /// (Confluent's clients).
+    #[arg(long, env = "STREAMSCORE_REGISTRY_TLS_CERT", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "STREAMSCORE_REGISTRY_TLS_KEY", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 impl RegistryCommand {
     pub(crate) async fn run(self, shutdown: Shutdown) -> Result<()> {
-        let Self { bootstrap, listen, topic, users_file, auth_reads } = self;
-        let auth = match &users_file {
+        let Self { bootstrap, listen, topic, users_file, auth_reads, tls_cert, tls_key } = self;
+        let (auth, users) = match &users_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                streamscore_registry::Auth::parse(&text)
+                let (sha256, contents) = streamscore_tls::files::fingerprint(std::slice::from_ref(path))
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let text = String::from_utf8(contents.into_iter().next().unwrap_or_default())
+                    .with_context(|| format!("{} is not UTF-8", path.display()))?;
+                let auth = streamscore_registry::Auth::parse(&text)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-                    .with_authenticated_reads(auth_reads)
+                    .with_authenticated_reads(auth_reads);
+                (auth, Some((path.clone(), sha256)))
             }
             None => {
                 tracing::warn!(
                     "no --users-file: anyone who can reach the registry may register, delete and reconfigure"
                 );
-                streamscore_registry::Auth::open()
+                (streamscore_registry::Auth::open(), None)
+            }
+        };
+        let tls = match tls_cert.zip(tls_key) {
+            None => None,
+            Some((cert, key)) => {
+                Some(streamscore_tls::Tls::load(streamscore_tls::ServerFiles::new(cert.clone(), key.clone())).map_err(
+                    |e| anyhow::anyhow!("TLS certificate {} and key {}: {e}", cert.display(), key.display()),
+                )?)
             }
         };
         let kafka = KafkaConfig::new(bootstrap);
@@ -559,10 +596,32 @@ impl RegistryCommand {
             .await?
             .context("opening the registry's topic")?;
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        tracing::info!(%listen, topic, "schema registry serving");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%listen, topic, "schema registry serving {scheme}://{listen}");
         let prometheus = streamscore_telemetry::install_recorder();
         let metrics: streamscore_registry::api::MetricsRender = Arc::new(move || prometheus.render());
-        streamscore_registry::serve(Arc::new(store), Arc::new(auth), Some(metrics), listener, shutdown.wait()).await;
+        let auth = Arc::new(streamscore_registry::Current::new(auth));
+        let mut watchers = Vec::new();
+        if let Some((path, sha256)) = users {
+            let every = streamscore_tls::files::POLL;
+            let report = |_: &streamscore_tls::Reload| {};
+            watchers.push(streamscore_registry::auth::watch(
+                path,
+                sha256,
+                auth_reads,
+                Arc::clone(&auth),
+                every,
+                report,
+            ));
+        }
+        if let Some(tls) = &tls {
+            watchers.extend(tls.watch(streamscore_tls::files::POLL, streamscore_registry::auth::count_reload));
+        }
+        streamscore_registry::serve_with(Arc::new(store), auth, Some(metrics), listener, tls.as_ref(), shutdown.wait())
+            .await;
+        for watcher in watchers {
+            watcher.abort();
+        }
         tracing::info!("schema registry stopped");
 
         Ok(())

@@ -249,7 +249,7 @@ pub const METRICS: &[Metric] = &[
     counter(
         "streamscore_bridge_reloads_total",
         &["what", "outcome"],
-        "Bridge files re-read on a change (tenant policy, JWKS, TLS certificate): loaded or refused.",
+        "Bridge files re-read on a change (tenant policy, JWKS, TLS certificate, TLS client CA): loaded or refused.",
     ),
     counter(
         "streamscore_bridge_unclaimed_outcomes_total",
@@ -260,6 +260,16 @@ pub const METRICS: &[Metric] = &[
         "streamscore_bridge_tls_handshake_failures_total",
         &[],
         "TLS handshakes the bridge did not complete (plain HTTP, an untrusted or slow client).",
+    ),
+    counter(
+        "streamscore_registry_reloads_total",
+        &["what", "outcome"],
+        "Registry files re-read on a change (registry users, TLS certificate): loaded or refused.",
+    ),
+    counter(
+        "streamscore_registry_tls_handshake_failures_total",
+        &[],
+        "TLS handshakes the registry did not complete (plain HTTP, an untrusted or slow client).",
     ),
     counter(
         "streamscore_bridge_unauthenticated_outcomes_total",

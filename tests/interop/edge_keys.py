@@ -8,8 +8,13 @@ Writes into DIR:
   ca.pem          a test certificate authority
   server.pem, server.key    a certificate for 127.0.0.1 and localhost, signed by the CA
   server2.pem, server2.key  another one (CN "streamscore bridge 2"), for the reload test
+  client.pem, client.key    a client certificate (mutual TLS) signed by the CA
+  client-other.pem, .key    another one, whose subject the test policy does not list
+  rogue-ca.pem              another CA, and rogue-client.pem/.key: client's subject, signed by it
 Prints one JSON object of tokens by name, minted with PyJWT (and by hand where PyJWT refuses
-to: alg "none", and HS256 keyed with the public key), each for tenant "acme" unless named.
+to: alg "none", and HS256 keyed with the public key), each for tenant "acme" unless named, and
+the client certificates' subjects as RFC 4514 writes them (`client_subject`, ...) and the sha256
+of their DER (`client_sha256`, ...).
 """
 
 import base64
@@ -59,10 +64,10 @@ def pem_key(key) -> bytes:
     )
 
 
-def certificates(out: str) -> None:
+def make_ca(common_name: str):
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "streamscore test CA")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -78,7 +83,52 @@ def certificates(out: str) -> None:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return ca_key, ca_name, ca
+
+
+def client_certificate(out: str, name: str, subject: x509.Name, ca_key, ca_name) -> dict:
+    """A client certificate signed by the CA; its subject (RFC 4514) and DER sha256."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    write(os.path.join(out, f"{name}.pem"), cert.public_bytes(serialization.Encoding.PEM))
+    write(os.path.join(out, f"{name}.key"), pem_key(key))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    key_name = name.replace("-", "_")
+    return {f"{key_name}_subject": cert.subject.rfc4514_string(), f"{key_name}_sha256": hashlib.sha256(der).hexdigest()}
+
+
+def certificates(out: str) -> dict:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, ca_name, ca = make_ca("streamscore test CA")
     write(os.path.join(out, "ca.pem"), ca.public_bytes(serialization.Encoding.PEM))
+    # A subject with an escaped comma and several RDNs: its RFC 4514 form must be read alike.
+    acme = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Acme, Inc."),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Fraud"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "scorer-1"),
+        ]
+    )
+    facts = client_certificate(out, "client", acme, ca_key, ca_name)
+    other = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "unlisted-client")])
+    facts.update(client_certificate(out, "client-other", other, ca_key, ca_name))
+    rogue_key, rogue_name, rogue = make_ca("rogue CA")
+    write(os.path.join(out, "rogue-ca.pem"), rogue.public_bytes(serialization.Encoding.PEM))
+    facts.update(client_certificate(out, "rogue-client", acme, rogue_key, rogue_name))
     for name, cn in (("server", "streamscore bridge"), ("server2", "streamscore bridge 2")):
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
@@ -104,6 +154,7 @@ def certificates(out: str) -> None:
         )
         write(os.path.join(out, f"{name}.pem"), cert.public_bytes(serialization.Encoding.PEM))
         write(os.path.join(out, f"{name}.key"), pem_key(key))
+    return facts
 
 
 def main() -> None:
@@ -124,7 +175,7 @@ def main() -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     write(os.path.join(out, "rsa-public.pem"), public_pem)
-    certificates(out)
+    facts = certificates(out)
 
     now = int(time.time())
 
@@ -163,6 +214,7 @@ def main() -> None:
         "unlisted_tenant": sign(rsa1, "rsa-1", claims(tenant="initech")),
         "no_tenant": sign(rsa1, "rsa-1", claims(tenant=None)),
     }
+    tokens.update(facts)
     print(json.dumps(tokens))
 
 

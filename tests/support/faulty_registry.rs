@@ -76,7 +76,7 @@ impl FaultyRegistry {
         });
         let serving = Arc::clone(&shared);
         let task = tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = streamscore_contracts::http::client();
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let (shared, client) = (Arc::clone(&serving), client.clone());

@@ -115,7 +115,7 @@ impl TestRegistry {
 
     /// Registers `schema` under `subject` over the REST API; returns the response body.
     pub async fn register(&self, subject: &str, schema: &str) -> serde_json::Value {
-        reqwest::Client::new()
+        streamscore_contracts::http::client()
             .post(format!("{}/subjects/{subject}/versions", self.url))
             .json(&serde_json::json!({ "schema": schema }))
             .send()

@@ -11,6 +11,7 @@
 //! [tenants.tenant-01]
 //! display_name = "Acme"
 //! api_key_sha256 = ["5e88…"]     # hex sha256 of API keys (for the HTTP bridge)
+//! client_certificate_subjects = ["CN=scorer,O=Acme"]  # mutual TLS at the bridge (RFC 4514)
 //! allowed_models = ["fraud"]     # empty: every model
 //! pinned_versions = { fraud = "2" }
 //! rate_per_sec = 500             # events per second (event time)
@@ -88,6 +89,12 @@ pub struct TenantPolicy {
     /// always admits an explanation ([`TenantPolicy::explain_cost`]).
     #[serde(default)]
     pub explain_cost: Option<u32>,
+    /// Subjects of client certificates (mutual TLS at the bridge, `--tls-client-ca`) that call
+    /// as this tenant: the distinguished name as RFC 4514 writes it, the last RDN first
+    /// (`CN=scorer,O=Acme`, what `openssl x509 -noout -subject -nameopt RFC2253` prints),
+    /// compared exactly. A subject may name one tenant.
+    #[serde(default)]
+    pub client_certificate_subjects: Vec<String>,
 }
 
 /// What an explained request costs when the policy does not say: 100 tokens. An explanation
@@ -195,6 +202,29 @@ impl Policy {
                 });
             }
         }
+        if file.default.as_ref().is_some_and(|d| !d.client_certificate_subjects.is_empty()) {
+            return Err(PolicyError::Invalid {
+                file: path.to_owned(),
+                scope: "[default]".to_owned(),
+                field: "client_certificate_subjects",
+                reason: "a certificate subject names a tenant; the default table has no name".to_owned(),
+            });
+        }
+        let mut subjects: BTreeMap<&str, &str> = BTreeMap::new();
+        for (name, policy) in &file.tenants {
+            for subject in &policy.client_certificate_subjects {
+                if let Some(other) = subjects.insert(subject, name).filter(|other| *other != name) {
+                    return Err(PolicyError::Invalid {
+                        file: path.to_owned(),
+                        scope: format!("tenant {name}"),
+                        field: "client_certificate_subjects",
+                        reason: format!(
+                            "{subject:?} is also tenant {other}'s: a certificate subject must name one tenant"
+                        ),
+                    });
+                }
+            }
+        }
         if let Some(reason) = file.rollout_gates.as_ref().and_then(streamscore_control::gates::GateThresholds::problem)
         {
             return Err(PolicyError::Invalid {
@@ -290,6 +320,21 @@ fn validate(policy: &TenantPolicy) -> Result<(), (&'static str, String)> {
                 && !name.contains(char::is_control)
         })
     };
+    // `TYPE=value` pairs joined by commas: at least one `=` after a type, no control bytes.
+    let subject_ok = |s: &str| {
+        s.split_once('=').is_some_and(|(kind, value)| {
+            !kind.is_empty()
+                && kind.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.')
+                && !value.is_empty()
+                && !s.contains(char::is_control)
+        })
+    };
+    if let Some(bad) = policy.client_certificate_subjects.iter().find(|s| !subject_ok(s)) {
+        return Err((
+            "client_certificate_subjects",
+            format!("{bad:?} is not a distinguished name like \"CN=scorer,O=Acme\" (RFC 4514)"),
+        ));
+    }
     if let Some(bad) = policy.kafka_principals.iter().find(|p| !principal_ok(p)) {
         return Err(("kafka_principals", format!("{bad:?} is not a principal like \"User:name\"")));
     }

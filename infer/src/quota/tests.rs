@@ -147,6 +147,20 @@ fn a_malformed_policy_is_refused_naming_the_field() {
         ),
         ("version = 1\n[tenants.a]\nrate_per_sec = 5\nburst = 5\nexplain_cost = 0\n", "tenant a: field explain_cost"),
         ("version = 1\n[tenants.a]\nrate_per_sec = 5\nburst = 5\nexplain_cost = 6\n", "tenant a: field explain_cost"),
+        (
+            "version = 1\n[tenants.a]\nrate_per_sec = 5\nburst = 5\nclient_certificate_subjects = [\"scorer\"]\n",
+            "tenant a: field client_certificate_subjects",
+        ),
+        (
+            "version = 1\n[tenants.a]\nrate_per_sec = 5\nburst = 5\nclient_certificate_subjects = [\"CN=s\"]\n\
+             [tenants.b]\nrate_per_sec = 5\nburst = 5\nclient_certificate_subjects = [\"CN=s\"]\n",
+            "also tenant a's",
+        ),
+        (
+            "version = 1\nunknown_tenants = \"default\"\n[default]\nrate_per_sec = 5\nburst = 5\n\
+             client_certificate_subjects = [\"CN=s\"]\n",
+            "[default]: field client_certificate_subjects",
+        ),
     ];
     for (text, expected) in cases {
         let error = Policy::parse(Path::new("policies/tenants.toml"), text.as_bytes()).expect_err(text).to_string();
