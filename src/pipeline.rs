@@ -62,6 +62,7 @@ pub async fn run(
     // Ingest judges a request against the version routing will score: the policy's pins,
     // under the stage's own --pins.
     let mut pins = streamscore_modelstore::Pins::default();
+    let mut loaded_policy = None;
     if let Some(path) = &config.infer.policy {
         let policy = streamscore_infer::quota::Policy::load(path)?;
         pins = policy.pins();
@@ -71,6 +72,7 @@ pub async fn run(
             specs.push(streamscore_kafka::TopicSpec::requests(&topic, CLUSTER_PARTITIONS));
         }
         ingest_config.tenant_topics = tenant_topics.topics();
+        loaded_policy = Some(policy);
     }
     if config.infer.policy.is_some() {
         // Quota buckets are committed with the request offsets (a redelivery is decided as
@@ -99,6 +101,18 @@ pub async fn run(
         .with_rollouts(config.infer.rollouts.clone())
         .with_max_record_bytes(config.max_record_bytes)
         .with_event_time_window(config.ingest.event_window);
+    // Ingest follows the policy as infer does: tenants (when they came from it) and pins.
+    let following = loaded_policy.map(|policy| {
+        let tenants_from_policy = config.tenants == ingest_tenants(&policy);
+        follow_policy(
+            policy,
+            config.infer.pins.clone(),
+            tenants_from_policy,
+            decider.admission(),
+            POLICY_POLL,
+            shutdown.clone(),
+        )
+    });
     let (tx, rx) = mpsc::channel(config.channel_capacity);
     // Infer stopping (an error, a panic in a batch) stops ingest too: it would otherwise wait
     // for records that nothing will score.
@@ -129,7 +143,87 @@ pub async fn run(
         streamscore_ingest::run_with_stats(ingest_config, decider, Handoff::Channel(tx), stats, shutdown).await;
     // Ingest has returned and dropped its end of the channel: infer drains and stops. An infer
     // failure is the cause of ingest's "stopped taking requests", so it is reported first.
+    if let Some(following) = following {
+        following.abort();
+    }
     let inferred = infer.await.context("the infer stage panicked")?;
     inferred.context("infer stage")?;
     ingest.context("ingest stage")
+}
+
+/// How often ingest reads the tenant policy for a change (infer reads it at every model store
+/// rescan, 5 s).
+pub const POLICY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The tenants ingest knows under `policy`: any (`unknown_tenants = "default"`), or only those
+/// it lists.
+pub fn ingest_tenants(policy: &streamscore_infer::quota::Policy) -> Tenants {
+    use streamscore_infer::quota::policy::UnknownTenants;
+    match policy.file.unknown_tenants {
+        UnknownTenants::Default => Tenants::Any,
+        UnknownTenants::Refuse => Tenants::Only(policy.file.tenants.keys().cloned().collect()),
+    }
+}
+
+/// Follows the tenant policy for ingest: every `every`, when the file's sha256 has moved from
+/// `loaded`'s, the new policy's pins (under the stage's own `stage_pins`) and, when
+/// `tenants_from_policy`, its tenants replace `admission`'s, so a tenant removed is refused
+/// (`UNKNOWN_TENANT`) and a pin moved is validated against from then on, without a restart. A
+/// file that does not parse is refused (logged) and the admission in force stays. Tenants'
+/// own topics (`kafka_principals`) are subscribed at start: a change to them is logged and
+/// takes a restart. Ends at `shutdown` (or abort it).
+pub fn follow_policy(
+    loaded: streamscore_infer::quota::Policy,
+    stage_pins: std::collections::HashMap<String, String>,
+    tenants_from_policy: bool,
+    admission: streamscore_ingest::decide::SharedAdmission,
+    every: std::time::Duration,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let path = loaded.path.clone();
+        let bound = |p: &streamscore_infer::quota::Policy| -> Vec<String> {
+            p.bound_tenants().map(|(t, _)| t.to_owned()).collect()
+        };
+        let (mut seen, bound_at_start) = (loaded.sha256.clone(), bound(&loaded));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.requested() => return,
+            }
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let sha256 = streamscore_contracts::sha256_hex(&bytes);
+            if sha256 == seen {
+                continue;
+            }
+            seen = sha256;
+            match streamscore_infer::quota::Policy::parse(&path, &bytes) {
+                Ok(policy) => {
+                    let current = admission.current();
+                    let tenants = if tenants_from_policy { ingest_tenants(&policy) } else { current.tenants.clone() };
+                    let pins = policy.pins().with_every_model(stage_pins.clone());
+                    admission.replace(streamscore_ingest::decide::Admission { tenants, pins });
+                    tracing::info!(
+                        path = %path.display(),
+                        sha256 = policy.sha256,
+                        version = policy.file.version,
+                        "tenant policy reloaded by ingest: its tenants and pins judge requests from now on"
+                    );
+                    if bound(&policy) != bound_at_start {
+                        tracing::warn!(
+                            path = %path.display(),
+                            "the tenants bound to Kafka principals changed; their topics are read as at start \
+                             until the stage restarts"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "tenant policy refused by ingest; keeping the loaded one");
+                }
+            }
+        }
+    })
 }

@@ -139,6 +139,9 @@ impl Stack {
         config.infer.audit_topic = self.audit.clone();
         config.infer.quota_state_topic = support::unique("quota");
         config.infer.policy = Some(self.policy.clone());
+        // As `streamscore pipeline --policy` does: the policy's tenants, which ingest follows.
+        let policy = streamscore_infer::quota::Policy::load(&self.policy).unwrap();
+        config.tenants = streamscore::pipeline::ingest_tenants(&policy);
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             streamscore::pipeline::run(config, Arc::new(TractBackend), Arc::default(), async {
@@ -1049,4 +1052,93 @@ async fn the_registry_over_tls_serves_the_stages_and_confluents_client_and_reloa
 
     let _ = stop.send(());
     task.await.unwrap();
+}
+
+/// The policy with globex's table left out entirely (acme only).
+fn policy_without_globex() -> String {
+    let text = policy_text(&[]);
+    text[..text.find("[tenants.globex]").unwrap()].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenant_removed_from_the_policy_is_refused_by_ingest_within_5_s_without_a_restart() {
+    let mut stack = Stack::start("edge-ingest-policy").await;
+    stack.start_pipeline();
+    let codec = Codec::<InferenceRequest>::with_url(&stack.registry.url, &stack.topics.requests);
+    codec.register().await.unwrap();
+    let dead_letters =
+        Codec::<streamscore_contracts::DeadLetter>::with_url(&stack.registry.url, &stack.topics.dead_letter);
+    let seed = std::sync::atomic::AtomicU64::new(0);
+    // A request of `tenant` straight onto the requests topic (no bridge): its id.
+    let send = |tenant: &'static str| {
+        let seed = seed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = uuid::Uuid::new_v4().to_string();
+        let request = support::synth_request(seed, id.clone(), tenant, None, streamscore_contracts::now_micros());
+        let record = (tenant.as_bytes().to_vec(), codec.encode(&request).unwrap());
+        let topic = stack.topics.requests.clone();
+        async move {
+            support::produce(&topic, &[record]).await;
+            id
+        }
+    };
+    // What became of each request: `<stage>/<reason>` of its dead letter, or its outcome's
+    // status; read until every id in `ids` has one.
+    let outcomes =
+        Codec::<streamscore_contracts::PredictionOutcome>::with_url(&stack.registry.url, &stack.topics.predictions);
+    let fates = |ids: Vec<String>| {
+        let (topics, dead_letters, outcomes) = (&stack.topics, &dead_letters, &outcomes);
+        async move {
+            let mut fates = std::collections::HashMap::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while ids.iter().any(|id| !fates.contains_key(id)) {
+                assert!(Instant::now() < deadline, "no fate within 60 s for some of {ids:?}: {fates:?}");
+                let records =
+                    support::read_all(&[&topics.dead_letter, &topics.predictions], Duration::from_millis(500));
+                for record in records {
+                    use rdkafka::message::Message;
+                    let payload = record.payload().unwrap();
+                    if record.topic() == topics.dead_letter {
+                        let letter = dead_letters.decode(payload).await.unwrap().value;
+                        if let Some(id) = letter.lineage.request_id.clone() {
+                            fates.insert(id, format!("{}/{}", letter.lineage.stage, letter.reason.code()));
+                        }
+                    } else {
+                        let outcome = outcomes.decode(payload).await.unwrap().value;
+                        if let (Some(id), false) = (outcome.lineage.request_id.clone(), outcome.shadow) {
+                            fates.insert(id, format!("{:?}", outcome.status));
+                        }
+                    }
+                }
+            }
+            fates
+        }
+    };
+    let before = send("globex").await;
+    assert_eq!(fates(vec![before.clone()]).await[&before], "Scored", "globex is in the policy");
+
+    // globex taken out: its requests, sent every 250 ms for 6 s, are refused by ingest from
+    // at most 5 s on (infer, which re-reads the policy every 5 s, would reject them itself, as
+    // REJECTED outcomes: the dead letters are ingest's).
+    replace(&stack.policy, policy_without_globex().as_bytes());
+    let replaced = Instant::now();
+    let mut sent = Vec::new();
+    let mut pace = tokio::time::interval(Duration::from_millis(250));
+    while replaced.elapsed() < Duration::from_secs(6) {
+        pace.tick().await;
+        let at = replaced.elapsed();
+        sent.push((send("globex").await, at));
+    }
+    let acme = send("acme").await;
+    let mut ids: Vec<String> = sent.iter().map(|(id, _)| id.clone()).collect();
+    ids.push(acme.clone());
+    let fates = fates(ids).await;
+    assert_eq!(fates[&acme], "Scored", "acme is still in the policy");
+    let late: Vec<_> = sent.iter().filter(|(_, at)| *at >= Duration::from_secs(5)).collect();
+    assert!(!late.is_empty());
+    for (id, at) in &late {
+        assert_eq!(fates[id], "ingest/UNKNOWN_TENANT", "globex's request {at:?} after the policy changed");
+    }
+    let first = sent.iter().find(|(id, _)| fates[id] == "ingest/UNKNOWN_TENANT").unwrap();
+    eprintln!("ingest refused globex from {:?} after the policy changed", first.1);
+    stack.stop().await;
 }

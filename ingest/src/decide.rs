@@ -38,6 +38,35 @@ impl Tenants {
     }
 }
 
+/// What the tenant policy decides for ingest: which tenants are known and the versions they
+/// are pinned to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    pub tenants: Tenants,
+    pub pins: Pins,
+}
+
+/// The admission in force, swapped whole when the policy changes (a follower of the policy
+/// file holds a clone): a record is judged by the old one or the new one, never a mix.
+#[derive(Debug, Clone)]
+pub struct SharedAdmission(Arc<std::sync::RwLock<Arc<Admission>>>);
+
+impl SharedAdmission {
+    pub fn new(admission: Admission) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Arc::new(admission))))
+    }
+
+    /// The admission now.
+    pub fn current(&self) -> Arc<Admission> {
+        Arc::clone(&self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Puts `admission` in force for the records decided from now on.
+    pub fn replace(&self, admission: Admission) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(admission);
+    }
+}
+
 /// Tenants bound to Kafka principals, each with a topic of its own.
 ///
 /// Kafka does not tell a consumer who produced a record, so the binding goes through topics:
@@ -224,10 +253,10 @@ pub struct RequestDecider {
     codec: Arc<Codec<InferenceRequest>>,
     instance: String,
     max_record_bytes: usize,
-    tenants: Tenants,
+    /// Tenants and pins, which a policy reload replaces.
+    admission: SharedAdmission,
     tenant_topics: TenantTopics,
     models: Option<SharedStore>,
-    pins: Pins,
     rollouts: RolloutTable,
     window: EventTimeWindow,
     /// The clock, µs since the epoch (tests set their own).
@@ -242,10 +271,9 @@ impl RequestDecider {
             codec,
             instance: instance.into(),
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
-            tenants: Tenants::Any,
+            admission: SharedAdmission::new(Admission { tenants: Tenants::Any, pins: Pins::default() }),
             tenant_topics: TenantTopics::default(),
             models: None,
-            pins: Pins::default(),
             rollouts: RolloutTable::empty(),
             window: EventTimeWindow::default(),
             now: streamscore_contracts::now_micros,
@@ -268,7 +296,8 @@ impl RequestDecider {
 
     #[must_use]
     pub fn with_tenants(mut self, tenants: Tenants) -> Self {
-        self.tenants = tenants;
+        let pins = self.admission.current().pins.clone();
+        self.admission = SharedAdmission::new(Admission { tenants, pins });
         self
     }
 
@@ -283,8 +312,14 @@ impl RequestDecider {
     /// pins), as routing will score them.
     #[must_use]
     pub fn with_pins(mut self, pins: Pins) -> Self {
-        self.pins = pins;
+        let tenants = self.admission.current().tenants.clone();
+        self.admission = SharedAdmission::new(Admission { tenants, pins });
         self
+    }
+
+    /// The tenants and pins this decider judges by, to replace when the policy changes.
+    pub fn admission(&self) -> SharedAdmission {
+        self.admission.clone()
     }
 
     /// Validates against the version each model's rollout splits a request to (when it names
@@ -340,7 +375,8 @@ impl RequestDecider {
         let request = decoded.value;
         let models = self.models.as_ref().map(SharedStore::current);
         let rollouts = self.rollouts.current();
-        let checked = match validate(&request, &self.tenants, models.as_deref(), &self.pins, &rollouts) {
+        let admission = self.admission.current();
+        let checked = match validate(&request, &admission.tenants, models.as_deref(), &admission.pins, &rollouts) {
             Ok(checked) => checked,
             Err((reason, detail)) => {
                 return self.dead_letter(record, reason, detail, Some(decoded.schema_id), Some(&request))

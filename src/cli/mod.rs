@@ -230,13 +230,8 @@ pub(crate) struct LoadArgs {
 /// Known tenants for ingest: the policy's when there is one (every tenant if it admits unknown
 /// ones), else the `--tenants` list.
 pub(crate) fn tenants_for(policy: Option<&std::path::Path>, list: &str) -> Result<streamscore_ingest::Tenants> {
-    use streamscore_infer::quota::{policy::UnknownTenants, Policy};
     let Some(path) = policy else { return Ok(streamscore_ingest::Tenants::parse(list)) };
-    let policy = Policy::load(path)?;
-    Ok(match policy.file.unknown_tenants {
-        UnknownTenants::Default => streamscore_ingest::Tenants::Any,
-        UnknownTenants::Refuse => streamscore_ingest::Tenants::Only(policy.file.tenants.keys().cloned().collect()),
-    })
+    Ok(streamscore::pipeline::ingest_tenants(&streamscore_infer::quota::Policy::load(path)?))
 }
 
 /// `--metrics-listen`: an address, or `off`.

@@ -640,12 +640,13 @@ pub(crate) async fn run_ingest(
     use streamscore_ingest::{Handoff, RequestDecider, TenantTopics};
     serve_metrics(metrics).await?;
     let tenants = tenants_for(policy.as_deref(), &args.tenants)?;
-    let (tenant_topics, pins) = match &policy {
+    let (tenant_topics, pins, loaded) = match &policy {
         Some(path) => {
             let policy = streamscore_infer::quota::Policy::load(path)?;
-            (TenantTopics::new(&args.input_topic, policy.bound_tenants().map(|(t, _)| t)), policy.pins())
+            let topics = TenantTopics::new(&args.input_topic, policy.bound_tenants().map(|(t, _)| t));
+            (topics, policy.pins(), Some(policy))
         }
-        None => (TenantTopics::default(), streamscore_modelstore::Pins::default()),
+        None => (TenantTopics::default(), streamscore_modelstore::Pins::default(), None),
     };
     let models = streamscore_modelstore::SharedStore::new(args.store.open()?);
     let kafka = KafkaConfig::new(&endpoints.bootstrap);
@@ -681,6 +682,17 @@ pub(crate) async fn run_ingest(
         .with_models(models)
         .with_max_record_bytes(args.max_record_bytes)
         .with_event_time_window(args.event_window());
+    // The policy's tenants and pins are followed without a restart, as infer follows it.
+    if let Some(policy) = loaded {
+        streamscore::pipeline::follow_policy(
+            policy,
+            Default::default(),
+            true,
+            decider.admission(),
+            streamscore::pipeline::POLICY_POLL,
+            shutdown.clone(),
+        );
+    }
     let mut config = IngestConfig::new(kafka, &endpoints.registry_url);
     config.group_id = args.group;
     config.input_topic = args.input_topic;
