@@ -34,6 +34,7 @@ pub async fn register_contracts(registry_url: &str) -> Result<Vec<(String, u32)>
         one::<DriftAlert>(registry_url, topics::ALERTS).await?,
         one::<Feedback>(registry_url, topics::FEEDBACK).await?,
         one::<Rollout>(registry_url, topics::ROLLOUTS).await?,
+        one::<IdempotentAnswer>(registry_url, topics::IDEMPOTENCY).await?,
     ])
 }
 

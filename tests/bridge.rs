@@ -83,6 +83,9 @@ struct Stack {
     pipeline: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)>,
     /// The rollouts the pipeline and the bridge follow (private: not the stack's).
     rollouts: String,
+    /// The answers to idempotent calls the bridges keep and read back (private: a caller's
+    /// request id repeated in another test, or another run, is another test's key).
+    idempotency: String,
 }
 
 impl Stack {
@@ -92,7 +95,15 @@ impl Stack {
         let dir = tempfile::tempdir().unwrap();
         let policy = dir.path().join("tenants.toml");
         std::fs::write(&policy, policy_text()).unwrap();
-        Self { registry, topics, policy, _dir: dir, pipeline: None, rollouts: support::unique("rollouts") }
+        Self {
+            registry,
+            topics,
+            policy,
+            _dir: dir,
+            pipeline: None,
+            rollouts: support::unique("rollouts"),
+            idempotency: support::unique("idempotency"),
+        }
     }
 
     fn start_pipeline(&mut self) {
@@ -136,6 +147,7 @@ impl Stack {
         config.predictions_topic = self.topics.predictions.clone();
         config.deadline = Duration::from_secs(10);
         config.rollouts_topic.clone_from(&self.rollouts);
+        config.idempotency_topic = Some(self.idempotency.clone());
         config
     }
 
@@ -416,11 +428,13 @@ async fn every_status_code_of_the_table_over_real_http() {
 
     // 403: a model the tenant may not use, whether it exists or not (a tenant cannot tell the
     // models it may not use from names that do not exist), on every route that names a model.
+    // With `nested`, which carries no caller's id: `oip-1` sent again to another route is that
+    // id reused for another request (422 IDEMPOTENCY_KEY_REUSED, tests/edge.rs).
     for (key, model) in [(WALLED, "fraud"), (ACME, "credit")] {
         let (status, _, body) =
             bridge.post(&format!("/v1/models/{model}/predict"), Some(key), &json!({"features": by_name[0]})).await;
         assert_eq!((status, error_code(&body)), (403, "MODEL_NOT_ALLOWED"), "{key} on {model}: {body}");
-        let (status, _, body) = bridge.post(&format!("/v2/models/{model}/infer"), Some(key), &infer).await;
+        let (status, _, body) = bridge.post(&format!("/v2/models/{model}/infer"), Some(key), &nested).await;
         assert_eq!((status, body["code"].as_str()), (403, Some("MODEL_NOT_ALLOWED")), "{key} on {model}: {body}");
         let (status, _, body) = bridge.get(&format!("/v2/models/{model}"), Some(key)).await;
         assert_eq!((status, body["code"].as_str()), (403, Some("MODEL_NOT_ALLOWED")), "{key} on {model}: {body}");
@@ -433,7 +447,7 @@ async fn every_status_code_of_the_table_over_real_http() {
     let (status, _, body) =
         bridge.post("/v1/models/fraud/predict", Some(ACME), &json!({"features": by_name[0], "version": "9"})).await;
     assert_eq!((status, error_code(&body)), (404, "UNKNOWN_MODEL_VERSION"));
-    let (status, _, _) = bridge.post("/v2/models/fraud/versions/9/infer", Some(ACME), &infer).await;
+    let (status, _, _) = bridge.post("/v2/models/fraud/versions/9/infer", Some(ACME), &nested).await;
     assert_eq!(status, 404);
     let (status, _, body) = bridge.get("/v1/nothing/here", Some(ACME)).await;
     assert_eq!((status, error_code(&body)), (404, "NOT_FOUND"));
@@ -1021,6 +1035,7 @@ async fn a_caller_that_hangs_up_leaves_no_waiter_and_the_listener_goes_idle() {
             .arg("--models")
             .arg(support::models_dir())
             .args(["--requests-topic", &stack.topics.requests, "--predictions-topic", &stack.topics.predictions])
+            .args(["--idempotency-topic", &stack.idempotency])
             .env("STREAMSCORE_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()

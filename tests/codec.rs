@@ -54,6 +54,7 @@ async fn every_schema_round_trips_through_the_registry_and_the_codec() {
     round_trip(&registry, topics::ALERTS, &samples::alert()).await;
     round_trip(&registry, topics::FEEDBACK, &samples::feedback()).await;
     round_trip(&registry, topics::ROLLOUTS, &samples::rollout()).await;
+    round_trip(&registry, topics::IDEMPOTENCY, &samples::idempotent_answer()).await;
     let subjects: Vec<String> = streamscore_contracts::http::client()
         .get(format!("{}/subjects", registry.url))
         .send()
@@ -62,7 +63,7 @@ async fn every_schema_round_trips_through_the_registry_and_the_codec() {
         .json()
         .await
         .unwrap();
-    assert_eq!(subjects.len(), 8, "{subjects:?}");
+    assert_eq!(subjects.len(), topics::EVENT_TOPICS.len(), "{subjects:?}");
     registry.stop().await;
 }
 

@@ -60,6 +60,7 @@ fn rust_types_match_the_schema_files() {
     assert_matches_file(&samples::alert());
     assert_matches_file(&samples::rollout());
     assert_matches_file(&samples::feedback());
+    assert_matches_file(&samples::idempotent_answer());
 }
 
 #[test]

@@ -115,6 +115,9 @@ struct Stack {
     audit: String,
     _dir: tempfile::TempDir,
     pipeline: Option<(tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    /// The answers to idempotent calls every bridge of the test keeps and reads back (the
+    /// test's own: another test's or run's keys are not this one's).
+    idempotency: String,
 }
 
 impl Stack {
@@ -125,7 +128,8 @@ impl Stack {
         let policy = dir.path().join("tenants.toml");
         std::fs::write(&policy, policy_text(&[])).unwrap();
         let audit = support::unique("audit");
-        Self { registry, topics, policy, audit, _dir: dir, pipeline: None }
+        let idempotency = support::unique(&format!("{prefix}.idempotency"));
+        Self { registry, topics, policy, audit, _dir: dir, pipeline: None, idempotency }
     }
 
     fn start_pipeline(&mut self) {
@@ -159,6 +163,7 @@ impl Stack {
         config.requests_topic = self.topics.requests.clone();
         config.predictions_topic = self.topics.predictions.clone();
         config.deadline = Duration::from_secs(10);
+        config.idempotency_topic = Some(self.idempotency.clone());
         config.jwt = keys.map(|keys| streamscore_bridge::JwtConfig {
             jwks_file: keys.path("jwks.json"),
             expect: streamscore_bridge::jwt::Expectations {
@@ -346,18 +351,73 @@ async fn jwt_bearer_tokens_score_with_their_tenant_and_bad_ones_are_refused() {
 /// POST `body` to predict as `credential` with `Idempotency-Key: key`: status, whether the
 /// answer was replayed, and the body's text.
 async fn post_once(bridge: &Bridge, credential: &str, key: &str, body: &Value) -> (u16, bool, String) {
-    let response = bridge
-        .http
-        .post(format!("{}/v1/models/fraud/predict", bridge.url))
-        .bearer_auth(credential)
-        .header("Idempotency-Key", key)
-        .json(body)
-        .send()
-        .await
-        .unwrap();
+    post_keyed(bridge, "/v1/models/fraud/predict", credential, Some(key), body).await
+}
+
+/// POST `body` to `path` as `credential`, with `Idempotency-Key: key` when given: status,
+/// whether the answer was replayed, and the body's text.
+async fn post_keyed(
+    bridge: &Bridge,
+    path: &str,
+    credential: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> (u16, bool, String) {
+    let mut request = bridge.http.post(format!("{}{path}", bridge.url)).bearer_auth(credential).json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let replayed = response.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
     (status, replayed, response.text().await.unwrap())
+}
+
+/// The request ids on the requests topic, in order.
+async fn published_ids(stack: &Stack) -> Vec<String> {
+    let codec = Codec::<InferenceRequest>::with_url(&stack.registry.url, &stack.topics.requests);
+    let mut ids = Vec::new();
+    for record in support::read_all(&[&stack.topics.requests], Duration::from_secs(2)) {
+        let request = codec.decode(rdkafka::message::Message::payload(&record).unwrap()).await.unwrap().value;
+        ids.push(request.request_id);
+    }
+    ids
+}
+
+/// The first request id an answer names (`predictions[0].request_id` or, for the Open
+/// Inference Protocol, `parameters.request_ids[0]`).
+fn answered_id(answer: &str) -> String {
+    let answer: Value = serde_json::from_str(answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    let id = answer["predictions"][0]["request_id"].as_str().or(answer["parameters"]["request_ids"][0].as_str());
+    id.unwrap_or_else(|| panic!("no request id in {answer}")).to_owned()
+}
+
+/// The bridge's fingerprint of a call: method, path (without its first slash) and query, each
+/// with its length, then the body as reqwest's `json` sends it.
+fn fingerprint(method: &str, path: &str, query: &str, body: &Value) -> [u8; 32] {
+    let mut bytes = Vec::new();
+    for part in [method, path, query] {
+        bytes.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(part.as_bytes());
+    }
+    bytes.extend_from_slice(&serde_json::to_vec(body).unwrap());
+    streamscore_contracts::sha256(&bytes)
+}
+
+/// Produces `value` to `topic` keyed `key`, with the seal headers when `seal` gives them (MAC,
+/// key id).
+async fn produce_with(topic: &str, key: &str, value: &[u8], seal: Option<(&str, &str)>) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let producer = support::kafka().producer().unwrap();
+    let mut record = rdkafka::producer::FutureRecord::to(topic).key(key).payload(value);
+    if let Some((mac, key_id)) = seal {
+        record = record.headers(
+            OwnedHeaders::new()
+                .insert(Header { key: streamscore_kafka::sink::MAC_HEADER, value: Some(mac) })
+                .insert(Header { key: streamscore_kafka::sink::KEY_ID_HEADER, value: Some(key_id) }),
+        );
+    }
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -391,6 +451,173 @@ async fn the_same_idempotency_key_twice_publishes_once_and_answers_the_same() {
     }
     tenants.sort();
     assert_eq!(tenants, ["acme", "globex"]);
+
+    bridge.stop().await;
+    stack.stop().await;
+}
+
+/// Issue 29, item 4: the answers kept for retries live on `bridge.idempotency`, sealed, and
+/// every bridge reads them back at start and follows them. A key answered by bridge A is
+/// answered the same, byte for byte and marked replayed, by bridge B started after A stopped,
+/// with one record on the requests topic; another body with it is a 422 on B; an answer B
+/// keeps is known to C, running beside B, within 5 s; and answers forged on the topic (one
+/// unsealed, one sealed with another key), for the exact key and request of a later call, are
+/// never replayed: the call runs and publishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_answer_survives_a_restart_reaches_the_other_instances_and_a_forged_one_is_never_replayed() {
+    let mut stack = Stack::start("edge-idempotent-restart").await;
+    // acme may use fraud only: a call to another model is refused (403) after its key is
+    // looked up and before anything is kept or published, which shows what a bridge knows.
+    let policy = policy_text(&[]).replace("[tenants.acme]\n", "[tenants.acme]\nallowed_models = [\"fraud\"]\n");
+    std::fs::write(&stack.policy, policy).unwrap();
+    stack.start_pipeline();
+    let predict = "/v1/models/fraud/predict";
+    let body = json!({"features": features(41)});
+
+    // Bridge A answers a call with a key, and stops.
+    let a = Bridge::start(stack.config(None)).await;
+    let (status, replayed, first) = post_keyed(&a, predict, ACME, Some("restart-1"), &body).await;
+    assert_eq!((status, replayed), (200, false), "{first}");
+    a.stop().await;
+
+    // B, a new instance: A's answer, publishing nothing; another body with the key is a 422.
+    let b = Bridge::start(stack.config(None)).await;
+    let (status, replayed, again) = post_keyed(&b, predict, ACME, Some("restart-1"), &body).await;
+    assert_eq!((status, replayed), (200, true), "{again}");
+    assert_eq!(again, first, "after a restart a retry gets the first answer, request ids included");
+    let (status, _, reused) =
+        post_keyed(&b, predict, ACME, Some("restart-1"), &json!({"features": features(42)})).await;
+    assert_eq!(status, 422, "{reused}");
+    assert!(reused.contains("IDEMPOTENCY_KEY_REUSED"), "{reused}");
+
+    // C runs beside B.
+    let c = Bridge::start(stack.config(None)).await;
+
+    // Forged answers for two fresh keys, for exactly the request a caller will send with them:
+    // one unsealed, one sealed with another audit key.
+    let forged_request = json!({"features": features(43)});
+    let forged_answer = br#"{"predictions":[{"request_id":"forged","score":0.0,"label":"legit"}]}"#;
+    let codec = Codec::<streamscore_contracts::IdempotentAnswer>::with_url(&stack.registry.url, &stack.idempotency);
+    codec.register().await.unwrap();
+    let other_key = streamscore_contracts::audit::AuditKey::new(b"not the bridges' audit key, 32 bytes or more");
+    for (key, sealed) in [("forged-1", false), ("forged-2", true)] {
+        let record = streamscore_contracts::IdempotentAnswer {
+            key_sha256: streamscore_contracts::sha256_hex(format!("acme\0{key}").as_bytes()),
+            request_sha256: streamscore_contracts::hex(&fingerprint("POST", &predict[1..], "", &forged_request)),
+            status: 200,
+            content_type: Some("application/json".to_owned()),
+            body: forged_answer.to_vec(),
+            kept_at: streamscore_contracts::now_micros(),
+            instance: "bridge:forger".to_owned(),
+        };
+        let value = codec.encode(&record).unwrap();
+        let mac = other_key.event_hash(&value);
+        let seal = sealed.then_some((mac.as_str(), other_key.id()));
+        produce_with(&stack.idempotency, &record.key_sha256, &value, seal).await;
+    }
+
+    // An answer B keeps now, after the forged records, is known to C within 5 s. C is asked with
+    // the key for a model acme may not use: 403 (nothing kept) while it does not know the key,
+    // 422 (the key was used for another request) once it does.
+    let shared = json!({"features": features(44)});
+    let (status, replayed, on_b) = post_keyed(&b, predict, ACME, Some("shared-1"), &shared).await;
+    assert_eq!((status, replayed), (200, false), "{on_b}");
+    let took = within(Duration::from_secs(5), "C knows the answer B kept", || async {
+        let (status, _, answer) = post_keyed(&c, "/v1/models/other/predict", ACME, Some("shared-1"), &shared).await;
+        assert!(status == 403 || status == 422, "{status} {answer}");
+        status == 422
+    })
+    .await;
+    eprintln!("C knew the answer B kept after {took:?}");
+    let (status, replayed, on_c) = post_keyed(&c, predict, ACME, Some("shared-1"), &shared).await;
+    assert_eq!((status, replayed), (200, true), "{on_c}");
+    assert_eq!(on_c, on_b, "another instance answers B's answer");
+
+    // C has read the forged records (before B's on the topic's one partition): neither is
+    // replayed; each call runs and publishes.
+    for key in ["forged-1", "forged-2"] {
+        let (status, replayed, answer) = post_keyed(&c, predict, ACME, Some(key), &forged_request).await;
+        assert_eq!((status, replayed), (200, false), "{key}: {answer}");
+        assert_ne!(answer.as_bytes(), forged_answer, "{key}: the forged answer was handed over");
+        assert_ne!(answered_id(&answer), "forged", "{key}: {answer}");
+    }
+
+    // One record per first call: A's, B's and the two forged keys' calls; none for a retry.
+    let ids = published_ids(&stack).await;
+    for answer in [&first, &on_b] {
+        let id = answered_id(answer);
+        assert_eq!(ids.iter().filter(|i| **i == id).count(), 1, "{id} in {ids:?}");
+    }
+    assert_eq!(ids.len(), 4, "{ids:?}");
+
+    // On the topic: the caller's key never, a hash of it; the bridges' records sealed.
+    let kept = support::read_all(&[&stack.idempotency], Duration::from_secs(2));
+    assert_eq!(kept.len(), 6, "A's, B's, C's two and the two forged");
+    for record in &kept {
+        use rdkafka::message::{Headers, Message};
+        let key = std::str::from_utf8(record.key().unwrap()).unwrap();
+        assert!(key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()), "{key}");
+        let value = record.payload().unwrap();
+        for raw in [&b"restart-1"[..], b"shared-1"] {
+            assert!(!value.windows(raw.len()).any(|w| w == raw), "the caller's key is on the topic");
+        }
+        let decoded = codec.decode(value).await.unwrap().value;
+        if decoded.instance != "bridge:forger" {
+            let headers = record.headers().unwrap();
+            let names: Vec<&str> = headers.iter().map(|h| h.key).collect();
+            assert!(names.contains(&"streamscore-mac") && names.contains(&"streamscore-key-id"), "{names:?}");
+        }
+    }
+
+    b.stop().await;
+    c.stop().await;
+    stack.stop().await;
+}
+
+/// Issue 29, item 4: without `Idempotency-Key`, the caller's own request id (the body's `id`)
+/// repeated is a retry: the same id and request get the first answer and publish nothing,
+/// another request with it is a 422; another tenant's id of the same name is its own, and an
+/// `Idempotency-Key` of the same text is another key.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_request_id_is_answered_once() {
+    let mut stack = Stack::start("edge-request-id").await;
+    stack.start_pipeline();
+    let bridge = Bridge::start(stack.config(None)).await;
+    let predict = "/v1/models/fraud/predict";
+
+    let body = json!({"features": features(51), "id": "caller-7"});
+    let (status, replayed, first) = post_keyed(&bridge, predict, ACME, None, &body).await;
+    assert_eq!((status, replayed), (200, false), "{first}");
+    let (status, replayed, second) = post_keyed(&bridge, predict, ACME, None, &body).await;
+    assert_eq!((status, replayed), (200, true), "{second}");
+    assert_eq!(second, first);
+    let other = json!({"features": features(52), "id": "caller-7"});
+    let (status, _, reused) = post_keyed(&bridge, predict, ACME, None, &other).await;
+    assert_eq!(status, 422, "{reused}");
+    assert!(reused.contains("IDEMPOTENCY_KEY_REUSED") && reused.contains("caller-7"), "{reused}");
+    let (status, replayed, globex) = post_keyed(&bridge, predict, GLOBEX, None, &body).await;
+    assert_eq!((status, replayed), (200, false), "{globex}");
+    let (status, replayed, keyed) = post_keyed(&bridge, predict, ACME, Some("caller-7"), &body).await;
+    assert_eq!((status, replayed), (200, false), "a header key is not a request id: {keyed}");
+
+    // The Open Inference Protocol's `id` too.
+    let version = streamscore_modelstore::ModelStore::open(support::models_dir()).unwrap().get("fraud", "1").unwrap();
+    let row: std::collections::HashMap<String, f64> = streamscore_synth::Generator::new(53).next(0).by_name();
+    let data: Vec<f64> = version.meta.features.iter().map(|f| row[&f.name]).collect();
+    let infer = json!({"id": "oip-7", "inputs": [{"name": "features", "shape": [1, data.len()], "datatype": "FP32", "data": data}]});
+    let (status, replayed, oip) = post_keyed(&bridge, "/v2/models/fraud/infer", ACME, None, &infer).await;
+    assert_eq!((status, replayed), (200, false), "{oip}");
+    let (status, replayed, oip_again) = post_keyed(&bridge, "/v2/models/fraud/infer", ACME, None, &infer).await;
+    assert_eq!((status, replayed), (200, true), "{oip_again}");
+    assert_eq!(oip_again, oip);
+
+    // Published once each: acme's id, globex's, the header key's call and the infer.
+    let ids = published_ids(&stack).await;
+    for answer in [&first, &globex, &keyed, &oip] {
+        let id = answered_id(answer);
+        assert_eq!(ids.iter().filter(|i| **i == id).count(), 1, "{id} in {ids:?}");
+    }
+    assert_eq!(ids.len(), 4, "{ids:?}");
 
     bridge.stop().await;
     stack.stop().await;

@@ -400,7 +400,7 @@ where
     Ok(body.freeze())
 }
 
-/// A call's `Idempotency-Key`, as [`Bridge::idempotency`] found it.
+/// A call's `Idempotency-Key` (or request id), as [`Bridge::idempotency`] found it.
 enum Idempotent {
     /// No key, or a route that publishes nothing.
     No,
@@ -422,8 +422,13 @@ fn replay(kept: Kept) -> warp::reply::Response {
     response
 }
 
-/// Keeps `response` as the answer to the claim's key and hands it on.
-async fn keep(claim: Claim, response: warp::reply::Response) -> warp::reply::Response {
+/// Keeps `response` as the answer to the claim's key, writes it to the idempotency topic
+/// (waiting at most [`crate::idempotency::topic::WRITE_WAIT`] for the broker), and hands it on.
+async fn keep(
+    claim: Claim,
+    journal: Option<&crate::idempotency::topic::Journal>,
+    response: warp::reply::Response,
+) -> warp::reply::Response {
     use http_body_util::BodyExt;
     let (parts, body) = response.into_parts();
     let Ok(collected) = body.collect().await else {
@@ -433,8 +438,58 @@ async fn keep(claim: Claim, response: warp::reply::Response) -> warp::reply::Res
     let body = collected.to_bytes();
     let content_type =
         parts.headers.get(warp::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    claim.keep(Kept { status: parts.status.as_u16(), content_type, body: body.clone() });
+    let answer = claim.keep(Kept { status: parts.status.as_u16(), content_type, body: body.clone() });
+    if let (Some(journal), Some(answer)) = (journal, answer) {
+        journal.write(&answer).await;
+    }
     warp::reply::Response::from_parts(parts, body.into())
+}
+
+/// How a call names its idempotency key.
+enum KeySource<'a> {
+    /// `Idempotency-Key`.
+    Header(&'a str),
+    /// The caller's own request id, the body's `id`, repeated.
+    RequestId(String),
+}
+
+impl KeySource<'_> {
+    /// The key as held ([`crate::idempotency::key_hash`]).
+    fn hash(&self, tenant: &str) -> crate::idempotency::KeyHash {
+        match self {
+            KeySource::Header(key) => crate::idempotency::key_hash(tenant, key),
+            KeySource::RequestId(id) => {
+                crate::idempotency::key_hash(tenant, &format!("{}{id}", crate::idempotency::REQUEST_ID_PREFIX))
+            }
+        }
+    }
+
+    /// How an answer names it: `Idempotency-Key K` or `request id I` (at most 255 characters
+    /// of it).
+    fn describe(&self) -> String {
+        match self {
+            KeySource::Header(key) => format!("Idempotency-Key {key}"),
+            KeySource::RequestId(id) => {
+                let shown: String = id.chars().take(crate::idempotency::MAX_KEY_LEN).collect();
+                let more = if shown.len() < id.len() { "..." } else { "" };
+                format!("request id {shown:?}{more}")
+            }
+        }
+    }
+}
+
+/// The body's `id`, when it is a non-empty string: the caller's own request id (`id` of an
+/// Open Inference Protocol request, `id` of a `/v1` predict).
+fn body_request_id(body: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct WithId {
+        #[serde(default)]
+        id: Option<Value>,
+    }
+    match serde_json::from_slice::<WithId>(body).ok()?.id? {
+        Value::String(id) if !id.is_empty() => Some(id),
+        _ => None,
+    }
 }
 
 /// Who is calling: the tenant, and the token when a token (not an API key) named it.
@@ -501,7 +556,7 @@ impl Bridge {
             }
         };
         if let Some(claim) = claim {
-            response = keep(claim, response).await;
+            response = keep(claim, self.journal.as_ref(), response).await;
         }
         if let Ok(value) = HeaderValue::from_str(&call_id) {
             response.headers_mut().insert("x-request-id", value);
@@ -509,8 +564,9 @@ impl Bridge {
         (route, response)
     }
 
-    /// Whether the call is a retry: with `Idempotency-Key` on a route that publishes, the
-    /// first answer to the key, or a claim to answer it first, or why neither.
+    /// Whether the call is a retry: with `Idempotency-Key` on a route that publishes, or
+    /// without one the caller's request id (the body's `id`) on predict and infer, the first
+    /// answer to the key, or a claim to answer it first, or why neither.
     fn idempotency(
         &self,
         method: &Method,
@@ -519,7 +575,6 @@ impl Bridge {
         headers: &HeaderMap,
         body: &Result<Bytes, BodyError>,
     ) -> Result<Idempotent, (&'static str, ApiError)> {
-        let Some(value) = headers.get("idempotency-key") else { return Ok(Idempotent::No) };
         let Ok((route, _)) = resolve(method, segments) else { return Ok(Idempotent::No) };
         let scope = match route.endpoint {
             Endpoint::Infer | Endpoint::Predict => Scope::Predict,
@@ -528,14 +583,20 @@ impl Bridge {
         };
         let Ok(body) = body else { return Ok(Idempotent::No) };
         let fail = |error| Err((route.label, error));
-        let key = match value.to_str() {
-            Ok(key) if crate::idempotency::valid_key(key) => key,
-            _ => {
+        let key = match headers.get("idempotency-key").map(|value| value.to_str()) {
+            Some(Ok(key)) if crate::idempotency::valid_key(key) => KeySource::Header(key),
+            Some(_) => {
                 return fail(ApiError::bad_request(format!(
                     "Idempotency-Key must be 1 to {} visible ASCII characters",
                     crate::idempotency::MAX_KEY_LEN
                 )))
             }
+            // A feedback label's request_id names the request it labels, not the call.
+            None if scope == Scope::Predict => match body_request_id(body) {
+                Some(id) => KeySource::RequestId(id),
+                None => return Ok(Idempotent::No),
+            },
+            None => return Ok(Idempotent::No),
         };
         let tenant = match self.caller(headers, scope) {
             Ok(caller) => caller.tenant,
@@ -547,22 +608,26 @@ impl Bridge {
             request.extend_from_slice(part);
         }
         request.extend_from_slice(body);
-        match self.idempotency.begin(&tenant, key, streamscore_contracts::sha256(&request)) {
+        match self.idempotency.begin(key.hash(&tenant), streamscore_contracts::sha256(&request)) {
             Begin::Run(claim) => Ok(Idempotent::First(route.label, claim)),
             Begin::Replay(kept) => Ok(Idempotent::Replay(route.label, kept)),
             Begin::Mismatch => fail(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "IDEMPOTENCY_KEY_REUSED",
-                format!("Idempotency-Key {key} was used for another request; use a new key for a new request"),
+                format!("{} was used for another request within 24 h; use a new one for a new request", key.describe()),
             )),
             Begin::Running => fail(
                 ApiError::new(
                     StatusCode::CONFLICT,
                     "IDEMPOTENCY_KEY_IN_USE",
-                    format!("the first call with Idempotency-Key {key} is still running; retry when it has answered"),
+                    format!("the first call with {} is still running; retry when it has answered", key.describe()),
                 )
                 .retry_after(1),
             ),
+            Begin::Loading => fail(ApiError::unavailable(
+                "IDEMPOTENCY_LOADING",
+                "the answers kept for retries are still being read back after a start; retry shortly",
+            )),
         }
     }
 
@@ -715,10 +780,12 @@ impl Bridge {
         let registry = self.request_codec.schema_id().is_some();
         let models = !self.store.current().models().is_empty();
         let broker = self.broker.reachable().await;
-        let ready = registry && models && broker;
+        // The answers kept before this start are read back (calls with a key are served).
+        let idempotency = self.idempotency.is_loaded();
+        let ready = registry && models && broker && idempotency;
         let body = json!({
             "ready": ready,
-            "checks": {"broker": broker, "registry": registry, "models": models},
+            "checks": {"broker": broker, "registry": registry, "models": models, "idempotency": idempotency},
         });
         (ready, json_response(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body))
     }

@@ -55,6 +55,10 @@ pub struct BridgeConfig {
     pub predictions_topic: String,
     /// Where `POST /v1/feedback` publishes labels.
     pub feedback_topic: String,
+    /// Where answers to idempotent calls are kept and read back from (made if missing), so a
+    /// retry after a restart or to another instance gets the first answer
+    /// ([`idempotency::topic`]); `None`: kept in this process's memory only.
+    pub idempotency_topic: Option<String>,
     pub models: PathBuf,
     /// The tenant policy: API keys, allowed models, pins, quotas (for `RateLimit-*`).
     pub policy: PathBuf,
@@ -106,6 +110,7 @@ impl BridgeConfig {
             requests_topic: streamscore_contracts::topics::REQUESTS.to_owned(),
             predictions_topic: streamscore_contracts::topics::PREDICTIONS.to_owned(),
             feedback_topic: streamscore_contracts::topics::FEEDBACK.to_owned(),
+            idempotency_topic: Some(streamscore_contracts::topics::IDEMPOTENCY.to_owned()),
             models,
             policy,
             instance: format!("bridge:{}:{}", streamscore_contracts::lineage::default_instance(), &suffix[..8]),
@@ -139,7 +144,7 @@ pub enum BridgeError {
     Models { path: PathBuf, reason: String },
     #[error("Kafka: {0}")]
     Kafka(String),
-    #[error("starting the predictions listener: {0}")]
+    #[error("starting a reader thread (predictions, idempotency answers): {0}")]
     Listener(std::io::Error),
 }
 
@@ -151,8 +156,10 @@ pub struct Bridge {
     authority: Arc<rotate::Current<rotate::Authority>>,
     /// The JWKS (swapped whole when the file changes) and what a token must say.
     jwt: Option<(Arc<rotate::Current<jwt::Jwks>>, jwt::Expectations)>,
-    /// The answers kept for `Idempotency-Key` retries.
+    /// The answers kept for `Idempotency-Key` (and repeated request id) retries.
     idempotency: idempotency::Idempotency,
+    /// Where kept answers are written for the other instances and the next start.
+    journal: Option<idempotency::topic::Journal>,
     /// Where refusals go (the audit log, when configured).
     authlog: authlog::AuthLog,
     /// The rollouts in force (a model's split, after the pins).
@@ -271,7 +278,7 @@ pub async fn serve(
             kafka: config.kafka.clone(),
             predictions_topic: config.predictions_topic.clone(),
             instance: config.instance.clone(),
-            audit_key,
+            audit_key: audit_key.clone(),
         },
         outcome_codec,
         Arc::clone(&waiters),
@@ -281,6 +288,30 @@ pub async fn serve(
     .map_err(BridgeError::Listener)?;
     // The request schema's id: calls are refused (503) until the registry has answered.
     let shutdown = streamscore_kafka::Shutdown::after(shutdown);
+    // Answers kept before (by this instance before a restart, or by others) are read back
+    // before a call with a key is served, then followed.
+    let (idempotency, journal, idempotency_reader) = match &config.idempotency_topic {
+        None => (idempotency::Idempotency::new(), None, None),
+        Some(topic) => {
+            let store = idempotency::Idempotency::loading();
+            let codec = Arc::new(Codec::with_url(&config.registry_url, topic));
+            let reader = idempotency::topic::spawn(
+                idempotency::topic::FollowConfig {
+                    kafka: config.kafka.clone(),
+                    topic: topic.clone(),
+                    audit_key: audit_key.clone(),
+                },
+                Arc::clone(&codec),
+                store.clone(),
+                shutdown.clone(),
+                tokio::runtime::Handle::current(),
+            )
+            .map_err(BridgeError::Listener)?;
+            let journal =
+                idempotency::topic::Journal::new(topic, producer.clone(), codec, audit_key.clone(), &config.instance);
+            (store, Some(journal), Some(reader))
+        }
+    };
     // The audit chain stops after the server (its own stop), so the refusals of the last
     // calls are written and a chain still starting when the bridge is told to stop starts.
     let (authlog, auditing) = match &config.audit_topic {
@@ -396,7 +427,8 @@ pub async fn serve(
         store,
         authority,
         jwt,
-        idempotency: idempotency::Idempotency::new(),
+        idempotency,
+        journal,
         authlog,
         rollouts,
         request_codec,
@@ -430,6 +462,10 @@ pub async fn serve(
     stop.store(true, Ordering::Relaxed);
     waiters.wake_listener();
     let _ = tokio::task::spawn_blocking(move || listener_thread.join()).await;
+    if let Some(reader) = idempotency_reader {
+        // It stops within one poll (a setup under way gives way to the stop).
+        let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    }
     Ok(())
 }
 

@@ -98,7 +98,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The seal headers of a record: (MAC, key id).
-fn seal_of<'a>(message: &'a rdkafka::message::BorrowedMessage<'_>) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+pub(crate) fn seal_of<'a>(message: &'a rdkafka::message::BorrowedMessage<'_>) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
     let Some(headers) = message.headers() else { return (None, None) };
     let mut seal = (None, None);
     for header in headers.iter() {

@@ -18,8 +18,9 @@ fn errors(dialect: fn() -> Value, codes: &[&str]) -> serde_json::Map<String, Val
 /// The document.
 pub fn document() -> Value {
     // 500: the model failed on the batch (the pipeline's FAILED outcome, MODEL_ERROR).
-    // 409: the first call with the same Idempotency-Key still running; 422 also for a key
-    // reused with another request.
+    // 409: the first call with the same Idempotency-Key (or request id) still running; 422
+    // also for a key or request id reused with another request; 503 also while the kept
+    // answers are read back after a start (IDEMPOTENCY_LOADING).
     let call_errors = ["400", "401", "403", "404", "409", "413", "422", "429", "500", "503", "504"];
     let mut predict_responses = errors(error_own, &call_errors);
     predict_responses.insert(
@@ -179,7 +180,7 @@ pub fn document() -> Value {
             "/v2/health/live": {"get": {"summary": "Liveness (no key)", "responses": {"200": {"description": "live"}}}},
             "/v2/health/ready": {"get": {"summary": "Readiness (no key)", "responses": ready}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "live"}}}},
-            "/ready": {"get": {"summary": "Broker, registry and models (no key; says which check failed, nothing more)", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready, with the failing checks"}}}},
+            "/ready": {"get": {"summary": "Broker, registry, models and the kept idempotency answers read back (no key; says which check failed, nothing more)", "responses": {"200": {"description": "ready"}, "503": {"description": "not ready, with the failing checks"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text format"}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3"}}}},
         },

@@ -358,6 +358,30 @@ pub struct Feedback {
     pub attributes: Option<HashMap<String, String>>,
 }
 
+/// `io.streamscore.v1.IdempotentAnswer`: the HTTP bridge's answer to the first call with an
+/// idempotency key, on `bridge.idempotency` (keyed by `key_sha256`), sealed like the stages'
+/// outputs. Every bridge instance reads them back, so a retry after a restart or to another
+/// instance gets the first answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "io.streamscore.v1")]
+pub struct IdempotentAnswer {
+    /// sha256 (hex) of the tenant, a zero byte and the key; never the key itself.
+    pub key_sha256: String,
+    /// sha256 (hex) of the request the key was first used for.
+    pub request_sha256: String,
+    pub status: i32,
+    #[serde(default)]
+    pub content_type: Option<String>,
+    #[avro(with)]
+    #[serde(with = "apache_avro::serde::bytes")]
+    pub body: Vec<u8>,
+    /// When the answer was kept, µs since the epoch.
+    #[avro(with = crate::lineage::timestamp_micros)]
+    pub kept_at: i64,
+    /// The bridge instance that answered.
+    pub instance: String,
+}
+
 /// `io.streamscore.v1.DriftMethod`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, AvroSchema)]
 #[avro(namespace = "io.streamscore.v1")]
@@ -581,6 +605,9 @@ impl Event for InferenceRequest {
 }
 impl Event for Feedback {
     const SCHEMA: SchemaFile = schemas::FEEDBACK;
+}
+impl Event for IdempotentAnswer {
+    const SCHEMA: SchemaFile = schemas::IDEMPOTENT_ANSWER;
 }
 impl Event for ValidatedRequest {
     const SCHEMA: SchemaFile = schemas::VALIDATED_REQUEST;

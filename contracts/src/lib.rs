@@ -19,8 +19,8 @@ pub mod topics;
 pub use codec::{Codec, DecodeError, Decoded, EncodeError, RegistryError, WireHeader};
 pub use events::{
     wants_explanation, Attribution, AuditRecord, DeadLetter, DeadLetterReason, DriftAlert, DriftMethod, Event,
-    Explanation, FeatureHasher, Features, Feedback, InferenceRequest, OutcomeReason, OutcomeStatus, PredictionOutcome,
-    Rollout, RolloutStatus, RoutedBy, Severity, Share, ValidatedRequest, EXPLAIN_ATTRIBUTE,
+    Explanation, FeatureHasher, Features, Feedback, IdempotentAnswer, InferenceRequest, OutcomeReason, OutcomeStatus,
+    PredictionOutcome, Rollout, RolloutStatus, RoutedBy, Severity, Share, ValidatedRequest, EXPLAIN_ATTRIBUTE,
 };
 pub use lineage::{now_micros, Lineage, SourceOffset, Stage};
 

@@ -40,9 +40,10 @@ schema_file!(AUDIT_RECORD, "audit_record.avsc", "io.streamscore.v1.AuditRecord")
 schema_file!(DRIFT_ALERT, "drift_alert.avsc", "io.streamscore.v1.DriftAlert");
 schema_file!(ROLLOUT, "rollout.avsc", "io.streamscore.v1.Rollout");
 schema_file!(FEEDBACK, "feedback.avsc", "io.streamscore.v1.Feedback");
+schema_file!(IDEMPOTENT_ANSWER, "idempotency.avsc", "io.streamscore.v1.IdempotentAnswer");
 
 /// Every schema file, in data-flow order.
-pub const ALL: [SchemaFile; 8] = [
+pub const ALL: [SchemaFile; 9] = [
     INFERENCE_REQUEST,
     VALIDATED_REQUEST,
     PREDICTION_OUTCOME,
@@ -51,6 +52,7 @@ pub const ALL: [SchemaFile; 8] = [
     DRIFT_ALERT,
     ROLLOUT,
     FEEDBACK,
+    IDEMPOTENT_ANSWER,
 ];
 
 /// Parses Avro schema JSON, refusing what apache-avro parses but cannot put in Parsing

@@ -21,9 +21,13 @@ pub const ALERTS: &str = "monitor.alerts";
 pub const ROLLOUTS: &str = "control.rollouts";
 /// Ground truth: a label per request id, often days after the score. Keyed by tenant.
 pub const FEEDBACK: &str = "inference.feedback";
+/// The HTTP bridge's answers to idempotent calls, kept 24 h so a retry after a restart (or to
+/// another instance) gets the first answer. Keyed by the sha256 of tenant and key.
+pub const IDEMPOTENCY: &str = "bridge.idempotency";
 
-/// Every event topic with the schema of its values.
-pub const EVENT_TOPICS: [(&str, SchemaFile); 8] = [
+/// Every topic of a contract with the schema of its values (the event topics, and the
+/// bridge's idempotency answers).
+pub const EVENT_TOPICS: [(&str, SchemaFile); 9] = [
     (REQUESTS, schemas::INFERENCE_REQUEST),
     (VALIDATED, schemas::VALIDATED_REQUEST),
     (PREDICTIONS, schemas::PREDICTION_OUTCOME),
@@ -32,6 +36,7 @@ pub const EVENT_TOPICS: [(&str, SchemaFile); 8] = [
     (ALERTS, schemas::DRIFT_ALERT),
     (ROLLOUTS, schemas::ROLLOUT),
     (FEEDBACK, schemas::FEEDBACK),
+    (IDEMPOTENCY, schemas::IDEMPOTENT_ANSWER),
 ];
 
 /// The registry subject of a topic's values (TopicNameStrategy).

@@ -44,6 +44,20 @@ impl TopicSpec {
         spec
     }
 
+    /// The bridge's kept answers: compacted by key and deleted after `retention` (what a
+    /// retry may get back), not kept forever (`cleanup.policy=compact,delete`).
+    pub fn expiring(name: &str, partitions: i32, retention: Duration) -> Self {
+        Self {
+            name: name.to_owned(),
+            partitions,
+            replication: 1,
+            configs: vec![
+                ("cleanup.policy".to_owned(), "compact,delete".to_owned()),
+                ("retention.ms".to_owned(), retention.as_millis().to_string()),
+            ],
+        }
+    }
+
     /// A compacted single-partition state topic, like the registry's `_schemas`.
     pub fn state(name: &str) -> Self {
         Self {
@@ -57,6 +71,9 @@ impl TopicSpec {
         }
     }
 }
+
+/// How long the bridge's answers to idempotent calls are kept (as long as a retry gets one).
+pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Partitions of the request, validated and prediction topics on a Kafka cluster: room for
 /// six pipeline instances in one consumer group.
@@ -79,7 +96,8 @@ pub fn event_topics() -> Vec<TopicSpec> {
 /// The event topics with `partitions` for requests, validated requests, predictions and
 /// feedback, which are keyed by tenant and share a partition count so a tenant stays on "the
 /// same" partition number across them. Dead letters get up to 3. The audit log has one
-/// partition: its hash chain needs a total order; the rollouts one, compacted.
+/// partition: its hash chain needs a total order; the rollouts one, compacted. The bridge's
+/// idempotency answers up to 3 (every bridge reads them all), kept 24 h.
 pub fn event_topics_with(partitions: i32) -> Vec<TopicSpec> {
     vec![
         TopicSpec::requests(topics::REQUESTS, partitions),
@@ -91,6 +109,8 @@ pub fn event_topics_with(partitions: i32) -> Vec<TopicSpec> {
         TopicSpec::event(topics::FEEDBACK, partitions),
         // The models' rollouts: one record per model, compacted (every stage follows it).
         TopicSpec::state(topics::ROLLOUTS),
+        // The bridge's answers to idempotent calls, read back by every instance.
+        TopicSpec::expiring(topics::IDEMPOTENCY, partitions.min(3), IDEMPOTENCY_RETENTION),
     ]
 }
 

@@ -400,6 +400,11 @@ pub(crate) struct BridgeCommand {
     /// Topic `POST /v1/feedback` publishes labels to.
     #[arg(long, default_value = streamscore_contracts::topics::FEEDBACK)]
     pub(crate) feedback_topic: String,
+    /// Topic the answers to idempotent calls are kept on for 24 h (made if missing): read back
+    /// before the bridge is ready, then followed, so a retry after a restart or to another
+    /// instance gets the first answer and publishes nothing.
+    #[arg(long, default_value = streamscore_contracts::topics::IDEMPOTENCY)]
+    pub(crate) idempotency_topic: String,
     /// How long a caller waits for its outcome before a 504, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub(crate) deadline_ms: u64,
@@ -480,6 +485,7 @@ impl BridgeCommand {
             requests_topic,
             predictions_topic,
             feedback_topic,
+            idempotency_topic,
             deadline_ms,
             max_waiters,
             max_waiters_per_tenant,
@@ -501,6 +507,7 @@ impl BridgeCommand {
         config.requests_topic = requests_topic;
         config.predictions_topic = predictions_topic;
         config.feedback_topic = feedback_topic;
+        config.idempotency_topic = Some(idempotency_topic);
         config.deadline = std::time::Duration::from_millis(deadline_ms);
         config.max_waiters = max_waiters;
         config.max_waiters_per_tenant = max_waiters_per_tenant;

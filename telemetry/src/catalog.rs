@@ -281,6 +281,21 @@ pub const METRICS: &[Metric] = &[
         &[],
         "Authentication events not recorded in the audit log: its queue was full.",
     ),
+    gauge(
+        "streamscore_bridge_idempotency_loaded",
+        &[],
+        "1 once the bridge has read back the answers kept for idempotent retries (calls with a key are served).",
+    ),
+    counter(
+        "streamscore_bridge_idempotency_write_failures_total",
+        &["reason"],
+        "Kept answers not written to the idempotency topic (encode, enqueue, delivery): a retry after a restart publishes again.",
+    ),
+    counter(
+        "streamscore_bridge_idempotency_refused_total",
+        &["reason"],
+        "Records of the idempotency topic never replayed: seal missing, wrong_key, bad_mac, or undecodable.",
+    ),
 ];
 
 /// The catalog entry of `name` (a family name, without `_bucket`, `_sum` or `_count`).

@@ -166,3 +166,15 @@ pub fn feedback() -> Feedback {
         attributes: Some(HashMap::from([("case".to_owned(), "cb-17".to_owned())])),
     }
 }
+
+pub fn idempotent_answer() -> IdempotentAnswer {
+    IdempotentAnswer {
+        key_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned(),
+        request_sha256: "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae".to_owned(),
+        status: 200,
+        content_type: Some("application/json".to_owned()),
+        body: br#"{"predictions":[{"request_id":"r-1","score":0.25}]}"#.to_vec(),
+        kept_at: 1_764_600_000_000_000,
+        instance: "bridge:test-host:42:0a1b2c3d".to_owned(),
+    }
+}
