@@ -14,7 +14,9 @@
 //! Defaults: 10 s per step, 500 req/s paced, every 50th call explained in the mixed run.
 //! `BENCH_BRIDGE_PACED_ONLY=1` skips the closed-loop steps.
 //! `BENCH_BRIDGE_KAFKA_PROPERTIES="key=value;..."` sets librdkafka properties of the bridge
-//! process alone.
+//! process alone. `BENCH_BRIDGE_TLS=1` serves the bridge over HTTPS (a P-256 certificate for
+//! 127.0.0.1 made with `openssl` for the run; the harness's clients trust it), to set beside a
+//! plain run: what TLS costs a call.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -254,13 +256,62 @@ async fn main() -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .spawn()?;
     let port = free_port();
+    let tls = std::env::var("BENCH_BRIDGE_TLS").is_ok_and(|v| v == "1");
+    let (cert, key) = (dir.path().join("bridge.pem"), dir.path().join("bridge.key"));
+    let (ca, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+    if tls {
+        // A CA, and a P-256 certificate for 127.0.0.1 it signs (webpki takes no CA certificate
+        // as a server's own).
+        let openssl = |args: &[&std::ffi::OsStr]| -> anyhow::Result<()> {
+            let made = Command::new("openssl").args(args).stderr(Stdio::null()).status()?;
+            anyhow::ensure!(made.success(), "openssl {args:?} failed: the bench's certificates");
+            Ok(())
+        };
+        let os = |s: &'static str| std::ffi::OsStr::new(s);
+        let ec = [os("-newkey"), os("ec"), os("-pkeyopt"), os("ec_paramgen_curve:P-256"), os("-nodes")];
+        let mut args = vec![os("req"), os("-x509"), os("-days"), os("1"), os("-subj"), os("/CN=bench CA")];
+        args.extend(ec);
+        args.extend([os("-keyout"), ca_key.as_os_str(), os("-out"), ca.as_os_str()]);
+        openssl(&args)?;
+        let csr = dir.path().join("bridge.csr");
+        let mut args = vec![os("req"), os("-new"), os("-subj"), os("/CN=streamscore bench")];
+        args.extend(ec);
+        args.extend([os("-keyout"), key.as_os_str(), os("-out"), csr.as_os_str()]);
+        openssl(&args)?;
+        let ext = dir.path().join("ext.cnf");
+        std::fs::write(&ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n")?;
+        openssl(&[
+            os("x509"),
+            os("-req"),
+            os("-days"),
+            os("1"),
+            os("-in"),
+            csr.as_os_str(),
+            os("-CA"),
+            ca.as_os_str(),
+            os("-CAkey"),
+            ca_key.as_os_str(),
+            os("-CAcreateserial"),
+            os("-extfile"),
+            ext.as_os_str(),
+            os("-out"),
+            cert.as_os_str(),
+        ])?;
+        // The harness's clients (streamscore_contracts::http) trust the CA; set before any is built.
+        std::env::set_var(streamscore_contracts::http::CA_ENV, &ca);
+    }
     let mut bridge = Command::new(binary);
+    if tls {
+        bridge.arg("bridge").arg("--tls-cert").arg(&cert).arg("--tls-key").arg(&key);
+    } else {
+        bridge.arg("bridge");
+    }
     // Client properties of the bridge process alone (e.g. its listener's fetch wait).
     if let Ok(properties) = std::env::var("BENCH_BRIDGE_KAFKA_PROPERTIES") {
         bridge.env(streamscore_kafka::config::PROPERTIES_ENV, properties);
     }
     let bridge = bridge
-        .args(["bridge", "--bootstrap", &bootstrap, "--registry-url", &registry])
+        .args(["--bootstrap", &bootstrap, "--registry-url", &registry])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--models", models])
         .args(["--requests-topic", &requests, "--predictions-topic", &predictions])
         .arg("--policy")
@@ -269,7 +320,7 @@ async fn main() -> anyhow::Result<()> {
         .stdout(Stdio::null())
         .spawn()?;
     let processes = Processes { bridge, pipeline, broker_pid };
-    let base = format!("http://127.0.0.1:{port}");
+    let base = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
     let http = streamscore_contracts::http::client();
     let ready = Instant::now();
     while http.get(format!("{base}/ready")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
@@ -283,7 +334,7 @@ async fn main() -> anyhow::Result<()> {
     // Warm-up: the pipeline's group join and model loads.
     let warm = closed_loop(&processes, &url, &rows, 4, 1, 5.0).await;
     println!(
-        "against {bootstrap} (tansu pid {}); warm-up: {} calls, {} not 200",
+        "{base} against {bootstrap} (tansu pid {}); warm-up: {} calls, {} not 200",
         processes.broker_pid, warm.calls, warm.not_ok
     );
     println!();
