@@ -160,14 +160,7 @@ fn sample(pids: &[&str]) -> Vec<f64> {
 }
 
 async fn metric(port: u16, name: &str) -> Option<f64> {
-    let text = streamscore_contracts::http::client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = streamscore_contracts::http::get_text(&format!("http://127.0.0.1:{port}/metrics")).await.ok()?;
     text.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
 }
 
@@ -208,14 +201,7 @@ async fn requests_sent(port: u16) -> String {
 
 /// p50 and p99 (ms) from a Prometheus histogram's buckets.
 async fn histogram_quantiles(port: u16, name: &str) -> Option<(f64, f64)> {
-    let text = streamscore_contracts::http::client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = streamscore_contracts::http::get_text(&format!("http://127.0.0.1:{port}/metrics")).await.ok()?;
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for line in text.lines().filter(|l| l.starts_with(&format!("{name}_bucket"))) {
         let le = line.split("le=\"").nth(1)?.split('"').next()?;

@@ -31,14 +31,8 @@ async fn round_trip<T: Event + std::fmt::Debug + PartialEq>(registry: &TestRegis
     assert_eq!(decoded.schema_id, id);
     assert_eq!(&decoded.value, sample);
     // What the registry hands back for the id is the contract's schema.
-    let body: serde_json::Value = streamscore_contracts::http::client()
-        .get(format!("{}/schemas/ids/{id}", registry.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value =
+        streamscore_contracts::http::get_json(&format!("{}/schemas/ids/{id}", registry.url)).await.unwrap();
     let served = apache_avro::Schema::parse_str(body["schema"].as_str().unwrap()).unwrap();
     assert_eq!(served.canonical_form(), T::SCHEMA.parse().canonical_form());
 }
@@ -55,14 +49,8 @@ async fn every_schema_round_trips_through_the_registry_and_the_codec() {
     round_trip(&registry, topics::FEEDBACK, &samples::feedback()).await;
     round_trip(&registry, topics::ROLLOUTS, &samples::rollout()).await;
     round_trip(&registry, topics::IDEMPOTENCY, &samples::idempotent_answer()).await;
-    let subjects: Vec<String> = streamscore_contracts::http::client()
-        .get(format!("{}/subjects", registry.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let subjects: Vec<String> =
+        streamscore_contracts::http::get_json(&format!("{}/subjects", registry.url)).await.unwrap();
     assert_eq!(subjects.len(), topics::EVENT_TOPICS.len(), "{subjects:?}");
     registry.stop().await;
 }
@@ -101,14 +89,10 @@ async fn compatible_evolution_reads_both_ways_and_incompatible_is_refused() {
     let id1 = v1.register().await.unwrap();
     let id2 = v2.register().await.expect("a new optional field with a default is backward compatible");
     assert_ne!(id1, id2);
-    let versions: Vec<u32> = streamscore_contracts::http::client()
-        .get(format!("{}/subjects/{}-value/versions", registry.url, topic))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let versions: Vec<u32> =
+        streamscore_contracts::http::get_json(&format!("{}/subjects/{}-value/versions", registry.url, topic))
+            .await
+            .unwrap();
     assert_eq!(versions, vec![1, 2]);
 
     // Old producer, new consumer: the new field takes its default.

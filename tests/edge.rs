@@ -175,6 +175,17 @@ impl Stack {
         config
     }
 
+    /// A bridge's config (API keys only) recording authentication events on `audit_topic` (made
+    /// if missing), refusals counted over 1 s windows.
+    async fn audited_config(&self, audit_topic: &str) -> BridgeConfig {
+        let spec = streamscore_kafka::TopicSpec::event(audit_topic, 1);
+        streamscore_kafka::topics::ensure_topics(&support::kafka(), &[spec]).await.unwrap();
+        let mut config = self.config(None);
+        config.audit_topic = Some(audit_topic.to_owned());
+        config.audit_window = Duration::from_secs(1);
+        config
+    }
+
     /// Stops the pipeline (its audit chain closed), if it runs.
     async fn stop_pipeline(&mut self) {
         if let Some((stop, task)) = self.pipeline.take() {
@@ -627,15 +638,7 @@ async fn a_repeated_request_id_is_answered_once() {
 async fn refusals_and_reloads_are_audited_aggregated_and_audit_verify_is_ok() {
     let stack = Stack::start("edge-audit").await;
     let audit_topic = support::unique("edge-audit-log");
-    streamscore_kafka::topics::ensure_topics(
-        &support::kafka(),
-        &[streamscore_kafka::TopicSpec::event(&audit_topic, 1)],
-    )
-    .await
-    .unwrap();
-    let mut config = stack.config(None);
-    config.audit_topic = Some(audit_topic.clone());
-    config.audit_window = Duration::from_secs(1);
+    let config = stack.audited_config(&audit_topic).await;
     let bridge = Bridge::start(config).await;
 
     // A flood of 40 bad keys and 5 calls without one: a few aggregated entries, not 45.
@@ -679,10 +682,19 @@ async fn refusals_and_reloads_are_audited_aggregated_and_audit_verify_is_ok() {
     assert!(refused.iter().any(|e| e.subject == "globex" && e.details["code"] == "MODEL_NOT_ALLOWED"), "{refused:#?}");
     assert!(refused.iter().all(|e| e.details["code"] == "UNAUTHENTICATED" || e.subject == "globex"), "{refused:#?}");
 
-    let report = streamscore::audit::verify(&streamscore::audit::VerifyConfig {
+    let report = verify_audit(&stack, &audit_topic).await;
+    assert!(report.ok(), "{:#?}", report.problems);
+    assert_eq!(report.chains, 1, "the bridge's chain");
+    assert!(report.open_chains.is_empty(), "the bridge closed its chain: {:?}", report.open_chains);
+    stack.stop().await;
+}
+
+/// `streamscore audit verify` over `audit_topic` and the stack's outputs, with the stages' key.
+async fn verify_audit(stack: &Stack, audit_topic: &str) -> streamscore_contracts::audit::Report {
+    streamscore::audit::verify(&streamscore::audit::VerifyConfig {
         kafka: support::kafka(),
         registry_url: stack.registry.url.clone(),
-        audit_topic: audit_topic.clone(),
+        audit_topic: audit_topic.to_owned(),
         predictions_topic: stack.topics.predictions.clone(),
         dead_letter_topic: stack.topics.dead_letter.clone(),
         key: streamscore_contracts::audit::AuditKey::from_env().unwrap(),
@@ -691,11 +703,7 @@ async fn refusals_and_reloads_are_audited_aggregated_and_audit_verify_is_ok() {
     })
     .await
     .unwrap()
-    .0;
-    assert!(report.ok(), "{:#?}", report.problems);
-    assert_eq!(report.chains, 1, "the bridge's chain");
-    assert!(report.open_chains.is_empty(), "the bridge closed its chain: {:?}", report.open_chains);
-    stack.stop().await;
+    .0
 }
 
 /// Calls `probe` every 100 ms until it returns true; the time that took, failing past `limit`.
@@ -1026,15 +1034,7 @@ async fn mutual_tls_names_the_tenant_by_certificate_subject_refuses_other_cas_an
     stack.start_pipeline();
     // One audit log: the pipeline's chains and the bridge's, which `audit verify` checks together.
     let audit_topic = stack.audit.clone();
-    streamscore_kafka::topics::ensure_topics(
-        &support::kafka(),
-        &[streamscore_kafka::TopicSpec::event(&audit_topic, 1)],
-    )
-    .await
-    .unwrap();
-    let mut config = stack.config(None);
-    config.audit_topic = Some(audit_topic.clone());
-    config.audit_window = Duration::from_secs(1);
+    let mut config = stack.audited_config(&audit_topic).await;
     config.tls = Some(streamscore_bridge::tls::ServerFiles {
         cert: keys.path("server.pem"),
         key: keys.path("server.key"),
@@ -1130,19 +1130,7 @@ async fn mutual_tls_names_the_tenant_by_certificate_subject_refuses_other_cas_an
         refused.iter().any(|e| e.subject == "globex" && e.details["code"] == "CERTIFICATE_TENANT_MISMATCH"),
         "{refused:#?}"
     );
-    let report = streamscore::audit::verify(&streamscore::audit::VerifyConfig {
-        kafka: support::kafka(),
-        registry_url: stack.registry.url.clone(),
-        audit_topic: audit_topic.clone(),
-        predictions_topic: stack.topics.predictions.clone(),
-        dead_letter_topic: stack.topics.dead_letter.clone(),
-        key: streamscore_contracts::audit::AuditKey::from_env().unwrap(),
-        heads: Vec::new(),
-        window: streamscore_contracts::audit::Window::ALL,
-    })
-    .await
-    .unwrap()
-    .0;
+    let report = verify_audit(&stack, &audit_topic).await;
     assert!(report.ok(), "{:#?}", report.problems);
     stack.stop().await;
 }

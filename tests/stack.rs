@@ -155,14 +155,8 @@ async fn recreate(kafka: &KafkaConfig, topic: &str, partitions: i32) {
 async fn the_registry_survives_a_topic_recreated_under_it() {
     let (stack, _) = Stack::up(&[]);
     let kafka = stack.kafka();
-    let subjects_before: serde_json::Value = streamscore_contracts::http::client()
-        .get(format!("{}/subjects", stack.registry()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let subjects_before: serde_json::Value =
+        streamscore_contracts::http::get_json(&format!("{}/subjects", stack.registry())).await.unwrap();
     assert_eq!(
         subjects_before.as_array().map(Vec::len),
         Some(streamscore_contracts::topics::EVENT_TOPICS.len()),

@@ -75,3 +75,13 @@ pub fn client_with_timeout(timeout: Duration) -> Result<reqwest::Client, reqwest
 fn warn(error: &str) {
     tracing::error!(error, "HTTPS servers are not trusted until {CA_ENV} is fixed");
 }
+
+/// `GET url` with a [`client`]: the body as text, or why not.
+pub async fn get_text(url: &str) -> Result<String, reqwest::Error> {
+    client().get(url).send().await?.text().await
+}
+
+/// `GET url` with a [`client`]: the body as JSON, or why not.
+pub async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, reqwest::Error> {
+    client().get(url).send().await?.json().await
+}
