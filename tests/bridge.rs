@@ -881,21 +881,6 @@ fn forged_outcome(request: &InferenceRequest, tenant: &str) -> PredictionOutcome
     }
 }
 
-/// Produces `value` to `topic` keyed `key`, with `(mac, key id)` headers when given.
-async fn produce_sealed(topic: &str, key: &str, value: &[u8], seal: Option<(&str, &str)>) {
-    use rdkafka::message::{Header, OwnedHeaders};
-    let producer = support::kafka().producer().unwrap();
-    let mut record = rdkafka::producer::FutureRecord::to(topic).key(key).payload(value);
-    if let Some((mac, key_id)) = seal {
-        record = record.headers(
-            OwnedHeaders::new()
-                .insert(Header { key: streamscore_kafka::sink::MAC_HEADER, value: Some(mac) })
-                .insert(Header { key: streamscore_kafka::sink::KEY_ID_HEADER, value: Some(key_id) }),
-        );
-    }
-    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
-}
-
 /// Issue 25, item 1 (and the tenant check of item 3): anyone who can write the predictions
 /// topic could answer a caller first. Forgeries with the caller's request id and `reply_to`,
 /// written before the pipeline answers — without a seal, sealed under another key, with a seal
@@ -930,10 +915,10 @@ async fn forged_outcomes_never_reach_the_caller() {
     let forged = outcome_codec.encode(&forged_outcome(&request, "acme")).unwrap();
     let other_tenant = outcome_codec.encode(&forged_outcome(&request, "globex")).unwrap();
     let topic = &stack.topics.predictions;
-    produce_sealed(topic, "acme", &forged, None).await;
-    produce_sealed(topic, "acme", &forged, Some((&key.event_hash(&forged), "0123456789abcdef"))).await;
-    produce_sealed(topic, "acme", &forged, Some((&key.event_hash(b"other bytes"), key.id()))).await;
-    produce_sealed(topic, "globex", &other_tenant, Some((&key.event_hash(&other_tenant), key.id()))).await;
+    support::produce_sealed(topic, "acme", &forged, None).await;
+    support::produce_sealed(topic, "acme", &forged, Some((&key.event_hash(&forged), "0123456789abcdef"))).await;
+    support::produce_sealed(topic, "acme", &forged, Some((&key.event_hash(b"other bytes"), key.id()))).await;
+    support::produce_sealed(topic, "globex", &other_tenant, Some((&key.event_hash(&other_tenant), key.id()))).await;
 
     // The bridge reads all four and skips each (counted), or — the defect — answers with one.
     let started = std::time::Instant::now();

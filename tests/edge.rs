@@ -384,15 +384,19 @@ async fn post_keyed(
     (status, replayed, response.text().await.unwrap())
 }
 
+/// The requests on the requests topic, in order.
+async fn published(stack: &Stack) -> Vec<InferenceRequest> {
+    let codec = Codec::<InferenceRequest>::with_url(&stack.registry.url, &stack.topics.requests);
+    let mut requests = Vec::new();
+    for record in support::read_all(&[&stack.topics.requests], Duration::from_secs(2)) {
+        requests.push(codec.decode(rdkafka::message::Message::payload(&record).unwrap()).await.unwrap().value);
+    }
+    requests
+}
+
 /// The request ids on the requests topic, in order.
 async fn published_ids(stack: &Stack) -> Vec<String> {
-    let codec = Codec::<InferenceRequest>::with_url(&stack.registry.url, &stack.topics.requests);
-    let mut ids = Vec::new();
-    for record in support::read_all(&[&stack.topics.requests], Duration::from_secs(2)) {
-        let request = codec.decode(rdkafka::message::Message::payload(&record).unwrap()).await.unwrap().value;
-        ids.push(request.request_id);
-    }
-    ids
+    published(stack).await.into_iter().map(|r| r.request_id).collect()
 }
 
 /// The first request id an answer names (`predictions[0].request_id` or, for the Open
@@ -413,22 +417,6 @@ fn fingerprint(method: &str, path: &str, query: &str, body: &Value) -> [u8; 32] 
     }
     bytes.extend_from_slice(&serde_json::to_vec(body).unwrap());
     streamscore_contracts::sha256(&bytes)
-}
-
-/// Produces `value` to `topic` keyed `key`, with the seal headers when `seal` gives them (MAC,
-/// key id).
-async fn produce_with(topic: &str, key: &str, value: &[u8], seal: Option<(&str, &str)>) {
-    use rdkafka::message::{Header, OwnedHeaders};
-    let producer = support::kafka().producer().unwrap();
-    let mut record = rdkafka::producer::FutureRecord::to(topic).key(key).payload(value);
-    if let Some((mac, key_id)) = seal {
-        record = record.headers(
-            OwnedHeaders::new()
-                .insert(Header { key: streamscore_kafka::sink::MAC_HEADER, value: Some(mac) })
-                .insert(Header { key: streamscore_kafka::sink::KEY_ID_HEADER, value: Some(key_id) }),
-        );
-    }
-    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -524,7 +512,7 @@ async fn a_kept_answer_survives_a_restart_reaches_the_other_instances_and_a_forg
         let value = codec.encode(&record).unwrap();
         let mac = other_key.event_hash(&value);
         let seal = sealed.then_some((mac.as_str(), other_key.id()));
-        produce_with(&stack.idempotency, &record.key_sha256, &value, seal).await;
+        support::produce_sealed(&stack.idempotency, &record.key_sha256, &value, seal).await;
     }
 
     // An answer B keeps now, after the forged records, is known to C within 5 s. C is asked with
@@ -1012,16 +1000,10 @@ fn policy_with_subject(subject: Option<&str>) -> String {
     policy_text(&[]).replace("[tenants.acme]\n", &format!("[tenants.acme]\n{line}"))
 }
 
-/// The tenant of the request `id` on `topic`, as the bridge published it.
+/// The tenant of the request `id` on the requests topic, as the bridge published it.
 async fn published_tenant(stack: &Stack, id: &str) -> String {
-    let codec = Codec::<InferenceRequest>::with_url(&stack.registry.url, &stack.topics.requests);
-    for record in support::read_all(&[&stack.topics.requests], Duration::from_secs(2)) {
-        let request = codec.decode(rdkafka::message::Message::payload(&record).unwrap()).await.unwrap().value;
-        if request.request_id == id {
-            return request.tenant;
-        }
-    }
-    panic!("request {id} is not on {}", stack.topics.requests);
+    let request = published(stack).await.into_iter().find(|r| r.request_id == id);
+    request.unwrap_or_else(|| panic!("request {id} is not on {}", stack.topics.requests)).tenant
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -257,6 +257,23 @@ pub async fn produce(topic: &str, records: &[(Vec<u8>, Vec<u8>)]) -> Vec<(i32, i
     out
 }
 
+/// Produces `value` to `topic` keyed `key`, with the seal headers (`streamscore-mac`,
+/// `streamscore-key-id`) when `seal` gives them as (MAC, key id): a forger's record, or a
+/// genuine one made by hand.
+pub async fn produce_sealed(topic: &str, key: &str, value: &[u8], seal: Option<(&str, &str)>) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let producer = kafka().producer().unwrap();
+    let mut record = rdkafka::producer::FutureRecord::to(topic).key(key).payload(value);
+    if let Some((mac, key_id)) = seal {
+        record = record.headers(
+            OwnedHeaders::new()
+                .insert(Header { key: streamscore_kafka::sink::MAC_HEADER, value: Some(mac) })
+                .insert(Header { key: streamscore_kafka::sink::KEY_ID_HEADER, value: Some(key_id) }),
+        );
+    }
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(e, _)| e).unwrap();
+}
+
 /// A request for `fraud` carrying the synthetic generator's features for `seed`.
 pub fn synth_request(
     seed: u64,
