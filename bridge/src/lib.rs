@@ -385,7 +385,7 @@ pub async fn serve(
     );
     let broker = ready::BrokerCheck::of_producer(producer.clone(), config.requests_topic.clone());
     let authority = Arc::new(rotate::Current::new(authority));
-    let mut watchers = vec![rotate::watch(
+    let mut watchers = vec![tls::files::watch(
         "tenant policy",
         policy_files,
         policy_sha256,
@@ -395,12 +395,12 @@ pub async fn serve(
             move |contents: &[Vec<u8>]| rotate::Authority::parse(&path, &contents[0])
         },
         config.reload_every,
-        authlog.clone(),
+        rotate::reported(authlog.clone()),
     )];
     let jwt = match (jwks, &config.jwt) {
         (Some((sha256, jwks)), Some(jwt)) => {
             let current = Arc::new(rotate::Current::new(jwks));
-            watchers.push(rotate::watch(
+            watchers.push(tls::files::watch(
                 "JWKS",
                 vec![jwt.jwks_file.clone()],
                 sha256,
@@ -413,7 +413,7 @@ pub async fn serve(
                     Ok(jwks)
                 },
                 config.reload_every,
-                authlog.clone(),
+                rotate::reported(authlog.clone()),
             ));
             Some((current, jwt.expect.clone()))
         }

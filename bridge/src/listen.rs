@@ -197,9 +197,8 @@ fn consumer(config: &ListenConfig) -> Result<BaseConsumer, rdkafka::error::Kafka
     client.create()
 }
 
-/// Assigns every partition at its high watermark.
-fn position_at_end(consumer: &BaseConsumer, topic: &str) -> Result<(), String> {
-    let timeout = Duration::from_secs(5);
+/// The partitions of `topic` (at least one), as the broker's metadata names them.
+pub(crate) fn partitions_of(consumer: &BaseConsumer, topic: &str, timeout: Duration) -> Result<Vec<i32>, String> {
     let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| format!("metadata of {topic}: {e}"))?;
     let partitions: Vec<i32> = metadata
         .topics()
@@ -210,8 +209,14 @@ fn position_at_end(consumer: &BaseConsumer, topic: &str) -> Result<(), String> {
     if partitions.is_empty() {
         return Err(format!("topic {topic} has no partitions (does it exist?)"));
     }
+    Ok(partitions)
+}
+
+/// Assigns every partition at its high watermark.
+fn position_at_end(consumer: &BaseConsumer, topic: &str) -> Result<(), String> {
+    let timeout = Duration::from_secs(5);
     let mut assignment = TopicPartitionList::new();
-    for partition in partitions {
+    for partition in partitions_of(consumer, topic, timeout)? {
         let (_, high) = consumer
             .fetch_watermarks(topic, partition, timeout)
             .map_err(|e| format!("end of {topic}/{partition}: {e}"))?;

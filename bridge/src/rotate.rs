@@ -7,9 +7,7 @@
 //! bridge or locks everyone out. A key removed from the policy is refused from the next poll on.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::Path;
 
 use streamscore_infer::quota::Policy;
 use streamscore_ingest::Tenants;
@@ -50,26 +48,8 @@ impl Authority {
     }
 }
 
-/// Watches `paths` every `every` (until aborted); when their fingerprint moves from `loaded`,
-/// `load` checks the contents and, if it takes them, they replace `current`. Each reload (or
-/// refusal) is counted (`streamscore_bridge_reloads_total`) and goes to `log`.
-pub fn watch<T, F>(
-    what: &'static str,
-    paths: Vec<PathBuf>,
-    loaded: String,
-    current: Arc<Current<T>>,
-    load: F,
-    every: Duration,
-    log: crate::authlog::AuthLog,
-) -> tokio::task::JoinHandle<()>
-where
-    T: Send + Sync + 'static,
-    F: Fn(&[Vec<u8>]) -> Result<T, String> + Send + 'static,
-{
-    streamscore_tls::files::watch(what, paths, loaded, current, load, every, reported(log))
-}
-
-/// What a reload does besides the swap: counted, and written to the audit log.
+/// What a reload does besides the swap ([`streamscore_tls::files::watch`] calls it): counted in
+/// `streamscore_bridge_reloads_total`, and written to the audit log.
 pub fn reported(log: crate::authlog::AuthLog) -> impl Fn(&Reload) + Clone + Send + 'static {
     move |outcome: &Reload| {
         let what = outcome.what();

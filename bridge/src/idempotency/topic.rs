@@ -36,7 +36,7 @@ use streamscore_kafka::sink::{KEY_ID_HEADER, MAC_HEADER};
 use streamscore_kafka::{KafkaConfig, Shutdown, TopicSpec};
 
 use super::{Answer, Idempotency, Kept};
-use crate::listen::{seal_of, verify_seal};
+use crate::listen::{partitions_of, seal_of, verify_seal};
 
 /// How long a caller's answer waits for the broker to acknowledge its record.
 pub const WRITE_WAIT: Duration = Duration::from_millis(500);
@@ -271,16 +271,7 @@ impl Reader {
         }
         let consumer: BaseConsumer = client.create().map_err(|e| failed("creating the consumer", e))?;
         let timeout = Duration::from_secs(5);
-        let metadata = consumer.fetch_metadata(Some(topic), timeout).map_err(|e| failed("metadata", e))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic)
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(SetupError::Failed(format!("topic {topic} has no partitions")));
-        }
+        let partitions = partitions_of(&consumer, topic, timeout).map_err(SetupError::Failed)?;
         let mut ends = HashMap::new();
         let mut assignment = TopicPartitionList::new();
         for partition in partitions {
