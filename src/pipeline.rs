@@ -202,10 +202,10 @@ pub fn follow_policy(
             seen = sha256;
             match streamscore_infer::quota::Policy::parse(&path, &bytes) {
                 Ok(policy) => {
-                    let current = admission.current();
+                    let current = admission.get();
                     let tenants = if tenants_from_policy { ingest_tenants(&policy) } else { current.tenants.clone() };
                     let pins = policy.pins().with_every_model(stage_pins.clone());
-                    admission.replace(streamscore_ingest::decide::Admission { tenants, pins });
+                    admission.set(streamscore_ingest::decide::Admission { tenants, pins });
                     tracing::info!(
                         path = %path.display(),
                         sha256 = policy.sha256,

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod codec;
+pub mod current;
 pub mod drift_stats;
 pub mod events;
 pub mod http;

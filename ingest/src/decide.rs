@@ -48,23 +48,10 @@ pub struct Admission {
 
 /// The admission in force, swapped whole when the policy changes (a follower of the policy
 /// file holds a clone): a record is judged by the old one or the new one, never a mix.
-#[derive(Debug, Clone)]
-pub struct SharedAdmission(Arc<std::sync::RwLock<Arc<Admission>>>);
+pub type SharedAdmission = Arc<streamscore_contracts::current::Current<Admission>>;
 
-impl SharedAdmission {
-    pub fn new(admission: Admission) -> Self {
-        Self(Arc::new(std::sync::RwLock::new(Arc::new(admission))))
-    }
-
-    /// The admission now.
-    pub fn current(&self) -> Arc<Admission> {
-        Arc::clone(&self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner))
-    }
-
-    /// Puts `admission` in force for the records decided from now on.
-    pub fn replace(&self, admission: Admission) {
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(admission);
-    }
+fn shared(admission: Admission) -> SharedAdmission {
+    Arc::new(streamscore_contracts::current::Current::new(admission))
 }
 
 /// Tenants bound to Kafka principals, each with a topic of its own.
@@ -271,7 +258,7 @@ impl RequestDecider {
             codec,
             instance: instance.into(),
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
-            admission: SharedAdmission::new(Admission { tenants: Tenants::Any, pins: Pins::default() }),
+            admission: shared(Admission { tenants: Tenants::Any, pins: Pins::default() }),
             tenant_topics: TenantTopics::default(),
             models: None,
             rollouts: RolloutTable::empty(),
@@ -296,8 +283,8 @@ impl RequestDecider {
 
     #[must_use]
     pub fn with_tenants(mut self, tenants: Tenants) -> Self {
-        let pins = self.admission.current().pins.clone();
-        self.admission = SharedAdmission::new(Admission { tenants, pins });
+        let pins = self.admission.get().pins.clone();
+        self.admission = shared(Admission { tenants, pins });
         self
     }
 
@@ -312,14 +299,14 @@ impl RequestDecider {
     /// pins), as routing will score them.
     #[must_use]
     pub fn with_pins(mut self, pins: Pins) -> Self {
-        let tenants = self.admission.current().tenants.clone();
-        self.admission = SharedAdmission::new(Admission { tenants, pins });
+        let tenants = self.admission.get().tenants.clone();
+        self.admission = shared(Admission { tenants, pins });
         self
     }
 
     /// The tenants and pins this decider judges by, to replace when the policy changes.
     pub fn admission(&self) -> SharedAdmission {
-        self.admission.clone()
+        Arc::clone(&self.admission)
     }
 
     /// Validates against the version each model's rollout splits a request to (when it names
@@ -375,7 +362,7 @@ impl RequestDecider {
         let request = decoded.value;
         let models = self.models.as_ref().map(SharedStore::current);
         let rollouts = self.rollouts.current();
-        let admission = self.admission.current();
+        let admission = self.admission.get();
         let checked = match validate(&request, &admission.tenants, models.as_deref(), &admission.pins, &rollouts) {
             Ok(checked) => checked,
             Err((reason, detail)) => {

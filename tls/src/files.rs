@@ -5,35 +5,14 @@
 //! neither opens a listener nor locks everyone out.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+pub use streamscore_contracts::current::Current;
 
 /// How often watched files are read, unless a caller says otherwise.
 pub const POLL: Duration = Duration::from_secs(1);
-
-/// A value swapped whole when its source changes.
-#[derive(Debug)]
-pub struct Current<T> {
-    value: RwLock<Arc<T>>,
-}
-
-impl<T> Current<T> {
-    pub fn new(value: T) -> Self {
-        Self { value: RwLock::new(Arc::new(value)) }
-    }
-
-    /// The value in force now.
-    pub fn get(&self) -> Arc<T> {
-        Arc::clone(&self.value.read().unwrap_or_else(std::sync::PoisonError::into_inner))
-    }
-
-    /// Puts `value` in force.
-    pub fn set(&self, value: T) {
-        *self.value.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(value);
-    }
-}
 
 /// The sha256 (hex) of a file's bytes (what `sha256sum` prints), or of several files'
 /// contents together, each length-prefixed; with the contents. `None` when one cannot be
